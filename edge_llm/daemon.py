@@ -1,0 +1,213 @@
+"""Process life: serve HTTP at once (503 while loading), load and warm up the model, tell
+systemd (EXTEND_TIMEOUT while loading, READY=1 after warm-up, STATUS, WATCHDOG while the
+engine makes progress), drain on SIGTERM, reload what is safe on SIGHUP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import waitress
+
+from edge_llm import appliance, telemetry
+from edge_llm import config as config_mod
+from edge_llm.config import Config
+from edge_llm.logs import setup_logging
+from edge_llm.notify import Notifier
+from edge_llm.pressure import PressureGuard
+from edge_llm.runtime import Phase, Runtime
+from edge_llm.server import create_app
+
+log = logging.getLogger("edge_llm.daemon")
+MiB = 1 << 20
+EXTEND_EVERY_S = 5.0  # while loading, ask systemd for more start time this often
+EXTEND_BY_USEC = 20_000_000
+STALL_S = 30.0  # an engine loop silent for this long is hung: stop the watchdog pings
+
+
+class Daemon:
+    def __init__(self, cfg: Config, reload_config=None):
+        self.cfg = cfg
+        self.reload_config = reload_config  # () -> Config, for SIGHUP
+        self.runtime = Runtime(cfg)
+        self.notifier = Notifier()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.server = None
+        self.port = None
+
+    # -- life ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        self._step("starting HTTP server")
+        self._start_http()
+        sampler = telemetry.Sampler(telemetry.open_sources(self.cfg.daemon.telemetry_interval_s),
+                                    self.cfg.daemon.telemetry_interval_s)
+        self.runtime.telemetry = sampler
+        snapshot = sampler.read()
+        log.info("telemetry from %s: %d MiB RAM available of %d, swap %d/%d MiB", snapshot.source,
+                 snapshot.ram_available_bytes // MiB, snapshot.ram_total_bytes // MiB,
+                 snapshot.swap_used_bytes // MiB, snapshot.swap_total_bytes // MiB)
+        try:
+            self._load(snapshot)
+        except Exception as e:
+            log.exception("loading the model failed")
+            self.runtime.phase, self.runtime.status = Phase.FAILED, f"load failed: {e}"
+            self.notifier.send(STATUS=f"load failed: {e}", ERRNO=1)
+            self._close_http()
+            return 1
+        sampler.on_snapshot = PressureGuard(self.runtime.engine, self.cfg.planner.low_water_mb * MiB,
+                                            self.cfg.planner.critical_mb * MiB)
+        sampler.start()
+        self.runtime.phase = Phase.READY
+        self._step(self._summary())
+        self.notifier.send(READY=1, STATUS=self._summary())
+        log.info("ready: http://%s:%d", self.cfg.server.host, self.port)
+        self._serve_until_stopped()
+        self._drain()
+        sampler.stop()
+        return 0
+
+    def _start_http(self) -> None:
+        s = self.cfg.server
+        app = create_app(self.runtime)
+        self.server = waitress.create_server(
+            app, host=s.host, port=s.port, threads=s.threads, ident="edge-llm",
+            channel_request_lookahead=8,  # lets a handler see a client that went away
+            max_request_body_size=max(s.max_body_bytes, s.max_document_bytes) + 65536)
+        self.port = self.server.effective_port
+        log.info("listening on http://%s:%d (503 until the model is ready)", s.host, self.port)
+        threading.Thread(target=self.server.run, name="http", daemon=True).start()
+
+    def _close_http(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def _load(self, snapshot) -> None:
+        loaded = threading.Event()
+
+        def extend():
+            while not loaded.wait(EXTEND_EVERY_S):
+                self.notifier.send(EXTEND_TIMEOUT_USEC=EXTEND_BY_USEC, STATUS=self.runtime.status)
+
+        if self.notifier.enabled:
+            self.notifier.send(EXTEND_TIMEOUT_USEC=EXTEND_BY_USEC)
+            threading.Thread(target=extend, name="extend-timeout", daemon=True).start()
+        try:
+            backend, plan, engine = appliance.build_engine(self.cfg, snapshot, self._step)
+        finally:
+            loaded.set()
+        self.runtime.backend, self.runtime.plan, self.runtime.engine = backend, plan, engine
+
+    def _serve_until_stopped(self) -> None:
+        wd_interval = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else None
+        tick = min(wd_interval or 2.0, 2.0)
+        last_status = ""
+        while not self.stop_requested.wait(tick):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload()
+            if wd_interval and self.engine_is_healthy():
+                self.notifier.send(WATCHDOG=1)
+            status = self._summary()
+            if status != last_status:
+                self.notifier.send(STATUS=status)
+                last_status = status
+
+    def engine_is_healthy(self) -> bool:
+        engine = self.runtime.engine
+        return engine is not None and engine.is_alive and time.monotonic() - engine.last_progress < STALL_S
+
+    def _drain(self) -> None:
+        engine = self.runtime.engine
+        self.runtime.phase = Phase.DRAINING
+        self.notifier.send(STOPPING=1, STATUS="draining")
+        deadline = time.monotonic() + self.cfg.daemon.drain_timeout_s
+        log.info("SIGTERM: draining %d running and %d waiting requests (up to %.0f s)",
+                 engine.num_running, engine.num_waiting, self.cfg.daemon.drain_timeout_s)
+        while (engine.num_running or engine.num_waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # let HTTP threads write the last bytes of finished streams
+        left = engine.num_running + engine.num_waiting
+        if left:
+            log.warning("drain timeout: %d requests cut off", left)
+        self._close_http()
+        engine.stop()
+        log.info("stopped")
+
+    # -- signals and reload -----------------------------------------------------------------
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def _reload(self) -> None:
+        if self.reload_config is None:
+            return
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        try:
+            new = self.reload_config()
+        except config_mod.ConfigError as e:
+            log.error("SIGHUP: config not reloaded: %s", e)
+        else:
+            applied, restart = apply_reload(self.cfg, new, self.runtime.engine)
+            log.info("SIGHUP: applied %s; needs a restart: %s", ", ".join(applied) or "nothing",
+                     ", ".join(restart) or "nothing")
+        self.notifier.send(READY=1, STATUS=self._summary())
+
+    # -- status ---------------------------------------------------------------------------------
+    def _step(self, text: str) -> None:
+        self.runtime.status = text
+        self.notifier.send(STATUS=text)
+        log.info("%s", text)
+
+    def _summary(self) -> str:
+        rt, engine, plan = self.runtime, self.runtime.engine, self.runtime.plan
+        if engine is None or plan is None:
+            return rt.status
+        return (f"{rt.phase.value}: {rt.model_id}; batch {plan.max_batch_size}, seq {plan.max_seq_len}, "
+                f"KV {plan.kv_cache_tokens}; {engine.num_running} running, {engine.num_waiting} queued")
+
+
+SAFE_TO_RELOAD = {"daemon.log_level", "limits.max_queue", "planner.low_water_mb", "planner.critical_mb",
+                  "daemon.drain_timeout_s"}
+
+
+def apply_reload(old: Config, new: Config, engine) -> tuple[list[str], list[str]]:
+    """Copy the changed settings that are safe to change live; list those needing a restart."""
+    applied, restart = [], []
+    for section in ("server", "model", "limits", "planner", "daemon"):
+        a, b = getattr(old, section), getattr(new, section)
+        for key, value in vars(b).items():
+            if getattr(a, key) == value:
+                continue
+            name = f"{section}.{key}"
+            if name in SAFE_TO_RELOAD:
+                setattr(a, key, value)
+                applied.append(name)
+            else:
+                restart.append(name)
+    if "daemon.log_level" in applied:
+        logging.getLogger().setLevel(old.daemon.log_level.upper())
+    if "limits.max_queue" in applied and engine is not None:
+        engine.max_queue = engine.scheduler.max_queue = old.limits.max_queue
+    return applied, restart
+
+
+def serve(cfg: Config, reload_config=None) -> int:
+    setup_logging(cfg.daemon.log_level, cfg.daemon.log_format)
+    log.info("edge-llm %s starting (pid %d)", _version(), os.getpid())
+    return Daemon(cfg, reload_config).run()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("edge-llm")
+    except PackageNotFoundError:
+        return "dev"

@@ -1,0 +1,64 @@
+"""What every engine backend provides. Only the engine thread calls a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge_llm.engine.scheduler import SampledToken, SchedulerOutput
+
+
+class BackendError(RuntimeError):
+    """The backend failed to run a batch (the requests in it end with an error)."""
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """The numbers the memory planner needs about a model."""
+
+    name: str
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    n_ctx_train: int  # tokens the model was trained for
+    weights_bytes: int  # resident weights (mapped file for GGUF, engine file for TensorRT-LLM)
+    n_embd: int = 0  # hidden size (for the workspace estimate)
+    n_vocab: int = 0  # logits row length (for the workspace estimate)
+    kv_bytes_per_elem: int = 2  # f16 KV cache
+    activation_bytes: int = 0  # fixed workspace (TensorRT-LLM: set at build time); 0 = estimate
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * self.kv_bytes_per_elem
+
+
+@dataclass(frozen=True)
+class ContextShape:
+    """How big a context to create, from the plan."""
+
+    kv_cache_tokens: int  # KV cells shared by all sequences
+    num_seqs: int  # sequence slots (running + prefix cache)
+    max_batch_tokens: int  # most tokens in one step (prefill chunk + one per running sequence)
+
+
+class Backend(Protocol):
+    profile: ModelProfile
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
+
+    def execute(self, out: SchedulerOutput) -> dict[int, SampledToken]:
+        """Apply out.memory_ops, run the batch, and sample a token for each chunk that
+        asks for one; results are keyed by seq_id."""
+        ...
+
+    def release(self, request_id: str) -> None:
+        """Forget per-request state (samplers) of a finished request."""
+        ...
+
+    def seq_lengths(self) -> dict[int, int]:
+        """Tokens held in the KV cache for each sequence slot that holds any."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,203 @@
+"""GGUF models through llama-cpp-python's low-level API: the weights are memory-mapped,
+one unified KV cache holds every sequence, and one llama_batch per step carries the
+decode tokens of running sequences and the prefill chunks of new ones."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+import llama_cpp as L
+
+from edge_llm.engine.backends.base import BackendError, ContextShape, ModelProfile
+from edge_llm.engine.chat_template import ChatTemplate
+from edge_llm.engine.request import SamplingParams
+from edge_llm.engine.scheduler import SampledToken, SchedulerOutput
+
+log = logging.getLogger(__name__)
+
+
+GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR = 3, 4  # ggml.h enum ggml_log_level
+
+
+def _forward_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    if level in (GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR):
+        log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+_LOG_CALLBACK = L.llama_log_callback(_forward_log)  # must outlive every llama.cpp call
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+class LlamaCppBackend:
+    def __init__(self, path: Path, n_threads: int = 0, n_gpu_layers: int = 0, name: str = ""):
+        L.llama_log_set(_LOG_CALLBACK, None)
+        L.llama_backend_init()
+        params = L.llama_model_default_params()
+        params.load_mode = L.LLAMA_LOAD_MODE_MMAP
+        params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 1_000_000
+        self.path = Path(path)
+        self.file_bytes = self.path.stat().st_size
+        self.model = L.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.model:
+            raise BackendError(f"llama.cpp could not load {self.path} (not a GGUF model?)")
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_threads = n_threads or default_threads()
+        self.profile = self._read_profile(name or self.path.stem)
+        self.template = ChatTemplate(self._chat_template(), self._piece(L.llama_vocab_bos(self.vocab), True),
+                                     self._piece(L.llama_vocab_eos(self.vocab), True))
+        self.ctx = None
+        self._samplers: dict[str, ctypes.c_void_p] = {}
+        self._pieces: dict[int, bytes] = {}
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = L.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def _read_profile(self, name: str) -> ModelProfile:
+        m = self.model
+        n_head = L.llama_model_n_head(m)
+        arch = self._meta("general.architecture") or "llama"
+        head_dim = int(self._meta(f"{arch}.attention.key_length") or L.llama_model_n_embd(m) // n_head)
+        return ModelProfile(
+            name=name, n_layers=L.llama_model_n_layer(m), n_kv_heads=L.llama_model_n_head_kv(m),
+            head_dim=head_dim, n_ctx_train=L.llama_model_n_ctx_train(m),
+            weights_bytes=L.llama_model_size(m), n_embd=L.llama_model_n_embd(m),
+            n_vocab=L.llama_vocab_n_tokens(self.vocab), kv_bytes_per_elem=2)
+
+    def _chat_template(self) -> str | None:
+        raw = L.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8") if raw else None
+
+    def create_context(self, shape: ContextShape) -> None:
+        cp = L.llama_context_default_params()
+        cp.n_ctx = shape.kv_cache_tokens
+        cp.n_batch = cp.n_ubatch = shape.max_batch_tokens
+        cp.n_seq_max = shape.num_seqs
+        cp.kv_unified = True  # one pool of cells; a copied prefix is shared, not duplicated
+        cp.n_threads = cp.n_threads_batch = self.n_threads
+        cp.no_perf = True
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise BackendError(f"llama.cpp could not create a context of {shape.kv_cache_tokens} tokens")
+        self.shape = shape
+        self.memory = L.llama_get_memory(self.ctx)
+        self.batch = L.llama_batch_init(shape.max_batch_tokens, 0, 1)
+
+    # -- text ------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            raise BackendError(f"tokenizer failed ({n})")
+        return list(buf[:n])
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return self.template.render(messages)
+
+    def chat_add_special(self, prompt: str) -> bool:
+        """Add BOS to a rendered chat prompt only when the model wants one and the template did not."""
+        return bool(L.llama_vocab_get_add_bos(self.vocab)) and not prompt.startswith(self.template.bos_token)
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def sampled(self, token: int) -> SampledToken:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token)
+        return SampledToken(token, piece, bool(L.llama_vocab_is_eog(self.vocab, token)))
+
+    # -- one engine step -----------------------------------------------------------------
+    def execute(self, out: SchedulerOutput) -> dict[int, SampledToken]:
+        for op in out.memory_ops:
+            if op.kind == "rm":
+                L.llama_memory_seq_rm(self.memory, op.seq_id, op.pos, -1)
+            else:
+                L.llama_memory_seq_cp(self.memory, op.src_seq_id, op.seq_id, 0, op.pos)
+        if not out.chunks:
+            return {}
+        outputs = self._fill_batch(out)
+        rc = L.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with {rc} on a batch of {self.batch.n_tokens} tokens")
+        result = {}
+        for index, req in outputs:
+            token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), self.ctx, index)
+            result[req.seq_id] = self.sampled(token)
+        return result
+
+    def _fill_batch(self, out: SchedulerOutput) -> list:
+        b = self.batch
+        token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        i, outputs = 0, []
+        for chunk in out.chunks:
+            sid = chunk.request.seq_id
+            p = chunk.start_pos
+            for t in chunk.tokens:
+                token[i], pos[i], n_seq_id[i], logits[i] = t, p, 1, 0
+                seq_id[i][0] = sid
+                i += 1
+                p += 1
+            if chunk.sample:
+                logits[i - 1] = 1
+                outputs.append((i - 1, chunk.request))
+        b.n_tokens = i
+        return outputs
+
+    def _sampler(self, request_id: str, params: SamplingParams):
+        chain = self._samplers.get(request_id)
+        if chain is None:
+            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            if params.is_greedy:
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            else:
+                if params.top_k > 0:
+                    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(params.top_k))
+                if params.top_p < 1.0:
+                    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(params.temperature))
+                seed = params.seed if params.seed is not None else L.LLAMA_DEFAULT_SEED
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+            self._samplers[request_id] = chain
+        return chain
+
+    def release(self, request_id: str) -> None:
+        chain = self._samplers.pop(request_id, None)
+        if chain is not None:
+            L.llama_sampler_free(chain)
+
+    def seq_lengths(self) -> dict[int, int]:
+        lengths = {}
+        for sid in range(self.shape.num_seqs):
+            end = L.llama_memory_seq_pos_max(self.memory, sid)
+            if end >= 0:
+                lengths[sid] = end + 1
+        return lengths
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        for rid in list(self._samplers):
+            self.release(rid)
+        if self.ctx:
+            L.llama_batch_free(self.batch)
+            L.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            L.llama_model_free(self.model)
+            self.model = None

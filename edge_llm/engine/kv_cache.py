@@ -1,0 +1,107 @@
+"""KV bookkeeping: sequence slots, token reservations and the prefix cache.
+
+Pure Python: it decides, and records what the backend must do to its KV memory as ordered
+MemoryOps (remove a sequence's tail, copy a prefix between sequences). The cells of a
+copied prefix are shared by both sequences in llama.cpp's unified KV cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from edge_llm.engine.request import Request
+
+
+@dataclass(frozen=True)
+class MemoryOp:
+    kind: str  # "rm": drop positions >= pos of seq; "cp": share positions < pos of src with seq
+    seq_id: int
+    pos: int = 0
+    src_seq_id: int = -1
+
+
+def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class KVCacheManager:
+    def __init__(self, num_slots: int, kv_cache_tokens: int, max_cached: int, min_reuse: int = 1):
+        self.kv_cache_tokens = kv_cache_tokens  # KV cells the context holds
+        self.max_cached = max_cached
+        self.min_reuse = min_reuse  # shorter matches are not worth a copy
+        self.free_slots = list(range(num_slots - 1, -1, -1))
+        self.num_reserved = 0  # tokens reserved by running requests
+        self.cached: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # slot -> tokens in its KV (LRU first)
+        self.num_cached_tokens = 0
+
+    def can_allocate(self, req: Request) -> bool:
+        has_slot = bool(self.free_slots) or bool(self.cached)
+        return has_slot and self.num_reserved + self.reservation(req) <= self.kv_cache_tokens
+
+    @staticmethod
+    def reservation(req: Request) -> int:
+        return req.num_prompt_tokens + req.params.max_tokens
+
+    def allocate(self, req: Request, ops: list[MemoryOp]) -> None:
+        """Give req a slot and its reservation, reusing the longest cached prefix."""
+        match, reuse = self._best_match(req.prompt_tokens)
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        elif len(self.cached) > 1 or match is None:
+            slot = self._evict(ops, keep=match)
+        else:  # the only cached slot is the match: adopt it and trim its tail
+            slot, match = match, None
+            self._uncache(slot)
+            ops.append(MemoryOp("rm", slot, reuse))
+        if match is not None:
+            ops.append(MemoryOp("cp", slot, reuse, src_seq_id=match))
+            self.cached.move_to_end(match)
+        req.seq_id = slot
+        req.num_computed = req.num_reused = reuse
+        req.reserved_tokens = self.reservation(req)
+        self.num_reserved += req.reserved_tokens
+        while self.cached and self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:
+            self.free_slots.append(self._evict(ops))
+
+    def free(self, req: Request, ops: list[MemoryOp], keep_prefix: bool) -> None:
+        """Release req's slot; a finished sequence's KV may stay as a cached prefix."""
+        self.num_reserved -= req.reserved_tokens
+        req.reserved_tokens = 0
+        slot, req.seq_id = req.seq_id, -1
+        tokens = tuple(req.all_tokens[:req.num_computed])
+        if keep_prefix and self.max_cached > 0 and len(tokens) >= self.min_reuse:
+            if len(self.cached) >= self.max_cached:
+                self.free_slots.append(self._evict(ops))
+            self.cached[slot] = tokens
+            self.num_cached_tokens += len(tokens)
+            while self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:
+                self.free_slots.append(self._evict(ops))
+        else:
+            ops.append(MemoryOp("rm", slot, 0))
+            self.free_slots.append(slot)
+
+    def clear_cache(self, ops: list[MemoryOp]) -> None:
+        while self.cached:
+            self.free_slots.append(self._evict(ops))
+
+    def _best_match(self, prompt: list[int]) -> tuple[int | None, int]:
+        best, best_len = None, 0
+        for slot, tokens in self.cached.items():
+            n = min(common_prefix_len(tokens, prompt), len(prompt) - 1)  # one token left for logits
+            if n >= max(best_len, self.min_reuse) and n > 0:
+                best, best_len = slot, n
+        return best, best_len
+
+    def _evict(self, ops: list[MemoryOp], keep: int | None = None) -> int:
+        slot = next(s for s in self.cached if s != keep)
+        self._uncache(slot)
+        ops.append(MemoryOp("rm", slot, 0))
+        return slot
+
+    def _uncache(self, slot: int) -> None:
+        self.num_cached_tokens -= len(self.cached.pop(slot))

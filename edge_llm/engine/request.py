@@ -1,0 +1,161 @@
+"""A request's state as it moves through the engine: waiting -> running -> finished."""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import itertools
+import queue
+import time
+from dataclasses import dataclass, field
+
+
+class RequestStatus(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    # everything above RUNNING is finished
+    FINISHED_STOPPED = 2
+    FINISHED_LENGTH = 3
+    FINISHED_CANCELLED = 4
+    FINISHED_ERROR = 5
+
+    @property
+    def is_finished(self) -> bool:
+        return self > RequestStatus.RUNNING
+
+
+# External API: these strings appear in OpenAI responses as finish_reason.
+FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH: "length",
+    RequestStatus.FINISHED_CANCELLED: "cancelled",
+    RequestStatus.FINISHED_ERROR: "error",
+}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256  # generated tokens, already capped to the plan
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None  # None = fresh randomness per request
+    stop: tuple[str, ...] = ()
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class RequestOutput:
+    """One message from the engine thread to the HTTP thread that owns the request."""
+
+    text: str  # new text since the last output
+    num_prompt_tokens: int
+    num_output_tokens: int
+    finish_reason: str | None = None  # set on the last output only
+    error: str | None = None
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Request:
+    prompt_tokens: list[int]
+    params: SamplingParams
+    request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    status: RequestStatus = RequestStatus.WAITING
+    output_tokens: list[int] = field(default_factory=list)
+    seq_id: int = -1  # KV sequence slot while running
+    num_computed: int = 0  # tokens whose KV is in the cache
+    num_reused: int = 0  # prompt tokens taken from the prefix cache
+    reserved_tokens: int = 0  # KV cells reserved at admission
+    arrival_time: float = field(default_factory=time.monotonic)
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    outputs: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _text: str = ""  # decoded output (stop strings removed once matched)
+    _num_sent: int = 0  # characters of _text already sent
+    _decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_tokens) + len(self.output_tokens)
+
+    @property
+    def all_tokens(self) -> list[int]:
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed < self.num_prompt_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    @property
+    def finish_reason(self) -> str | None:
+        return FINISH_REASONS.get(self.status)
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def append_token(self, token: int, piece: bytes) -> None:
+        """Record a sampled token and its bytes; finishes the request on a stop string."""
+        if self.first_token_time is None:
+            self.first_token_time = time.monotonic()
+        self.output_tokens.append(token)
+        self._text += self._decoder.decode(piece)
+        for stop in self.params.stop:
+            # only the tail can hold a new match
+            at = self._text.find(stop, max(0, self._num_sent - len(stop)))
+            if at != -1:
+                self._text = self._text[:at]
+                self._decoder.reset()  # bytes after the stop string are not ours to print
+                self.finish(RequestStatus.FINISHED_STOPPED)
+                return
+
+    def finish(self, status: RequestStatus) -> None:
+        if not self.is_finished:
+            self.status = status
+            self.finish_time = time.monotonic()
+            if status in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH):
+                self._text += self._decoder.decode(b"", final=True)
+
+    def take_delta(self) -> str:
+        """Text not yet sent, holding back a tail that could still grow into a stop string."""
+        end = len(self._text)
+        if not self.is_finished and self.params.stop:
+            end -= _held_back(self._text, self.params.stop)
+        end = max(end, self._num_sent)
+        delta = self._text[self._num_sent:end]
+        self._num_sent = end
+        return delta
+
+    def publish(self, error: str | None = None) -> None:
+        """Send new text (and the end, if finished) to the waiting HTTP thread."""
+        delta = self.take_delta()
+        if delta or self.is_finished:
+            self.outputs.put(RequestOutput(
+                delta, self.num_prompt_tokens, len(self.output_tokens),
+                self.finish_reason if self.is_finished else None, error))
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of some stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best

@@ -1,0 +1,154 @@
+"""Fit batch size and sequence lengths to the device's memory. Pure: plan() only computes.
+
+Order (as vLLM sizes memory): measure what is available, take off the reserve, the weights
+and the compute workspace, size the KV cache from the rest, shrink lengths to fit, and say
+for every limit why it binds. On unified memory (Jetson) every GPU allocation is RAM and
+swap cannot hold KV or engine memory: swap may only shrink the reserve, never grow the KV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from edge_llm.engine.backends.base import ModelProfile
+from edge_llm.telemetry.snapshot import Snapshot
+
+MiB = 1 << 20
+GiB = 1 << 30
+LIMITS = ("max_batch_size", "max_seq_len", "max_input_len", "max_output_len", "kv_cache_tokens",
+          "prefill_chunk_tokens")
+
+
+class PlanError(ValueError):
+    """The model cannot run in this memory at all; the message gives the numbers."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    reserve_bytes: int = GiB  # for the OS, the kiosk browser and other processes
+    default_max_batch_size: int = 8
+    default_max_seq_len: int = 4096
+    default_max_output_len: int = 1024
+    default_prefill_chunk_tokens: int = 256
+    prefix_cache_slots: int = 4
+    caps: dict[str, int] = field(default_factory=dict)  # user caps by limit name; 0/absent = none
+
+    def cap(self, name: str) -> int:
+        return self.caps.get(name) or 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    max_batch_size: int  # sequences decoded together
+    max_input_len: int  # prompt tokens
+    max_output_len: int  # generated tokens per request
+    max_seq_len: int  # prompt + output tokens per sequence
+    kv_cache_tokens: int  # KV cells shared by all sequences
+    prefill_chunk_tokens: int  # prompt tokens per engine step
+    num_seqs: int  # sequence slots: running + prefix cache
+    memory: str  # which memory binds: "unified RAM" | "RAM" | "GPU"
+    available_bytes: int  # free memory the plan started from
+    reserve_bytes: int  # left for everything else (after the swap credit)
+    weights_bytes: int
+    workspace_bytes: int  # compute buffers, logits, runtime overhead (estimate)
+    kv_bytes_per_token: int
+    kv_budget_bytes: int  # what was left for the KV cache
+    recommended_swap_bytes: int
+    reasons: dict[str, str]  # limit name -> why it has this value
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.kv_cache_tokens * self.kv_bytes_per_token
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.prefill_chunk_tokens + self.max_batch_size
+
+    @property
+    def predicted_resident_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.workspace_bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(kv_cache_bytes=self.kv_cache_bytes, max_batch_tokens=self.max_batch_tokens,
+                 predicted_resident_bytes=self.predicted_resident_bytes)
+        return d
+
+
+def estimate_workspace(profile: ModelProfile, batch_tokens: int, num_seqs: int) -> int:
+    """Compute buffers grow with the tokens in a step; logits with the rows kept (one per
+    sequence). A fixed build-time workspace (TensorRT-LLM) replaces the estimate."""
+    if profile.activation_bytes:
+        return profile.activation_bytes
+    per_token = profile.n_embd * 4 * 24  # hidden states, norms, attention and MLP scratch
+    return 48 * MiB + batch_tokens * per_token + num_seqs * profile.n_vocab * 4
+
+
+def _pick(name: str, policy: Policy, default: int, why_default: str) -> tuple[int, str]:
+    cap = policy.cap(name)
+    return (cap, f"user cap {cap}") if cap else (default, why_default)
+
+
+def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
+    reasons: dict[str, str] = {}
+    unified = snapshot.unified_memory
+    memory = "unified RAM" if unified else "RAM"
+    swap_credit = min(snapshot.swap_free_bytes, policy.reserve_bytes // 2)
+    reserve = policy.reserve_bytes - swap_credit
+    chunk, reasons["prefill_chunk_tokens"] = _pick(
+        "prefill_chunk_tokens", policy, policy.default_prefill_chunk_tokens,
+        "policy default: bounds how long one step stalls running streams")
+    batch_cap, why_batch = _pick("max_batch_size", policy, policy.default_max_batch_size,
+                                 "policy default (compute, not memory, binds first)")
+    num_seqs = batch_cap + policy.prefix_cache_slots
+    workspace = estimate_workspace(profile, chunk + batch_cap, num_seqs)
+    available = snapshot.ram_available_bytes
+    budget = available - reserve - profile.weights_bytes - workspace
+    kvpt = profile.kv_bytes_per_token
+    if budget < 64 * kvpt:
+        raise PlanError(
+            f"{profile.name} does not fit: {available / GiB:.2f} GiB available - {reserve / GiB:.2f} reserve"
+            f" - {profile.weights_bytes / GiB:.2f} weights - {workspace / GiB:.2f} workspace leaves"
+            f" {budget / MiB:.0f} MiB, less than 64 tokens of KV at {kvpt} B/token")
+    kv_fit = budget // kvpt
+
+    seq, reasons["max_seq_len"] = _pick("max_seq_len", policy, policy.default_max_seq_len, "policy default")
+    if profile.n_ctx_train and seq > profile.n_ctx_train:
+        seq, reasons["max_seq_len"] = profile.n_ctx_train, f"the model's trained context ({profile.n_ctx_train})"
+    kv_cap = policy.cap("kv_cache_tokens")
+    kv_limit = min(kv_fit, kv_cap) if kv_cap else kv_fit
+    if seq > kv_limit:
+        seq = kv_limit
+        reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv_cap}" if kv_cap and kv_cap < kv_fit
+                                  else f"{memory}: the KV budget holds only {kv_fit} tokens")
+    batch = min(batch_cap, max(1, kv_limit // seq))
+    reasons["max_batch_size"] = why_batch if batch == batch_cap else (
+        f"{memory}: {kv_limit} KV tokens hold {batch} sequences of {seq}")
+    kv_tokens = min(kv_limit, batch * seq)
+    reasons["kv_cache_tokens"] = (f"max_batch_size x max_seq_len = {batch} x {seq}" if kv_tokens == batch * seq
+                                  else f"user cap {kv_cap}" if kv_tokens == kv_cap
+                                  else f"{memory}: budget {budget // MiB} MiB / {kvpt} B per token")
+    inp, reasons["max_input_len"] = _pick("max_input_len", policy, seq - 1, "max_seq_len - 1")
+    if inp > seq - 1:
+        inp, reasons["max_input_len"] = seq - 1, "max_seq_len - 1"
+    out, reasons["max_output_len"] = _pick("max_output_len", policy, policy.default_max_output_len, "policy default")
+    if out > seq - 1:
+        out, reasons["max_output_len"] = seq - 1, "max_seq_len - 1"
+    chunk = min(chunk, inp)
+    return Plan(
+        max_batch_size=batch, max_input_len=inp, max_output_len=out, max_seq_len=seq,
+        kv_cache_tokens=kv_tokens, prefill_chunk_tokens=chunk, num_seqs=batch + policy.prefix_cache_slots,
+        memory=memory, available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
+        workspace_bytes=workspace, kv_bytes_per_token=kvpt, kv_budget_bytes=budget,
+        recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons)
+
+
+def recommend_swap(snapshot: Snapshot) -> int:
+    """Swap cannot hold KV or weights on unified memory; it gives other processes somewhere to
+    go (and engine builds headroom). Half of RAM, between 4 and 16 GiB, as NVIDIA advises
+    an NVMe swap file for LLM work on Jetson."""
+    return int(min(16 * GiB, max(4 * GiB, snapshot.ram_total_bytes // 2)))
+
+
+SWAP_REASON = ("swap cannot hold the KV cache or the engine (unified memory is pinned RAM); it lets other "
+               "processes page out so the reserve can shrink by up to half, and gives engine builds headroom")

@@ -1,0 +1,37 @@
+"""What the HTTP layer reads about the running appliance: its phase, engine, plan, telemetry."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+
+from edge_llm.config import Config
+
+
+class Phase(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass
+class Runtime:
+    config: Config
+    phase: Phase = Phase.LOADING
+    status: str = "starting"  # one line: what the daemon is doing
+    engine: object | None = None  # edge_llm.engine.loop.Engine once loaded
+    backend: object | None = None
+    plan: object | None = None  # edge_llm.planner.Plan
+    telemetry: object | None = None  # edge_llm.telemetry.Sampler
+    extensions: dict = field(default_factory=dict)  # e.g. the summary job store
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.phase is Phase.READY and self.engine is not None
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id

@@ -1,0 +1,54 @@
+"""Operations: /health, /metrics, /api/plan, /api/telemetry, /api/status."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from edge_llm.runtime import Runtime
+from edge_llm.server.errors import APIError
+
+bp = Blueprint("ops", __name__)
+
+
+def runtime() -> Runtime:
+    return current_app.config["RUNTIME"]
+
+
+@bp.get("/health")
+def health():
+    rt = runtime()
+    body = {"status": rt.phase.value, "model": rt.model_id, "detail": rt.status}
+    if rt.engine is not None:
+        body.update(rt.engine.stats())
+    resp = jsonify(body)
+    if not rt.is_ready:
+        resp.status_code = 503
+        resp.headers["Retry-After"] = "5"
+    return resp
+
+
+@bp.get("/metrics")
+def metrics():
+    rt = runtime()
+    if rt.engine is None:
+        return Response("", mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(rt.engine.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/api/plan")
+def plan():
+    rt = runtime()
+    if rt.plan is None:
+        raise APIError(503, "no plan yet: the model is still loading", "loading", headers={"Retry-After": "5"})
+    return jsonify(rt.plan.to_dict())
+
+
+@bp.get("/api/telemetry")
+def telemetry():
+    rt = runtime()
+    snap = rt.telemetry.latest if rt.telemetry is not None else None
+    if snap is None:
+        raise APIError(503, "no telemetry reading yet", "loading", headers={"Retry-After": "1"})
+    return jsonify(snap.to_dict())

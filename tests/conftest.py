@@ -1,0 +1,109 @@
+"""Fixtures: the real model behind the real daemon on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import http.client as httplib
+import json as jsonlib
+import threading
+import time
+
+import openai
+import pytest
+
+from edge_llm import config as config_mod
+from edge_llm.daemon import Daemon
+
+# Small enough to start fast, large enough for the batching tests.
+TEST_LIMITS = {"limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
+               "limits.max_output_len": 512, "limits.prefill_chunk_tokens": 64, "limits.max_queue": 128}
+
+
+def make_config(**overrides) -> config_mod.Config:
+    items = {"server.port": 0, **TEST_LIMITS, **overrides}
+    return config_mod.load(env={}, overrides=list(items.items()))
+
+
+class RunningDaemon:
+    def __init__(self, cfg: config_mod.Config):
+        self.daemon = Daemon(cfg)
+        self.thread = threading.Thread(target=self.daemon.run, name="daemon", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.daemon.runtime.is_ready:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"daemon did not become ready: {self.daemon.runtime.status}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.daemon.port}"
+        self.engine = self.daemon.runtime.engine
+        self.model_id = self.daemon.runtime.model_id
+
+    def stop(self) -> None:
+        self.daemon.stop_requested.set()
+        self.thread.join(60)
+
+    def kv_lengths(self) -> dict[int, int]:
+        """Tokens in the KV cache per sequence slot, read on the engine thread."""
+        return self.engine.call(self.engine.backend.seq_lengths)
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.engine.num_running or self.engine.num_waiting:
+            assert time.monotonic() < deadline, f"engine still busy: {self.engine.stats()}"
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def server():
+    d = RunningDaemon(make_config())
+    yield d
+    d.stop()
+
+
+@pytest.fixture()
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+class Http:
+    """Raw HTTP over a real loopback socket (stdlib), for what the openai client hides."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def request(self, method: str, path: str, body: bytes | str | dict | None = None,
+                headers: dict[str, str] | None = None):
+        headers = dict(headers or {})
+        if isinstance(body, dict):
+            body = jsonlib.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        conn = httplib.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+
+    def post(self, path, body=None, headers=None):
+        return self.request("POST", path, body, headers)
+
+    def get(self, path, headers=None):
+        return self.request("GET", path, None, headers)
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status_code, self.headers, self.content = status, headers, body
+
+    def json(self):
+        return jsonlib.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode()
+
+
+@pytest.fixture()
+def http(server) -> Http:
+    return Http(server.daemon.port)
