@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import http.client as httplib
 import json as jsonlib
+import sys
 import threading
 import time
+from pathlib import Path
 
 import openai
 import pytest
 
 from edge_llm import config as config_mod
 from edge_llm.daemon import Daemon
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (benchmarks reused by tests)
 
 # Small enough to start fast, large enough for the batching tests.
 TEST_LIMITS = {"limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
