@@ -11,7 +11,8 @@ import argparse
 import statistics
 import threading
 
-from edge_llm import appliance, config as config_mod
+from edge_llm import appliance
+from edge_llm import config as config_mod
 from edge_llm.engine.request import SamplingParams
 from edge_llm.telemetry.host import HostSource
 

@@ -1,0 +1,96 @@
+"""The memory planner: properties over made-up devices and models, and named profiles."""
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from edge_llm import planner, profiles
+from edge_llm.engine.backends.base import ModelProfile
+from edge_llm.planner import GiB, MiB, PlanError, Policy, plan
+from edge_llm.telemetry.snapshot import Snapshot
+
+models = st.builds(
+    ModelProfile, name=st.just("m"), n_layers=st.integers(4, 80), n_kv_heads=st.integers(1, 64),
+    head_dim=st.sampled_from([64, 80, 128]), n_ctx_train=st.sampled_from([2048, 4096, 8192, 32768]),
+    weights_bytes=st.integers(50 * MiB, 40 * GiB), n_embd=st.sampled_from([576, 2048, 4096]),
+    n_vocab=st.sampled_from([32000, 49152, 128256]))
+snapshots = st.builds(
+    Snapshot, source=st.just("test"), ram_total_bytes=st.just(64 * GiB),
+    ram_available_bytes=st.integers(1 * GiB, 64 * GiB), ram_used_bytes=st.just(0),
+    swap_total_bytes=st.integers(0, 16 * GiB), swap_used_bytes=st.just(0), unified_memory=st.booleans())
+caps = st.fixed_dictionaries({}, optional={name: st.integers(1, 20000) for name in planner.LIMITS})
+policies = st.builds(Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps)
+
+
+def try_plan(m, s, p):
+    try:
+        return plan(m, s, p)
+    except PlanError:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(models, snapshots, policies, st.integers(1, 32 * GiB))
+def test_more_memory_never_lowers_a_limit(m, s, p, extra):
+    small = try_plan(m, s, p)
+    assume(small is not None)
+    big = plan(m, replace(s, ram_available_bytes=s.ram_available_bytes + extra), p)
+    for name in planner.LIMITS:
+        assert getattr(big, name) >= getattr(small, name), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(models, snapshots, policies, st.integers(16, 8192), st.integers(1, 8192))
+def test_a_longer_max_seq_len_never_raises_the_batch(m, s, p, seq, more):
+    a = try_plan(m, s, replace(p, caps={**p.caps, "max_seq_len": seq}))
+    b = try_plan(m, s, replace(p, caps={**p.caps, "max_seq_len": seq + more}))
+    assume(a is not None and b is not None)
+    assert b.max_batch_size <= a.max_batch_size
+
+
+@settings(max_examples=300, deadline=None)
+@given(models, snapshots, policies)
+def test_the_plan_never_exceeds_the_budget_and_caps_win(m, s, p):
+    pl = try_plan(m, s, p)
+    assume(pl is not None)
+    assert pl.kv_cache_bytes <= pl.kv_budget_bytes
+    assert pl.weights_bytes + pl.kv_cache_bytes + pl.workspace_bytes + pl.reserve_bytes <= s.ram_available_bytes
+    for name, cap in p.caps.items():
+        assert getattr(pl, name) <= cap, name
+    assert pl.max_seq_len <= pl.kv_cache_tokens and pl.max_input_len < pl.max_seq_len
+    assert pl.max_output_len < pl.max_seq_len and pl.prefill_chunk_tokens <= pl.max_input_len
+    assert pl.max_seq_len <= m.n_ctx_train
+    assert set(pl.reasons) == set(planner.LIMITS)
+
+
+@given(models, snapshots, policies, st.integers(0, 16 * GiB))
+def test_swap_never_raises_the_kv_budget_beyond_ram(m, s, p, swap):
+    pl = try_plan(m, replace(s, swap_total_bytes=swap), p)
+    assume(pl is not None)
+    assert pl.reserve_bytes >= p.reserve_bytes // 2  # swap may shrink the reserve by half at most
+    assert pl.kv_budget_bytes <= s.ram_available_bytes - pl.weights_bytes - pl.workspace_bytes
+
+
+def test_kv_bytes_per_token_formula():
+    llama3 = profiles.MODELS["llama-3-8b-int4"]
+    assert llama3.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131072
+
+
+def test_named_profiles_what_fits_before_flashing():
+    orin64, nano = profiles.DEVICES["agx-orin-64gb"], profiles.DEVICES["orin-nano-8gb"]
+    p = Policy()
+    big = plan(profiles.MODELS["llama-3-8b-int4"], orin64, p)
+    assert big.memory == "unified RAM" and big.max_batch_size == p.default_max_batch_size
+    assert "policy default" in big.reasons["max_batch_size"]
+    with pytest.raises(PlanError, match="does not fit"):
+        plan(profiles.MODELS["llama-3-8b-int4"], nano, p)
+    tight = plan(profiles.MODELS["llama-2-7b-int4"], nano, p)
+    assert tight.max_batch_size == 1 and "KV budget holds only" in tight.reasons["max_seq_len"]
+    assert plan(profiles.MODELS["smollm2-135m-q4_1"], nano, p).max_seq_len == 4096
+
+
+def test_swap_recommendation_is_bounded():
+    assert planner.recommend_swap(profiles.DEVICES["agx-orin-64gb"]) == 16 * GiB
+    assert planner.recommend_swap(profiles.DEVICES["orin-nano-8gb"]) == 4 * GiB
