@@ -25,7 +25,7 @@ log = logging.getLogger("edge_llm.daemon")
 MiB = 1 << 20
 EXTEND_EVERY_S = 5.0  # while loading, ask systemd for more start time this often
 EXTEND_BY_USEC = 20_000_000
-STALL_S = 30.0  # an engine loop silent for this long is hung: stop the watchdog pings
+MIN_STALL_S = 5.0  # an engine loop silent this long (or half WatchdogSec, if longer) is hung
 
 
 class Daemon:
@@ -38,6 +38,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.server = None
         self.port = None
+        self.stall_s = MIN_STALL_S
 
     # -- life ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -78,7 +79,7 @@ class Daemon:
             app, host=s.host, port=s.port, threads=s.threads, ident="edge-llm",
             channel_request_lookahead=8,  # lets a handler see a client that went away
             max_request_body_size=max(s.max_body_bytes, s.max_document_bytes) + 65536)
-        self.port = self.server.effective_port
+        self.port = int(self.server.effective_port)
         log.info("listening on http://%s:%d (503 until the model is ready)", s.host, self.port)
         threading.Thread(target=self.server.run, name="http", daemon=True).start()
 
@@ -104,6 +105,7 @@ class Daemon:
 
     def _serve_until_stopped(self) -> None:
         wd_interval = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else None
+        self.stall_s = max(MIN_STALL_S, wd_interval or 0.0)
         tick = min(wd_interval or 2.0, 2.0)
         last_status = ""
         while not self.stop_requested.wait(tick):
@@ -119,7 +121,8 @@ class Daemon:
 
     def engine_is_healthy(self) -> bool:
         engine = self.runtime.engine
-        return engine is not None and engine.is_alive and time.monotonic() - engine.last_progress < STALL_S
+        return (engine is not None and engine.is_alive
+                and time.monotonic() - engine.last_progress < self.stall_s)
 
     def _drain(self) -> None:
         engine = self.runtime.engine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -52,3 +52,17 @@ def telemetry():
     if snap is None:
         raise APIError(503, "no telemetry reading yet", "loading", headers={"Retry-After": "1"})
     return jsonify(snap.to_dict())
+
+
+@bp.post("/debug/hang")
+def debug_hang():
+    """Test hook (daemon.debug_hooks, off by default): stall the engine loop for ?seconds=N."""
+    rt = runtime()
+    if not rt.config.daemon.debug_hooks:
+        raise APIError(404, "not found", "not_found")
+    try:
+        seconds = float(request.args.get("seconds", "10"))
+    except ValueError:
+        raise APIError(400, "seconds must be a number", "invalid_value", "seconds") from None
+    rt.engine.hang_seconds = seconds
+    return jsonify({"hanging_for_s": seconds})

@@ -1,0 +1,154 @@
+"""The real daemon as a child process, with this test listening on its own NOTIFY_SOCKET
+(systemd is never booted here). Also: unit files checked with systemd-analyze."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TEST_LIMITS, Http
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class NotifyListener:
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def times(self, key: str, value: str | None = None) -> list[float]:
+        return [t for t, f in self.messages if key in f and (value is None or f[key] == value)]
+
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.times(key, value)
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise AssertionError(f"no {key}={value} in {self.messages}")
+
+    def close(self):
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture()
+def daemon_proc(tmp_path):
+    listener = NotifyListener(tmp_path / "notify.sock")
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000",
+               EDGE_LLM_DAEMON_DEBUG_HOOKS="true", EDGE_LLM_DAEMON_DRAIN_TIMEOUT_S="60", PYTHONUNBUFFERED="1")
+    sets = [f"--set={k}={v}" for k, v in TEST_LIMITS.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "edge_llm", "serve", "--port", "0", *sets], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    port, deadline = None, time.monotonic() + 60
+    for line in proc.stderr:  # the daemon logs its port once bound
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if m or time.monotonic() > deadline:
+            port = int(m.group(1)) if m else None
+            break
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep draining
+    assert port, "daemon did not report its port"
+    yield proc, Http(port), listener
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(30)
+    listener.close()
+
+
+def test_notify_protocol_ready_status_watchdog_and_drain(daemon_proc):
+    proc, http, notify = daemon_proc
+    health_before = []
+    while not notify.times("READY", "1"):
+        health_before.append(http.get("/health").status_code)
+        time.sleep(0.01)
+    ready_at = notify.wait_for("READY", "1")
+    assert http.get("/health").status_code == 200  # READY=1 is sent only once /health says 200
+    # 503 while loading, then 200 for good (the phase turns ready, then READY=1 is sent)
+    assert health_before[0] == 503
+    assert health_before == sorted(health_before, key=lambda code: code == 200)
+    extend = notify.times("EXTEND_TIMEOUT_USEC")
+    assert extend and extend[0] < ready_at  # start timeout extended while loading
+    statuses = [f["STATUS"] for t, f in notify.messages if "STATUS" in f and t <= ready_at]
+    assert any("warming up" in s for s in statuses) and "ready" in statuses[-1]
+
+    time.sleep(3)
+    pings = [t for t in notify.times("WATCHDOG", "1") if t > ready_at]
+    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    assert len(pings) >= 4 and max(gaps) < 0.8  # WATCHDOG_USEC=1s: a ping every 0.5 s
+
+    # SIGTERM with a stream in flight: STOPPING=1, the stream still completes, exit 0
+    result = {}
+
+    def stream():
+        r = http.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 150, "temperature": 0,
+                                          "stream": True})
+        result["events"] = [e for e in r.text.split("\n\n") if e]
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    notify.wait_for("STOPPING", "1", timeout=10)
+    r = http.post("/v1/completions", {"prompt": "late", "max_tokens": 2})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
+    t.join(60)
+    assert proc.wait(60) == 0
+    events = result["events"]
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_a_hung_engine_loop_stops_the_watchdog_pings(daemon_proc):
+    proc, http, notify = daemon_proc
+    notify.wait_for("READY", "1")
+    assert http.post("/debug/hang?seconds=12", {}).status_code == 200
+    hung_at = time.monotonic()
+    time.sleep(9)
+    late = [t for t in notify.times("WATCHDOG", "1") if t > hung_at + 6]  # stall threshold: 5 s
+    assert late == [], "watchdog kept pinging while the engine loop was hung"
+    time.sleep(5)  # the loop comes back: so do the pings
+    assert [t for t in notify.times("WATCHDOG", "1") if t > hung_at + 12.5]
+
+
+def test_debug_hook_is_off_by_default(http):
+    assert http.post("/debug/hang?seconds=1", {}).status_code == 404
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_units_verify_and_exposure_is_at_most_2_5(tmp_path):
+    # verify complains only about the absent install paths (/opt/edge-llm, cage) here
+    for unit in sorted((ROOT / "systemd").glob("*.service")):
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
+        problems = [line for line in r.stderr.splitlines() if line and "is not executable" not in line]
+        assert problems == [], (unit.name, problems)
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd/edge-llm.service")],
+                       capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for edge-llm.service: ([\d.]+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 2.5
+    for forbidden in ("PrivateDevices=yes", "MemoryDenyWriteExecute=yes"):  # they break the Jetson GPU
+        assert forbidden not in (ROOT / "systemd/edge-llm.service").read_text()

@@ -1,0 +1,211 @@
+"""Decode speed and TTFT: the raw llama.cpp batch loop (the ceiling), our engine in process,
+and the daemon over HTTP (a separate process), at several concurrencies; optionally
+llama-cpp-python's own server. Same prompt, same length, greedy.
+
+    .venv/bin/python tools/bench.py [--concurrency 1 4 8] [--tokens 128] [--llama-server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+@dataclass
+class Run:
+    ttft_s: float
+    tokens: int
+    decode_s: float  # first token to last
+
+
+def summarize(name: str, n: int, runs: list[Run], wall_s: float) -> dict:
+    ttfts = sorted(r.ttft_s for r in runs)
+    tpot = [r.decode_s / (r.tokens - 1) for r in runs if r.tokens > 1]
+    return {"target": name, "concurrency": n, "aggregate_tok_s": sum(r.tokens for r in runs) / wall_s,
+            "per_stream_tok_s": statistics.mean(1 / t for t in tpot), "ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2],
+            "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
+            "tpot_ms": 1000 * statistics.mean(tpot), "tokens": sum(r.tokens for r in runs)}
+
+
+def concurrent(n: int, fn) -> tuple[list[Run], float]:
+    out: list[Run] = [None] * n
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, fn(i))) for i in range(n)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out, time.monotonic() - t0
+
+
+# -- targets ------------------------------------------------------------------------------------
+def bench_lowlevel(n: int, tokens: int) -> dict:
+    """n sequences decoded together through llama_batch with no scheduler and no HTTP."""
+    import llama_cpp as L
+
+    from edge_llm.config import embedded_model_path
+    from edge_llm.engine.backends.base import ContextShape
+    from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+    be = LlamaCppBackend(embedded_model_path())
+    be.create_context(ContextShape(4096, n, 512))
+    prompt = be.tokenize(PROMPT, True)
+    b, ctx = be.batch, be.ctx
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+
+    def decode(items):
+        b.n_tokens = len(items)
+        for i, (tok, pos, seq, lg) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, lg
+            b.seq_id[i][0] = seq
+        assert L.llama_decode(ctx, b) == 0
+
+    t0 = time.monotonic()
+    decode([(t, p, s, p == len(prompt) - 1) for s in range(n) for p, t in enumerate(prompt)])
+    last = [L.llama_sampler_sample(chain, ctx, s * len(prompt) + len(prompt) - 1) for s in range(n)]
+    ttft = time.monotonic() - t0
+    for step in range(tokens - 1):
+        decode([(last[s], len(prompt) + step, s, True) for s in range(n)])
+        last = [L.llama_sampler_sample(chain, ctx, s) for s in range(n)]
+    wall = time.monotonic() - t0
+    return summarize("lowlevel", n, [Run(ttft, tokens, wall - ttft)] * n, wall)
+
+
+def bench_inproc(engine, n: int, tokens: int) -> dict:
+    from edge_llm.engine.request import SamplingParams
+    prompt = engine.backend.tokenize(PROMPT, True)
+
+    def one(i):
+        req, _ = engine.make_request(prompt, SamplingParams(temperature=0.0), tokens)
+        first = None
+        for _out in engine.generate(req):
+            first = first or time.monotonic()
+        return Run(req.first_token_time - req.arrival_time, len(req.output_tokens), time.monotonic() - first)
+
+    engine.call(engine.clear_prefix_cache)  # as a fresh daemon: the first stream prefills
+    runs, wall = concurrent(n, one)
+    return summarize("in-process", n, runs, wall)
+
+
+def sse_stream(port: int, path: str, body: dict) -> Run:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.monotonic()
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = last = None
+    count = usage = 0
+    for line in resp:
+        if not line.startswith(b"data: {"):
+            continue
+        data = json.loads(line[6:])
+        if data.get("usage"):
+            usage = data["usage"]["completion_tokens"]
+        if data.get("choices") and data["choices"][0].get("text"):
+            last = time.monotonic()
+            first = first or last
+            count += 1
+    conn.close()
+    return Run(first - t0, usage or count, last - first)
+
+
+def bench_http(port: int, n: int, tokens: int, name: str, extra: dict | None = None) -> dict:
+    body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True, **(extra or {})}
+    runs, wall = concurrent(n, lambda i: sse_stream(port, "/v1/completions", body))
+    return summarize(name, n, runs, wall)
+
+
+# -- servers ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int, health: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", health)
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{cmd[0]} did not start")
+
+
+def run_target(target: str, concurrency: list[int], tokens: int) -> list[dict]:
+    """One target, in this process (each target gets a process of its own: ggml's OpenMP
+    team belongs to the thread that first decodes, and a second team would contend)."""
+    limits = [("limits.max_batch_size", max(concurrency)), ("limits.max_output_len", tokens)]
+    if target == "lowlevel":
+        return [bench_lowlevel(n, tokens) for n in concurrency]
+    if target == "in-process":
+        from edge_llm import appliance, config
+        from edge_llm.telemetry.host import HostSource
+        _, _, engine = appliance.build_engine(config.load(overrides=limits), HostSource().read())
+        try:
+            return [bench_inproc(engine, n, tokens) for n in concurrency]
+        finally:
+            engine.stop()
+    port = free_port()
+    if target == "http":
+        cmd = [sys.executable, "-m", "edge_llm", "serve", "--port", str(port),
+               *[f"--set={k}={v}" for k, v in limits]]
+        proc, name, extra = start(cmd, port, "/health"), "edge-llm http", {"stream_options": {"include_usage": True}}
+    else:
+        from edge_llm.config import embedded_model_path
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()), "--port", str(port),
+               "--n_ctx", "4096", "--n_threads", str(len(os.sched_getaffinity(0)))]
+        proc, name, extra = start(cmd, port, "/v1/models"), "llama_cpp.server", {}
+    try:
+        return [bench_http(port, n, tokens, name, extra) for n in concurrency]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--llama-server", action="store_true", help="also llama-cpp-python's server (needs its extras)")
+    ap.add_argument("--target", choices=["lowlevel", "in-process", "http", "llama-server"],
+                    help="run one target and print its results as JSON (used by the full run)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    if args.target:
+        print(json.dumps(run_target(args.target, args.concurrency, args.tokens)))
+        return
+    targets = ["lowlevel", "in-process", "http"] + (["llama-server"] if args.llama_server else [])
+    results = []
+    for target in targets:
+        cmd = [sys.executable, __file__, "--target", target, "--tokens", str(args.tokens), "--concurrency",
+               *map(str, args.concurrency)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results += json.loads(out.strip().splitlines()[-1])
+    print(f"{'target':<18}{'conc':>5}{'agg tok/s':>11}{'stream tok/s':>14}{'TTFT p50':>10}{'p99 ms':>8}{'TPOT ms':>9}")
+    for r in results:
+        print(f"{r['target']:<18}{r['concurrency']:>5}{r['aggregate_tok_s']:>11.1f}{r['per_stream_tok_s']:>14.1f}"
+              f"{r['ttft_p50_ms']:>10.0f}{r['ttft_p99_ms']:>8.0f}{r['tpot_ms']:>9.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
