@@ -135,3 +135,28 @@ def test_a_long_prompt_arriving_mid_stream_stalls_others_by_at_most_a_chunk(clie
     assert len(times) > 30
     # decode steps keep flowing during the long prefill: no gap beyond one chunk step (+ slack)
     assert max(gaps) < one_chunk_s * 1.5 + 0.05, (max(gaps), one_chunk_s)
+
+
+def test_shared_system_prompt_is_reused_not_recomputed(client, server):
+    system = "You are the museum help desk. " + " ".join(f"Rule {i}: be brief and kind." for i in range(40))
+    metrics = server.engine.metrics
+    for question in ("When do you open?", "Is there a cafe?"):
+        before = metrics.reused_tokens._value.get()
+        r = client.chat.completions.create(model=server.model_id, temperature=0, max_tokens=4, messages=[
+            {"role": "system", "content": system}, {"role": "user", "content": question}])
+        reused = metrics.reused_tokens._value.get() - before
+    # the second conversation took the whole system prompt from the prefix cache
+    assert reused >= r.usage.prompt_tokens - 12, (reused, r.usage.prompt_tokens)
+
+
+def test_metrics_endpoint_and_dashboard_use_the_same_names(http):
+    import re
+    from pathlib import Path
+    text = http.get("/metrics").text
+    for name in ("edge_llm_time_to_first_token_seconds_bucket", "edge_llm_generated_tokens_total",
+                 "edge_llm_kv_tokens_budget", "edge_llm_requests_running", 'edge_llm_requests_finished_total{reason="'):
+        assert name in text
+    dashboard = json.loads((Path(__file__).parents[1] / "tools/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for metric in {m for e in exprs for m in re.findall(r"edge_llm_[a-z_]+", e)}:
+        assert metric in text, metric
