@@ -15,6 +15,7 @@ from edge_llm.telemetry.snapshot import Snapshot
 
 MiB = 1 << 20
 GiB = 1 << 30
+MIN_USEFUL_SEQ = 256  # memory bounds the batch by sequences this short: admission reserves the rest
 LIMITS = ("max_batch_size", "max_seq_len", "max_input_len", "max_output_len", "kv_cache_tokens",
           "prefill_chunk_tokens")
 
@@ -121,9 +122,11 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         seq = kv_limit
         reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv_cap}" if kv_cap and kv_cap < kv_fit
                                   else f"{memory}: the KV budget holds only {kv_fit} tokens")
-    batch = min(batch_cap, max(1, kv_limit // seq))
+    # Admission reserves prompt + max_tokens per request, so short requests can share KV
+    # that one long one would fill; memory bounds the batch by short sequences only.
+    batch = min(batch_cap, max(1, kv_limit // MIN_USEFUL_SEQ))
     reasons["max_batch_size"] = why_batch if batch == batch_cap else (
-        f"{memory}: {kv_limit} KV tokens hold {batch} sequences of {seq}")
+        f"{memory}: {kv_limit} KV tokens hold {batch} sequences of {MIN_USEFUL_SEQ}")
     kv_tokens = min(kv_limit, batch * seq)
     reasons["kv_cache_tokens"] = (f"max_batch_size x max_seq_len = {batch} x {seq}" if kv_tokens == batch * seq
                                   else f"user cap {kv_cap}" if kv_tokens == kv_cap

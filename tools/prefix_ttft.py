@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from edge_llm import appliance, config as config_mod
+from edge_llm import appliance
+from edge_llm import config as config_mod
 from edge_llm.engine.request import SamplingParams
 from edge_llm.telemetry.host import HostSource
 
@@ -36,8 +37,9 @@ def main() -> None:
         t, reused, n = ask(engine, backend, f"Is there a cafe? ({i})")
         warm.append(t)
     engine.stop()
-    print(f"prompt {n} tokens, {reused} reused: TTFT cold median {1000 * statistics.median(cold):.0f} ms, "
-          f"reused median {1000 * statistics.median(warm):.0f} ms ({statistics.median(cold) / statistics.median(warm):.1f}x)")
+    c, w = statistics.median(cold), statistics.median(warm)
+    print(f"prompt {n} tokens, {reused} reused: TTFT cold median {1000 * c:.0f} ms, "
+          f"reused median {1000 * w:.0f} ms ({c / w:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class KVCacheManager:
         self.min_reuse = min_reuse  # shorter matches are not worth a copy
         self.free_slots = list(range(num_slots - 1, -1, -1))
         self.num_reserved = 0  # tokens reserved by running requests
+        self.peak_reserved = 0  # the most ever reserved at once
         self.cached: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # slot -> tokens in its KV (LRU first)
         self.num_cached_tokens = 0
 
@@ -65,6 +66,7 @@ class KVCacheManager:
         req.num_computed = req.num_reused = reuse
         req.reserved_tokens = self.reservation(req)
         self.num_reserved += req.reserved_tokens
+        self.peak_reserved = max(self.peak_reserved, self.num_reserved)
         while self.cached and self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:
             self.free_slots.append(self._evict(ops))
 

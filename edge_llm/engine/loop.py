@@ -241,5 +241,6 @@ class Engine:
     def stats(self) -> dict:
         kv = self.scheduler.kv
         return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.num_steps,
-                "kv_tokens_reserved": kv.num_reserved, "kv_tokens_cached": kv.num_cached_tokens,
+                "kv_tokens_reserved": kv.num_reserved, "kv_tokens_reserved_peak": kv.peak_reserved,
+                "kv_tokens_cached": kv.num_cached_tokens,
                 "kv_cache_tokens": kv.kv_cache_tokens, "admission_paused": self.scheduler.admission_paused}
