@@ -1,0 +1,151 @@
+"""Install the edge-llm appliance into a Linux_for_Tegra rootfs before flashing an AGX Orin.
+
+    sudo .venv/bin/python tools/flash_overlay.py --l4t ~/nvidia/Linux_for_Tegra \\
+        [--wheelhouse DIR] [--trtllm-wheel WHEEL] [--kiosk] [--target emmc|nvme] [--dry-run]
+
+It copies the source and the units into rootfs/, enables them with the symlinks systemctl
+would make, adds a first-boot unit that runs jetpack/install.sh on the device (it needs the
+device's own CUDA and TensorRT), and prints the flash command. Written from NVIDIA's
+documented JetPack 6.1 layout; tested here against a fake Linux_for_Tegra tree only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ITEMS = ["setup.py", "README.md", "ruff.toml", "edge_llm", "jetpack", "systemd", "tools"]
+BOARD = "jetson-agx-orin-devkit"
+FIRSTBOOT_UNIT = """[Unit]
+Description=edge-llm first-boot provisioning (runs jetpack/install.sh once)
+After=network-online.target
+Wants=network-online.target
+Before=edge-llm.service
+ConditionPathExists=!/var/lib/edge-llm/.provisioned
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+TimeoutStartSec=3h
+ExecStart=/opt/edge-llm/src/jetpack/install.sh {args}
+ExecStartPost=/bin/sh -c 'mkdir -p /var/lib/edge-llm && touch /var/lib/edge-llm/.provisioned'
+ExecStartPost=/bin/systemctl start --no-block edge-llm.service
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+class OverlayError(RuntimeError):
+    pass
+
+
+def flash_command(target: str) -> str:
+    if target == "nvme":
+        return ("sudo ./tools/kernel_flash/l4t_initrd_flash.sh --external-device nvme0n1p1 "
+                "-c tools/kernel_flash/flash_l4t_external.xml "
+                "-p \"-c bootloader/generic/cfg/flash_t234_qspi.xml\" --showlogs --network usb0 "
+                f"{BOARD} internal")
+    return f"sudo ./flash.sh {BOARD} internal"
+
+
+class Overlay:
+    def __init__(self, l4t: Path, dry_run: bool):
+        self.l4t, self.rootfs, self.dry_run = l4t, l4t / "rootfs", dry_run
+        self.actions: list[str] = []
+
+    def check(self) -> None:
+        if not (self.l4t / "flash.sh").is_file():
+            raise OverlayError(f"{self.l4t} is not a Linux_for_Tegra folder (no flash.sh)")
+        release = self.rootfs / "etc/nv_tegra_release"
+        if not release.is_file():
+            raise OverlayError(f"{self.rootfs} has no etc/nv_tegra_release: run apply_binaries.sh first")
+        first = release.read_text().splitlines()[0] if release.read_text() else ""
+        if "R36" not in first or "REVISION: 4." not in first:
+            raise OverlayError(f"the rootfs is not L4T R36.4 (JetPack 6.1): {first!r}")
+
+    def _do(self, what: str, fn, *args) -> None:
+        self.actions.append(what)
+        if not self.dry_run:
+            fn(*args)
+
+    def copy(self, src: Path, rel: str) -> None:
+        dst = self.rootfs / rel
+        if src.is_dir():
+            self._do(f"copy {src} -> {dst}", lambda: shutil.copytree(
+                src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
+        else:
+            self._do(f"copy {src} -> {dst}", lambda: (dst.parent.mkdir(parents=True, exist_ok=True),
+                                                      shutil.copy2(src, dst)))
+
+    def write(self, rel: str, text: str) -> None:
+        dst = self.rootfs / rel
+        if dst.is_file() and dst.read_text() == text:
+            return
+        self._do(f"write {dst}", lambda: (dst.parent.mkdir(parents=True, exist_ok=True), dst.write_text(text)))
+
+    def enable(self, unit: str, target: str) -> None:
+        """What `systemctl enable` does: a symlink in <target>.wants pointing at the unit."""
+        link = self.rootfs / f"etc/systemd/system/{target}.wants/{unit}"
+        dest = f"/etc/systemd/system/{unit}"
+        if link.is_symlink() and str(link.readlink()) == dest:
+            return
+
+        def make():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(dest)
+
+        self._do(f"enable {unit} ({link} -> {dest})", make)
+
+
+def build(args) -> Overlay:
+    ov = Overlay(Path(args.l4t), args.dry_run)
+    ov.check()
+    for item in SOURCE_ITEMS:
+        ov.copy(ROOT / item, f"opt/edge-llm/src/{item}")
+    install_args = ["--headless"] + (["--kiosk"] if args.kiosk else [])
+    if args.wheelhouse:
+        ov.copy(Path(args.wheelhouse), "opt/edge-llm/wheelhouse")
+        install_args += ["--wheelhouse", "/opt/edge-llm/wheelhouse"]
+    if args.trtllm_wheel:
+        wheel = Path(args.trtllm_wheel)
+        ov.copy(wheel, f"opt/edge-llm/wheels/{wheel.name}")
+        install_args += ["--trtllm-wheel", f"/opt/edge-llm/wheels/{wheel.name}"]
+    for unit in ("edge-llm.service", "edge-llm-kiosk.service"):
+        ov.copy(ROOT / "systemd" / unit, f"etc/systemd/system/{unit}")
+    ov.write("etc/systemd/system/edge-llm-firstboot.service", FIRSTBOOT_UNIT.format(args=" ".join(install_args)))
+    ov.enable("edge-llm-firstboot.service", "multi-user.target")
+    ov.enable("edge-llm.service", "multi-user.target")
+    if args.kiosk:
+        ov.enable("edge-llm-kiosk.service", "graphical.target")
+    return ov
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--l4t", required=True, help="the Linux_for_Tegra folder (with rootfs/)")
+    ap.add_argument("--wheelhouse", help="wheels for an offline first boot (aarch64, cp310)")
+    ap.add_argument("--trtllm-wheel", help="tensorrt_llm-0.12.0-cp310-cp310-linux_aarch64.whl")
+    ap.add_argument("--kiosk", action="store_true", help="enable the kiosk browser on the local display")
+    ap.add_argument("--target", choices=["emmc", "nvme"], default="emmc")
+    ap.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
+    args = ap.parse_args(argv)
+    try:
+        ov = build(args)
+    except OverlayError as e:
+        print(f"flash_overlay: {e}", file=sys.stderr)
+        return 1
+    for a in ov.actions:
+        print(("+ " if args.dry_run else "") + a)
+    print(f"\nnow put the Orin in recovery mode, connect USB-C, and from {args.l4t} run:\n  "
+          f"{flash_command(args.target)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
