@@ -39,6 +39,7 @@ class Daemon:
         self.server = None
         self.port = None
         self.stall_s = MIN_STALL_S
+        self.guard: PressureGuard | None = None
 
     # -- life ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -60,8 +61,9 @@ class Daemon:
             self.notifier.send(STATUS=f"load failed: {e}", ERRNO=1)
             self._close_http()
             return 1
-        sampler.on_snapshot = PressureGuard(self.runtime.engine, self.cfg.planner.low_water_mb * MiB,
-                                            self.cfg.planner.critical_mb * MiB)
+        self.guard = PressureGuard(self.runtime.engine, self.cfg.planner.low_water_mb * MiB,
+                                   self.cfg.planner.critical_mb * MiB)
+        sampler.on_snapshot = self.guard
         sampler.start()
         self.runtime.phase = Phase.READY
         self._step(self._summary())
@@ -159,6 +161,8 @@ class Daemon:
             log.error("SIGHUP: config not reloaded: %s", e)
         else:
             applied, restart = apply_reload(self.cfg, new, self.runtime.engine)
+            self.guard.low_water_bytes = self.cfg.planner.low_water_mb * MiB
+            self.guard.critical_bytes = self.cfg.planner.critical_mb * MiB
             log.info("SIGHUP: applied %s; needs a restart: %s", ", ".join(applied) or "nothing",
                      ", ".join(restart) or "nothing")
         self.notifier.send(READY=1, STATUS=self._summary())

@@ -56,23 +56,30 @@ class NotifyListener:
         self.sock.close()
 
 
-@pytest.fixture()
-def daemon_proc(tmp_path):
+def spawn(tmp_path, *args):
+    """The daemon as a child process: (proc, http, notify listener, its log lines so far)."""
     listener = NotifyListener(tmp_path / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000",
                EDGE_LLM_DAEMON_DEBUG_HOOKS="true", EDGE_LLM_DAEMON_DRAIN_TIMEOUT_S="60", PYTHONUNBUFFERED="1")
     sets = [f"--set={k}={v}" for k, v in TEST_LIMITS.items()]
-    proc = subprocess.Popen([sys.executable, "-m", "edge_llm", "serve", "--port", "0", *sets], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "edge_llm", "serve", "--port", "0", *sets, *args], env=env,
                             stderr=subprocess.PIPE, text=True)
-    port, deadline = None, time.monotonic() + 60
+    log, port, deadline = [], None, time.monotonic() + 60
     for line in proc.stderr:  # the daemon logs its port once bound
+        log.append(line)
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
         if m or time.monotonic() > deadline:
             port = int(m.group(1)) if m else None
             break
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep draining
-    assert port, "daemon did not report its port"
-    yield proc, Http(port), listener
+    threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()  # keep draining
+    assert port, "daemon did not report its port: " + "".join(log)
+    return proc, Http(port), listener, log
+
+
+@pytest.fixture()
+def daemon_proc(tmp_path):
+    proc, http, listener, _ = spawn(tmp_path)
+    yield proc, http, listener
     if proc.poll() is None:
         proc.kill()
     proc.wait(30)
@@ -152,3 +159,30 @@ def test_units_verify_and_exposure_is_at_most_2_5(tmp_path):
     assert float(m.group(1)) <= 2.5
     for forbidden in ("PrivateDevices=yes", "MemoryDenyWriteExecute=yes"):  # they break the Jetson GPU
         assert forbidden not in (ROOT / "systemd/edge-llm.service").read_text()
+
+
+def test_sighup_applies_safe_changes_and_names_those_needing_a_restart(tmp_path):
+    conf = tmp_path / "edge.toml"
+    conf.write_text('[daemon]\nlog_level = "info"\n[planner]\nlow_water_mb = 512\n')
+    proc, http, notify, log = spawn(tmp_path, "--config", str(conf))
+    try:
+        notify.wait_for("READY", "1")
+        conf.write_text('[daemon]\nlog_level = "debug"\n[planner]\nlow_water_mb = 300\n[model]\nn_threads = 1\n')
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING", "1", timeout=10)
+        deadline = time.monotonic() + 10
+        while not any("SIGHUP: applied" in line for line in log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = next(line for line in log if "SIGHUP: applied" in line)
+        assert "applied daemon.log_level, planner.low_water_mb" in line and "needs a restart: model.n_threads" in line
+        conf.write_text('[daemon]\nlog_levl = "debug"\n')  # a typo: refused, the daemon keeps running
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any("config not reloaded" in line for line in log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("unknown key 'log_levl'" in line for line in log)
+        assert http.get("/health").status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+        notify.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from edge_llm.runtime import Runtime
 from edge_llm.server import validation
 from edge_llm.server.errors import APIError, error_body
 
+log = logging.getLogger(__name__)
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 POLL_S = 0.5  # how often a waiting handler checks for a vanished client
 KEEPALIVE_S = 5.0  # SSE comment lines while nothing else is sent (long prefill, queue)
@@ -117,12 +119,23 @@ def _respond(engine, tokens: list[int], gen: validation.GenerationRequest, kind:
     for out in engine.stream(req, POLL_S, disconnected):
         if out is not None:
             text, last = text + out.text, out
+    _log_finished(req, rt.model_id)
     if last is None or last.finish_reason is None:
         raise APIError(499, "client went away", "cancelled")
     if last.error:
         raise APIError(503, last.error, "engine_error", headers={"Retry-After": "5"})
     body = {**meta, "object": kind, "choices": [choice(text, last.finish_reason)], "usage": _usage(last)}
     return Response(json.dumps(body), mimetype="application/json", headers=headers)
+
+
+def _log_finished(req: Request, model: str) -> None:
+    """One line per request; under journald the extra keys become structured fields."""
+    ttft = (req.first_token_time - req.arrival_time) if req.first_token_time else None
+    log.info("%s %s: %d prompt (%d reused) + %d generated tokens, ttft %s", req.request_id, req.finish_reason,
+             req.num_prompt_tokens, req.num_reused, len(req.output_tokens),
+             f"{1000 * ttft:.0f} ms" if ttft is not None else "-",
+             extra={"REQUEST_ID": req.request_id, "MODEL": model, "FINISH_REASON": req.finish_reason,
+                    "PROMPT_TOKENS": req.num_prompt_tokens, "COMPLETION_TOKENS": len(req.output_tokens)})
 
 
 def _usage(out: RequestOutput) -> dict:
@@ -153,4 +166,5 @@ def _sse(engine, req: Request, meta: dict, obj: str, delta: Callable, include_us
             yield event([delta(out.text, out.finish_reason)])
         if out.finish_reason and include_usage:
             yield event([], usage=_usage(out))
+    _log_finished(req, meta["model"])
     yield "data: [DONE]\n\n"
