@@ -174,7 +174,7 @@ def test_sighup_applies_safe_changes_and_names_those_needing_a_restart(tmp_path)
         while not any("SIGHUP: applied" in line for line in log) and time.monotonic() < deadline:
             time.sleep(0.05)
         line = next(line for line in log if "SIGHUP: applied" in line)
-        assert "applied daemon.log_level, planner.low_water_mb" in line and "needs a restart: model.n_threads" in line
+        assert "applied planner.low_water_mb, daemon.log_level;" in line and "needs a restart: model.n_threads" in line
         conf.write_text('[daemon]\nlog_levl = "debug"\n')  # a typo: refused, the daemon keeps running
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
