@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+from pathlib import Path
 
 from edge_llm import config as config_mod
 
@@ -104,6 +106,88 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_summarize(args) -> int:
+    from edge_llm.summarize import extract
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+        kind = extract.media_type(path.name, None)
+    except (OSError, extract.UnsupportedType) as e:
+        print(f"edge-llm summarize: {e}", file=sys.stderr)
+        return 2
+    if args.in_process:
+        return _summarize_in_process(args, path, data, kind)
+    return _summarize_remote(args, path, data, kind)
+
+
+def _progress(done: int, total: int, level: int) -> None:
+    width = 30
+    filled = width * done // max(1, total)
+    stage = "map" if level == 0 else f"reduce {level}"
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {stage}   ", end="", file=sys.stderr, flush=True)
+
+
+def _summarize_remote(args, path, data: bytes, kind: str) -> int:
+    import http.client
+    import urllib.parse
+    url = urllib.parse.urlsplit(args.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=3600)
+    headers = {"Content-Type": kind}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    conn.request("POST", f"/api/summaries?filename={urllib.parse.quote(path.name)}", data, headers)
+    resp = conn.getresponse()
+    body = json.loads(resp.read() or b"{}")
+    if resp.status != 202:
+        print(f"edge-llm summarize: {resp.status}: {body.get('error', {}).get('message', body)}", file=sys.stderr)
+        return 1
+    conn.request("GET", f"/api/summaries/{body['id']}/events", headers=headers)
+    job = body
+    for line in conn.getresponse():
+        if line.startswith(b"data: "):
+            job = json.loads(line[6:])
+            p = job["progress"]
+            _progress(p["chunks_done"], p["chunks_total"], job["level"])
+    print(file=sys.stderr)
+    if job.get("status") != "done":
+        print(f"edge-llm summarize: the job ended {job.get('status')}: {job.get('error')}", file=sys.stderr)
+        return 1
+    print(job["result"])
+    return 0
+
+
+def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
+    import tempfile
+
+    from edge_llm import appliance
+    from edge_llm.summarize import extract
+    from edge_llm.summarize.jobs import JobStore
+    from edge_llm.summarize.pipeline import SummaryService
+    from edge_llm.telemetry.host import HostSource
+    cfg = _load(args)
+    try:
+        text = extract.extract(data, kind)
+    except extract.ExtractError as e:
+        print(f"edge-llm summarize: {e}", file=sys.stderr)
+        return 1
+    backend, plan, engine = appliance.build_engine(cfg, HostSource().read())
+    with tempfile.TemporaryDirectory() as tmp:
+        store = JobStore(Path(tmp) / "jobs.sqlite3")
+        service = SummaryService(engine, backend, store, plan, cfg.summarize)
+        job = service.create(path.name, text)
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (service.summarizer.run(job.id), done.set()), daemon=True)
+        worker.start()
+        while not done.wait(0.5):
+            j = store.get(job.id)
+            _progress(j.chunks_done, j.chunks_total, j.level)
+        j = store.get(job.id)
+        print(file=sys.stderr)
+        print(j.result)
+    engine.stop()
+    return 0 if j.status == "done" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from edge_llm.profiles import DEVICES, MODELS
     ap = argparse.ArgumentParser(prog="edge-llm", description="An LLM appliance for Jetson and any Linux box.")
@@ -124,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-id", default="")
     p.add_argument("--system", default="")
     p.set_defaults(fn=cmd_chat)
+    p = sub.add_parser("summarize", help="summarize a document (.txt, .md, .html, .pdf)")
+    _config_args(p)
+    p.add_argument("file")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="a running daemon")
+    p.add_argument("--api-key", default="")
+    p.add_argument("--in-process", action="store_true", help="load the model here instead of using a daemon")
+    p.set_defaults(fn=cmd_summarize)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

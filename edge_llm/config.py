@@ -81,12 +81,20 @@ class DaemonConfig:
 
 
 @dataclass
+class SummarizeConfig:
+    chunk_tokens: int = 0  # document tokens per chunk; 0 = what the plan's max_input_len allows
+    summary_tokens: int = 200  # tokens generated per chunk summary
+    parallel: int = 0  # chunks in flight at once; 0 = the plan's max_batch_size
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    summarize: SummarizeConfig = field(default_factory=SummarizeConfig)
 
     @property
     def model_path(self) -> Path:
@@ -238,6 +246,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"daemon.log_format must be auto, text or journal, got {d.log_format!r}")
     if d.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"daemon.log_level must be debug, info, warning or error, got {d.log_level!r}")
+    sm = cfg.summarize
+    if sm.chunk_tokens < 0 or sm.summary_tokens < 8 or sm.parallel < 0:
+        raise ConfigError("summarize.chunk_tokens and parallel must be >= 0, summary_tokens >= 8")
     if d.drain_timeout_s < 0 or d.telemetry_interval_s <= 0:
         raise ConfigError("daemon.drain_timeout_s must be >= 0 and telemetry_interval_s > 0")
     if m.backend == "llamacpp":

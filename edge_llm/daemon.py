@@ -20,6 +20,8 @@ from edge_llm.notify import Notifier
 from edge_llm.pressure import PressureGuard
 from edge_llm.runtime import Phase, Runtime
 from edge_llm.server import create_app
+from edge_llm.summarize.jobs import JobStore
+from edge_llm.summarize.pipeline import SummaryService
 
 log = logging.getLogger("edge_llm.daemon")
 MiB = 1 << 20
@@ -104,6 +106,11 @@ class Daemon:
         finally:
             loaded.set()
         self.runtime.backend, self.runtime.plan, self.runtime.engine = backend, plan, engine
+        self._step("resuming summary jobs")
+        store = JobStore(config_mod.state_dir(self.cfg) / "summaries.sqlite3")
+        service = SummaryService(engine, backend, store, plan, self.cfg.summarize)
+        service.start()
+        self.runtime.extensions["summaries"] = service
 
     def _serve_until_stopped(self) -> None:
         wd_interval = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else None
@@ -130,6 +137,8 @@ class Daemon:
         engine = self.runtime.engine
         self.runtime.phase = Phase.DRAINING
         self.notifier.send(STOPPING=1, STATUS="draining")
+        if "summaries" in self.runtime.extensions:  # chunks in flight resume after the restart
+            self.runtime.extensions["summaries"].stop()
         deadline = time.monotonic() + self.cfg.daemon.drain_timeout_s
         log.info("SIGTERM: draining %d running and %d waiting requests (up to %.0f s)",
                  engine.num_running, engine.num_waiting, self.cfg.daemon.drain_timeout_s)
@@ -188,7 +197,7 @@ SAFE_TO_RELOAD = {"daemon.log_level", "limits.max_queue", "planner.low_water_mb"
 def apply_reload(old: Config, new: Config, engine) -> tuple[list[str], list[str]]:
     """Copy the changed settings that are safe to change live; list those needing a restart."""
     applied, restart = [], []
-    for section in ("server", "model", "limits", "planner", "daemon"):
+    for section in ("server", "model", "limits", "planner", "daemon", "summarize"):
         a, b = getattr(old, section), getattr(new, section)
         for key, value in vars(b).items():
             if getattr(a, key) == value:

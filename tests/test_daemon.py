@@ -60,7 +60,8 @@ def spawn(tmp_path, *args):
     """The daemon as a child process: (proc, http, notify listener, its log lines so far)."""
     listener = NotifyListener(tmp_path / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000",
-               EDGE_LLM_DAEMON_DEBUG_HOOKS="true", EDGE_LLM_DAEMON_DRAIN_TIMEOUT_S="60", PYTHONUNBUFFERED="1")
+               EDGE_LLM_DAEMON_DEBUG_HOOKS="true", EDGE_LLM_DAEMON_DRAIN_TIMEOUT_S="60", PYTHONUNBUFFERED="1",
+               EDGE_LLM_DAEMON_STATE_DIR=str(tmp_path / "state"))
     sets = [f"--set={k}={v}" for k, v in TEST_LIMITS.items()]
     proc = subprocess.Popen([sys.executable, "-m", "edge_llm", "serve", "--port", "0", *sets, *args], env=env,
                             stderr=subprocess.PIPE, text=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from edge_llm.runtime import Runtime
-from edge_llm.server import errors, openai_api, ops_api, security
+from edge_llm.server import errors, openai_api, ops_api, security, summaries, ui
 
 
 def create_app(runtime: Runtime) -> Flask:
@@ -16,4 +16,6 @@ def create_app(runtime: Runtime) -> Flask:
     security.init_app(app, cfg)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ops_api.bp)
+    app.register_blueprint(summaries.bp)
+    app.register_blueprint(ui.bp)
     return app

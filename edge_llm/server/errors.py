@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def init_app(app: Flask) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(e.code, None)
         message = e.description or e.name
         if e.code == 413:
-            message = f"request body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
+            message = f"request body exceeds the limit of {request.max_content_length} bytes"
         return error_response(APIError(e.code or 500, message, code))
 
     @app.errorhandler(Exception)

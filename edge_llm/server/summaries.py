@@ -1,0 +1,113 @@
+"""/api/summaries: create a job from a document, read it, follow it (SSE), list, delete."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from edge_llm.runtime import Runtime
+from edge_llm.server.errors import APIError
+from edge_llm.summarize import extract
+
+bp = Blueprint("summaries", __name__, url_prefix="/api/summaries")
+EVENT_POLL_S = 0.5
+
+
+def service():
+    rt: Runtime = current_app.config["RUNTIME"]
+    svc = rt.extensions.get("summaries")
+    if svc is None or not rt.is_ready:
+        raise APIError(503, f"summaries are not available while the model is {rt.phase.value}", rt.phase.value,
+                       headers={"Retry-After": "5"})
+    return svc
+
+
+@bp.before_request
+def document_limit():
+    request.max_content_length = current_app.config["RUNTIME"].config.server.max_document_bytes
+
+
+def _document() -> tuple[str, bytes, str]:
+    """(filename, bytes, media type) from a multipart 'file' field or a raw body."""
+    if request.mimetype == "multipart/form-data":
+        f = request.files.get("file")
+        if f is None:
+            raise APIError(400, "multipart upload without a 'file' field", "missing_file", "file")
+        name, data, ctype = f.filename or "document", f.read(), f.mimetype
+    else:
+        name = request.args.get("filename") or request.headers.get("X-Filename") or "document"
+        data, ctype = request.get_data(), request.mimetype
+    try:
+        kind = extract.media_type(name, ctype if ctype not in ("application/octet-stream", "") else None)
+    except extract.UnsupportedType as e:
+        raise APIError(415, str(e), "unsupported_media_type") from None
+    if not data:
+        raise APIError(400, "the document is empty", "empty_document")
+    return name, data, kind
+
+
+@bp.post("")
+def create():
+    svc = service()
+    name, data, kind = _document()
+    try:
+        text = extract.extract(data, kind)
+    except extract.ExtractError as e:
+        raise APIError(400, str(e), "unreadable_document") from None
+    job = svc.create(name, text)
+    resp = jsonify(job.to_dict())
+    resp.status_code = 202
+    resp.headers["Location"] = f"/api/summaries/{job.id}"
+    return resp
+
+
+@bp.get("")
+def list_jobs():
+    return jsonify({"data": [j.to_dict() for j in service().store.list()]})
+
+
+def _job(job_id: str):
+    job = service().store.get(job_id)
+    if job is None:
+        raise APIError(404, f"no summary job {job_id}", "not_found")
+    return job
+
+
+@bp.get("/<job_id>")
+def get(job_id: str):
+    return jsonify(_job(job_id).to_dict())
+
+
+@bp.delete("/<job_id>")
+def delete(job_id: str):
+    _job(job_id)
+    service().store.delete(job_id)
+    return "", 204
+
+
+@bp.get("/<job_id>/events")
+def events(job_id: str):
+    store = service().store
+    _job(job_id)
+
+    def stream():
+        last = None
+        while True:
+            job = store.get(job_id)
+            if job is None:
+                yield 'event: error\ndata: {"message": "the job was deleted"}\n\n'
+                return
+            state = job.to_dict()
+            if state != last:
+                kind = "done" if job.status in ("done", "error") else "progress"
+                yield f"event: {kind}\ndata: {json.dumps(state)}\n\n"
+                last = state
+                if kind == "done":
+                    return
+            else:
+                yield ": waiting\n\n"
+            time.sleep(EVENT_POLL_S)
+
+    return Response(stream(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})

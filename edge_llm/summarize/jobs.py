@@ -1,0 +1,131 @@
+"""Durable summary jobs in SQLite: a job and each of its chunks, with every finished chunk
+summary committed at once, so a daemon killed mid-job resumes from the last finished chunk
+and never summarizes a chunk twice."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, filename TEXT NOT NULL, status TEXT NOT NULL, error TEXT, result TEXT,
+    num_chars INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, level INTEGER NOT NULL,
+    idx INTEGER NOT NULL, text TEXT NOT NULL, summary TEXT,
+    completions INTEGER NOT NULL DEFAULT 0,  -- times a summary was stored: 1 when done right
+    PRIMARY KEY (job_id, level, idx));
+"""
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class Job:
+    id: str
+    filename: str
+    status: str  # queued | running | done | error
+    error: str | None
+    result: str | None
+    num_chars: int
+    created: float
+    updated: float
+    level: int = 0  # the map level is 0; each reduce round adds one
+    chunks_total: int = 0  # at the current level
+    chunks_done: int = 0
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "filename": self.filename, "status": self.status, "error": self.error,
+                "result": self.result, "num_chars": self.num_chars, "created": self.created,
+                "updated": self.updated, "level": self.level,
+                "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total}}
+
+
+class JobStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed chunk survives power loss
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def create(self, filename: str, num_chars: int, chunks: list[str]) -> Job:
+        job_id, now = uuid.uuid4().hex[:16], time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT INTO jobs VALUES (?, ?, 'queued', NULL, NULL, ?, ?, ?)",
+                             (job_id, filename, num_chars, now, now))
+            self._db.executemany("INSERT INTO chunks (job_id, level, idx, text) VALUES (?, 0, ?, ?)",
+                                 [(job_id, i, text) for i, text in enumerate(chunks)])
+            self._db.execute("COMMIT")
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._q("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            return None
+        job = Job(*rows[0])
+        level = self.level(job_id)
+        job.level = level
+        job.chunks_total, job.chunks_done = self._q(
+            "SELECT COUNT(*), COUNT(summary) FROM chunks WHERE job_id = ? AND level = ?", (job_id, level))[0]
+        return job
+
+    def list(self) -> list[Job]:
+        return [self.get(r[0]) for r in self._q("SELECT id FROM jobs ORDER BY created")]
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+    def next_active(self) -> str | None:
+        rows = self._q("SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY created LIMIT 1", ACTIVE)
+        return rows[0][0] if rows else None
+
+    def level(self, job_id: str) -> int:
+        return self._q("SELECT COALESCE(MAX(level), 0) FROM chunks WHERE job_id = ?", (job_id,))[0][0]
+
+    def pending(self, job_id: str, level: int) -> list[tuple[int, str]]:
+        return self._q("SELECT idx, text FROM chunks WHERE job_id = ? AND level = ? AND summary IS NULL "
+                       "ORDER BY idx", (job_id, level))
+
+    def summaries(self, job_id: str, level: int) -> list[str]:
+        return [r[0] for r in self._q("SELECT summary FROM chunks WHERE job_id = ? AND level = ? ORDER BY idx",
+                                      (job_id, level))]
+
+    def save_summary(self, job_id: str, level: int, idx: int, summary: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE chunks SET summary = ?, completions = completions + 1 "
+                             "WHERE job_id = ? AND level = ? AND idx = ?", (summary, job_id, level, idx))
+            self._db.execute("UPDATE jobs SET updated = ? WHERE id = ?", (time.time(), job_id))
+
+    def add_level(self, job_id: str, level: int, chunks: list[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, ?, ?, ?)",
+                                 [(job_id, level, i, text) for i, text in enumerate(chunks)])
+            self._db.execute("COMMIT")
+
+    def set_status(self, job_id: str, status: str, result: str | None = None, error: str | None = None) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, updated = ? WHERE id = ?",
+                             (status, result, error, time.time(), job_id))
+
+    def completions(self, job_id: str) -> list[int]:
+        return [r[0] for r in self._q("SELECT completions FROM chunks WHERE job_id = ? ORDER BY level, idx",
+                                      (job_id,))]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,160 @@
+"""Map-reduce summarization over the engine: every chunk of a level is summarized at once
+(so continuous batching runs them together), then the partial summaries are joined and, if
+they do not fit one prompt, chunked again, until one summary is left."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from edge_llm.engine.request import Request, SamplingParams
+from edge_llm.summarize import chunking
+from edge_llm.summarize.jobs import JobStore
+
+log = logging.getLogger(__name__)
+MAP_PROMPT = "Summarize the following text in a few sentences. Keep names and numbers.\n\n{text}"
+REDUCE_PROMPT = "Combine these partial summaries of one document into one concise summary.\n\n{text}"
+PROMPT_OVERHEAD = 48  # tokens of instructions and chat template around a chunk
+MAX_LEVELS = 8
+
+
+class SummaryError(RuntimeError):
+    pass
+
+
+def chunk_budget(plan, summary_tokens: int, configured: int = 0) -> int:
+    """Tokens of document per chunk: the prompt around it and the summary must fit the plan."""
+    fit = min(plan.max_input_len, plan.max_seq_len - summary_tokens) - PROMPT_OVERHEAD
+    return min(configured, fit) if configured else fit
+
+
+class Summarizer:
+    def __init__(self, engine, backend, store: JobStore, chunk_tokens: int, summary_tokens: int, parallel: int):
+        if chunk_tokens < 2 * summary_tokens + 16:
+            raise ValueError(f"chunks of {chunk_tokens} tokens cannot shrink into summaries of {summary_tokens}")
+        self.engine, self.backend, self.store = engine, backend, store
+        self.chunk_tokens, self.summary_tokens, self.parallel = chunk_tokens, summary_tokens, parallel
+        self.stopping = threading.Event()
+        self._in_flight: set[Request] = set()
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int:
+        return len(self.backend.tokenize(text, False))
+
+    def split(self, text: str) -> list[str]:
+        return chunking.split(text, self.chunk_tokens, self.count)
+
+    def summarize(self, text: str, level: int) -> str | None:
+        """One chunk through the engine; None if it was cancelled (the daemon is stopping)."""
+        prompt = self.backend.render_chat([{"role": "user", "content":
+                                            (MAP_PROMPT if level == 0 else REDUCE_PROMPT).format(text=text)}])
+        req, _ = self.engine.make_request(self.backend.tokenize(prompt, False), SamplingParams(temperature=0.0),
+                                          self.summary_tokens)
+        with self._lock:
+            if self.stopping.is_set():
+                return None
+            self._in_flight.add(req)
+        try:
+            out = None
+            for output in self.engine.generate(req):
+                out = output
+        finally:
+            with self._lock:
+                self._in_flight.discard(req)
+        if out.error:
+            raise SummaryError(out.error)
+        return req.text.strip() if out.finish_reason in ("stop", "length") else None
+
+    def run(self, job_id: str) -> None:
+        self.store.set_status(job_id, "running")
+        for _ in range(MAX_LEVELS):
+            level = self.store.level(job_id)
+            self._map(job_id, level)
+            if self.stopping.is_set():
+                return
+            summaries = self.store.summaries(job_id, level)
+            if len(summaries) == 1:
+                self.store.set_status(job_id, "done", result=summaries[0])
+                return
+            combined = "\n\n".join(summaries)
+            self.store.add_level(job_id, level + 1, [combined] if self.count(combined) <= self.chunk_tokens
+                                 else self.split(combined))
+        raise SummaryError(f"no single summary after {MAX_LEVELS} rounds")
+
+    def _map(self, job_id: str, level: int) -> None:
+        pending = self.store.pending(job_id, level)
+        if not pending:
+            return
+
+        def one(item):
+            idx, text = item
+            summary = self.summarize(text, level)
+            if summary is not None:
+                self.store.save_summary(job_id, level, idx, summary)
+
+        with ThreadPoolExecutor(max(1, self.parallel)) as pool:
+            list(pool.map(one, pending))
+
+    def stop(self) -> None:
+        """Cancel the chunks in flight; they stay unsummarized and run again after a restart."""
+        with self._lock:
+            self.stopping.set()
+            for req in self._in_flight:
+                self.engine.cancel(req)
+
+
+class JobRunner:
+    """Works through the store's active jobs, oldest first, on a thread of its own."""
+
+    def __init__(self, summarizer: Summarizer):
+        self.summarizer = summarizer
+        self.store = summarizer.store
+        self.wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="summaries", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        s = self.summarizer
+        while not s.stopping.is_set():
+            job_id = self.store.next_active()
+            if job_id is None:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            try:
+                s.run(job_id)
+            except Exception as e:  # one bad job must not stop the others
+                log.exception("summary job %s failed", job_id)
+                self.store.set_status(job_id, "error", error=str(e))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.summarizer.stop()
+        self.wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+class SummaryService:
+    """What the HTTP layer and the daemon use: the store, plus a runner working through it."""
+
+    def __init__(self, engine, backend, store: JobStore, plan, cfg):
+        summary_tokens = min(cfg.summary_tokens, plan.max_output_len)
+        self.store = store
+        self.summarizer = Summarizer(engine, backend, store, chunk_budget(plan, summary_tokens, cfg.chunk_tokens),
+                                     summary_tokens, cfg.parallel or plan.max_batch_size)
+        self.runner = JobRunner(self.summarizer)
+
+    def create(self, filename: str, text: str):
+        job = self.store.create(filename, len(text), self.summarizer.split(text))
+        self.runner.wake.set()
+        return job
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.store.close()

@@ -1,0 +1,185 @@
+"""Summarization: extraction and chunking without a model; the jobs API, a kill -9 in the
+middle of a job, and the CLI with the real model."""
+
+import io
+import os
+import re
+import signal
+import sqlite3
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_llm.summarize import chunking, extract
+
+# -- chunking (pure) -----------------------------------------------------------------------------
+
+def words(s: str) -> int:  # a stand-in tokenizer: one token per word
+    return len(s.split())
+
+
+def test_chunks_fit_keep_order_and_lose_nothing():
+    text = "\n\n".join(" ".join(f"p{p}s{s}w{w}." if w == 5 else f"p{p}s{s}w{w}" for w in range(6))
+                       for p in range(20) for s in range(3))
+    chunks = chunking.split(text, 40, words)
+    assert all(words(c) <= 40 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+    # greedy packing: a chunk closes only when the next 6-word sentence would not fit
+    assert all(words(c) > 40 - 6 for c in chunks[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abc .!?\n", min_size=0, max_size=60), min_size=1, max_size=30),
+       st.integers(8, 50))
+def test_chunking_properties(parts, limit):
+    text = "\n\n".join(parts)
+    chunks = chunking.split(text, limit, words)
+    assert all(words(c) <= limit for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+
+
+def test_a_word_longer_than_a_chunk_is_cut_by_characters():
+    chars = len  # one token per character
+    chunks = chunking.split("x" * 50 + " tail", 16, chars)
+    assert all(len(c) <= 16 for c in chunks) and "".join(chunks).replace(" ", "") == "x" * 50 + "tail"
+
+
+# -- extraction ----------------------------------------------------------------------------------
+
+def make_pdf(text: str) -> bytes:
+    """A real one-page PDF with a text layer, written by hand (pypdf only reads)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>",
+            b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = io.BytesIO(b"%PDF-1.4\n"), []
+    out.seek(0, 2)
+    for i, body in enumerate(objs, 1):
+        offsets.append(out.tell())
+        out.write(f"{i} 0 obj\n".encode() + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode())
+    for off in offsets:
+        out.write(f"{off:010d} 00000 n \n".encode())
+    out.write(f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    return out.getvalue()
+
+
+def test_extract_each_type():
+    assert extract.extract(b"Hello\r\n\r\n\r\nworld  again", "text/plain") == "Hello\n\nworld again"
+    html = b"<html><head><title>t</title><script>evil()</script></head><body><p>One</p><p>Two &amp; three</p></body>"
+    assert extract.extract(html, "text/html") == "One\n\nTwo & three"
+    assert "pump pressure" in extract.extract(make_pdf("The pump pressure was 4 bar."), "application/pdf")
+
+
+def test_extract_errors():
+    with pytest.raises(extract.ExtractError, match="cannot be read"):
+        extract.extract(b"%PDF-1.4\nthis is not really a pdf", "application/pdf")
+    with pytest.raises(extract.ExtractError, match="no extractable text"):
+        extract.extract(b"<html><script>x()</script></html>", "text/html")
+    with pytest.raises(extract.UnsupportedType, match="unsupported document type"):
+        extract.media_type("photo.jpg", "image/jpeg")
+    assert extract.media_type("notes.MD", None) == "text/markdown"
+
+
+# -- the jobs API with the real model ------------------------------------------------------------
+
+REPORT = "\n\n".join(
+    f"Section {i}. The north pump station ran for {20 + i} hours this week. Pressure stayed near {3 + i % 3} bar. "
+    f"Technician {['Ada', 'Ben', 'Cleo', 'Dev'][i % 4]} replaced filter {i} and logged no leaks."
+    for i in range(14))
+
+
+def wait_done(http, job_id, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = http.get(f"/api/summaries/{job_id}")
+        job = r.json()
+        if r.status_code == 200 and job["status"] in ("done", "error"):
+            return job
+        assert r.status_code in (200, 503), r.text  # 503: a restarted daemon still loading
+        time.sleep(0.3)
+    raise AssertionError(f"job not done: {job}")
+
+
+def test_summary_job_map_reduce_to_one_result(http, server):
+    r = http.post("/api/summaries?filename=report.txt", REPORT.encode(), {"Content-Type": "text/plain"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["progress"]["chunks_total"] >= 3 and r.headers["location"] == f"/api/summaries/{job['id']}"
+    done = wait_done(http, job["id"])
+    assert done["status"] == "done" and done["result"].strip() and done["level"] >= 1
+    events = http.get(f"/api/summaries/{job['id']}/events").text
+    assert "event: done" in events
+    assert job["id"] in [j["id"] for j in http.get("/api/summaries").json()["data"]]
+    assert http.request("DELETE", f"/api/summaries/{job['id']}").status_code == 204
+    assert http.get(f"/api/summaries/{job['id']}").status_code == 404
+
+
+def test_multipart_pdf_upload(http):
+    pdf = make_pdf("The generator served the clinic for 40 hours.")
+    boundary = "edgeLLMboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"log.pdf\"\r\n"
+            f"Content-Type: application/pdf\r\n\r\n").encode() + pdf + f"\r\n--{boundary}--\r\n".encode()
+    r = http.post("/api/summaries", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 202, r.text
+    assert wait_done(http, r.json()["id"])["status"] == "done"
+
+
+@pytest.mark.parametrize("body, ctype, name, status, words_", [
+    (b"\x89PNG....", "image/png", "a.png", 415, "unsupported document type"),
+    (b"", "text/plain", "a.txt", 400, "empty"),
+    (b"   \n\n  ", "text/plain", "a.txt", 400, "no extractable text"),
+    (b"%PDF-1.4 broken", "application/pdf", "a.pdf", 400, "cannot be read"),
+])
+def test_bad_documents(http, body, ctype, name, status, words_):
+    r = http.post(f"/api/summaries?filename={name}", body, {"Content-Type": ctype})
+    assert r.status_code == status and words_ in r.json()["error"]["message"]
+
+
+def test_document_over_the_limit_is_413(http, server):
+    big = b"a " * (server.daemon.cfg.server.max_document_bytes // 2 + 10)
+    assert http.post("/api/summaries?filename=a.txt", big, {"Content-Type": "text/plain"}).status_code == 413
+    assert http.get("/health").status_code == 200
+
+
+# -- kill -9 mid-job, restart, resume ----------------------------------------------------------
+
+def test_kill_9_mid_job_resumes_and_summarizes_each_chunk_once(tmp_path):
+    from test_daemon import spawn
+    proc, http, notify, _ = spawn(tmp_path)
+    notify.wait_for("READY", "1")
+    job = http.post("/api/summaries?filename=report.txt", REPORT.encode(), {"Content-Type": "text/plain"}).json()
+    total = job["progress"]["chunks_total"]
+    while http.get(f"/api/summaries/{job['id']}").json()["progress"]["chunks_done"] < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    notify.close()
+    db = sqlite3.connect(tmp_path / "state/summaries.sqlite3")
+    done_before = db.execute("SELECT COUNT(summary) FROM chunks WHERE level = 0").fetchone()[0]
+    assert 2 <= done_before < total  # killed mid-job
+    (tmp_path / "notify.sock").unlink()
+    proc, http, notify, _ = spawn(tmp_path)
+    try:
+        done = wait_done(http, job["id"])
+        assert done["status"] == "done" and done["result"]
+        completions = [r[0] for r in db.execute("SELECT completions FROM chunks ORDER BY level, idx")]
+        assert completions and set(completions) == {1}  # every chunk summarized exactly once
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        notify.close()
+
+
+def test_cli_summarize_against_the_daemon(server, tmp_path, capsys):
+    from edge_llm.cli import main
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Notes\n\nThe ferry leaves at 9. The return trip is at 17. Tickets cost 12 euro.\n")
+    assert main(["summarize", str(doc), "--url", server.url]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() and re.search(r"1/1", out.err)
