@@ -1,0 +1,122 @@
+"""The pages in a real headless Chromium (Debian's /usr/bin/chromium through Playwright)."""
+
+import os
+import shutil
+import time
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+SHOTS = os.environ.get("EDGE_LLM_SCREENSHOTS")  # a folder to keep screenshots in, for a person to look at
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1024, "height": 600}, base_url=server.url)
+    pg = ctx.new_page()
+    external = []
+    pg.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
+    yield pg
+    ctx.close()
+    assert external == [], f"the page reached outside the device: {external}"
+
+
+def shot(page, name):
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, name))
+
+
+def test_chat_streams_a_reply_and_keeps_the_conversation(page, server):
+    page.goto("/")
+    page.fill("#prompt", "Say hello to the visitors.")
+    page.keyboard.press("Enter")
+    reply = page.locator(".msg.assistant").last
+    page.wait_for_function("document.querySelector('#speed').textContent.includes('tokens/s')", timeout=60000)
+    assert reply.inner_text().strip()
+    assert "first token" in page.inner_text("#speed")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('batch')")
+    shot(page, "chat-1024x600.png")
+    page.reload()
+    assert page.locator(".msg").count() == 2  # kept in localStorage
+    page.click("#new")
+    assert page.locator(".msg").count() == 0
+
+
+def test_stop_cancels_the_request_on_the_server(page, server):
+    engine = server.engine
+    cancelled = engine.metrics.requests.labels("cancelled")._value.get()
+    page.goto("/")
+    page.click(".system summary")
+    page.fill("#system", "You write very long stories.")
+    page.dispatch_event("#system", "change")
+    page.fill("#prompt", "Tell me a very long story about a lighthouse keeper and the sea.")
+    page.click("#send")
+    page.wait_for_function("(document.querySelector('.msg.assistant:last-child')||{}).textContent?.length > 20",
+                           timeout=60000)
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('#speed').textContent === 'stopped'")
+    deadline = time.monotonic() + 10
+    while engine.num_running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.num_running == 0
+    assert engine.metrics.requests.labels("cancelled")._value.get() == cancelled + 1
+    assert not page.is_disabled("#send") and page.is_disabled("#stop")
+
+
+def test_model_output_cannot_inject_html(page):
+    page.goto("/")
+    evil = '<img src=x onerror="window.pwned=1"> **bold** `code`\n\n- item'
+    chat = {"system": "", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": evil}]}
+    page.evaluate("s => localStorage.setItem('edge-llm.chat', JSON.stringify(s))", chat)
+    page.reload()
+    bubble = page.locator(".msg.assistant")
+    assert bubble.locator("img").count() == 0 and page.evaluate("window.pwned") is None
+    assert bubble.locator("strong").inner_text() == "bold" and bubble.locator("li").inner_text() == "item"
+    assert "<img" in bubble.inner_text()
+
+
+def test_keyboard_only_and_large_touch_targets(page):
+    page.goto("/")
+    for sel in ("#send", "#stop", "#new", ".tab"):
+        box = page.locator(sel).first.bounding_box()
+        assert box["height"] >= 48, sel
+    page.keyboard.type("Hi")
+    assert page.evaluate("document.activeElement.id") == "prompt"
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    shot(page, "chat-1920x1080.png")
+
+
+def test_summarize_page_shows_progress_and_result(page, tmp_path):
+    doc = tmp_path / "visit.txt"
+    doc.write_text("\n\n".join(f"Day {i}: the museum had {100 + i * 7} visitors and the cafe sold {30 + i} cakes."
+                               for i in range(12)))
+    page.goto("/summarize")
+    page.set_input_files("#file", str(doc))
+    page.wait_for_selector("#job:not([hidden])")
+    page.wait_for_function("document.querySelector('#progress-text').textContent.length > 0")
+    page.wait_for_function("document.querySelector('#progress-text').textContent === 'done'", timeout=120000)
+    assert page.inner_text("#result").strip()
+    assert page.is_visible("#copy")
+    assert "visit.txt" in page.inner_text("#jobs")
+    shot(page, "summarize-1024x600.png")
+
+
+def test_unsupported_upload_is_explained(page, tmp_path):
+    bad = tmp_path / "photo.jpg"
+    bad.write_bytes(b"\xff\xd8\xff")
+    page.goto("/summarize")
+    page.set_input_files("#file", str(bad))
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "unsupported document type" in page.inner_text("#notice")
