@@ -17,9 +17,14 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 
-def policy_from_config(cfg: Config) -> planner.Policy:
+def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None) -> planner.Policy:
+    """User caps, tightened by the limits a TensorRT-LLM engine was built with (runtime
+    limits must not exceed them)."""
     lim, p = cfg.limits, cfg.planner
     caps = {name: getattr(lim, name) for name in planner.LIMITS}
+    for name, built in (build_limits or {}).items():
+        if name in caps:
+            caps[name] = min(caps[name], built) if caps[name] else built
     return planner.Policy(
         reserve_bytes=p.reserve_mb * MiB, default_max_batch_size=p.default_max_batch_size,
         default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps)
@@ -53,11 +58,16 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     on_step("mapping the model")
     backend = load_backend(cfg)
     on_step("planning memory")
-    plan = planner.plan(backend.profile, snapshot, policy_from_config(cfg))
+    plan = planner.plan(backend.profile, snapshot, policy_from_config(cfg, getattr(backend, "build_limits", None)))
     log_plan(plan)
     on_step(f"allocating {plan.kv_cache_tokens} KV tokens")
-    backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens))
-    engine = Engine(backend, plan, cfg.limits.max_queue)
+    if cfg.model.backend == "trtllm":
+        from edge_llm.engine.backends.trtllm import TrtLlmEngine
+        backend.load(plan)  # maps the engine file (use_mmap) and sizes the paged KV cache
+        engine = TrtLlmEngine(backend, plan, cfg.limits.max_queue)
+    else:
+        backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens))
+        engine = Engine(backend, plan, cfg.limits.max_queue)
     engine.start()
     if cfg.model.warmup:
         on_step("warming up")

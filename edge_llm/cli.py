@@ -188,6 +188,12 @@ def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
     return 0 if j.status == "done" else 1
 
 
+def cmd_doctor(args) -> int:
+    from edge_llm.doctor import report
+    print(report(args.json))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from edge_llm.profiles import DEVICES, MODELS
     ap = argparse.ArgumentParser(prog="edge-llm", description="An LLM appliance for Jetson and any Linux box.")
@@ -215,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key", default="")
     p.add_argument("--in-process", action="store_true", help="load the model here instead of using a daemon")
     p.set_defaults(fn=cmd_summarize)
+    p = sub.add_parser("doctor", help="what this device has, and what each backend would need")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_doctor)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

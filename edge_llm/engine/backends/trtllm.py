@@ -1,0 +1,213 @@
+"""TensorRT-LLM 0.12.0-jetson: a memory-mapped INT4 engine served by TensorRT-LLM's own
+in-flight batching (its Executor schedules; our loop only feeds it and streams back).
+
+Written from the documented v0.12.0-jetson API (JETSON.md: ModelRunnerCpp.from_dir and the
+Executor it wraps). NOT RUN on a Jetson by its authors: the tests drive it with a fake
+tensorrt_llm module of the same signatures. Imported only when model.backend = "trtllm".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from pathlib import Path
+
+from edge_llm.engine.backends.base import BackendError, ModelProfile
+from edge_llm.engine.chat_template import ChatTemplate
+from edge_llm.engine.loop import Engine
+from edge_llm.engine.request import Request, RequestStatus
+from edge_llm.engine.scheduler import SampledToken
+
+log = logging.getLogger(__name__)
+MANIFEST = "edge-llm-manifest.json"
+AWAIT_S = 0.02  # how long one loop iteration waits for executor responses
+
+
+class ManifestError(BackendError):
+    """The engine was built for another TensorRT-LLM or device; the message says how to rebuild."""
+
+
+def read_manifest(engine_dir: Path) -> dict:
+    path = engine_dir / MANIFEST
+    rebuild = (f"rebuild it on this device: tools/build_engine.py --model <hf-dir> --output {engine_dir} "
+               "--device <profile>")
+    if not path.is_file():
+        raise ManifestError(f"{engine_dir} has no {MANIFEST}: it was not built by tools/build_engine.py "
+                            f"or its build did not finish; {rebuild}")
+    manifest = json.loads(path.read_text())
+    if not manifest.get("complete"):
+        raise ManifestError(f"the build of {engine_dir} did not finish; {rebuild}")
+    return manifest
+
+
+def check_manifest(manifest: dict, trtllm_version: str, gpu_arch: str, engine_dir: Path) -> None:
+    rebuild = f"rebuild: tools/build_engine.py --model {manifest.get('source_model', '<hf-dir>')} --output {engine_dir}"
+    if manifest.get("tensorrt_llm_version") != trtllm_version:
+        raise ManifestError(f"{engine_dir} was built with TensorRT-LLM {manifest.get('tensorrt_llm_version')}, "
+                            f"this device has {trtllm_version}; engines only load in the version that built "
+                            f"them; {rebuild}")
+    if manifest.get("gpu_arch") != gpu_arch:
+        raise ManifestError(f"{engine_dir} was built for {manifest.get('gpu_arch')}, this GPU is {gpu_arch}; "
+                            f"{rebuild}")
+
+
+def device_gpu_arch() -> str:
+    """sm_87 on a Jetson Orin (tegra234), from the device tree; else from CUDA via torch."""
+    try:
+        if b"tegra234" in Path("/proc/device-tree/compatible").read_bytes():
+            return "sm_87"
+    except OSError:
+        pass
+    import torch  # comes with TensorRT-LLM
+    major, minor = torch.cuda.get_device_capability()
+    return f"sm_{major}{minor}"
+
+
+def profile_from_config(engine_dir: Path, name: str) -> tuple[ModelProfile, dict]:
+    """ModelProfile and build limits from the engine's config.json. Activation memory was
+    fixed at build time by the max shapes; its size is the engine file less the weights."""
+    cfg = json.loads((engine_dir / "config.json").read_text())
+    pre, build = cfg["pretrained_config"], cfg["build_config"]
+    heads = pre["num_attention_heads"]
+    engine_bytes = sum(p.stat().st_size for p in engine_dir.glob("rank*.engine"))
+    kv_dtype = 1 if pre.get("quantization", {}).get("kv_cache_quant_algo") in ("INT8", "FP8") else 2
+    profile = ModelProfile(
+        name=name, n_layers=pre["num_hidden_layers"], n_kv_heads=pre.get("num_key_value_heads", heads),
+        head_dim=pre.get("head_size") or pre["hidden_size"] // heads,
+        n_ctx_train=pre.get("max_position_embeddings", build["max_seq_len"]), weights_bytes=engine_bytes,
+        n_embd=pre["hidden_size"], n_vocab=pre["vocab_size"], kv_bytes_per_elem=kv_dtype,
+        activation_bytes=build["max_num_tokens"] * pre["hidden_size"] * 2 * 16)
+    limits = {k: build[k] for k in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")}
+    return profile, limits
+
+
+class TrtLlmBackend:
+    """Tokenizer, chat template and profile of an engine directory (thread-safe reads)."""
+
+    def __init__(self, engine_dir: str | Path):
+        import tensorrt_llm  # Jetson only
+        from transformers import AutoTokenizer
+        self.engine_dir = Path(engine_dir)
+        self.manifest = read_manifest(self.engine_dir)
+        check_manifest(self.manifest, tensorrt_llm.__version__, device_gpu_arch(), self.engine_dir)
+        self.profile, self.build_limits = profile_from_config(self.engine_dir, self.engine_dir.name)
+        tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(self.engine_dir / "tokenizer")
+        self.template = ChatTemplate(getattr(tokenizer, "chat_template", None), tokenizer.bos_token or "",
+                                     tokenizer.eos_token or "")
+        self.file_bytes = self.profile.weights_bytes
+        self.runner = None
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return self.template.render(messages)
+
+    def chat_add_special(self, prompt: str) -> bool:
+        return False  # the template writes BOS itself where the model wants one
+
+    def runner_kwargs(self, plan) -> dict:
+        """The plan, as ModelRunnerCpp.from_dir keyword arguments (v0.12.0-jetson)."""
+        return dict(max_batch_size=plan.max_batch_size, max_input_len=plan.max_input_len,
+                    max_output_len=plan.max_output_len, max_beam_width=1,
+                    max_tokens_in_paged_kv_cache=plan.kv_cache_tokens, kv_cache_enable_block_reuse=True,
+                    enable_chunked_context=True, use_mmap=True)
+
+    def load(self, plan) -> None:
+        from tensorrt_llm.runtime import ModelRunnerCpp
+        self.runner = ModelRunnerCpp.from_dir(str(self.engine_dir), **self.runner_kwargs(plan))
+
+    @property
+    def executor(self):
+        return getattr(self.runner, "session", None) or self.runner.executor
+
+    def sampled(self, token: int) -> SampledToken:
+        eos = self.tokenizer.eos_token_id
+        return SampledToken(token, self.tokenizer.decode([token]).encode(), token == eos)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.executor.shutdown()
+            self.runner = None
+
+
+class TrtLlmEngine(Engine):
+    """Our Engine's surface (submit, cancel, stream, metrics) over TensorRT-LLM's Executor."""
+
+    def __init__(self, backend: TrtLlmBackend, plan, max_queue: int = 64, metrics=None):
+        super().__init__(backend, plan, max_queue, metrics)
+        from tensorrt_llm.bindings import executor as trtllm
+        self.trtllm = trtllm
+        self._by_id: dict[int, Request] = {}
+
+    def step(self) -> None:
+        s = self.scheduler
+        while s.waiting and not s.admission_paused:
+            self._enqueue(s.waiting.popleft())
+        if not self._by_id:
+            return
+        for resp in self.backend.executor.await_responses(timeout=datetime.timedelta(seconds=AWAIT_S)):
+            self._apply(resp)
+        self.num_steps += 1
+        self._update_gauges()
+
+    def _enqueue(self, req: Request) -> None:
+        p, t = req.params, self.trtllm
+        sampling = t.SamplingConfig(beam_width=1, top_k=1 if p.is_greedy else (p.top_k or None),
+                                    top_p=None if p.is_greedy else p.top_p,
+                                    temperature=None if p.is_greedy else p.temperature, random_seed=p.seed)
+        eos = self.backend.tokenizer.eos_token_id
+        rid = self.backend.executor.enqueue_request(t.Request(
+            input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
+            sampling_config=sampling, end_id=eos, pad_id=eos))
+        req.seq_id, req.status = rid, RequestStatus.RUNNING
+        self.scheduler.running.append(req)
+        self._by_id[rid] = req
+        self.metrics.prompt_tokens.inc(req.num_prompt_tokens)
+
+    def _apply(self, resp) -> None:
+        req = self._by_id.get(resp.request_id)
+        if req is None:
+            return
+        if resp.has_error():
+            self._finish(req, RequestStatus.FINISHED_ERROR, resp.error_msg)
+            return
+        for token in resp.result.output_token_ids[0]:  # streaming: only the new tokens
+            s = self.backend.sampled(token)
+            req.append_token(token, b"" if s.is_eog else s.piece)
+            self.metrics.generated_tokens.inc()
+            if s.is_eog:
+                req.finish(RequestStatus.FINISHED_STOPPED)
+            if req.is_finished:
+                break
+        if req.is_finished and not resp.result.is_final:  # a stop string matched: stop the executor too
+            self.backend.executor.cancel_request(resp.request_id)
+        if resp.result.is_final and not req.is_finished:
+            req.finish(RequestStatus.FINISHED_LENGTH)
+        if req.is_finished:
+            self._finish(req, req.status)
+        else:
+            req.publish()
+
+    def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
+        self._by_id.pop(req.seq_id, None)
+        if req in self.scheduler.running:
+            self.scheduler.running.remove(req)
+        req.finish(status)
+        req.publish(error)
+        self.metrics.observe_finished(req)
+
+    def _end(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
+        """Cancel (client gone, pressure): the executor drops the request and frees its KV blocks."""
+        if req.is_finished:
+            return
+        if req.seq_id in self._by_id:
+            self.backend.executor.cancel_request(req.seq_id)
+            self._finish(req, status, error)
+        elif self.scheduler.abort(req, status):
+            req.publish(error)
+            self.metrics.observe_finished(req)
+
+    def clear_prefix_cache(self) -> None:
+        pass  # block reuse lives inside TensorRT-LLM's KV cache manager
