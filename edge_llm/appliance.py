@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 
-def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None) -> planner.Policy:
+def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
+                       gpu_offload: bool = False) -> planner.Policy:
     """User caps, tightened by the limits a TensorRT-LLM engine was built with (runtime
     limits must not exceed them)."""
     lim, p = cfg.limits, cfg.planner
@@ -27,7 +28,8 @@ def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None) 
             caps[name] = min(caps[name], built) if caps[name] else built
     return planner.Policy(
         reserve_bytes=p.reserve_mb * MiB, default_max_batch_size=p.default_max_batch_size,
-        default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps)
+        default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps,
+        gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB)
 
 
 def load_backend(cfg: Config):
@@ -37,8 +39,9 @@ def load_backend(cfg: Config):
     from edge_llm.engine.backends.llamacpp import LlamaCppBackend
     path = cfg.model_path
     backend = LlamaCppBackend(path, cfg.model.n_threads, cfg.model.n_gpu_layers, cfg.model_id)
-    log.info("model %s: %s (%.1f MiB) memory-mapped (mmap, pages load on first use), %d threads",
-             cfg.model_id, path, backend.file_bytes / MiB, backend.n_threads)
+    log.info("model %s: %s (%.1f MiB) memory-mapped (mmap, pages load on first use), %d threads, %s",
+             cfg.model_id, path, backend.file_bytes / MiB, backend.n_threads,
+             "all layers and the KV cache on the GPU" if backend.gpu_offload else "on the CPU")
     return backend
 
 
@@ -58,7 +61,8 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     on_step("mapping the model")
     backend = load_backend(cfg)
     on_step("planning memory")
-    plan = planner.plan(backend.profile, snapshot, policy_from_config(cfg, getattr(backend, "build_limits", None)))
+    policy = policy_from_config(cfg, getattr(backend, "build_limits", None), getattr(backend, "gpu_offload", False))
+    plan = planner.plan(backend.profile, snapshot, policy)
     log_plan(plan)
     on_step(f"allocating {plan.kv_cache_tokens} KV tokens")
     if cfg.model.backend == "trtllm":

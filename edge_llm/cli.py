@@ -49,9 +49,10 @@ def cmd_plan(args) -> int:
     if not args.device and not args.model_profile:
         from edge_llm.engine.backends.llamacpp import LlamaCppBackend
         from edge_llm.telemetry import Sampler, open_sources
-        backend = LlamaCppBackend(cfg.model_path, name=cfg.model_id)
+        backend = LlamaCppBackend(cfg.model_path, n_gpu_layers=cfg.model.n_gpu_layers, name=cfg.model_id)
         snap = Sampler(open_sources()).read()
         rows.append(("this machine", snap, backend.profile))
+        policy = policy_from_config(cfg, gpu_offload=backend.gpu_offload)
         backend.close()
     devices = args.device or (list(profiles.DEVICES) if args.all else [])
     models = args.model_profile or list(profiles.MODELS)

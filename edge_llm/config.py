@@ -43,7 +43,7 @@ class ModelConfig:
     name: str = ""  # model id served in /v1/models; empty = file name without .gguf
     backend: str = "llamacpp"  # llamacpp | trtllm
     n_threads: int = 0  # 0 = one per CPU core available to the process
-    n_gpu_layers: int = 0  # layers offloaded to a GPU build of llama.cpp (-1 = all)
+    n_gpu_layers: int = -1  # layers offloaded by a GPU build of llama.cpp (-1 = all; a CPU build ignores it)
     warmup: bool = True
 
 
@@ -64,6 +64,7 @@ class LimitsConfig:
 @dataclass
 class PlannerConfig:
     reserve_mb: int = 1024  # kept free for the OS, the kiosk browser and others
+    gpu_reserve_mb: int = 1024  # kept free on a discrete GPU (CUDA context, other programs)
     low_water_mb: int = 512  # below this available RAM, stop admitting
     critical_mb: int = 256  # below this, end the newest sequences
     default_max_batch_size: int = 8  # plan ceiling when the user sets no cap
@@ -230,6 +231,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"server.{name} must be >= 1, got {getattr(s, name)}")
     if m.backend not in ("llamacpp", "trtllm"):
         raise ConfigError(f"model.backend must be 'llamacpp' or 'trtllm', got {m.backend!r}")
+    if m.n_gpu_layers < -1:
+        raise ConfigError(f"model.n_gpu_layers must be -1 (all) or >= 0, got {m.n_gpu_layers}")
     if m.n_threads < 0:
         raise ConfigError(f"model.n_threads must be >= 0, got {m.n_threads}")
     for f in dataclasses.fields(lim):

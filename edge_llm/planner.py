@@ -32,6 +32,8 @@ class Policy:
     default_max_output_len: int = 1024
     default_prefill_chunk_tokens: int = 256
     prefix_cache_slots: int = 4
+    gpu_offload: bool = False  # every layer and the KV cache live on the GPU
+    gpu_reserve_bytes: int = GiB  # left free on a discrete GPU
     caps: dict[str, int] = field(default_factory=dict)  # user caps by limit name; 0/absent = none
 
     def cap(self, name: str) -> int:
@@ -47,7 +49,7 @@ class Plan:
     kv_cache_tokens: int  # KV cells shared by all sequences
     prefill_chunk_tokens: int  # prompt tokens per engine step
     num_seqs: int  # sequence slots: running + prefix cache
-    memory: str  # which memory binds: "unified RAM" | "RAM" | "GPU"
+    memory: str  # which memory binds: "unified RAM" | "RAM" | "GPU <name>"
     available_bytes: int  # free memory the plan started from
     reserve_bytes: int  # left for everything else (after the swap credit)
     weights_bytes: int
@@ -92,10 +94,14 @@ def _pick(name: str, policy: Policy, default: int, why_default: str) -> tuple[in
 
 def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     reasons: dict[str, str] = {}
-    unified = snapshot.unified_memory
-    memory = "unified RAM" if unified else "RAM"
-    swap_credit = min(snapshot.swap_free_bytes, policy.reserve_bytes // 2)
-    reserve = policy.reserve_bytes - swap_credit
+    on_gpu = policy.gpu_offload and snapshot.gpu_mem_total_bytes > 0 and not snapshot.unified_memory
+    if on_gpu:  # weights and KV in the discrete GPU's memory; swap cannot help there
+        memory = f"GPU {snapshot.gpu_name}".strip()
+        available, reserve = snapshot.gpu_mem_free_bytes, policy.gpu_reserve_bytes
+    else:  # RAM; on unified memory (Jetson) every GPU allocation is RAM too
+        memory = "unified RAM" if snapshot.unified_memory else "RAM"
+        available = snapshot.ram_available_bytes
+        reserve = policy.reserve_bytes - min(snapshot.swap_free_bytes, policy.reserve_bytes // 2)
     chunk, reasons["prefill_chunk_tokens"] = _pick(
         "prefill_chunk_tokens", policy, policy.default_prefill_chunk_tokens,
         "policy default: bounds how long one step stalls running streams")
@@ -103,7 +109,6 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
                                  "policy default (compute, not memory, binds first)")
     num_seqs = batch_cap + policy.prefix_cache_slots
     workspace = estimate_workspace(profile, chunk + batch_cap, num_seqs)
-    available = snapshot.ram_available_bytes
     budget = available - reserve - profile.weights_bytes - workspace
     kvpt = profile.kv_bytes_per_token
     if budget < 64 * kvpt:

@@ -95,3 +95,29 @@ def test_named_profiles_what_fits_before_flashing():
 def test_swap_recommendation_is_bounded():
     assert planner.recommend_swap(profiles.DEVICES["agx-orin-64gb"]) == 16 * GiB
     assert planner.recommend_swap(profiles.DEVICES["orin-nano-8gb"]) == 4 * GiB
+
+
+# -- GPU memory (NVML-shaped readings) ------------------------------------------------------------
+
+def h200(ram_gib=24, used_gib=1.0) -> Snapshot:
+    return Snapshot(source="nvml+psutil", ram_total_bytes=ram_gib * GiB, ram_available_bytes=ram_gib * GiB - GiB,
+                    ram_used_bytes=GiB, gpu_name="NVIDIA H200", gpu_mem_total_bytes=143771 * MiB,
+                    gpu_mem_used_bytes=int(used_gib * GiB))
+
+
+def test_discrete_gpu_plans_from_gpu_memory_not_ram():
+    model = profiles.MODELS["llama-3-8b-int4"]
+    on_gpu = plan(model, h200(ram_gib=2), Policy(gpu_offload=True, default_max_batch_size=64))
+    assert on_gpu.memory == "GPU NVIDIA H200" and "GPU NVIDIA H200" not in on_gpu.reasons["max_batch_size"]
+    assert on_gpu.available_bytes == 143771 * MiB - GiB
+    assert on_gpu.kv_budget_bytes > 100 * GiB  # 2 GiB of RAM would not hold one sequence
+    with pytest.raises(PlanError):
+        plan(model, h200(ram_gib=2), Policy(gpu_offload=False))
+    busy = plan(model, h200(used_gib=132), Policy(gpu_offload=True))  # another program holds most of it
+    assert busy.memory.startswith("GPU") and busy.kv_cache_tokens < on_gpu.kv_cache_tokens
+    assert "GPU NVIDIA H200" in busy.reasons["max_seq_len"] or "GPU NVIDIA H200" in busy.reasons["kv_cache_tokens"]
+
+
+def test_unified_memory_stays_ram_even_with_offload():
+    orin = profiles.DEVICES["agx-orin-64gb"]
+    assert plan(profiles.MODELS["llama-3-8b-int4"], orin, Policy(gpu_offload=True)).memory == "unified RAM"

@@ -49,6 +49,9 @@ class LlamaCppBackend:
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_threads = n_threads or default_threads()
         self.profile = self._read_profile(name or self.path.stem)
+        # weights and KV on the GPU: a GPU build offloading every layer
+        self.gpu_offload = bool(L.llama_supports_gpu_offload()) and (
+            n_gpu_layers < 0 or n_gpu_layers >= self.profile.n_layers)
         self.template = ChatTemplate(self._chat_template(), self._piece(L.llama_vocab_bos(self.vocab), True),
                                      self._piece(L.llama_vocab_eos(self.vocab), True))
         self.ctx = None
