@@ -57,7 +57,7 @@ def bench_lowlevel(n: int, tokens: int) -> dict:
     from edge_llm.config import embedded_model_path
     from edge_llm.engine.backends.base import ContextShape
     from edge_llm.engine.backends.llamacpp import LlamaCppBackend
-    be = LlamaCppBackend(embedded_model_path())
+    be = LlamaCppBackend(embedded_model_path(), n_gpu_layers=-1)  # a CPU build ignores the offload
     be.create_context(ContextShape(4096, n, 512))
     prompt = be.tokenize(PROMPT, True)
     b, ctx = be.batch, be.ctx
