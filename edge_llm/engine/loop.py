@@ -162,11 +162,12 @@ class Engine:
         except Exception as e:
             self._fail_batch(out, str(e))
             raise
-        for req in self.scheduler.postprocess(out, sampled):
-            self.metrics.generated_tokens.inc()
+        changed = self.scheduler.postprocess(out, sampled)
+        for req in changed:
             req.publish()
             if req.is_finished:
                 self._finished(req)
+        self.metrics.generated_tokens.inc(len(changed))
         self.num_steps += 1
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.batch_tokens.observe(out.num_tokens)

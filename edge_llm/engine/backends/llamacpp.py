@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import llama_cpp as L
+import numpy as np  # after llama_cpp: the other order segfaults in some CUDA images
 
 from edge_llm.engine.backends.base import BackendError, ContextShape, ModelProfile
 from edge_llm.engine.chat_template import ChatTemplate
@@ -55,6 +56,7 @@ class LlamaCppBackend:
         self.template = ChatTemplate(self._chat_template(), self._piece(L.llama_vocab_bos(self.vocab), True),
                                      self._piece(L.llama_vocab_eos(self.vocab), True))
         self.ctx = None
+        self.n_vocab = self.profile.n_vocab
         self._samplers: dict[str, ctypes.c_void_p] = {}
         self._pieces: dict[int, bytes] = {}
 
@@ -137,10 +139,23 @@ class LlamaCppBackend:
         rc = L.llama_decode(self.ctx, self.batch)
         if rc != 0:
             raise BackendError(f"llama_decode failed with {rc} on a batch of {self.batch.n_tokens} tokens")
+        return self._sample(outputs)
+
+    def _sample(self, outputs: list) -> dict[int, SampledToken]:
+        """Greedy rows: one argmax over a zero-copy view of every output row (the C sampler
+        would build a candidate array of the whole vocabulary per row). Other rows: the
+        request's own C sampler chain (top-k, top-p, temperature, seeded)."""
         result = {}
+        greedy = [(row, req) for row, (_, req) in enumerate(outputs) if req.params.is_greedy]
+        if greedy:
+            logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.n_vocab))
+            best = logits[[row for row, _ in greedy]].argmax(axis=1)
+            for (_, req), token in zip(greedy, best.tolist(), strict=True):
+                result[req.seq_id] = self.sampled(token)
         for index, req in outputs:
-            token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), self.ctx, index)
-            result[req.seq_id] = self.sampled(token)
+            if not req.params.is_greedy:
+                token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), self.ctx, index)
+                result[req.seq_id] = self.sampled(token)
         return result
 
     def _fill_batch(self, out: SchedulerOutput) -> list:
