@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import threading
 from dataclasses import dataclass, field
 
 from edge_llm.config import Config
@@ -26,7 +25,6 @@ class Runtime:
     plan: object | None = None  # edge_llm.planner.Plan
     telemetry: object | None = None  # edge_llm.telemetry.Sampler
     extensions: dict = field(default_factory=dict)  # e.g. the summary job store
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def is_ready(self) -> bool:

@@ -34,8 +34,8 @@ def init_app(app: Flask, cfg: Config) -> None:
         has_key = bool(key) and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), key.encode())
         if has_key:
             return None
-        if _hostname(request.host) not in allowed:
-            raise APIError(403, f"Host '{request.host}' is not allowed (server.allowed_hosts)", "host_not_allowed")
         if key and not is_loopback(request.remote_addr or "") and not request.path.startswith(OPEN_PATHS):
             raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+        if _hostname(request.host) not in allowed:
+            raise APIError(403, f"Host '{request.host}' is not allowed (server.allowed_hosts)", "host_not_allowed")
         return None

@@ -122,10 +122,6 @@ class JobStore:
             self._db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, updated = ? WHERE id = ?",
                              (status, result, error, time.time(), job_id))
 
-    def completions(self, job_id: str) -> list[int]:
-        return [r[0] for r in self._q("SELECT completions FROM chunks WHERE job_id = ? ORDER BY level, idx",
-                                      (job_id,))]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

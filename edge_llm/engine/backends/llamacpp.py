@@ -206,9 +206,6 @@ class LlamaCppBackend:
                 lengths[sid] = end + 1
         return lengths
 
-    def clear(self) -> None:
-        L.llama_memory_clear(self.memory, True)
-
     def close(self) -> None:
         for rid in list(self._samplers):
             self.release(rid)
