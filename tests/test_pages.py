@@ -120,3 +120,48 @@ def test_unsupported_upload_is_explained(page, tmp_path):
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#notice:not([hidden])")
     assert "unsupported document type" in page.inner_text("#notice")
+
+
+@pytest.mark.parametrize("status, words", [(503, "not ready yet"), (429, "busy")])
+def test_loading_and_busy_are_explained_then_retried(page, status, words):
+    """The browser gets one 503/429 (as the daemon sends while loading or when its queue is
+    full), shows it in words, retries after Retry-After, and the real reply arrives."""
+    import json
+    hits = []
+
+    def first_refused(route):
+        hits.append(route.request.url)
+        if len(hits) == 1:
+            body = {"error": {"message": "the model is loading", "type": "unavailable_error", "code": "loading"}}
+            route.fulfill(status=status, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                          body=json.dumps(body))
+        else:
+            route.continue_()
+
+    page.route("**/v1/chat/completions", first_refused)
+    page.goto("/")
+    page.fill("#prompt", "Hello!")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#notice:not([hidden])")
+    assert words in page.inner_text("#notice") and "1 s" in page.inner_text("#notice")
+    page.wait_for_function("document.querySelector('#speed').textContent.includes('tokens/s')", timeout=60000)
+    assert len(hits) == 2 and page.locator(".msg.assistant").last.inner_text().strip()
+
+
+def test_stop_cancels_a_pending_retry(page):
+    hits = []
+
+    def always_loading(route):
+        hits.append(1)
+        route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                      body='{"error": {"message": "loading", "type": "unavailable_error", "code": "loading"}}')
+
+    page.route("**/v1/chat/completions", always_loading)
+    page.goto("/")
+    page.fill("#prompt", "Hello?")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#notice:not([hidden])")
+    assert not page.is_disabled("#stop")
+    page.click("#stop")
+    page.wait_for_timeout(1800)
+    assert len(hits) == 1 and page.inner_text("#speed") == "stopped" and not page.is_disabled("#send")

@@ -5,6 +5,7 @@ const KEY = "edge-llm.chat";
 const $ = (id) => document.getElementById(id);
 let state = JSON.parse(localStorage.getItem(KEY) || "null") || { system: "", messages: [] };
 let controller = null;
+let retryTimer = null;  // a reply waiting to be retried after a 503/429
 let modelId = null;
 
 function save() { localStorage.setItem(KEY, JSON.stringify(state)); }
@@ -62,7 +63,7 @@ async function reply() {
       EdgeLLM.show(await EdgeLLM.explain(resp), resp.status !== 503 && resp.status !== 429);
       if (resp.status === 503 || resp.status === 429) {
         const wait = 1000 * Number(resp.headers.get("Retry-After") || 3);
-        setTimeout(() => { if (!controller || controller.signal.aborted) return; controller = null; reply(); }, wait);
+        retryTimer = setTimeout(() => { retryTimer = null; reply(); }, wait);
         return;
       }
       state.messages.pop();
@@ -99,7 +100,7 @@ async function reply() {
     if (e.name !== "AbortError") EdgeLLM.show(`The reply failed: ${e.message}`, true);
   } finally {
     out.removeAttribute("aria-busy");
-    busy(false);
+    busy(retryTimer !== null);  // Stop stays on while a retry is pending
     const stopped = controller && controller.signal.aborted;
     controller = null;
     if (text) {
@@ -119,17 +120,27 @@ async function reply() {
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("prompt").value.trim();
-  if (!text || controller) return;
+  if (!text || controller || retryTimer) return;
   $("prompt").value = "";
   send(text);
 });
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
 });
-document.addEventListener("keydown", (e) => { if (e.key === "Escape" && controller) controller.abort(); });
-$("stop").addEventListener("click", () => { if (controller) controller.abort(); });
-$("new").addEventListener("click", () => {
+function stop() {
+  if (retryTimer !== null) {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    busy(false);
+    EdgeLLM.show("");
+    $("speed").textContent = "stopped";
+  }
   if (controller) controller.abort();
+}
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") stop(); });
+$("stop").addEventListener("click", stop);
+$("new").addEventListener("click", () => {
+  stop();
   state.messages = [];
   save();
   redraw();
