@@ -147,13 +147,19 @@ def test_finished_prefix_is_reused_by_a_later_request():
     assert b.seq_id != slot_a and b.num_reused == 15 and [len(c.tokens) for c in out.chunks] == [3]
 
 
+def cache_finished(kv: KVCacheManager, **request_kw) -> tuple[Request, int]:
+    """Run a request's prompt through kv and finish it, leaving its prompt as a cached prefix."""
+    (req,) = create_requests(1, **request_kw)
+    kv.allocate(req, [])
+    req.num_computed = req.num_prompt_tokens
+    slot = req.seq_id
+    kv.free(req, [], keep_prefix=True)
+    return req, slot
+
+
 def test_reuse_leaves_one_prompt_token_to_compute():
     kv = KVCacheManager(num_slots=1, kv_cache_tokens=100, max_cached=1)
-    (a,) = create_requests(1, num_tokens=10, max_tokens=1)
-    ops = []
-    kv.allocate(a, ops)
-    a.num_computed = 10
-    kv.free(a, ops, keep_prefix=True)
+    a, _ = cache_finished(kv, num_tokens=10, max_tokens=1)
     b = Request(list(a.prompt_tokens), SamplingParams(max_tokens=1))
     ops = []
     kv.allocate(b, ops)
@@ -163,12 +169,7 @@ def test_reuse_leaves_one_prompt_token_to_compute():
 
 def test_cache_is_evicted_when_reservations_need_the_room():
     kv = KVCacheManager(num_slots=4, kv_cache_tokens=100, max_cached=3)
-    (a,) = create_requests(1, num_tokens=50, max_tokens=10)
-    ops = []
-    kv.allocate(a, ops)
-    a.num_computed = 50
-    slot_a = a.seq_id
-    kv.free(a, ops, keep_prefix=True)
+    _, slot_a = cache_finished(kv, num_tokens=50, max_tokens=10)
     assert kv.num_cached_tokens == 50
     (b,) = create_requests(1, num_tokens=60, max_tokens=20, first=5)
     assert kv.can_allocate(b)

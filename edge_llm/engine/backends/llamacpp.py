@@ -56,7 +56,6 @@ class LlamaCppBackend:
         self.template = ChatTemplate(self._chat_template(), self._piece(L.llama_vocab_bos(self.vocab), True),
                                      self._piece(L.llama_vocab_eos(self.vocab), True))
         self.ctx = None
-        self.n_vocab = self.profile.n_vocab
         self._samplers: dict[str, ctypes.c_void_p] = {}
         self._pieces: dict[int, bytes] = {}
 
@@ -148,7 +147,7 @@ class LlamaCppBackend:
         result = {}
         greedy = [(row, req) for row, (_, req) in enumerate(outputs) if req.params.is_greedy]
         if greedy:
-            logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.n_vocab))
+            logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
             best = logits[[row for row, _ in greedy]].argmax(axis=1)
             for (_, req), token in zip(greedy, best.tolist(), strict=True):
                 result[req.seq_id] = self.sampled(token)
