@@ -164,9 +164,9 @@ class Engine:
             raise
         changed = self.scheduler.postprocess(out, sampled)
         for req in changed:
-            req.publish()
-            if req.is_finished:
+            if req.is_finished:  # counted before the client can see its end
                 self._finished(req)
+            req.publish()
         self.metrics.generated_tokens.inc(len(changed))
         self.num_steps += 1
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
@@ -184,8 +184,8 @@ class Engine:
 
     def _end(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         if self.scheduler.abort(req, status):
-            req.publish(error)
             self._finished(req)
+            req.publish(error)
 
     def _finished(self, req: Request) -> None:
         self.backend.release(req.request_id)

@@ -66,7 +66,7 @@ def device_gpu_arch() -> str:
 
 def profile_from_config(engine_dir: Path, name: str) -> tuple[ModelProfile, dict]:
     """ModelProfile and build limits from the engine's config.json. Activation memory was
-    fixed at build time by the max shapes; its size is the engine file less the weights."""
+    fixed at build time by the max shapes: estimated from max_num_tokens x hidden size."""
     cfg = json.loads((engine_dir / "config.json").read_text())
     pre, build = cfg["pretrained_config"], cfg["build_config"]
     heads = pre["num_attention_heads"]
@@ -125,6 +125,9 @@ class TrtLlmBackend:
     def sampled(self, token: int) -> SampledToken:
         eos = self.tokenizer.eos_token_id
         return SampledToken(token, self.tokenizer.decode([token]).encode(), token == eos)
+
+    def release(self, request_id: str) -> None:
+        pass  # per-request state (sampling, KV blocks) lives in the executor
 
     def close(self) -> None:
         if self.runner is not None:
@@ -195,8 +198,8 @@ class TrtLlmEngine(Engine):
         if req in self.scheduler.running:
             self.scheduler.running.remove(req)
         req.finish(status)
+        self._finished(req)
         req.publish(error)
-        self.metrics.observe_finished(req)
 
     def _end(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         """Cancel (client gone, pressure): the executor drops the request and frees its KV blocks."""
@@ -205,9 +208,8 @@ class TrtLlmEngine(Engine):
         if req.seq_id in self._by_id:
             self.backend.executor.cancel_request(req.seq_id)
             self._finish(req, status, error)
-        elif self.scheduler.abort(req, status):
-            req.publish(error)
-            self.metrics.observe_finished(req)
+        else:  # still waiting in our queue
+            super()._end(req, status, error)
 
     def clear_prefix_cache(self) -> None:
         pass  # block reuse lives inside TensorRT-LLM's KV cache manager
