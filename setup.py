@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["edge_llm", "edge_llm.*"]),
     package_data={"edge_llm.server": ["static/*", "templates/*"]},
     install_requires=[
-        "flask>=3.0,<4",
+        "flask>=3.1,<4",
         "waitress>=3.0,<4",
         "psutil>=5.9",
         "prometheus-client>=0.20",
@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         # TensorRT-LLM 0.12.0-jetson is not on PyPI: jetpack/install.sh installs the wheel you give it.
-        "jetson": ["jetson-stats>=4.2"],
+        "jetson": ["jetson-stats==4.2.12"],
         "systemd": ["systemd-python>=235"],
         "nvml": ["nvidia-ml-py>=12"],
         "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff>=0.6"],

@@ -2,9 +2,13 @@
 # Provision edge-llm on a Jetson AGX Orin with JetPack 6.1 (L4T R36.4).
 # Idempotent: each step checks before it acts. --dry-run prints every action instead.
 #
-#   sudo jetpack/install.sh [--trtllm-wheel PATH|URL] [--wheelhouse DIR] [--swap-gb N]
-#                           [--maxn] [--headless] [--kiosk] [--dry-run]
+#   sudo jetpack/install.sh [--trtllm-wheel PATH --torch-wheel PATH [--cusparselt-script PATH]]
+#                           [--wheelhouse DIR] [--swap-gb N] [--maxn] [--headless] [--kiosk] [--dry-run]
 #
+# --trtllm-wheel: tensorrt_llm-0.12.0 (v0.12.0-jetson) for Python 3.10 aarch64; it needs
+# --torch-wheel, NVIDIA's CUDA build of torch for JetPack 6.1 (PyPI's aarch64 torch is
+# CPU-only), and cuSPARSELt (README4Jetson 1.2: PyTorch's install_cusparselt.sh, fetched
+# unless --cusparselt-script names a local copy).
 # Written from NVIDIA's documented JetPack 6.1 facts (shared JETSON.md); it has not been
 # run on an Orin by its authors: see the README's "Not yet run on hardware".
 set -euo pipefail
@@ -16,15 +20,22 @@ CONF_DIR=/etc/edge-llm
 UNIT_DIR=/etc/systemd/system
 SWAPFILE=/var/swap-edge-llm
 L4T_RELEASE_FILE=${L4T_RELEASE_FILE:-/etc/nv_tegra_release}
+# jetson-stats 4.2.x is an sdist whose install (pip as root) installs and starts jtop.service;
+# 7.x is a wheel that installs no service (JETSON.md): pin what we install the service of.
+JETSON_STATS=4.2.12
+CUDA_VERSION=12.6  # JetPack 6.1
+CUSPARSELT_URL=https://raw.githubusercontent.com/pytorch/pytorch/9b424aac1d70f360479dd919d6b7933b5a9181ac/.ci/docker/common/install_cusparselt.sh
 DRY=0 MAXN=0 HEADLESS=0 KIOSK=0 FORCE=0
-TRTLLM_WHEEL="" WHEELHOUSE="" SWAP_GB=""
+TRTLLM_WHEEL="" TORCH_WHEEL="" CUSPARSELT_SCRIPT="" WHEELHOUSE="" SWAP_GB=""
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY=1 ;;
     --trtllm-wheel) TRTLLM_WHEEL=$2; shift ;;
+    --torch-wheel) TORCH_WHEEL=$2; shift ;;
+    --cusparselt-script) CUSPARSELT_SCRIPT=$2; shift ;;
     --wheelhouse) WHEELHOUSE=$2; shift ;;
     --swap-gb) SWAP_GB=$2; shift ;;
     --maxn) MAXN=1 ;;
@@ -36,6 +47,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ -n "$TRTLLM_WHEEL" ] && [ -z "$TORCH_WHEEL" ]; then
+  echo "install.sh: --trtllm-wheel needs --torch-wheel (NVIDIA's CUDA torch for JetPack 6.1; PyPI's is CPU-only)" >&2
+  exit 2
+fi
 
 say() { printf '==> %s\n' "$*"; }
 run() {  # an action: printed in dry-run mode, done otherwise
@@ -68,11 +83,19 @@ check_l4t() {
 
 apt_packages() {
   local missing=() pkg
-  for pkg in python3-venv python3-pip python3-dev build-essential cmake git curl libopenblas-dev; do
+  # nvidia-jetpack: CUDA, cuDNN and TensorRT, which a BSP flashed with flash.sh does not have
+  for pkg in nvidia-jetpack python3-venv python3-pip python3-dev build-essential cmake git curl libopenblas-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
+  if [ -n "$TRTLLM_WHEEL" ]; then  # README4Jetson 1.2, and TensorRT's Python bindings for the venv
+    for pkg in git-lfs ccache python3-libnvinfer python3-libnvinfer-dev; do
+      dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+  fi
   if [ "$KIOSK" = 1 ]; then
-    for pkg in cage chromium-browser; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+    # cog (WPE WebKit) is a plain deb in jammy: Ubuntu 22.04's chromium-browser is the snap,
+    # which cannot run under NoNewPrivileges= (setuid snap-confine) in a hardened unit
+    for pkg in cage cog; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing apt packages: ${missing[*]}"
@@ -89,7 +112,9 @@ users_and_dirs() {
   # the Jetson GPU nodes (/dev/nvhost-*, /dev/nvmap) are group video/render
   run usermod -a -G video,render edge-llm
   if [ "$KIOSK" = 1 ] && ! id edge-llm-kiosk >/dev/null 2>&1; then
-    run useradd --system --create-home --shell /usr/sbin/nologin --groups video,render,input edge-llm-kiosk
+    # its home is the unit's StateDirectory (/var/lib/edge-llm-kiosk), made by systemd
+    run useradd --system --no-create-home --home-dir /var/lib/edge-llm-kiosk --shell /usr/sbin/nologin \
+      --groups video,render,input edge-llm-kiosk
   fi
   run install -d -m 0755 "$PREFIX" "$CONF_DIR"
 }
@@ -107,6 +132,7 @@ python_env() {
     run python3 -m venv --system-site-packages "$VENV"
   fi
   if [ -n "$TRTLLM_WHEEL" ]; then
+    trtllm_prerequisites
     if ! "$VENV/bin/python" -c 'import tensorrt_llm' >/dev/null 2>&1; then
       say "installing TensorRT-LLM 0.12.0-jetson from $TRTLLM_WHEEL"
       run "${pip[@]}" "${extra[@]}" "$TRTLLM_WHEEL"
@@ -114,12 +140,49 @@ python_env() {
   else
     say "no --trtllm-wheel: the daemon will use llama.cpp on CUDA (sm_87) until an engine is installed"
   fi
-  say "installing jetson-stats and its jtop service"
-  run pip3 install -q "${extra[@]}" 'jetson-stats>=4.2'
-  run systemctl enable --now jtop.service
+  jtop_service
   say "installing edge-llm (llama.cpp built for CUDA sm_87 as the fallback engine)"
   run env EDGE_LLM_CUDA=1 CUDA_ARCH=87 PYTHON="$VENV/bin/python" VENV="$VENV" \
     PIP_EXTRA="${extra[*]}" "$SRC/tools/setup.sh" jetson
+}
+
+trtllm_prerequisites() {  # README4Jetson 1.2
+  local pip=("$VENV/bin/python" -m pip install -q) extra=() script=$CUSPARSELT_SCRIPT
+  mapfile -t extra < <(pip_args)
+  if ! ldconfig -p | grep -q libcusparseLt; then
+    if [ -z "$script" ]; then
+      script=/tmp/install_cusparselt.sh
+      say "fetching PyTorch's install_cusparselt.sh (README4Jetson 1.2)"
+      run curl -fsSL -o "$script" "$CUSPARSELT_URL"
+    fi
+    say "installing cuSPARSELt for CUDA $CUDA_VERSION"
+    run env CUDA_VERSION="$CUDA_VERSION" bash "$script"
+  fi
+  if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' >/dev/null 2>&1; then
+    say "installing the CUDA torch for JetPack 6.1 from $TORCH_WHEEL"
+    run "${pip[@]}" "${extra[@]}" "$TORCH_WHEEL"
+  fi
+  run "${pip[@]}" "${extra[@]}" numpy==1.26.1
+}
+
+jtop_service() {
+  local extra=()
+  mapfile -t extra < <(pip_args)
+  if [ "$(pip3 show jetson-stats 2>/dev/null | sed -n 's/^Version: //p')" != "$JETSON_STATS" ]; then
+    say "installing jetson-stats $JETSON_STATS with pip as root (its install adds jtop.service)"
+    run pip3 install -q "${extra[@]}" "jetson-stats==$JETSON_STATS"
+  fi
+  if [ "$DRY" = 0 ] && ! systemctl cat jtop.service >/dev/null 2>&1; then
+    echo "install.sh: jetson-stats $JETSON_STATS did not install jtop.service; telemetry would fall back to" \
+      "psutil. Reinstall it as root: sudo pip3 install --force-reinstall jetson-stats==$JETSON_STATS" >&2
+    exit 1
+  fi
+  run systemctl enable --now jtop.service
+  # /run/jtop.sock is 0660 root:jtop: the daemon reads jtop only as a member of group jtop
+  if ! id -nG edge-llm 2>/dev/null | tr ' ' '\n' | grep -qx jtop; then
+    say "adding edge-llm to group jtop"
+    run usermod -a -G jtop edge-llm
+  fi
 }
 
 config_file() {
@@ -143,7 +206,7 @@ EOF
 
 units() {
   local unit changed=0
-  for unit in edge-llm.service edge-llm-kiosk.service; do
+  for unit in edge-llm.service edge-llm-kiosk.service edge-llm-clocks.service; do
     if ! cmp -s "$SRC/systemd/$unit" "$UNIT_DIR/$unit"; then
       run install -m 0644 "$SRC/systemd/$unit" "$UNIT_DIR/$unit"
       changed=1
@@ -152,6 +215,8 @@ units() {
   [ "$changed" = 1 ] && run systemctl daemon-reload
   run systemctl enable edge-llm.service
   if [ "$KIOSK" = 1 ]; then run systemctl enable edge-llm-kiosk.service; fi
+  # jetson_clocks does not survive a reboot: a oneshot unit sets it at every boot
+  if [ "$MAXN" = 1 ]; then run systemctl enable edge-llm-clocks.service; fi
 }
 
 swap() {
@@ -189,7 +254,7 @@ power() {
     run systemctl set-default multi-user.target
   fi
   if [ "$MAXN" = 1 ]; then
-    say "MAXN power mode and locked clocks"
+    say "MAXN power mode (kept across reboots by nvpmodel) and locked clocks (edge-llm-clocks.service at boot)"
     run nvpmodel -m 0
     run jetson_clocks
   fi

@@ -1,42 +1,31 @@
 """Telemetry sources. jtop is faked (named as such): no Jetson is here. The fake returns
 exactly the structures jetson-stats documents (memory in KB, power in mW, temperature in C)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from edge_llm.telemetry import Sampler
+from edge_llm.telemetry import Sampler, open_sources
 from edge_llm.telemetry.host import HostSource
 from edge_llm.telemetry.jtop import JtopSource, snapshot_from_jtop
 
-
-class FakeJtop:
-    """A stand-in for jtop.jtop on an AGX Orin 64GB, shaped like jetson-stats 4.x."""
-
-    def __init__(self, interval=1.0, fail_start=False):
-        self.interval, self.fail_start, self.closed = interval, fail_start, False
-        self.memory = {
-            "RAM": {"tot": 62_795_216, "used": 9_120_000, "free": 40_000_000, "buffers": 300_000,
-                    "cached": 12_000_000, "shared": 5_500_000, "lfb": 1200},
-            "SWAP": {"tot": 16_777_216, "used": 1_048_576, "cached": 0,
-                     "table": {"/swapfile": {"type": "file", "prio": 10, "size": 16_777_216, "used": 1_048_576,
-                                             "boot": True}}},
-            "EMC": {"online": True, "val": 12, "cur": 3_199_000, "max": 3_199_000, "min": 204_000},
-        }
-        self.stats = {"RAM": 0.15, "nvp model": "MAXN", "jetson_clocks": "ON", "GPU": 41.0}
-        self.temperature = {"CPU": {"online": True, "temp": 48.5}, "GPU": {"online": True, "temp": 47.0},
-                            "tj": {"online": False, "temp": -256}}
-        self.power = {"tot": {"power": 14230, "avg": 13900, "online": True}, "rail": {}}
-        self.gpu = {"gpu": {"status": {"load": 41.0, "railgate": False}, "freq": {"cur": 1300500}}}
-
-    def start(self):
-        if self.fail_start:
-            raise RuntimeError("The jtop.service is not active. Please run: sudo systemctl restart jtop.service")
-
-    def close(self):
-        self.closed = True
+FAKES = Path(__file__).parent / "fakes"
 
 
-def test_jtop_snapshot_maps_units():
-    s = snapshot_from_jtop(FakeJtop())
+@pytest.fixture()
+def fake_jtop(monkeypatch):
+    """The FAKE jtop module (tests/fakes/jtop), with its service up and our user in group jtop."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    sys.modules.pop("jtop", None)
+    import jtop
+    jtop.SERVICE.reset()
+    yield jtop
+    sys.modules.pop("jtop", None)
+
+
+def test_jtop_snapshot_maps_units(fake_jtop):
+    s = snapshot_from_jtop(fake_jtop.jtop())
     assert s.source == "jtop" and s.unified_memory
     assert s.ram_total_bytes == 62_795_216 * 1024
     assert s.ram_available_bytes == (40_000_000 + 300_000 + 12_000_000) * 1024
@@ -67,12 +56,27 @@ def test_failing_source_degrades_to_the_next_with_one_warning(caplog):
     assert sum("falling back to psutil" in r.message for r in caplog.records) == 1
 
 
-def test_jtop_service_down_raises_at_start():
-    with pytest.raises(RuntimeError, match="jtop.service is not active"):
-        JtopSource(jtop_factory=lambda interval: FakeJtop(interval, fail_start=True))
-    src = JtopSource(jtop_factory=lambda interval: FakeJtop(interval))
-    assert src.read().ram_total_bytes > 0
-    src.close()
+def test_jtop_service_down_or_wrong_group_falls_back_to_psutil(fake_jtop, caplog):
+    fake_jtop.SERVICE.running = False
+    with pytest.raises(fake_jtop.JtopException, match="jtop.service is not active"):
+        JtopSource()
+    assert [s.name for s in open_sources()][-1] == "psutil" and "jtop" not in [s.name for s in open_sources()]
+    fake_jtop.SERVICE.running, fake_jtop.SERVICE.member_of_jtop_group = True, False
+    with pytest.raises(fake_jtop.JtopException, match="group jtop"):
+        JtopSource()
+    assert [s.name for s in open_sources()][-1] == "psutil"
+    assert any("jtop unavailable" in r.message and "group jtop" in r.message for r in caplog.records)
+
+
+def test_jtop_that_dies_is_dropped_never_served_stale(fake_jtop, caplog):
+    src = JtopSource()
+    sampler = Sampler([src, HostSource()])
+    assert sampler.read().source == "jtop"
+    fake_jtop.SERVICE.running = False  # the attributes still hold the last values
+    assert src._jetson.memory["RAM"]["tot"] > 0
+    snap = sampler.read()
+    assert snap.source == "psutil" and [s.name for s in sampler.sources] == ["psutil"]
+    assert any("telemetry source jtop failed" in r.message for r in caplog.records)
 
 
 def test_telemetry_endpoint_serves_the_latest_snapshot(http):

@@ -45,28 +45,108 @@ def make_engine_dir(tmp_path: Path, **manifest_overrides) -> Path:
     return d
 
 
-def start_engine(engine_dir):
+def start_engine(engine_dir, **overrides):
     from edge_llm import appliance, config, profiles
-    cfg = config.load(env={}, overrides=[("model.backend", "trtllm"), ("model.path", str(engine_dir)),
-                                         ("model.warmup", "false")])
+    items = {"model.backend": "trtllm", "model.path": str(engine_dir), "model.warmup": "false", **overrides}
+    cfg = config.load(env={}, overrides=list(items.items()))
     return appliance.build_engine(cfg, profiles.DEVICES["agx-orin-64gb"])
 
 
-def test_plan_maps_to_runner_kwargs_and_engine_limits_cap_it(fake_trtllm, tmp_path):
+def test_plan_maps_to_runner_kwargs_that_pass_from_dirs_checks(fake_trtllm, tmp_path):
+    """from_dir asserts max_input_len + max_output_len <= the engine's max_seq_len (the old
+    kwargs, input = seq - 1 and output = 1024, failed it on every load)."""
     from tensorrt_llm import runtime
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
     try:
-        (engine_dir, kwargs), = runtime.CALLS[-1:]
+        (engine_dir, kwargs), = runtime.model_runner_cpp.CALLS[-1:]
         assert engine_dir == str(tmp_path / "llama-3-8b-int4")
         assert kwargs["use_mmap"] is True
         assert kwargs["max_tokens_in_paged_kv_cache"] == plan.kv_cache_tokens
+        assert 0 < kwargs["kv_cache_free_gpu_memory_fraction"] <= 0.95
         assert kwargs["kv_cache_enable_block_reuse"] is True and kwargs["enable_chunked_context"] is True
-        assert (kwargs["max_batch_size"], kwargs["max_input_len"], kwargs["max_output_len"]) == (
-            plan.max_batch_size, plan.max_input_len, plan.max_output_len)
-        # runtime limits never exceed the engine's build limits
-        assert plan.max_batch_size <= 4 and plan.max_input_len <= 2048 and plan.max_seq_len <= 3072
+        assert kwargs["max_input_len"] == plan.max_input_len
+        assert kwargs["max_input_len"] + kwargs["max_output_len"] == plan.max_seq_len <= 3072
+        # runtime limits never exceed the engine's build limits; the output cap stays ours
+        assert plan.max_batch_size <= 4 and plan.max_input_len <= 2048 and plan.max_output_len == 1024
         assert backend.profile.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
         assert backend.profile.activation_bytes > 0  # fixed at build time, taken as such
+    finally:
+        engine.stop()
+
+
+def test_a_smaller_planned_batch_is_enforced_by_admission(fake_trtllm, tmp_path):
+    """The executor schedules up to the engine's build-time batch (4): the plan's 2 is ours."""
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path), **{"limits.max_batch_size": "2"})
+    try:
+        reqs = [engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 20)[0]
+                for i in range(5)]
+        for r in reqs:
+            engine.submit(r)
+        for r in reqs:
+            assert list(engine.stream(r))[-1].finish_reason == "length"
+        assert plan.max_batch_size == 2 and backend.executor.max_active == 2
+        assert engine.scheduler.kv.num_reserved == 0  # every reservation returned
+    finally:
+        engine.stop()
+
+
+def test_kv_pool_is_exactly_the_plan_when_the_default_fraction_would_shrink_it(fake_trtllm, tmp_path, monkeypatch):
+    """KvCacheConfig takes the smaller of max_tokens and fraction x free memory (0.9 when not
+    given): with 93% of the free memory planned for KV, only a computed fraction gives it all."""
+    from tensorrt_llm.runtime import model_runner_cpp
+
+    from edge_llm.engine.backends import trtllm
+    d = make_engine_dir(tmp_path)
+    backend, plan, engine = start_engine(d)
+    engine.stop()
+    free_after_load = int(plan.kv_cache_bytes / 0.93)
+    monkeypatch.setattr(model_runner_cpp, "FREE_GPU_MEMORY_BYTES", free_after_load)
+    monkeypatch.setattr(trtllm, "free_device_memory",
+                        lambda: free_after_load + plan.weights_bytes + plan.workspace_bytes)
+    backend, plan2, engine = start_engine(d)
+    try:
+        assert plan2.kv_cache_tokens == plan.kv_cache_tokens
+        assert abs(backend.executor.kv_pool_tokens - plan.kv_cache_tokens) <= 1
+    finally:
+        engine.stop()
+
+
+def test_natural_stop_is_stop_and_the_cap_is_length(fake_trtllm, tmp_path):
+    """EOS is never in output_token_ids: the finish reason comes from the count."""
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        backend.executor.eos_after = 3  # the model samples end_id as its third token
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 10)
+        outs = list(engine.generate(req))
+        assert "".join(o.text for o in outs) == " w100 w101" and outs[-1].finish_reason == "stop"
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 2)
+        assert list(engine.generate(req))[-1].finish_reason == "length"
+    finally:
+        engine.stop()
+
+
+def test_negative_seed_reaches_the_executor_as_uint64(fake_trtllm, tmp_path):
+    from tensorrt_llm.bindings import executor as fake_executor
+    with pytest.raises(TypeError):  # what the old code sent
+        fake_executor.SamplingConfig(random_seed=-1)
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0.7, seed=-1), 2)
+        assert list(engine.generate(req))[-1].finish_reason == "length"
+        assert backend.executor.enqueued[-1].sampling_config.random_seed == 2**64 - 1
+    finally:
+        engine.stop()
+
+
+def test_executor_error_ends_the_request_with_its_message(fake_trtllm, tmp_path):
+    from edge_llm.engine.request import Request
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        # past the engine's max_seq_len: only a hand-made request can ask for it
+        req = Request(backend.tokenize("hi"), SamplingParams(temperature=0, max_tokens=5000))
+        outs = list(engine.generate(req))
+        assert outs[-1].finish_reason == "error" and "exceeds max_seq_len" in outs[-1].error
+        assert engine.num_running == 0 and engine.scheduler.kv.num_reserved == 0
     finally:
         engine.stop()
 
@@ -151,7 +231,8 @@ def test_llamacpp_daemon_never_imports_tensorrt_llm(server):
 def test_fake_signatures_match_the_real_package():
     sys.path.insert(0, str(FAKES))
     try:
-        spec = importlib.util.spec_from_file_location("fake_runtime", FAKES / "tensorrt_llm/runtime/__init__.py")
+        path = FAKES / "tensorrt_llm/runtime/model_runner_cpp.py"
+        spec = importlib.util.spec_from_file_location("fake_runtime", path)
         fake = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(fake)
     finally:
@@ -173,22 +254,50 @@ def hf_checkpoint(tmp_path: Path) -> Path:
     return m
 
 
-@pytest.mark.parametrize("device, quant, expect", [
-    ("agx-orin-64gb", "int4_awq", ["--qformat int4_awq", "--awq_block_size 128", "--max_batch_size 8",
-                                   "--max_seq_len 4096", "--max_input_len 4095", "--max_num_tokens 264"]),
-    ("agx-orin-32gb", "int4", ["--use_weight_only --weight_only_precision int4", "--max_batch_size 8",
-                               "--max_seq_len 4096"]),
+@pytest.mark.parametrize("device, quant, expect, absent", [
+    ("agx-orin-64gb", None, ["examples/llama/convert_checkpoint.py", "--use_weight_only --weight_only_precision int4",
+                             "--max_batch_size 8", "--max_seq_len 4096", "--max_input_len 4095",
+                             "--max_num_tokens 264"], ["quantize.py", "--qformat"]),
+    ("agx-orin-32gb", "int4_gptq", ["--weight_only_precision int4_gptq --per_group", "--max_seq_len 4096"],
+     ["--quant_ckpt_path"]),
 ])
-def test_build_engine_dry_run_for_two_devices(tmp_path, capsys, device, quant, expect):
+def test_build_engine_dry_run_defaults_to_the_documented_int4_path(tmp_path, capsys, device, quant, expect, absent):
     from tools import build_engine
     model = hf_checkpoint(tmp_path)
-    assert build_engine.main(["--model", str(model), "--output", str(tmp_path / "engine"), "--device", device,
-                              "--quant", quant, "--dry-run"]) == 0
+    argv = ["--model", str(model), "--output", str(tmp_path / "engine"), "--device", device, "--dry-run"]
+    assert build_engine.main(argv + (["--quant", quant] if quant else [])) == 0
     out = capsys.readouterr().out
     for flag in expect + ["--gemm_plugin float16", "--use_paged_context_fmha enable", "trtllm-build"]:
         assert flag in out, flag
+    for flag in absent:
+        assert flag not in out, flag
     assert f"--output_dir {tmp_path / 'engine.partial'}" in out  # renamed only when complete
     assert not (tmp_path / "engine").exists() and not (tmp_path / "engine.partial").exists()
+
+
+def test_build_engine_awq_is_opt_in_with_a_local_calibration_set(tmp_path, capsys):
+    from tools import build_engine
+    argv = ["--model", str(hf_checkpoint(tmp_path)), "--output", str(tmp_path / "engine"), "--quant", "int4_awq",
+            "--dry-run"]
+    with pytest.raises(SystemExit):
+        build_engine.main(argv)
+    assert "needs --calib-dataset" in capsys.readouterr().err
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    assert build_engine.main(argv + ["--calib-dataset", str(calib)]) == 0
+    assert f"--qformat int4_awq --awq_block_size 128 --calib_size 32 --calib_dataset {calib}" in capsys.readouterr().out
+
+
+def test_build_engine_finds_trtllm_build_in_the_venv_or_says_how(tmp_path, monkeypatch):
+    from tools import build_engine
+    bindir = tmp_path / "venv/bin"
+    bindir.mkdir(parents=True)
+    monkeypatch.setattr(build_engine.sys, "executable", str(bindir / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit, match="trtllm-build not found"):
+        build_engine.trtllm_build()
+    (bindir / "trtllm-build").write_text("#!/bin/sh\n")
+    assert build_engine.trtllm_build() == str(bindir / "trtllm-build")
 
 
 def test_doctor_reports_this_machine(capsys):

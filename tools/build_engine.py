@@ -1,7 +1,13 @@
 """Build an INT4 TensorRT-LLM engine (v0.12.0-jetson) sized by `edge-llm plan` for a device.
 
     python tools/build_engine.py --model HF_DIR --output ENGINE_DIR --device agx-orin-64gb \\
-        [--quant int4_awq|int4|int4_gptq] [--gptq-ckpt FILE] [--trtllm-src DIR] [--dry-run]
+        [--quant int4|int4_gptq|int4_awq] [--calib-dataset DIR] [--trtllm-src DIR] [--dry-run]
+
+--quant int4 (the default) is README4Jetson's documented path: convert_checkpoint.py with
+INT4 weight-only quantization, no calibration. int4_gptq is its other documented path: --model
+is then a GPTQ checkpoint itself (--per_group; no --quant_ckpt_path). int4_awq goes through
+NVIDIA ModelOpt's quantize.py, which README4Jetson does not document and which downloads a
+calibration set by default: it is opt-in and needs a local one (--calib-dataset DIR).
 
 Steps: quantize/convert the checkpoint, trtllm-build with the plan's shape limits (paged
 context FMHA on, for chunked context and KV reuse; gemm plugin float16), copy the tokenizer,
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -44,19 +51,30 @@ def hf_profile(model_dir: Path) -> ModelProfile:
         n_embd=cfg["hidden_size"], n_vocab=cfg["vocab_size"])
 
 
-def commands(args, plan: planner.Plan, ckpt: Path, partial: Path) -> list[list[str]]:
+def trtllm_build() -> str:
+    """trtllm-build as installed next to this Python (the venv's bin/), else on PATH; the
+    wheel puts it in the venv or ~/.local/bin, which is often not on root's PATH."""
+    beside = Path(sys.executable).parent / "trtllm-build"
+    found = str(beside) if beside.is_file() else shutil.which("trtllm-build")
+    if not found:
+        raise SystemExit(f"build_engine: trtllm-build not found beside {sys.executable} nor on PATH: install the "
+                         "TensorRT-LLM 0.12.0-jetson wheel into this venv (jetpack/install.sh --trtllm-wheel)")
+    return found
+
+
+def commands(args, plan: planner.Plan, ckpt: Path, partial: Path, builder: str = "trtllm-build") -> list[list[str]]:
     src, model = Path(args.trtllm_src), Path(args.model)
     if args.quant == "int4_awq":
         quantize = [sys.executable, str(src / "examples/quantization/quantize.py"), "--model_dir", str(model),
                     "--output_dir", str(ckpt), "--dtype", "float16", "--qformat", "int4_awq",
-                    "--awq_block_size", "128", "--calib_size", "32"]
+                    "--awq_block_size", "128", "--calib_size", "32", "--calib_dataset", str(args.calib_dataset)]
     else:
         quantize = [sys.executable, str(src / "examples/llama/convert_checkpoint.py"), "--model_dir", str(model),
                     "--output_dir", str(ckpt), "--dtype", "float16", "--use_weight_only",
                     "--weight_only_precision", args.quant]
         if args.quant == "int4_gptq":
-            quantize += ["--per_group", "--quant_ckpt_path", args.gptq_ckpt]
-    build = ["trtllm-build", "--checkpoint_dir", str(ckpt), "--output_dir", str(partial),
+            quantize += ["--per_group"]  # README4Jetson: --model_dir is the GPTQ checkpoint itself
+    build = [builder, "--checkpoint_dir", str(ckpt), "--output_dir", str(partial),
              "--gemm_plugin", "float16", "--use_paged_context_fmha", "enable",
              "--max_batch_size", str(plan.max_batch_size), "--max_input_len", str(plan.max_input_len),
              "--max_seq_len", str(plan.max_seq_len), "--max_num_tokens", str(plan.max_batch_tokens)]
@@ -72,11 +90,12 @@ def manifest(args, plan: planner.Plan, version: str) -> dict:
             "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run(cmds: list[list[str]]) -> None:
+def run(cmds: list[list[str]], offline: bool = False) -> None:
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1") if offline else None
     for i, cmd in enumerate(cmds, 1):
         t0 = time.monotonic()
         print(f"[{i}/{len(cmds)}] {shlex.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True)  # its own progress goes to the terminal
+        subprocess.run(cmd, check=True, env=env)  # its own progress goes to the terminal
         print(f"[{i}/{len(cmds)}] done in {time.monotonic() - t0:.0f} s", flush=True)
 
 
@@ -85,16 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder")
     ap.add_argument("--output", required=True, help="engine folder to create")
     ap.add_argument("--device", default="agx-orin-64gb", choices=sorted(profiles.DEVICES))
-    ap.add_argument("--quant", default="int4_awq", choices=["int4_awq", "int4", "int4_gptq"])
-    ap.add_argument("--gptq-ckpt", help="GPTQ safetensors, for --quant int4_gptq")
+    ap.add_argument("--quant", default="int4", choices=["int4", "int4_gptq", "int4_awq"],
+                    help="int4: weight-only (documented on Jetson, default); int4_gptq: --model is a GPTQ "
+                         "checkpoint; int4_awq: ModelOpt, opt-in, needs --calib-dataset")
+    ap.add_argument("--calib-dataset", help="a local calibration dataset folder, for --quant int4_awq")
     ap.add_argument("--trtllm-src", default="/opt/TensorRT-LLM", help="TensorRT-LLM v0.12.0-jetson checkout")
     ap.add_argument("--max-seq-len", type=int, default=0, help="cap the plan's max_seq_len")
     ap.add_argument("--max-batch-size", type=int, default=0, help="cap the plan's max_batch_size")
     ap.add_argument("--dry-run", action="store_true", help="print every command, run nothing")
     args = ap.parse_args(argv)
-    if args.quant == "int4_gptq" and not args.gptq_ckpt:
-        ap.error("--quant int4_gptq needs --gptq-ckpt")
     model, out = Path(args.model), Path(args.output)
+    if args.quant == "int4_awq":
+        if not args.calib_dataset:
+            ap.error("--quant int4_awq needs --calib-dataset DIR (a local calibration set: quantize.py would "
+                     "otherwise download one); the documented Jetson path is --quant int4")
+        if not Path(args.calib_dataset).is_dir():
+            ap.error(f"--calib-dataset {args.calib_dataset} is not a folder")
     if not (model / "config.json").is_file():
         ap.error(f"{model} has no config.json: not a Hugging Face checkpoint folder")
     caps = {k: v for k, v in (("max_seq_len", args.max_seq_len), ("max_batch_size", args.max_batch_size)) if v}
@@ -102,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plan for {args.device}: batch {plan.max_batch_size}, input {plan.max_input_len}, seq {plan.max_seq_len},"
           f" tokens/step {plan.max_batch_tokens}, KV {plan.kv_cache_tokens} tokens")
     partial, ckpt = out.with_name(out.name + ".partial"), out.with_name(out.name + ".ckpt")
-    cmds = commands(args, plan, ckpt, partial)
+    cmds = commands(args, plan, ckpt, partial, "trtllm-build" if args.dry_run else trtllm_build())
     if args.dry_run:
         for cmd in cmds:
             print("+", shlex.join(cmd))
@@ -110,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import tensorrt_llm  # only for its version, on the device
     shutil.rmtree(partial, ignore_errors=True)
-    run(cmds)
+    run(cmds, offline=args.quant == "int4_awq")
     tok = partial / "tokenizer"
     tok.mkdir()
     for f in model.glob("tokenizer*"):

@@ -1,12 +1,17 @@
 """Install the edge-llm appliance into a Linux_for_Tegra rootfs before flashing an AGX Orin.
 
     sudo .venv/bin/python tools/flash_overlay.py --l4t ~/nvidia/Linux_for_Tegra \\
-        [--wheelhouse DIR] [--trtllm-wheel WHEEL] [--kiosk] [--target emmc|nvme] [--dry-run]
+        [--wheelhouse DIR] [--trtllm-wheel WHEEL --torch-wheel WHEEL] [--kiosk] [--target emmc|nvme]
+        [--oem-config] [--dry-run]
 
 It copies the source and the units into rootfs/, enables them with the symlinks systemctl
 would make, adds a first-boot unit that runs jetpack/install.sh on the device (it needs the
-device's own CUDA and TensorRT), and prints the flash command. Written from NVIDIA's
-documented JetPack 6.1 layout; tested here against a fake Linux_for_Tegra tree only.
+device's own CUDA and TensorRT) and then disables itself, and prints the flash command.
+
+Without a default user made before flashing (l4t_create_default_user.sh), first boot stops
+in oem-config and waits for a person: the tool refuses such a rootfs unless --oem-config
+says that is wanted. Written from NVIDIA's documented JetPack 6.1 (L4T R36.4) layout; tested
+here against a fake Linux_for_Tegra tree only.
 """
 
 from __future__ import annotations
@@ -19,20 +24,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_ITEMS = ["setup.py", "README.md", "ruff.toml", "edge_llm", "jetpack", "systemd", "tools"]
 BOARD = "jetson-agx-orin-devkit"
+# L4T disables NetworkManager-wait-online, so network-online.target says nothing about DHCP:
+# nm-online -s waits for NetworkManager's own startup to finish (what wait-online does), and
+# a failed run (apt unreachable) is retried every minute until it succeeds.
 FIRSTBOOT_UNIT = """[Unit]
 Description=edge-llm first-boot provisioning (runs jetpack/install.sh once)
-After=network-online.target
+After=network-online.target NetworkManager.service
 Wants=network-online.target
 Before=edge-llm.service
 ConditionPathExists=!/var/lib/edge-llm/.provisioned
+StartLimitIntervalSec=0
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
 TimeoutStartSec=3h
+ExecStartPre=/usr/bin/nm-online -s -q --timeout=600
 ExecStart=/opt/edge-llm/src/jetpack/install.sh {args}
 ExecStartPost=/bin/sh -c 'mkdir -p /var/lib/edge-llm && touch /var/lib/edge-llm/.provisioned'
+ExecStartPost=/bin/systemctl disable edge-llm-firstboot.service
 ExecStartPost=/bin/systemctl start --no-block edge-llm.service
+Restart=on-failure
+RestartSec=60
 
 [Install]
 WantedBy=multi-user.target
@@ -44,12 +57,28 @@ class OverlayError(RuntimeError):
 
 
 def flash_command(target: str) -> str:
+    """R36.4, AGX Orin devkit (JETSON.md): eMMC with flash.sh, NVMe with the initrd flash."""
     if target == "nvme":
         return ("sudo ./tools/kernel_flash/l4t_initrd_flash.sh --external-device nvme0n1p1 "
-                "-c tools/kernel_flash/flash_l4t_external.xml "
-                "-p \"-c bootloader/generic/cfg/flash_t234_qspi.xml\" --showlogs --network usb0 "
-                f"{BOARD} internal")
+                "-c tools/kernel_flash/flash_l4t_t234_nvme.xml --showlogs --network usb0 "
+                f"{BOARD} external")
     return f"sudo ./flash.sh {BOARD} internal"
+
+
+CREATE_USER = "sudo ./tools/l4t_create_default_user.sh -u USER -p PASSWORD -n HOSTNAME --accept-license"
+
+
+def has_default_user(rootfs: Path) -> bool:
+    """l4t_create_default_user.sh writes a login user (uid >= 1000) into rootfs/etc/passwd."""
+    passwd = rootfs / "etc/passwd"
+    if not passwd.is_file():
+        return False
+    for line in passwd.read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) >= 7 and fields[2].isdigit() and 1000 <= int(fields[2]) < 60000 \
+                and not fields[6].endswith(("nologin", "false")):
+            return True
+    return False
 
 
 class Overlay:
@@ -57,7 +86,7 @@ class Overlay:
         self.l4t, self.rootfs, self.dry_run = l4t, l4t / "rootfs", dry_run
         self.actions: list[str] = []
 
-    def check(self) -> None:
+    def check(self, oem_config: bool = False) -> None:
         if not (self.l4t / "flash.sh").is_file():
             raise OverlayError(f"{self.l4t} is not a Linux_for_Tegra folder (no flash.sh)")
         release = self.rootfs / "etc/nv_tegra_release"
@@ -66,6 +95,10 @@ class Overlay:
         first = release.read_text().splitlines()[0] if release.read_text() else ""
         if "R36" not in first or "REVISION: 4." not in first:
             raise OverlayError(f"the rootfs is not L4T R36.4 (JetPack 6.1): {first!r}")
+        if not oem_config and not has_default_user(self.rootfs):
+            raise OverlayError(f"the rootfs has no default user, so first boot would wait in oem-config for a person "
+                               f"(and the appliance would not start): from {self.l4t} run\n  {CREATE_USER}\n"
+                               "first, or pass --oem-config if a person will finish the setup on the device")
 
     def _do(self, what: str, fn, *args) -> None:
         self.actions.append(what)
@@ -105,24 +138,25 @@ class Overlay:
 
 def build(args) -> Overlay:
     ov = Overlay(Path(args.l4t), args.dry_run)
-    ov.check()
+    ov.check(args.oem_config)
     for item in SOURCE_ITEMS:
         ov.copy(ROOT / item, f"opt/edge-llm/src/{item}")
     install_args = ["--headless"] + (["--kiosk"] if args.kiosk else [])
     if args.wheelhouse:
         ov.copy(Path(args.wheelhouse), "opt/edge-llm/wheelhouse")
         install_args += ["--wheelhouse", "/opt/edge-llm/wheelhouse"]
-    if args.trtllm_wheel:
-        wheel = Path(args.trtllm_wheel)
-        ov.copy(wheel, f"opt/edge-llm/wheels/{wheel.name}")
-        install_args += ["--trtllm-wheel", f"/opt/edge-llm/wheels/{wheel.name}"]
-    for unit in ("edge-llm.service", "edge-llm-kiosk.service"):
+    for option, path in (("--trtllm-wheel", args.trtllm_wheel), ("--torch-wheel", args.torch_wheel)):
+        if path:
+            wheel = Path(path)
+            ov.copy(wheel, f"opt/edge-llm/wheels/{wheel.name}")
+            install_args += [option, f"/opt/edge-llm/wheels/{wheel.name}"]
+    for unit in ("edge-llm.service", "edge-llm-kiosk.service", "edge-llm-clocks.service"):
         ov.copy(ROOT / "systemd" / unit, f"etc/systemd/system/{unit}")
     ov.write("etc/systemd/system/edge-llm-firstboot.service", FIRSTBOOT_UNIT.format(args=" ".join(install_args)))
     ov.enable("edge-llm-firstboot.service", "multi-user.target")
     ov.enable("edge-llm.service", "multi-user.target")
     if args.kiosk:
-        ov.enable("edge-llm-kiosk.service", "graphical.target")
+        ov.enable("edge-llm-kiosk.service", "multi-user.target")  # install.sh --headless boots there
     return ov
 
 
@@ -131,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--l4t", required=True, help="the Linux_for_Tegra folder (with rootfs/)")
     ap.add_argument("--wheelhouse", help="wheels for an offline first boot (aarch64, cp310)")
     ap.add_argument("--trtllm-wheel", help="tensorrt_llm-0.12.0-cp310-cp310-linux_aarch64.whl")
+    ap.add_argument("--torch-wheel", help="NVIDIA's CUDA torch wheel for JetPack 6.1 (with --trtllm-wheel)")
+    ap.add_argument("--oem-config", action="store_true",
+                    help="allow a rootfs without a default user: first boot waits in oem-config for a person")
     ap.add_argument("--kiosk", action="store_true", help="enable the kiosk browser on the local display")
     ap.add_argument("--target", choices=["emmc", "nvme"], default="emmc")
     ap.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
     args = ap.parse_args(argv)
+    if args.trtllm_wheel and not args.torch_wheel:
+        ap.error("--trtllm-wheel needs --torch-wheel (PyPI's aarch64 torch is CPU-only)")
     try:
         ov = build(args)
     except OverlayError as e:

@@ -20,28 +20,45 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 
+# Instruction sets for ggml's CPU kernels, from the CPU this runs on. Native flags are never
+# used on x86-64: they turn on ggml's AMX kernels, which segfault on some Intel CPUs, and a
+# pinned AVX-512 build dies with "Illegal instruction" on CPUs without it (AMD EPYC, AVX2 only).
+cpu_flags() {  # prints -DGGML_X=ON|OFF for every x86-64 set ggml has a switch for
+  local have; have=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  local pair opt flag
+  for pair in SSE42:sse4_2 AVX:avx AVX2:avx2 BMI2:bmi2 FMA:fma F16C:f16c AVX_VNNI:avx_vnni \
+              AVX512:avx512f AVX512_VBMI:avx512vbmi AVX512_VNNI:avx512_vnni AVX512_BF16:avx512_bf16; do
+    opt=${pair%%:*}; flag=${pair#*:}
+    if [[ $have == *" $flag "* ]]; then printf -- '-DGGML_%s=ON ' "$opt"; else printf -- '-DGGML_%s=OFF ' "$opt"; fi
+  done
+  printf -- '-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF'
+}
 if [ "${EDGE_LLM_CUDA:-0}" = 1 ]; then
-  FLAVOUR=cuda-${CUDA_ARCH:-native}
   FLAGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-native}"
-else
-  # Native flags segfault in ggml's AMX kernels on some CPUs: pin the instruction sets.
-  FLAVOUR=cpu-avx512-noamx
-  FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+  FLAVOUR=cuda-${CUDA_ARCH:-native}
+elif [ "$(uname -m)" = x86_64 ]; then
+  FLAGS="-DGGML_NATIVE=OFF $(cpu_flags)"
+  # e.g. cpu-x86-avx-avx2-bmi2-f16c-fma-sse42: the sets switched on name the wheel's folder
+  FLAVOUR=cpu-x86$(tr ' ' '\n' <<< "$FLAGS" | sed -n 's/^-DGGML_\(.*\)=ON$/-\1/p' | tr 'A-Z_' 'a-z-' | sort | tr -d '\n')
+else  # aarch64 and others: native is safe (no AMX); key by the CPU's feature line
+  FLAGS="-DGGML_NATIVE=ON"
+  FLAVOUR=cpu-$(uname -m)-$(grep -m1 -E '^(Features|flags)' /proc/cpuinfo | md5sum | cut -c1-8)
 fi
-if [ "$(uname -m)" = aarch64 ] && [ "${EDGE_LLM_CUDA:-0}" != 1 ]; then
-  FLAVOUR=cpu-arm64; FLAGS="-DGGML_NATIVE=ON"
-fi
+FLAGS=${CMAKE_ARGS:-$FLAGS}
+# A wheel is reused only for the very same flags: the flavour ends with their hash.
+FLAVOUR=$FLAVOUR-$(md5sum <<< "$FLAGS" | cut -c1-8)
 STAMP=$VENV/.llama-cpp-flavour
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$LLAMA_VERSION-$FLAVOUR" ]; then
   WHEELS=${EDGE_LLM_WHEEL_DIR:-$HOME/.cache/edge-llm/wheels}/$FLAVOUR
   mkdir -p "$WHEELS"
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
     echo "setup: compiling llama-cpp-python $LLAMA_VERSION ($FLAVOUR); this takes a while" >&2
-    CMAKE_ARGS="${CMAKE_ARGS:-$FLAGS}" "${PIP[@]}" wheel --no-deps --no-cache-dir "${PIP_EXTRA[@]}" \
+    CMAKE_ARGS="$FLAGS" "${PIP[@]}" wheel --no-deps --no-cache-dir "${PIP_EXTRA[@]}" \
       "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
   fi
   "${PIP[@]}" install --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
   echo "$LLAMA_VERSION-$FLAVOUR" > "$STAMP"
+  echo "$FLAGS" > "$VENV/.llama-cpp-cmake-args"  # read back by `edge-llm doctor`
 fi
 
 case $MODE in

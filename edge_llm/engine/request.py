@@ -41,10 +41,22 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     seed: int | None = None  # None = fresh randomness per request
     stop: tuple[str, ...] = ()
+    min_p: float = 0.0  # 0 = off
+    presence_penalty: float = 0.0  # OpenAI's, -2..2
+    frequency_penalty: float = 0.0  # OpenAI's, -2..2
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    grammar: str | None = None  # GBNF the output must match (response_format)
+    logprobs: int | None = None  # None = off; else return the chosen token's logprob and this many top ones
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def is_plain_greedy(self) -> bool:
+        """Greedy with nothing that reshapes the logits: one argmax decides."""
+        return self.is_greedy and not (self.presence_penalty or self.frequency_penalty or self.logit_bias
+                                       or self.grammar)
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """Telemetry from jetson-stats (jtop) on a Jetson. Written from jetson-stats' documented
-structures (../shared/JETSON.md); no Jetson was available where this was written, so the
-tests drive it with a fake jtop object of the same shape."""
+structures and behaviour (shared JETSON.md); no Jetson was available where this was written,
+so the tests drive it with a fake jtop module (tests/fakes/jtop) of the same checks.
+
+jtop's attributes keep their last values forever once jtop.service dies; only ok() tells,
+by raising the reader thread's error. So every read calls ok() first and raises, and the
+Sampler falls back to the next source rather than serving stale numbers."""
 
 from __future__ import annotations
 
@@ -12,13 +16,16 @@ KB = 1024
 class JtopSource:
     name = "jtop"
 
-    def __init__(self, interval_s: float = 1.0, jtop_factory=None):
-        if jtop_factory is None:
-            from jtop import jtop as jtop_factory  # jetson-stats, Jetson only
-        self._jetson = jtop_factory(interval=interval_s)
-        self._jetson.start()  # raises JtopException when jtop.service is not running
+    def __init__(self, interval_s: float = 1.0):
+        from jtop import jtop  # jetson-stats, Jetson only
+        self._jetson = jtop(interval=max(interval_s, 0.1))
+        # JtopException when jtop.service is down, or when this user is not in group jtop
+        # (/run/jtop.sock is 0660 root:jtop): the caller falls back to psutil
+        self._jetson.start()
 
     def read(self) -> Snapshot:
+        if not self._jetson.ok():  # raises the reader thread's error (service gone)
+            raise RuntimeError("jtop stopped reporting")
         return snapshot_from_jtop(self._jetson)
 
     def close(self) -> None:

@@ -1,9 +1,19 @@
 """TensorRT-LLM 0.12.0-jetson: a memory-mapped INT4 engine served by TensorRT-LLM's own
 in-flight batching (its Executor schedules; our loop only feeds it and streams back).
 
-Written from the documented v0.12.0-jetson API (JETSON.md: ModelRunnerCpp.from_dir and the
-Executor it wraps). NOT RUN on a Jetson by its authors: the tests drive it with a fake
-tensorrt_llm module of the same signatures. Imported only when model.backend = "trtllm".
+Written from the v0.12.0-jetson sources as summarized in JETSON.md (ModelRunnerCpp.from_dir
+and the Executor it wraps). NOT RUN on a Jetson by its authors: the tests drive it with a
+fake tensorrt_llm (tests/fakes) that carries the branch's checks. What the branch implies:
+- from_dir asserts max_input_len + max_output_len <= the engine's max_seq_len: we pass a
+  pair that sums to the plan's max_seq_len; the per-request output cap stays our own.
+- the Executor is built without a batch size and schedules up to the engine's build-time
+  batch: a smaller planned batch is enforced by our admission (TrtLlmEngine.step).
+- the paged KV pool is min(max_tokens, fraction x free memory), fraction 0.9 by default:
+  we pass both, the fraction computed from the plan, so the pool is what the plan says.
+- EOS is not in output_token_ids and Result has no finish reason: "stop" vs "length" is
+  decided from the count against max_new_tokens.
+- random_seed is uint64; Response.error_msg and .result raise on the wrong kind of response.
+Imported only when model.backend = "trtllm".
 """
 
 from __future__ import annotations
@@ -22,6 +32,25 @@ from edge_llm.engine.scheduler import SampledToken
 log = logging.getLogger(__name__)
 MANIFEST = "edge-llm-manifest.json"
 AWAIT_S = 0.02  # how long one loop iteration waits for executor responses
+UINT64 = 1 << 64
+MAX_KV_FRACTION = 0.95  # never ask the executor for all of the free memory
+
+
+def free_device_memory() -> int:
+    """What cudaMemGetInfo reports as free on a Jetson: MemFree, without the reclaimable page
+    cache (JETSON.md). Read before the engine loads."""
+    import psutil
+    return psutil.virtual_memory().free
+
+
+def kv_cache_fraction(kv_bytes: int, free_before_load: int, engine_bytes: int) -> float:
+    """free_gpu_memory_fraction that makes the executor's KV pool kv_bytes: the executor takes
+    its fraction of what is free once the engine and its activations are in memory."""
+    free_after = free_before_load - engine_bytes
+    if free_after <= 0:
+        raise BackendError(f"no memory left for the KV cache: {free_before_load >> 20} MiB free before loading, "
+                           f"the engine needs {engine_bytes >> 20} MiB")
+    return min(MAX_KV_FRACTION, kv_bytes / free_after)
 
 
 class ManifestError(BackendError):
@@ -107,16 +136,24 @@ class TrtLlmBackend:
     def chat_add_special(self, prompt: str) -> bool:
         return False  # the template writes BOS itself where the model wants one
 
-    def runner_kwargs(self, plan) -> dict:
-        """The plan, as ModelRunnerCpp.from_dir keyword arguments (v0.12.0-jetson)."""
+    def runner_kwargs(self, plan, free_before_load: int) -> dict:
+        """The plan, as ModelRunnerCpp.from_dir keyword arguments (v0.12.0-jetson). The plan's
+        lengths are already capped by the engine's (appliance.policy_from_config)."""
+        fraction = kv_cache_fraction(plan.kv_cache_bytes, free_before_load,
+                                     plan.weights_bytes + plan.workspace_bytes)
         return dict(max_batch_size=plan.max_batch_size, max_input_len=plan.max_input_len,
-                    max_output_len=plan.max_output_len, max_beam_width=1,
-                    max_tokens_in_paged_kv_cache=plan.kv_cache_tokens, kv_cache_enable_block_reuse=True,
+                    max_output_len=plan.max_seq_len - plan.max_input_len, max_beam_width=1,
+                    max_tokens_in_paged_kv_cache=plan.kv_cache_tokens,
+                    kv_cache_free_gpu_memory_fraction=fraction, kv_cache_enable_block_reuse=True,
                     enable_chunked_context=True, use_mmap=True)
 
     def load(self, plan) -> None:
         from tensorrt_llm.runtime import ModelRunnerCpp
-        self.runner = ModelRunnerCpp.from_dir(str(self.engine_dir), **self.runner_kwargs(plan))
+        kwargs = self.runner_kwargs(plan, free_device_memory())
+        log.info("TensorRT-LLM: %d KV tokens (fraction %.3f of free memory), runtime input %d + output %d",
+                 plan.kv_cache_tokens, kwargs["kv_cache_free_gpu_memory_fraction"], kwargs["max_input_len"],
+                 kwargs["max_output_len"])
+        self.runner = ModelRunnerCpp.from_dir(str(self.engine_dir), **kwargs)
 
     @property
     def executor(self):
@@ -146,7 +183,9 @@ class TrtLlmEngine(Engine):
 
     def step(self) -> None:
         s = self.scheduler
-        while s.waiting and not s.admission_paused:
+        # the executor would run up to the engine's build-time batch: the plan's is ours to keep
+        while s.waiting and not s.admission_paused and len(s.running) < s.max_batch_size and \
+                s.kv.num_reserved + s.kv.reservation(s.waiting[0]) <= s.kv.kv_cache_tokens:
             self._enqueue(s.waiting.popleft())
         if not self._by_id:
             return
@@ -157,14 +196,19 @@ class TrtLlmEngine(Engine):
 
     def _enqueue(self, req: Request) -> None:
         p, t = req.params, self.trtllm
+        seed = None if p.seed is None else p.seed % UINT64  # uint64 in the bindings; negatives wrap
         sampling = t.SamplingConfig(beam_width=1, top_k=1 if p.is_greedy else (p.top_k or None),
                                     top_p=None if p.is_greedy else p.top_p,
-                                    temperature=None if p.is_greedy else p.temperature, random_seed=p.seed)
+                                    temperature=None if p.is_greedy else p.temperature, random_seed=seed,
+                                    presence_penalty=p.presence_penalty or None,
+                                    frequency_penalty=p.frequency_penalty or None)
         eos = self.backend.tokenizer.eos_token_id
         rid = self.backend.executor.enqueue_request(t.Request(
             input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
             sampling_config=sampling, end_id=eos, pad_id=eos))
         req.seq_id, req.status = rid, RequestStatus.RUNNING
+        req.reserved_tokens = self.scheduler.kv.reservation(req)
+        self.scheduler.kv.num_reserved += req.reserved_tokens
         self.scheduler.running.append(req)
         self._by_id[rid] = req
         self.metrics.prompt_tokens.inc(req.num_prompt_tokens)
@@ -173,21 +217,21 @@ class TrtLlmEngine(Engine):
         req = self._by_id.get(resp.request_id)
         if req is None:
             return
-        if resp.has_error():
+        if resp.has_error():  # error_msg raises on a response without one
             self._finish(req, RequestStatus.FINISHED_ERROR, resp.error_msg)
             return
-        for token in resp.result.output_token_ids[0]:  # streaming: only the new tokens
+        result = resp.result
+        for token in result.output_token_ids[0]:  # streaming: only the new tokens; never EOS
             s = self.backend.sampled(token)
-            req.append_token(token, b"" if s.is_eog else s.piece)
+            req.append_token(token, s.piece)
             self.metrics.generated_tokens.inc()
-            if s.is_eog:
-                req.finish(RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 break
-        if req.is_finished and not resp.result.is_final:  # a stop string matched: stop the executor too
+        if req.is_finished and not result.is_final:  # a stop string matched: stop the executor too
             self.backend.executor.cancel_request(resp.request_id)
-        if resp.result.is_final and not req.is_finished:
-            req.finish(RequestStatus.FINISHED_LENGTH)
+        if result.is_final and not req.is_finished:  # no finish reason in Result: count the tokens
+            full = len(req.output_tokens) >= req.params.max_tokens
+            req.finish(RequestStatus.FINISHED_LENGTH if full else RequestStatus.FINISHED_STOPPED)
         if req.is_finished:
             self._finish(req, req.status)
         else:
@@ -195,6 +239,8 @@ class TrtLlmEngine(Engine):
 
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         self._by_id.pop(req.seq_id, None)
+        self.scheduler.kv.num_reserved -= req.reserved_tokens
+        req.reserved_tokens = 0
         if req in self.scheduler.running:
             self.scheduler.running.remove(req)
         req.finish(status)
