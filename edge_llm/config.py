@@ -35,6 +35,7 @@ class ServerConfig:
     port: int = 8000  # 0 = any free port (logged once bound)
     api_key: str = ""  # Bearer token; required when host is not loopback
     allowed_hosts: list[str] = field(default_factory=list)  # Host headers accepted besides loopback names
+    cors_origins: list[str] = field(default_factory=list)  # other web origins allowed to call the API (CORS)
     max_body_bytes: int = 1_048_576  # larger request bodies get 413
     max_document_bytes: int = 20_971_520  # summarization uploads
     threads: int = 32  # WSGI worker threads (each streaming client holds one)
@@ -44,6 +45,8 @@ class ServerConfig:
 class ModelConfig:
     path: str = ""  # GGUF file; empty = the embedded SmolLM2-135M-Instruct Q4_1
     name: str = ""  # model id served in /v1/models; empty = file name without .gguf
+    aliases: list[str] = field(default_factory=list)  # other names clients may send in "model"
+    accept_any_name: bool = False  # serve any "model" name (else an unknown name is a 404)
     backend: str = "llamacpp"  # llamacpp | trtllm
     n_threads: int = 0  # 0 = one per CPU core available to the process
     n_gpu_layers: int = -1  # layers offloaded by a GPU build of llama.cpp (-1 = all; a CPU build ignores it)

@@ -39,3 +39,32 @@ def test_loopback_kiosk_needs_no_key_but_a_known_host(lan_app):
 def test_health_stays_open_for_probes(lan_app):
     r = call(lan_app, "/health", "192.168.1.20")
     assert r.status_code == 503 and r.json["status"] == "loading"  # no model in this app
+
+
+def test_cross_site_posts_are_refused_and_nothing_is_created(http, server):
+    """A page on another origin, open in the kiosk's browser, must not drive the local API."""
+    evil = {"Origin": "http://evil.example"}
+    before = len(http.get("/api/summaries").json()["data"])
+    r = http.post("/api/summaries?filename=a.txt", b"Hello world. " * 20, {"Content-Type": "text/plain", **evil})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    assert len(http.get("/api/summaries").json()["data"]) == before
+    chat = {"model": server.model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    assert http.post("/v1/chat/completions", chat, evil).status_code == 403
+    assert http.post("/v1/chat/completions", chat, {"Origin": "null"}).status_code == 403
+    own = http.post("/v1/chat/completions", chat, {"Origin": f"http://127.0.0.1:{server.daemon.port}"})
+    assert own.status_code == 200 and "access-control-allow-origin" not in own.headers  # our own page
+    r = http.get("/v1/models", evil)  # reads are harmless and get no CORS headers: the page cannot read them
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_configured_origins_get_cors():
+    cfg = config.load(env={}, overrides=[("server.cors_origins", "http://dashboard.local:3000")])
+    app = create_app(Runtime(cfg)).test_client()
+    h = {"Host": "localhost:8000", "Origin": "http://dashboard.local:3000"}
+    pre = app.options("/v1/chat/completions", headers={**h, "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == "http://dashboard.local:3000"
+    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    r = app.post("/v1/chat/completions", json={"messages": []}, headers=h)
+    assert r.status_code != 403 and r.headers["Access-Control-Allow-Origin"] == "http://dashboard.local:3000"
+    other = app.post("/v1/chat/completions", json={"messages": []}, headers={**h, "Origin": "http://x.example"})
+    assert other.status_code == 403 and "Access-Control-Allow-Origin" not in other.headers

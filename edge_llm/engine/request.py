@@ -68,6 +68,7 @@ class RequestOutput:
     num_output_tokens: int
     finish_reason: str | None = None  # set on the last output only
     error: str | None = None
+    logprobs: list | None = None  # TokenLogprobs of the tokens new since the last output
 
 
 _ids = itertools.count()
@@ -88,6 +89,8 @@ class Request:
     first_token_time: float | None = None
     finish_time: float | None = None
     outputs: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    logprobs: list = field(default_factory=list)  # TokenLogprob per output token, when asked for
+    _num_logprobs_sent: int = 0
     _text: str = ""  # decoded output (stop strings removed once matched)
     _num_sent: int = 0  # characters of _text already sent
     _decoder: codecs.IncrementalDecoder = field(
@@ -121,20 +124,21 @@ class Request:
     def text(self) -> str:
         return self._text
 
-    def append_token(self, token: int, piece: bytes) -> None:
+    def append_token(self, token: int, piece: bytes, logprob=None) -> None:
         """Record a sampled token and its bytes; finishes the request on a stop string."""
         if self.first_token_time is None:
             self.first_token_time = time.monotonic()
         self.output_tokens.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
         self._text += self._decoder.decode(piece)
-        for stop in self.params.stop:
-            # only the tail can hold a new match
-            at = self._text.find(stop, max(0, self._num_sent - len(stop)))
-            if at != -1:
-                self._text = self._text[:at]
-                self._decoder.reset()  # bytes after the stop string are not ours to print
-                self.finish(RequestStatus.FINISHED_STOPPED)
-                return
+        # only the tail can hold a new match; the earliest match wins, whichever stop it is
+        tail = max(0, self._num_sent - max((len(s) for s in self.params.stop), default=0))
+        hits = [at for at in (self._text.find(stop, tail) for stop in self.params.stop) if at != -1]
+        if hits:
+            self._text = self._text[:min(hits)]
+            self._decoder.reset()  # bytes after the stop string are not ours to print
+            self.finish(RequestStatus.FINISHED_STOPPED)
 
     def finish(self, status: RequestStatus) -> None:
         if not self.is_finished:
@@ -157,9 +161,13 @@ class Request:
         """Send new text (and the end, if finished) to the waiting HTTP thread."""
         delta = self.take_delta()
         if delta or self.is_finished:
+            logprobs = None
+            if self.params.logprobs is not None:
+                logprobs = self.logprobs[self._num_logprobs_sent:]
+                self._num_logprobs_sent = len(self.logprobs)
             self.outputs.put(RequestOutput(
                 delta, self.num_prompt_tokens, len(self.output_tokens),
-                self.finish_reason if self.is_finished else None, error))
+                self.finish_reason if self.is_finished else None, error, logprobs))
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:

@@ -38,10 +38,21 @@ class SchedulerOutput:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """The model's log-probability of a sampled token, before any sampling filter."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()  # the most likely tokens: (id, piece, logprob)
+
+
+@dataclass(frozen=True)
 class SampledToken:
     token: int
     piece: bytes  # the token's text bytes (empty for control tokens)
     is_eog: bool  # end of generation (EOS, EOT)
+    logprob: TokenLogprob | None = None  # when the request asked for logprobs
 
 
 class Scheduler:
@@ -120,7 +131,7 @@ class Scheduler:
             if not chunk.sample:
                 continue
             s = sampled[req.seq_id]
-            req.append_token(s.token, b"" if s.is_eog else s.piece)
+            req.append_token(s.token, b"" if s.is_eog else s.piece, None if s.is_eog else s.logprob)
             if s.is_eog:
                 req.finish(RequestStatus.FINISHED_STOPPED)
             elif len(req.output_tokens) >= req.params.max_tokens:

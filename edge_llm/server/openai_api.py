@@ -36,27 +36,55 @@ def ready_engine(rt: Runtime):
     return rt.engine
 
 
+def model_names(rt: Runtime) -> list[str]:
+    return [rt.model_id] + [a for a in rt.config.model.aliases if a != rt.model_id]
+
+
 def check_model(rt: Runtime, model: str | None) -> None:
-    if model is not None and model != rt.model_id:
-        raise APIError(404, f"model '{model}' does not exist; this server serves '{rt.model_id}'",
-                       "model_not_found", "model")
+    """The served id or a configured alias; any name with model.accept_any_name."""
+    if model is not None and model not in model_names(rt) and not rt.config.model.accept_any_name:
+        raise APIError(404, f"model '{model}' does not exist; this server serves '{rt.model_id}'"
+                       " (other names: model.aliases, or model.accept_any_name = true)", "model_not_found", "model")
+
+
+def check_features(rt: Runtime, gen: validation.GenerationRequest) -> None:
+    missing = sorted(gen.features - rt.backend.supports)
+    if missing:
+        raise APIError(400, f"'{missing[0]}' is not supported by the {rt.config.model.backend} backend",
+                       "unsupported_parameter", missing[0])
+    n_vocab = rt.backend.profile.n_vocab
+    for token, _ in gen.params.logit_bias:
+        if token >= n_vocab:
+            raise validation.bad("logit_bias", f"token id {token} is not in the vocabulary (0 to {n_vocab - 1})")
+
+
+def _model_object(name: str) -> dict:
+    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "edge-llm"}
 
 
 @bp.get("/models")
 def models():
+    return jsonify({"object": "list", "data": [_model_object(name) for name in model_names(runtime())]})
+
+
+@bp.get("/models/<path:model>")
+def model(model: str):
     rt = runtime()
-    return jsonify({"object": "list", "data": [
-        {"id": rt.model_id, "object": "model", "created": int(time.time()), "owned_by": "edge-llm"}]})
+    if model not in model_names(rt):
+        raise APIError(404, f"model '{model}' does not exist; this server serves '{rt.model_id}'",
+                       "model_not_found", "model")
+    return jsonify(_model_object(model))
 
 
 @bp.post("/chat/completions")
 def chat_completions():
     rt = runtime()
     body = validation.json_body(request)
-    gen = validation.generation(body)
+    gen = validation.generation(body, "chat")
     msgs = validation.messages(body)
     check_model(rt, gen.model)
     engine = ready_engine(rt)
+    check_features(rt, gen)
     try:
         text = rt.backend.render_chat(msgs)
     except ChatTemplateError as e:
@@ -69,33 +97,67 @@ def chat_completions():
 def completions():
     rt = runtime()
     body = validation.json_body(request)
-    gen = validation.generation(body)
+    gen = validation.generation(body, "completion")
     text = validation.prompt(body)
     check_model(rt, gen.model)
     engine = ready_engine(rt)
+    check_features(rt, gen)
     return _respond(engine, rt.backend.tokenize(text, True), gen, "text_completion", _text_choice, _text_delta)
 
 
-def _chat_choice(text: str, finish: str | None) -> dict:
-    return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+def _entry(token: bytes, logprob: float) -> dict:
+    return {"token": token.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(token)}
 
 
-def _chat_delta(text: str | None, finish: str | None) -> dict:
+def _chat_logprobs(lps: list | None) -> dict | None:
+    """OpenAI chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    if lps is None:
+        return None
+    return {"content": [{**_entry(lp.piece, lp.logprob), "top_logprobs": [_entry(p, v) for _, p, v in lp.top]}
+                        for lp in lps], "refusal": None}
+
+
+def _text_logprobs(lps: list | None, offset: int = 0) -> dict | None:
+    """OpenAI completions shape: parallel lists, text_offset counted in characters."""
+    if lps is None:
+        return None
+    tokens = [lp.piece.decode("utf-8", "replace") for lp in lps]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{p.decode("utf-8", "replace"): v for _, p, v in lp.top} for lp in lps],
+            "text_offset": offsets}
+
+
+def _chat_choice(text: str, finish: str | None, lps: list | None = None) -> dict:
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+    return {**choice, "logprobs": _chat_logprobs(lps)} if lps is not None else choice
+
+
+def _chat_delta(text: str | None, finish: str | None, lps: list | None = None) -> dict:
     delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
-    return {"index": 0, "delta": delta, "finish_reason": finish}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {**choice, "logprobs": _chat_logprobs(lps)} if lps is not None else choice
 
 
-def _text_choice(text: str, finish: str | None) -> dict:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+def _text_choice(text: str, finish: str | None, lps: list | None = None) -> dict:
+    return {"index": 0, "text": text, "logprobs": _text_logprobs(lps), "finish_reason": finish}
 
 
-def _text_delta(text: str | None, finish: str | None) -> dict:
-    return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+def _text_delta(text: str | None, finish: str | None, lps: list | None = None) -> dict:
+    return {"index": 0, "text": text or "", "logprobs": _text_logprobs(lps), "finish_reason": finish}
 
 
 def _respond(engine, tokens: list[int], gen: validation.GenerationRequest, kind: str,
              choice: Callable, delta: Callable) -> Response:
     rt = runtime()
+    if gen.params.grammar:  # a grammar llama.cpp cannot parse is this request's 400, not a failed batch
+        try:
+            engine.call(lambda: rt.backend.check_grammar(gen.params.grammar))
+        except ValueError as e:
+            raise validation.bad("response_format", str(e)) from None
     try:
         req, capped = engine.make_request(tokens, gen.params, gen.max_tokens)
     except PromptTooLong as e:
@@ -115,16 +177,18 @@ def _respond(engine, tokens: list[int], gen: validation.GenerationRequest, kind:
                       delta, gen.include_usage, disconnected)
         return Response(stream, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
-    text, last = "", None
+    text, last, lps = "", None, ([] if gen.params.logprobs is not None else None)
     for out in engine.stream(req, POLL_S, disconnected):
         if out is not None:
             text, last = text + out.text, out
+            if lps is not None:
+                lps += out.logprobs or []
     _log_finished(req, rt.model_id)
     if last is None or last.finish_reason is None:
         raise APIError(499, "client went away", "cancelled")
     if last.error:
         raise APIError(503, last.error, "engine_error", headers={"Retry-After": "5"})
-    body = {**meta, "object": kind, "choices": [choice(text, last.finish_reason)], "usage": _usage(last)}
+    body = {**meta, "object": kind, "choices": [choice(text, last.finish_reason, lps)], "usage": _usage(last)}
     return Response(json.dumps(body), mimetype="application/json", headers=headers)
 
 
@@ -163,7 +227,7 @@ def _sse(engine, req: Request, meta: dict, obj: str, delta: Callable, include_us
             yield f"data: {json.dumps(error_body(503, out.error, 'engine_error'))}\n\n"
             break
         if out.text or out.finish_reason:
-            yield event([delta(out.text, out.finish_reason)])
+            yield event([delta(out.text, out.finish_reason, out.logprobs)])
         if out.finish_reason and include_usage:
             yield event([], usage=_usage(out))
     _log_finished(req, meta["model"])

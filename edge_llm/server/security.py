@@ -1,10 +1,16 @@
 """Who may call the API. Loopback by default; beyond it a Bearer key. The Host header is
 checked against an allow-list so a web page elsewhere cannot reach a local server through
-DNS rebinding (a request carrying the right key needs no such check: a page cannot know it)."""
+DNS rebinding (a request carrying the right key needs no such check: a page cannot know it).
+
+A page open in a browser on the device can still send a "simple" cross-site request (a form
+POST, multipart) to 127.0.0.1 with a valid Host: every state-changing request that carries
+an Origin header must come from this server's own pages or from server.cors_origins.
+Only those configured origins get CORS headers; no one else does."""
 
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from flask import Flask, request
 
@@ -13,6 +19,9 @@ from edge_llm.server.errors import APIError
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 OPEN_PATHS = ("/health",)
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"}
 
 
 def _hostname(host_header: str) -> str:
@@ -27,6 +36,32 @@ def init_app(app: Flask, cfg: Config) -> None:
     if cfg.server.host not in ("0.0.0.0", "::"):
         allowed.add(cfg.server.host.lower().strip("[]"))
     key = cfg.server.api_key
+    cors = {o.rstrip("/").lower() for o in cfg.server.cors_origins}
+
+    def same_origin(origin: str) -> bool:
+        """The page was served by this server: its origin names the Host the request went to."""
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()
+
+    @app.before_request
+    def check_origin():
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None  # not from a browser page (curl, SDKs), or a same-origin GET
+        allowed = origin.rstrip("/").lower() in cors or same_origin(origin)
+        if request.method == "OPTIONS" and allowed and origin.rstrip("/").lower() in cors:
+            return "", 204, {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **CORS_HEADERS}
+        if request.method not in SAFE_METHODS and not allowed:
+            raise APIError(403, f"cross-site request from {origin} refused (server.cors_origins)", "origin_not_allowed")
+        return None
+
+    @app.after_request
+    def cors_headers(resp):
+        origin = request.headers.get("Origin", "")
+        if origin.rstrip("/").lower() in cors:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+        return resp
 
     @app.before_request
     def guard():

@@ -6,11 +6,15 @@ from dataclasses import dataclass
 
 from flask import Request
 
+from edge_llm.engine import grammar
 from edge_llm.engine.request import SamplingParams
 from edge_llm.server.errors import APIError
 
 ROLES = {"system", "user", "assistant", "developer"}
 MAX_STOPS = 4
+MAX_TOP_LOGPROBS = {"chat": 20, "completion": 5}  # OpenAI's limits
+MAX_LOGIT_BIAS = 300
+SEED_RANGE = (-(2**63), 2**64 - 1)  # int64 or uint64: every engine takes it (wrapped to its width)
 
 
 def bad(param: str, message: str) -> APIError:
@@ -79,25 +83,22 @@ class GenerationRequest:
     max_tokens: int | None  # as asked; None = the plan's max_output_len
     stream: bool
     include_usage: bool
+    features: frozenset[str]  # optional features asked for (a backend may not have them all)
 
 
-def generation(body: dict) -> GenerationRequest:
-    """The fields both endpoints share."""
+def generation(body: dict, endpoint: str = "chat") -> GenerationRequest:
+    """The fields both endpoints share; endpoint is "chat" or "completion" (logprobs differ)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad("model", "must be a string")
     n = _int(body, "n", lo=1)
     if n not in (None, 1):
         raise bad("n", f"only n=1 is supported, got {n}")
-    for name in ("logprobs", "echo"):
-        if body.get(name) not in (None, False, 0):
-            raise bad(name, "is not supported by this server")
+    if body.get("echo") not in (None, False):
+        raise bad("echo", "is not supported by this server")
     for name in ("tools", "functions", "suffix"):
         if body.get(name):
-            raise bad(name, "is not supported by this server")
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise bad("response_format", "only {\"type\": \"text\"} is supported")
+            raise bad(name, "is not supported by this server (no tool calling)")
     max_tokens = _int(body, "max_completion_tokens", lo=1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", lo=1)
@@ -108,12 +109,76 @@ def generation(body: dict) -> GenerationRequest:
     if opts is not None and not stream:
         raise bad("stream_options", "is only allowed with stream: true")
     seed = _int(body, "seed")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise bad("seed", f"must fit in 64 bits ({SEED_RANGE[0]} to {SEED_RANGE[1]}), got {seed}")
     params = SamplingParams(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=_int(body, "top_k", lo=0) or 0,
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        logit_bias=_logit_bias(body), grammar=_response_format(body), logprobs=_logprobs(body, endpoint),
         seed=seed, stop=_stops(body))
-    return GenerationRequest(model, params, max_tokens, stream, bool(opts and opts.get("include_usage")))
+    features = frozenset(name for name, used in (
+        ("min_p", params.min_p), ("presence_penalty", params.presence_penalty),
+        ("frequency_penalty", params.frequency_penalty), ("logit_bias", params.logit_bias),
+        ("response_format", params.grammar), ("logprobs", params.logprobs is not None)) if used)
+    return GenerationRequest(model, params, max_tokens, stream, bool(opts and opts.get("include_usage")), features)
+
+
+def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
+    v = body.get("logit_bias")
+    if v is None:
+        return ()
+    if not isinstance(v, dict) or len(v) > MAX_LOGIT_BIAS:
+        raise bad("logit_bias", f"must be an object of at most {MAX_LOGIT_BIAS} token ids to biases")
+    out = []
+    for key, bias in v.items():
+        if not (isinstance(key, str) and key.isdigit()):
+            raise bad("logit_bias", f"keys must be token ids (digits), got {key!r}")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise bad("logit_bias", f"biases must be numbers in [-100, 100], got {bias!r} for {key}")
+        out.append((int(key), float(bias)))
+    return tuple(sorted(out))
+
+
+def _logprobs(body: dict, endpoint: str) -> int | None:
+    """None = off, else the number of top alternatives per token (0 = the chosen token's only)."""
+    limit = MAX_TOP_LOGPROBS[endpoint]
+    if endpoint == "completion":  # logprobs: an integer, the number of alternatives
+        v = body.get("logprobs")
+        if v is None or v is False:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
+            raise bad("logprobs", f"must be an integer in [0, {limit}], got {v!r}")
+        return v
+    on = _flag(body, "logprobs")
+    top = _int(body, "top_logprobs", lo=0)
+    if top is not None and top > limit:
+        raise bad("top_logprobs", f"must be in [0, {limit}], got {top}")
+    if top and not on:
+        raise bad("top_logprobs", "requires logprobs: true")
+    return (top or 0) if on else None
+
+
+def _response_format(body: dict) -> str | None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kinds = ("text", "json_object", "json_schema")
+    if not isinstance(fmt, dict) or fmt.get("type") not in kinds:
+        raise bad("response_format", f"must be an object with type one of {list(kinds)}")
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise bad("response_format.json_schema", "must be an object with a 'name' and a 'schema'")
+        if not isinstance(spec.get("schema"), dict):
+            raise bad("response_format.json_schema.schema", "must be a JSON Schema object")
+    try:
+        return grammar.for_response_format(fmt)
+    except grammar.GrammarError as e:
+        raise bad("response_format.json_schema.schema", str(e)) from None
 
 
 def messages(body: dict) -> list[dict[str, str]]:
@@ -128,7 +193,10 @@ def messages(body: dict) -> list[dict[str, str]]:
         role = m.get("role")
         if role not in ROLES:
             raise bad(f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
-        out.append({"role": "system" if role == "developer" else role, "content": _content(m.get("content"), where)})
+        content = m.get("content")
+        if content is None and role == "assistant":  # clients send it after a tool or refusal turn
+            content = ""
+        out.append({"role": "system" if role == "developer" else role, "content": _content(content, where)})
     return out
 
 

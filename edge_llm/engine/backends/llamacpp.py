@@ -15,7 +15,7 @@ import numpy as np  # after llama_cpp: the other order segfaults in some CUDA im
 from edge_llm.engine.backends.base import BackendError, ContextShape, ModelProfile
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.request import SamplingParams
-from edge_llm.engine.scheduler import SampledToken, SchedulerOutput
+from edge_llm.engine.scheduler import SampledToken, SchedulerOutput, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,17 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _log_softmax(row: np.ndarray) -> np.ndarray:
+    x = row.astype(np.float64)
+    x -= x.max()
+    return x - np.log(np.exp(x).sum())
+
+
 class LlamaCppBackend:
+    # optional request features this backend implements (the API refuses the others)
+    supports = frozenset({"min_p", "presence_penalty", "frequency_penalty", "logit_bias", "response_format",
+                          "logprobs"})
+
     def __init__(self, path: Path, n_threads: int = 0, n_gpu_layers: int = 0, name: str = ""):
         L.llama_log_set(_LOG_CALLBACK, None)
         L.llama_backend_init()
@@ -141,21 +151,35 @@ class LlamaCppBackend:
         return self._sample(outputs)
 
     def _sample(self, outputs: list) -> dict[int, SampledToken]:
-        """Greedy rows: one argmax over a zero-copy view of every output row (the C sampler
-        would build a candidate array of the whole vocabulary per row). Other rows: the
-        request's own C sampler chain (top-k, top-p, temperature, seeded)."""
+        """Plain greedy rows: one argmax over a zero-copy view of every output row (the C
+        sampler would build a candidate array of the whole vocabulary per row). Other rows:
+        the request's own C sampler chain (bias, penalties, grammar, filters, seeded)."""
         result = {}
-        greedy = [(row, req) for row, (_, req) in enumerate(outputs) if req.params.is_greedy]
+        logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
+        greedy = [(row, req) for row, (_, req) in enumerate(outputs) if req.params.is_plain_greedy]
         if greedy:
-            logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
             best = logits[[row for row, _ in greedy]].argmax(axis=1)
             for (_, req), token in zip(greedy, best.tolist(), strict=True):
                 result[req.seq_id] = self.sampled(token)
-        for index, req in outputs:
-            if not req.params.is_greedy:
+        for row, (index, req) in enumerate(outputs):
+            if req.params.logprobs is not None:  # from the raw logits, before the sampler reads them
+                logprobs = _log_softmax(logits[row])
+            if not req.params.is_plain_greedy:
                 token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), self.ctx, index)
                 result[req.seq_id] = self.sampled(token)
+            if req.params.logprobs is not None:
+                s = result[req.seq_id]
+                result[req.seq_id] = SampledToken(s.token, s.piece, s.is_eog,
+                                                  self._token_logprob(logprobs, s.token, req.params.logprobs))
         return result
+
+    def _token_logprob(self, logprobs: np.ndarray, token: int, top_n: int) -> TokenLogprob:
+        top = ()
+        if top_n > 0:
+            ids = np.argpartition(-logprobs, top_n)[:top_n]
+            ids = ids[np.argsort(-logprobs[ids], kind="stable")]
+            top = tuple((int(t), self.sampled(int(t)).piece, float(logprobs[t])) for t in ids)
+        return TokenLogprob(token, self.sampled(token).piece, float(logprobs[token]), top)
 
     def _fill_batch(self, out: SchedulerOutput) -> list:
         b = self.batch
@@ -179,18 +203,45 @@ class LlamaCppBackend:
         chain = self._samplers.get(request_id)
         if chain is None:
             chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-            if params.is_greedy:
-                L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-            else:
-                if params.top_k > 0:
-                    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(params.top_k))
-                if params.top_p < 1.0:
-                    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
-                L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(params.temperature))
-                seed = params.seed if params.seed is not None else L.LLAMA_DEFAULT_SEED
-                L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-            self._samplers[request_id] = chain
+            self._samplers[request_id] = chain  # freed by release(), even if building it fails below
+            for sampler in self._chain(params):
+                L.llama_sampler_chain_add(chain, sampler)
         return chain
+
+    def _chain(self, params: SamplingParams) -> list:
+        """The samplers, in llama.cpp's usual order: logits are reshaped (bias, penalties,
+        grammar), then greedy picks or the filters narrow and a seeded draw picks."""
+        chain = []
+        if params.logit_bias:
+            biases = (L.llama_logit_bias * len(params.logit_bias))(*params.logit_bias)
+            chain.append(L.llama_sampler_init_logit_bias(self.profile.n_vocab, len(params.logit_bias), biases))
+        if params.presence_penalty or params.frequency_penalty:
+            # over every token generated so far (OpenAI's definition); 1.0 = no repeat penalty
+            chain.append(L.llama_sampler_init_penalties(self.profile.n_vocab, self.shape.kv_cache_tokens, 1.0,
+                                                        params.frequency_penalty, params.presence_penalty))
+        if params.grammar:
+            grammar = L.llama_sampler_init_grammar(self.vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                raise BackendError("llama.cpp could not parse the grammar")
+            chain.append(grammar)
+        if params.is_greedy:
+            return chain + [L.llama_sampler_init_greedy()]
+        if params.top_k > 0:
+            chain.append(L.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            chain.append(L.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            chain.append(L.llama_sampler_init_min_p(params.min_p, 1))
+        chain.append(L.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else L.LLAMA_DEFAULT_SEED
+        return chain + [L.llama_sampler_init_dist(seed & 0xFFFFFFFF)]
+
+    def check_grammar(self, grammar: str) -> None:
+        """Engine thread: raise ValueError if llama.cpp cannot parse the grammar."""
+        sampler = L.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise ValueError("llama.cpp could not parse the grammar made from this schema")
+        L.llama_sampler_free(sampler)
 
     def release(self, request_id: str) -> None:
         chain = self._samplers.pop(request_id, None)

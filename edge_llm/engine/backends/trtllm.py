@@ -114,6 +114,9 @@ def profile_from_config(engine_dir: Path, name: str) -> tuple[ModelProfile, dict
 class TrtLlmBackend:
     """Tokenizer, chat template and profile of an engine directory (thread-safe reads)."""
 
+    # the optional request features its SamplingConfig has on v0.12 (no min_p, no grammar)
+    supports = frozenset({"presence_penalty", "frequency_penalty"})
+
     def __init__(self, engine_dir: str | Path):
         import tensorrt_llm  # Jetson only
         from transformers import AutoTokenizer
