@@ -26,7 +26,8 @@ setup(
         "jetson": ["jetson-stats==4.2.12"],
         "systemd": ["systemd-python>=235"],
         "nvml": ["nvidia-ml-py>=12"],
-        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff>=0.6"],
+        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff>=0.6",
+                 "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23"],
     },
     entry_points={"console_scripts": ["edge-llm=edge_llm.cli:main"]},
 )

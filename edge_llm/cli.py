@@ -163,30 +163,41 @@ def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
     from edge_llm import appliance
     from edge_llm.summarize import extract
     from edge_llm.summarize.jobs import JobStore
-    from edge_llm.summarize.pipeline import SummaryService
+    from edge_llm.summarize.pipeline import SummaryService, run_job
     from edge_llm.telemetry.host import HostSource
     cfg = _load(args)
-    try:
-        text = extract.extract(data, kind)
-    except extract.ExtractError as e:
-        print(f"edge-llm summarize: {e}", file=sys.stderr)
-        return 1
     backend, plan, engine = appliance.build_engine(cfg, HostSource().read())
-    with tempfile.TemporaryDirectory() as tmp:
-        store = JobStore(Path(tmp) / "jobs.sqlite3")
-        service = SummaryService(engine, backend, store, plan, cfg.summarize)
-        job = service.create(path.name, text)
-        done = threading.Event()
-        worker = threading.Thread(target=lambda: (service.summarizer.run(job.id), done.set()), daemon=True)
-        worker.start()
-        while not done.wait(0.5):
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = JobStore(Path(tmp) / "jobs.sqlite3")
+            service = SummaryService(engine, backend, store, plan, cfg.summarize)
+            try:
+                job = service.create(path.name, data, kind)
+            except extract.ExtractError as e:
+                print(f"edge-llm summarize: {e}", file=sys.stderr)
+                return 1
+            done = threading.Event()
+
+            def work():  # a failing job ends as the job's error: done is always set
+                try:
+                    run_job(service.summarizer, job.id)
+                finally:
+                    done.set()
+
+            threading.Thread(target=work, name="summarize", daemon=True).start()
+            while not done.wait(0.5):
+                j = store.get(job.id)
+                _progress(j.chunks_done, j.chunks_total, j.level)
             j = store.get(job.id)
-            _progress(j.chunks_done, j.chunks_total, j.level)
-        j = store.get(job.id)
+            store.close()
         print(file=sys.stderr)
+        if j.status != "done":
+            print(f"edge-llm summarize: the job failed: {j.error}", file=sys.stderr)
+            return 1
         print(j.result)
-    engine.stop()
-    return 0 if j.status == "done" else 1
+        return 0
+    finally:
+        engine.stop()
 
 
 def cmd_doctor(args) -> int:

@@ -92,6 +92,9 @@ class SummarizeConfig:
     chunk_tokens: int = 0  # document tokens per chunk; 0 = what the plan's max_input_len allows
     summary_tokens: int = 200  # tokens generated per chunk summary
     parallel: int = 0  # chunks in flight at once; 0 = the plan's max_batch_size
+    max_pdf_pages: int = 500  # longer PDFs get 413
+    extract_timeout_s: float = 120.0  # a job whose text extraction takes longer fails
+    retention_days: float = 30.0  # finished jobs are deleted after this; 0 = keep forever
 
 
 @dataclass

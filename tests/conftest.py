@@ -49,6 +49,15 @@ class RunningDaemon:
         """Tokens in the KV cache per sequence slot, read on the engine thread."""
         return self.engine.call(self.engine.backend.seq_lengths)
 
+    def from_empty_cache(self, make):
+        """make() from a cache holding nothing: with one unified KV cache, attention runs over
+        every occupied cell (masked or not), so the floating-point order, and with it a
+        near-tie, can depend on what other sequences left there. Comparisons of outputs that
+        must be equal start from the same state."""
+        self.wait_idle()
+        self.engine.call(self.engine.clear_prefix_cache)
+        return make()
+
     def wait_idle(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while self.engine.num_running or self.engine.num_waiting:

@@ -48,27 +48,18 @@ def test_sse_wire_format_ends_with_done(http, server):
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
 
 
-def from_empty_cache(server, make):
-    """With one unified KV cache, attention runs over every occupied cell (masked or not), so
-    the floating-point order, and a near-tie, can depend on what other sequences left there:
-    repeatability is checked from the same cache state."""
-    server.wait_idle()
-    server.engine.call(server.engine.clear_prefix_cache)
-    return make()
-
-
 def test_greedy_is_deterministic(client, server):
     def once():
         return client.chat.completions.create(model=server.model_id, messages=HELLO, **GREEDY)
-    a, b = from_empty_cache(server, once), from_empty_cache(server, once)
+    a, b = server.from_empty_cache(once), server.from_empty_cache(once)
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
 def test_seed_makes_sampling_repeatable(client, server):
     kw = {"model": server.model_id, "messages": HELLO, "temperature": 1.0, "top_p": 0.9,
           "extra_body": {"top_k": 40}, "max_tokens": 16, "seed": 1234}
-    a = from_empty_cache(server, lambda: client.chat.completions.create(**kw)).choices[0].message.content
-    b = from_empty_cache(server, lambda: client.chat.completions.create(**kw)).choices[0].message.content
+    a = server.from_empty_cache(lambda: client.chat.completions.create(**kw)).choices[0].message.content
+    b = server.from_empty_cache(lambda: client.chat.completions.create(**kw)).choices[0].message.content
     assert a == b
 
 

@@ -106,11 +106,12 @@ def test_logit_bias_forces_and_forbids_tokens(client, server):
 
 
 def test_min_p_one_keeps_only_the_most_likely_token(client, server):
-    greedy = client.completions.create(model=server.model_id, prompt="Once upon a time", temperature=0,
-                                       max_tokens=16).choices[0].text
+    greedy = server.from_empty_cache(lambda: client.completions.create(
+        model=server.model_id, prompt="Once upon a time", temperature=0, max_tokens=16)).choices[0].text
     for seed in (1, 2, 3):
-        sampled = client.completions.create(model=server.model_id, prompt="Once upon a time", temperature=2.0,
-                                            seed=seed, extra_body={"min_p": 1.0}, max_tokens=16).choices[0].text
+        sampled = server.from_empty_cache(lambda s=seed: client.completions.create(
+            model=server.model_id, prompt="Once upon a time", temperature=2.0, seed=s,
+            extra_body={"min_p": 1.0}, max_tokens=16)).choices[0].text
         assert sampled == greedy
 
 

@@ -94,6 +94,16 @@ REPORT = "\n\n".join(
     for i in range(14))
 
 
+def chunks_total(http, job_id, timeout=60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/api/summaries/{job_id}").json()
+        if job["progress"]["chunks_total"] or job["status"] in ("done", "error"):
+            return job["progress"]["chunks_total"] if job["level"] == 0 else 99
+        time.sleep(0.05)
+    raise AssertionError(f"job never chunked: {job}")
+
+
 def wait_done(http, job_id, timeout=240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,12 +120,14 @@ def test_summary_job_map_reduce_to_one_result(http, server):
     r = http.post("/api/summaries?filename=report.txt", REPORT.encode(), {"Content-Type": "text/plain"})
     assert r.status_code == 202, r.text
     job = r.json()
-    assert job["progress"]["chunks_total"] >= 3 and r.headers["location"] == f"/api/summaries/{job['id']}"
+    assert job["status"] == "queued" and r.headers["location"] == f"/api/summaries/{job['id']}"
+    assert chunks_total(http, job["id"]) >= 3  # chunked by the runner, not the HTTP request
     done = wait_done(http, job["id"])
     assert done["status"] == "done" and done["result"].strip() and done["level"] >= 1
     events = http.get(f"/api/summaries/{job['id']}/events").text
     assert "event: done" in events
-    assert job["id"] in [j["id"] for j in http.get("/api/summaries").json()["data"]]
+    listed = http.get("/api/summaries").json()
+    assert job["id"] in [j["id"] for j in listed["data"]] and not any("result" in j for j in listed["data"])
     assert http.request("DELETE", f"/api/summaries/{job['id']}").status_code == 204
     assert http.get(f"/api/summaries/{job['id']}").status_code == 404
 
@@ -154,7 +166,7 @@ def test_kill_9_mid_job_resumes_and_summarizes_each_chunk_once(tmp_path):
     proc, http, notify, _ = spawn(tmp_path)
     notify.wait_for("READY", "1")
     job = http.post("/api/summaries?filename=report.txt", REPORT.encode(), {"Content-Type": "text/plain"}).json()
-    total = job["progress"]["chunks_total"]
+    total = chunks_total(http, job["id"])
     while http.get(f"/api/summaries/{job['id']}").json()["progress"]["chunks_done"] < 2:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -183,3 +195,115 @@ def test_cli_summarize_against_the_daemon(server, tmp_path, capsys):
     assert main(["summarize", str(doc), "--url", server.url]) == 0
     out = capsys.readouterr()
     assert out.out.strip() and re.search(r"1/1", out.err)
+
+
+def test_chunking_tokenizes_the_text_a_bounded_number_of_times():
+    """It was quadratic: the growing chunk was re-tokenized for every sentence added."""
+    seen = []
+
+    def counting(s: str) -> int:
+        seen.append(len(s))
+        return len(s.split())
+
+    text = "\n\n".join(" ".join(f"Sentence {p} {i} has words." for i in range(20)) for p in range(50))
+    chunks = chunking.split(text, 400, counting)
+    assert all(words(c) <= 400 for c in chunks) and " ".join(chunks).split() == text.split()
+    assert sum(seen) <= 3 * len(text)  # each sentence once, each chunk once
+
+
+def test_a_chunk_whose_pieces_join_into_more_tokens_is_cut():
+    def joins_cost_one(s: str) -> int:  # every space costs a token of its own
+        return len(s.split()) + s.count(" ")
+
+    chunks = chunking.split("a b c d e f g h i j k l m n o p", 9, joins_cost_one)
+    assert all(joins_cost_one(c) <= 9 for c in chunks) and " ".join(chunks).split() == list("abcdefghijklmnop")
+
+
+def blank_pdf(pages: int, password: str | None = None) -> bytes:
+    from pypdf import PdfWriter
+    w = PdfWriter()
+    for _ in range(pages):
+        w.add_blank_page(612, 792)
+    if password:
+        w.encrypt(password)
+    buf = io.BytesIO()
+    w.write(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("pdf, status, words_", [
+    (blank_pdf(501), 413, "limit is 500 (summarize.max_pdf_pages)"),
+    (blank_pdf(1, password="x"), 400, "encrypted"),
+])
+def test_pdfs_over_the_page_limit_or_encrypted_are_refused_at_upload(http, pdf, status, words_):
+    r = http.post("/api/summaries?filename=a.pdf", pdf, {"Content-Type": "application/pdf"})
+    assert r.status_code == status and words_ in r.json()["error"]["message"], r.text
+
+
+def test_a_pdf_without_text_fails_its_job_not_the_upload(http):
+    r = http.post("/api/summaries?filename=scan.pdf", blank_pdf(3), {"Content-Type": "application/pdf"})
+    assert r.status_code == 202
+    job = wait_done(http, r.json()["id"])
+    assert job["status"] == "error" and "no extractable text" in job["error"]
+
+
+def test_pdf_text_extraction_gives_up_after_its_time_limit():
+    pdf = blank_pdf(3)
+    with pytest.raises(extract.ExtractError, match="longer than 0 s"):
+        extract.pdf_text(pdf, 0, 0.0)
+
+
+def test_list_pages_newest_first_without_results(http):
+    ids = [http.post(f"/api/summaries?filename=n{i}.txt", b"A short note. It has two sentences.",
+                     {"Content-Type": "text/plain"}).json()["id"] for i in range(3)]
+    first = http.get("/api/summaries?limit=2").json()
+    assert [j["id"] for j in first["data"]] == ids[::-1][:2] and first["has_more"] is True
+    assert http.get("/api/summaries?limit=2&offset=2").json()["data"][0]["id"] == ids[0]
+    assert all("result" not in j for j in first["data"])
+    for bad in ("limit=0", "limit=abc", "offset=-1", "limit=501"):
+        assert http.get(f"/api/summaries?{bad}").status_code == 400, bad
+
+
+def test_finished_jobs_are_purged_after_the_retention_period(tmp_path):
+    from edge_llm.summarize.jobs import JobStore
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    old, recent, running = (store.create(f"{n}.txt", b"text", "text/plain", 4).id for n in ("old", "recent", "run"))
+    store.set_status(old, "done", result="r")
+    store.set_status(recent, "done", result="r")
+    store.set_status(running, "running")
+    store._q("UPDATE jobs SET updated = updated - 40 * 86400 WHERE id IN (?, ?)", (old, running))
+    assert store.purge(time.time() - 30 * 86400) == 1
+    assert store.get(old) is None and store.get(recent) is not None and store.get(running) is not None
+
+
+def test_a_store_from_before_documents_were_kept_is_migrated(tmp_path):
+    from edge_llm.summarize.jobs import JobStore
+    db = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    db.executescript("CREATE TABLE jobs (id TEXT PRIMARY KEY, filename TEXT NOT NULL, status TEXT NOT NULL, "
+                     "error TEXT, result TEXT, num_chars INTEGER NOT NULL, created REAL NOT NULL, "
+                     "updated REAL NOT NULL); INSERT INTO jobs VALUES ('a', 'x.txt', 'done', NULL, 'r', 1, 1, 1);")
+    db.close()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store.get("a").result == "r" and store.create("y.txt", b"t", "text/plain", 1).status == "queued"
+
+
+def test_cli_summarize_in_process_ends_when_the_job_fails(tmp_path, monkeypatch, capsys):
+    """It hung forever: the worker thread died and nothing set its 'done'."""
+    import threading
+
+    from edge_llm.cli import main
+    from edge_llm.summarize import pipeline
+
+    def fail(self, text, level):
+        raise pipeline.SummaryError("the engine is on fire")
+
+    monkeypatch.setattr(pipeline.Summarizer, "summarize", fail)
+    doc = tmp_path / "notes.txt"
+    doc.write_text("The ferry leaves at 9. The return trip is at 17.\n")
+    rc = []
+    t = threading.Thread(target=lambda: rc.append(main(["summarize", str(doc), "--in-process", "--set",
+                                                        "limits.kv_cache_tokens=4096"])), daemon=True)
+    t.start()
+    t.join(120)
+    assert rc == [1], "edge-llm summarize --in-process did not end"
+    assert "the engine is on fire" in capsys.readouterr().err

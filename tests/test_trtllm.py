@@ -307,3 +307,18 @@ def test_doctor_reports_this_machine(capsys):
     assert report["checks"]["llama_cpp"] == "0.3.36"
     assert report["checks"]["l4t_release"] is None and report["checks"]["tensorrt_llm"] is None
     assert any("not a Jetson" in a for a in report["advice"])
+
+
+def test_llama_cpp_was_built_for_this_cpu_and_never_with_amx():
+    """tools/setup.sh pins each instruction set to what /proc/cpuinfo has: AVX-512 only where
+    the CPU has it ("Illegal instruction" otherwise), AMX never (it segfaults on some CPUs)."""
+    import platform
+
+    from edge_llm.doctor import llama_cpu_features
+    if platform.machine() != "x86_64":
+        pytest.skip("the x86-64 flags are checked on x86-64")
+    cpu = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("flags")).split(":")[1].split())
+    built = set(llama_cpu_features().split())
+    assert ("AVX512" in built) == ("avx512f" in cpu) and ("AVX2" in built) == ("avx2" in cpu)
+    assert not any(f.startswith("AMX") for f in built)

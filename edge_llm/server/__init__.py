@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from edge_llm.runtime import Runtime
-from edge_llm.server import errors, openai_api, ops_api, security, summaries, ui
+from edge_llm.server import errors, openai_api, openapi, ops_api, security, summaries, ui
 
 
 def create_app(runtime: Runtime) -> Flask:
@@ -18,4 +18,5 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(ops_api.bp)
     app.register_blueprint(summaries.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -53,19 +53,31 @@ def create():
     svc = service()
     name, data, kind = _document()
     try:
-        text = extract.extract(data, kind)
+        job = svc.create(name, data, kind)
+    except extract.TooLarge as e:
+        raise APIError(413, str(e), "document_too_large") from None
     except extract.ExtractError as e:
         raise APIError(400, str(e), "unreadable_document") from None
-    job = svc.create(name, text)
     resp = jsonify(job.to_dict())
     resp.status_code = 202
     resp.headers["Location"] = f"/api/summaries/{job.id}"
     return resp
 
 
+def _query_int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise APIError(400, f"'{name}' must be an integer in [{lo}, {hi}], got {raw!r}", "invalid_value", name)
+    return int(raw)
+
+
 @bp.get("")
 def list_jobs():
-    return jsonify({"data": [j.to_dict() for j in service().store.list()]})
+    """Newest first, without the results (GET /api/summaries/<id> has it)."""
+    jobs, more = service().store.list(_query_int("limit", 50, 1, 500), _query_int("offset", 0, 0, 10**9))
+    return jsonify({"data": [j.to_dict(with_result=False) for j in jobs], "has_more": more})
 
 
 def _job(job_id: str):

@@ -11,52 +11,62 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def split(text: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
+    """Linear in the text: every sentence (or word of an over-long one) is counted once, and a
+    chunk is packed by the sum of its pieces' counts (BPE tokenizers start a token at a
+    space, so the sum is the joined count or close to it). Each chunk is then counted once
+    for real; one that does not fit after all is cut in two."""
     if max_tokens < 8:
         raise ValueError("max_tokens must be at least 8")
-    chunks: list[str] = []
-    current: list[str] = []
-
-    def flush():
-        if current:
-            chunks.append(" ".join(current) if len(current) > 1 else current[0])
-            current.clear()
-
-    for piece in _pieces(text, max_tokens, count):
-        candidate = (" ".join(current) + " " + piece) if current else piece
-        if current and count(candidate) > max_tokens:
-            flush()
-        current.append(piece)
-    flush()
-    return chunks
+    return split_pieces(_pieces(text, max_tokens, count), max_tokens, count)
 
 
-def _pieces(text: str, max_tokens: int, count) -> list[str]:
-    """Sentences (and, for a sentence too long alone, runs of words) that each fit."""
+def _fit(group: list[str], max_tokens: int, count) -> list[str]:
+    chunk = " ".join(group)
+    if len(group) == 1 or count(chunk) <= max_tokens:
+        return [chunk]
+    half = len(group) // 2
+    return _fit(group[:half], max_tokens, count) + _fit(group[half:], max_tokens, count)
+
+
+def _pieces(text: str, max_tokens: int, count) -> list[tuple[str, int]]:
+    """Sentences (and, for a sentence too long alone, runs of words) that each fit, with
+    their token counts."""
     out = []
     for para in (p.strip() for p in text.split("\n\n")):
         if not para:
             continue
         for sentence in _SENTENCE.split(para):
-            if count(sentence) <= max_tokens:
-                out.append(sentence)
+            n = count(sentence)
+            if n <= max_tokens:
+                out.append((sentence, n))
             else:
                 out.extend(_words(sentence, max_tokens, count))
     return out
 
 
-def _words(sentence: str, max_tokens: int, count) -> list[str]:
-    out, current = [], []
+def _words(sentence: str, max_tokens: int, count) -> list[tuple[str, int]]:
+    pieces = []
     for word in sentence.split():
-        if current and count(" ".join(current + [word])) > max_tokens:
-            out.append(" ".join(current))
-            current = []
-        if count(word) > max_tokens:  # one "word" longer than a chunk: cut it by characters
-            out.extend(_chars(word, max_tokens, count))
-            continue
-        current.append(word)
+        n = count(word)
+        if n > max_tokens:  # one "word" longer than a chunk: cut it by characters
+            pieces.extend((part, count(part)) for part in _chars(word, max_tokens, count))
+        else:
+            pieces.append((word, n))
+    return [(chunk, count(chunk)) for chunk in split_pieces(pieces, max_tokens, count)]
+
+
+def split_pieces(pieces: list[tuple[str, int]], max_tokens: int, count) -> list[str]:
+    """Join counted pieces greedily into runs that fit (the same rule as split)."""
+    groups, current, used = [], [], 0
+    for piece, n in pieces:
+        if current and used + n > max_tokens:
+            groups.append(current)
+            current, used = [], 0
+        current.append(piece)
+        used += n
     if current:
-        out.append(" ".join(current))
-    return out
+        groups.append(current)
+    return [chunk for group in groups for chunk in _fit(group, max_tokens, count)]
 
 
 def _chars(word: str, max_tokens: int, count) -> list[str]:

@@ -1,9 +1,14 @@
-"""Text out of a document: .txt, .md, .html, .pdf (pypdf). Bad input is an ExtractError."""
+"""Text out of a document: .txt, .md, .html, .pdf (pypdf). Bad input is an ExtractError.
+
+A PDF is read in two steps: check() opens it and counts its pages (cheap: the HTTP request
+does it, so a corrupt, encrypted or oversized PDF is refused at once), and pdf_text() pulls
+the text out page by page under a time limit (the job runner does it, off the HTTP thread)."""
 
 from __future__ import annotations
 
 import io
 import re
+import time
 from html.parser import HTMLParser
 
 TYPES = {  # extension -> media type
@@ -19,6 +24,10 @@ class ExtractError(ValueError):
 
 class UnsupportedType(ValueError):
     pass
+
+
+class TooLarge(ExtractError):
+    """The document is over a configured limit (pages)."""
 
 
 def media_type(filename: str, content_type: str | None) -> str:
@@ -60,14 +69,51 @@ def _decode(data: bytes) -> str:
     return data.decode("latin-1")
 
 
-def _pdf(data: bytes) -> str:
+_PDF_ERRORS = (ValueError, KeyError, TypeError, OSError, AttributeError, IndexError, RecursionError)
+
+
+def _reader(data: bytes):
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
     try:
         reader = PdfReader(io.BytesIO(data))
-        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
+        if reader.is_encrypted:
+            raise ExtractError("the PDF is encrypted: send it without a password")
+        len(reader.pages)
+        return reader
+    except (PdfReadError, *_PDF_ERRORS) as e:
         raise ExtractError(f"the PDF cannot be read: {e}") from None
+
+
+def check_pdf(data: bytes, max_pages: int) -> int:
+    """Open the PDF and count its pages; ExtractError if corrupt, TooLarge over max_pages."""
+    pages = len(_reader(data).pages)
+    if max_pages and pages > max_pages:
+        raise TooLarge(f"the PDF has {pages} pages; the limit is {max_pages} (summarize.max_pdf_pages)")
+    return pages
+
+
+def pdf_text(data: bytes, max_pages: int, timeout_s: float) -> str:
+    """The text of every page, giving up after timeout_s (checked between pages)."""
+    from pypdf.errors import PdfReadError
+    reader, deadline, parts = _reader(data), time.monotonic() + timeout_s, []
+    pages = reader.pages[:max_pages] if max_pages else reader.pages
+    for n, page in enumerate(pages, 1):
+        try:
+            parts.append(page.extract_text() or "")
+        except (PdfReadError, *_PDF_ERRORS) as e:
+            raise ExtractError(f"the PDF cannot be read (page {n}): {e}") from None
+        if time.monotonic() > deadline and n < len(pages):
+            raise ExtractError(f"text extraction took longer than {timeout_s:g} s (summarize.extract_timeout_s); "
+                               f"stopped after page {n} of {len(pages)}")
+    text = normalize("\n\n".join(parts))
+    if not text:
+        raise ExtractError("the document holds no extractable text (a scanned PDF?)")
+    return text
+
+
+def _pdf(data: bytes) -> str:
+    return pdf_text(data, 0, float("inf"))
 
 
 class _HTMLText(HTMLParser):

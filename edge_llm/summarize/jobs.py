@@ -1,6 +1,8 @@
 """Durable summary jobs in SQLite: a job and each of its chunks, with every finished chunk
 summary committed at once, so a daemon killed mid-job resumes from the last finished chunk
-and never summarizes a chunk twice."""
+and never summarizes a chunk twice. A new job holds its document until the runner has
+extracted and chunked it (off the HTTP thread); finished jobs are purged after the
+retention period."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from pathlib import Path
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, filename TEXT NOT NULL, status TEXT NOT NULL, error TEXT, result TEXT,
-    num_chars INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+    num_chars INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+    document BLOB, kind TEXT);  -- the upload, until it is chunked
 CREATE TABLE IF NOT EXISTS chunks (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, level INTEGER NOT NULL,
     idx INTEGER NOT NULL, text TEXT NOT NULL, summary TEXT,
@@ -22,6 +25,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (job_id, level, idx));
 """
 ACTIVE = ("queued", "running")
+JOB_COLUMNS = "id, filename, status, error, result, num_chars, created, updated"
+MIGRATIONS = {"document": "ALTER TABLE jobs ADD COLUMN document BLOB",  # stores made before 0.2
+              "kind": "ALTER TABLE jobs ADD COLUMN kind TEXT"}
 
 
 @dataclass
@@ -38,11 +44,11 @@ class Job:
     chunks_total: int = 0  # at the current level
     chunks_done: int = 0
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "filename": self.filename, "status": self.status, "error": self.error,
-                "result": self.result, "num_chars": self.num_chars, "created": self.created,
-                "updated": self.updated, "level": self.level,
-                "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total}}
+    def to_dict(self, with_result: bool = True) -> dict:
+        d = {"id": self.id, "filename": self.filename, "status": self.status, "error": self.error,
+             "num_chars": self.num_chars, "created": self.created, "updated": self.updated, "level": self.level,
+             "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total}}
+        return {**d, "result": self.result} if with_result else d
 
 
 class JobStore:
@@ -55,24 +61,39 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")  # a committed chunk survives power loss
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, sql in MIGRATIONS.items():
+            if column not in have:
+                self._db.execute(sql)
 
     def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def create(self, filename: str, num_chars: int, chunks: list[str]) -> Job:
+    def create(self, filename: str, document: bytes, kind: str, num_chars: int) -> Job:
+        """A queued job holding its document; the runner chunks it (set_chunks)."""
         job_id, now = uuid.uuid4().hex[:16], time.time()
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO jobs VALUES (?, ?, 'queued', NULL, NULL, ?, ?, ?)",
-                             (job_id, filename, num_chars, now, now))
-            self._db.executemany("INSERT INTO chunks (job_id, level, idx, text) VALUES (?, 0, ?, ?)",
-                                 [(job_id, i, text) for i, text in enumerate(chunks)])
-            self._db.execute("COMMIT")
+        self._q("INSERT INTO jobs (id, filename, status, num_chars, created, updated, document, kind) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)", (job_id, filename, num_chars, now, now, document, kind))
         return self.get(job_id)
 
+    def document(self, job_id: str) -> tuple[bytes, str] | None:
+        """The upload of a job not chunked yet, and its media type."""
+        rows = self._q("SELECT document, kind FROM jobs WHERE id = ? AND document IS NOT NULL", (job_id,))
+        return (bytes(rows[0][0]), rows[0][1]) if rows else None
+
+    def set_chunks(self, job_id: str, num_chars: int, chunks: list[str]) -> None:
+        """Level 0 of a job, in one transaction with dropping its document."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, 0, ?, ?)",
+                                 [(job_id, i, text) for i, text in enumerate(chunks)])
+            self._db.execute("UPDATE jobs SET document = NULL, num_chars = ?, updated = ? WHERE id = ?",
+                             (num_chars, time.time(), job_id))
+            self._db.execute("COMMIT")
+
     def get(self, job_id: str) -> Job | None:
-        rows = self._q("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = self._q(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             return None
         job = Job(*rows[0])
@@ -82,8 +103,17 @@ class JobStore:
             "SELECT COUNT(*), COUNT(summary) FROM chunks WHERE job_id = ? AND level = ?", (job_id, level))[0]
         return job
 
-    def list(self) -> list[Job]:
-        return [self.get(r[0]) for r in self._q("SELECT id FROM jobs ORDER BY created")]
+    def list(self, limit: int = 50, offset: int = 0) -> tuple[list[Job], bool]:
+        """Newest first; (jobs, whether more follow)."""
+        ids = self._q("SELECT id FROM jobs ORDER BY created DESC, id LIMIT ? OFFSET ?", (limit + 1, offset))
+        jobs = [job for job in (self.get(r[0]) for r in ids[:limit]) if job is not None]
+        return jobs, len(ids) > limit
+
+    def purge(self, older_than: float) -> int:
+        """Delete finished jobs (done, error) last updated before older_than (a time.time())."""
+        with self._lock:
+            return self._db.execute("DELETE FROM jobs WHERE status IN ('done', 'error') AND updated < ?",
+                                    (older_than,)).rowcount
 
     def delete(self, job_id: str) -> bool:
         with self._lock:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from edge_llm.engine.request import Request, SamplingParams
-from edge_llm.summarize import chunking
+from edge_llm.summarize import chunking, extract
 from edge_llm.summarize.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,8 @@ MAP_PROMPT = "Summarize the following text in a few sentences. Keep names and nu
 REDUCE_PROMPT = "Combine these partial summaries of one document into one concise summary.\n\n{text}"
 PROMPT_OVERHEAD = 48  # tokens of instructions and chat template around a chunk
 MAX_LEVELS = 8
+PURGE_EVERY_S = 3600.0
+DAY_S = 86400.0
 
 
 class SummaryError(RuntimeError):
@@ -30,11 +33,13 @@ def chunk_budget(plan, summary_tokens: int, configured: int = 0) -> int:
 
 
 class Summarizer:
-    def __init__(self, engine, backend, store: JobStore, chunk_tokens: int, summary_tokens: int, parallel: int):
+    def __init__(self, engine, backend, store: JobStore, chunk_tokens: int, summary_tokens: int, parallel: int,
+                 max_pdf_pages: int = 0, extract_timeout_s: float = float("inf")):
         if chunk_tokens < 2 * summary_tokens + 16:
             raise ValueError(f"chunks of {chunk_tokens} tokens cannot shrink into summaries of {summary_tokens}")
         self.engine, self.backend, self.store = engine, backend, store
         self.chunk_tokens, self.summary_tokens, self.parallel = chunk_tokens, summary_tokens, parallel
+        self.max_pdf_pages, self.extract_timeout_s = max_pdf_pages, extract_timeout_s
         self.stopping = threading.Event()
         self._in_flight: set[Request] = set()
         self._lock = threading.Lock()
@@ -66,8 +71,21 @@ class Summarizer:
             raise SummaryError(out.error)
         return req.text.strip() if out.finish_reason in ("stop", "length") else None
 
+    def prepare(self, job_id: str) -> None:
+        """Extract and chunk a new job's document (the slow part of an upload, done here)."""
+        upload = self.store.document(job_id)
+        if upload is None:
+            return  # chunked already (a resumed job)
+        data, kind = upload
+        if kind == "application/pdf":
+            text = extract.pdf_text(data, self.max_pdf_pages, self.extract_timeout_s)
+        else:
+            text = extract.extract(data, kind)
+        self.store.set_chunks(job_id, len(text), self.split(text))
+
     def run(self, job_id: str) -> None:
         self.store.set_status(job_id, "running")
+        self.prepare(job_id)
         for _ in range(MAX_LEVELS):
             level = self.store.level(job_id)
             self._map(job_id, level)
@@ -104,12 +122,22 @@ class Summarizer:
                 self.engine.cancel(req)
 
 
+def run_job(summarizer: Summarizer, job_id: str) -> None:
+    """Run one job to its end; any failure becomes the job's error (never an exception)."""
+    try:
+        summarizer.run(job_id)
+    except Exception as e:  # one bad job must not stop the others
+        log.exception("summary job %s failed", job_id)
+        summarizer.store.set_status(job_id, "error", error=str(e) or type(e).__name__)
+
+
 class JobRunner:
     """Works through the store's active jobs, oldest first, on a thread of its own."""
 
-    def __init__(self, summarizer: Summarizer):
+    def __init__(self, summarizer: Summarizer, retention_days: float = 0.0):
         self.summarizer = summarizer
         self.store = summarizer.store
+        self.retention_s = retention_days * DAY_S
         self.wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="summaries", daemon=True)
 
@@ -118,17 +146,19 @@ class JobRunner:
 
     def _run(self) -> None:
         s = self.summarizer
+        next_purge = 0.0
         while not s.stopping.is_set():
+            if self.retention_s and time.monotonic() >= next_purge:
+                purged = self.store.purge(time.time() - self.retention_s)
+                if purged:
+                    log.info("summaries: deleted %d finished jobs older than the retention period", purged)
+                next_purge = time.monotonic() + PURGE_EVERY_S
             job_id = self.store.next_active()
             if job_id is None:
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
-            try:
-                s.run(job_id)
-            except Exception as e:  # one bad job must not stop the others
-                log.exception("summary job %s failed", job_id)
-                self.store.set_status(job_id, "error", error=str(e))
+            run_job(s, job_id)
 
     def stop(self, timeout: float = 10.0) -> None:
         self.summarizer.stop()
@@ -143,12 +173,23 @@ class SummaryService:
     def __init__(self, engine, backend, store: JobStore, plan, cfg):
         summary_tokens = min(cfg.summary_tokens, plan.max_output_len)
         self.store = store
+        self.max_pdf_pages = cfg.max_pdf_pages
         self.summarizer = Summarizer(engine, backend, store, chunk_budget(plan, summary_tokens, cfg.chunk_tokens),
-                                     summary_tokens, cfg.parallel or plan.max_batch_size)
-        self.runner = JobRunner(self.summarizer)
+                                     summary_tokens, cfg.parallel or plan.max_batch_size, cfg.max_pdf_pages,
+                                     cfg.extract_timeout_s)
+        self.runner = JobRunner(self.summarizer, cfg.retention_days)
 
-    def create(self, filename: str, text: str):
-        job = self.store.create(filename, len(text), self.summarizer.split(text))
+    def create(self, filename: str, data: bytes, kind: str):
+        """Cheap checks now (a corrupt or oversized PDF, an empty text: ExtractError); the text
+        of a PDF or HTML page is extracted, and every document chunked, by the runner."""
+        if kind == "application/pdf":
+            extract.check_pdf(data, self.max_pdf_pages)
+            job = self.store.create(filename, data, kind, 0)
+        elif kind == "text/html":
+            job = self.store.create(filename, data, kind, 0)
+        else:
+            text = extract.extract(data, kind)
+            job = self.store.create(filename, text.encode(), "text/plain", len(text))
         self.runner.wake.set()
         return job
 
