@@ -177,3 +177,135 @@ def test_cache_is_evicted_when_reservations_need_the_room():
     kv.allocate(b, ops)
     assert kv.cached == {} and ops == [MemoryOp("rm", slot_a, 0)]
     assert kv.num_reserved + kv.num_cached_tokens <= kv.kv_cache_tokens
+
+
+# -- priorities, preemption, growing reservations (issue 13) ------------------------------------
+
+from edge_llm.engine.request import Priority  # noqa: E402
+
+
+def model_step(s: Scheduler):
+    """A deterministic stand-in model: the next token is a function of the whole context."""
+    out = s.schedule()
+    sampled = {}
+    for c in out.chunks:
+        if c.sample:
+            context = c.request.all_tokens[:c.start_pos] + c.tokens
+            sampled[c.request.seq_id] = SampledToken(10 + sum(t * (i + 1) for i, t in enumerate(context)) % 50,
+                                                     b"t", False)
+    return out, s.postprocess(out, sampled)
+
+
+def run_until_done(s: Scheduler, reqs, limit=2000):
+    for _ in range(limit):
+        if all(r.is_finished for r in reqs):
+            return
+        model_step(s)
+    raise AssertionError("did not finish")
+
+
+def background(n, num_tokens=40, max_tokens=30, first=100):
+    reqs = create_requests(n, num_tokens=num_tokens, max_tokens=max_tokens, first=first)
+    for r in reqs:
+        r.priority = Priority.BACKGROUND
+    return reqs
+
+
+def test_interactive_request_arriving_during_background_prefill_is_admitted_next_step():
+    s = create_scheduler(num_slots=6, kv_tokens=2000, max_batch=2, chunk=64, cached=2)
+    bg = background(2, num_tokens=40)
+    for r in bg:
+        s.add(r)
+    model_step(s)  # both admitted, the second still prefilling: the batch is full
+    assert all(r.status == RequestStatus.RUNNING for r in bg) and bg[1].is_prefilling
+    (chat,) = create_requests(1, num_tokens=10, max_tokens=5, first=9000)
+    s.add(chat)
+    out, _ = model_step(s)
+    assert chat.status == RequestStatus.RUNNING
+    prefills = [c for c in out.chunks if c.request.prefill_len > c.start_pos]  # after the running decodes
+    assert prefills[0].request is chat and len(prefills[0].tokens) == 10  # its prefill comes first
+    assert sum(r.status == RequestStatus.PREEMPTED for r in bg) == 1  # the newest made room
+    assert bg[1].status == RequestStatus.PREEMPTED and s.num_preemptions == 1
+
+
+def test_preempted_background_resumes_with_the_same_greedy_tokens_and_no_leaked_kv():
+    alone = create_scheduler(max_batch=1)
+    (ref,) = background(1)
+    alone.add(ref)
+    run_until_done(alone, [ref])
+
+    s = create_scheduler(num_slots=6, kv_tokens=1000, max_batch=1, chunk=16, cached=2)
+    (bg,) = background(1)
+    s.add(bg)
+    for _ in range(8):  # prefilled, a few tokens decoded
+        model_step(s)
+    assert 0 < len(bg.output_tokens) < 30
+    chats = create_requests(2, num_tokens=12, max_tokens=6, first=5000)
+    for c in chats:
+        s.add(c)
+    run_until_done(s, chats)
+    assert bg.num_preemptions == 1 and not bg.is_finished
+    run_until_done(s, [bg])
+    assert bg.output_tokens == ref.output_tokens and bg.finish_reason == "length"
+    assert s.num_resumptions == 1 and bg.num_reused > 0  # it came back from its cached prefix
+    assert s.kv.num_reserved == 0 and not s.running and not s.waiting
+    assert len(s.kv.free_slots) + len(s.kv.cached) == 6
+
+
+def test_background_work_runs_whenever_no_interactive_request_waits():
+    s = create_scheduler(max_batch=2, chunk=32)
+    bg = background(2)
+    chat = create_requests(1, num_tokens=8, max_tokens=3, first=7000)
+    for r in bg + chat:
+        s.add(r)
+    out, _ = model_step(s)
+    assert out.chunks[0].request is chat[0]  # interactive first, background shares the rest
+    assert {c.request for c in out.chunks} >= {chat[0], bg[0]}
+    run_until_done(s, bg + chat)
+
+
+def test_a_large_waiting_request_does_not_block_smaller_ones_until_it_starves(monkeypatch):
+    s = create_scheduler(kv_tokens=100, max_batch=4, chunk=64)
+    (running,) = create_requests(1, num_tokens=40, max_tokens=20)  # reserves 60
+    s.add(running)
+    model_step(s)
+    big, small = create_requests(2, num_tokens=50, max_tokens=20, first=3000)  # 70 each: does not fit
+    small.prompt_tokens = small.prompt_tokens[:10]  # 30: fits
+    s.add(big)
+    s.add(small)
+    model_step(s)
+    assert small.status == RequestStatus.RUNNING and big.status == RequestStatus.WAITING
+    s.abort(small)
+    (later,) = create_requests(1, num_tokens=10, max_tokens=20, first=4000)
+    s.add(later)
+    big.arrival_time -= Scheduler.STARVATION_S + 1  # the big one has waited too long: no more passing
+    model_step(s)
+    assert later.status == RequestStatus.WAITING
+
+
+def test_reservations_start_small_and_grow_and_a_full_budget_preempts_the_newest_background():
+    from edge_llm.engine.kv_cache import RESERVE_STEP
+    s = create_scheduler(num_slots=6, kv_tokens=200, max_batch=4, chunk=64, cached=0)
+    first, second = background(2, num_tokens=20, max_tokens=150)
+    s.add(first)
+    s.add(second)
+    model_step(s)
+    assert first.reserved_tokens == 20 + RESERVE_STEP and s.kv.num_reserved == 2 * (20 + RESERVE_STEP)
+    while first.status == RequestStatus.RUNNING and second.status == RequestStatus.RUNNING:
+        model_step(s)
+        assert s.kv.num_reserved <= 200
+    assert second.status == RequestStatus.PREEMPTED and first.status == RequestStatus.RUNNING
+    assert first.reserved_tokens > 20 + RESERVE_STEP  # it grew
+    run_until_done(s, [first, second])
+    assert s.kv.num_reserved == 0 and second.finish_reason == "length" and len(second.output_tokens) == 150
+
+
+def test_memory_pressure_gives_up_background_first_then_the_newest():
+    s = create_scheduler(max_batch=4, chunk=64)
+    old_chat, = create_requests(1, first=100)
+    bg = background(1, first=2000)
+    new_chat, = create_requests(1, first=3000)
+    for r in (old_chat, *bg, new_chat):
+        s.add(r)
+    model_step(s)
+    assert s.newest_running(2) == [bg[0], new_chat]

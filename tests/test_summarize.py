@@ -307,3 +307,40 @@ def test_cli_summarize_in_process_ends_when_the_job_fails(tmp_path, monkeypatch,
     t.join(120)
     assert rc == [1], "edge-llm summarize --in-process did not end"
     assert "the engine is on fire" in capsys.readouterr().err
+
+
+def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_finishes(tmp_path):
+    """Interactive first: the summary's chunks are background work that a chat preempts. The
+    bound is generous for a loaded 2-core machine (idle TTFT is about 0.2 s; before priorities
+    a chat waited for the long chunks in flight)."""
+    import openai
+
+    from conftest import Http, RunningDaemon, make_config
+    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path / "state"), "limits.max_batch_size": 4,
+                                     "limits.prefill_chunk_tokens": 256, "summarize.chunk_tokens": 1200,
+                                     "summarize.summary_tokens": 48, "limits.max_seq_len": 2048}))
+    try:
+        http = Http(d.daemon.port)
+        doc = " ".join(f"On day {i} the crew logged {i * 7 % 90} litres of water at station {i % 13}."
+                       for i in range(300))
+        job = http.post("/api/summaries?filename=log.txt", doc.encode(), {"Content-Type": "text/plain"}).json()
+        assert chunks_total(http, job["id"]) >= 4
+        deadline = time.monotonic() + 30
+        while d.engine.num_running < 4 and time.monotonic() < deadline:  # the batch full of background prefill
+            time.sleep(0.02)
+        client = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
+        t0 = time.monotonic()
+        stream = client.chat.completions.create(model=d.model_id, messages=[{"role": "user", "content": "Hi!"}],
+                                                max_tokens=8, temperature=0, stream=True)
+        ttft = next(time.monotonic() - t0 for c in stream if c.choices and c.choices[0].delta.content)
+        list(stream)
+        print(f"TTFT {ttft:.2f} s")
+        assert ttft < 2.5, f"first token after {ttft:.2f} s while a summary ran"
+        done = wait_done(http, job["id"])
+        assert done["status"] == "done" and done["result"]
+        db = sqlite3.connect(tmp_path / "state/summaries.sqlite3")
+        assert {r[0] for r in db.execute("SELECT completions FROM chunks WHERE job_id = ?", (job["id"],))} == {1}
+        stats = d.engine.stats()
+        assert stats["preemptions"] >= 1 and stats["resumptions"] >= 1 and stats["kv_tokens_reserved"] == 0
+    finally:
+        d.stop()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from edge_llm.engine.request import Request
 
+RESERVE_STEP = 64  # output tokens reserved at a time: a reservation grows as a request generates
 
 @dataclass(frozen=True)
 class MemoryOp:
@@ -38,6 +39,7 @@ class KVCacheManager:
         self.num_reserved = 0  # tokens reserved by running requests
         self.peak_reserved = 0  # the most ever reserved at once
         self.cached: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # slot -> tokens in its KV (LRU first)
+        self.pinned: set[int] = set()  # cached slots of preempted requests: evicted last (they will be reused)
         self.num_cached_tokens = 0
 
     def can_allocate(self, req: Request) -> bool:
@@ -46,11 +48,37 @@ class KVCacheManager:
 
     @staticmethod
     def reservation(req: Request) -> int:
-        return req.num_prompt_tokens + req.params.max_tokens
+        """What admission reserves: the tokens so far and the next RESERVE_STEP of output, never
+        more than the request may ever hold (its prompt + max_tokens)."""
+        limit = req.num_prompt_tokens + req.params.max_tokens
+        return min(limit, req.num_tokens + RESERVE_STEP)
+
+    def needs_growth(self, req: Request) -> bool:
+        """The next decode step would write past the reservation."""
+        return req.num_tokens >= req.reserved_tokens
+
+    def can_grow(self, req: Request) -> bool:
+        return self.num_reserved + self._growth(req) <= self.kv_cache_tokens
+
+    def grow(self, req: Request, ops: list[MemoryOp]) -> None:
+        n = self._growth(req)
+        req.reserved_tokens += n
+        self.num_reserved += n
+        self.peak_reserved = max(self.peak_reserved, self.num_reserved)
+        self._fit_cache(ops)
+
+    @staticmethod
+    def _growth(req: Request) -> int:
+        return min(RESERVE_STEP, req.num_prompt_tokens + req.params.max_tokens - req.reserved_tokens)
+
+    def _fit_cache(self, ops: list[MemoryOp]) -> None:
+        while self.cached and self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:
+            self.free_slots.append(self._evict(ops))
 
     def allocate(self, req: Request, ops: list[MemoryOp]) -> None:
-        """Give req a slot and its reservation, reusing the longest cached prefix."""
-        match, reuse = self._best_match(req.prompt_tokens)
+        """Give req a slot and its reservation, reusing the longest cached prefix of its tokens
+        (a preempted request's own work, kept as a prefix, comes back this way)."""
+        match, reuse = self._best_match(req.all_tokens)
         if self.free_slots:
             slot = self.free_slots.pop()
         elif len(self.cached) > 1 or match is None:
@@ -62,16 +90,18 @@ class KVCacheManager:
         if match is not None:
             ops.append(MemoryOp("cp", slot, reuse, src_seq_id=match))
             self.cached.move_to_end(match)
+            self.pinned.discard(match)  # its owner is back
         req.seq_id = slot
         req.num_computed = req.num_reused = reuse
+        req.prefill_len = req.num_tokens
         req.reserved_tokens = self.reservation(req)
         self.num_reserved += req.reserved_tokens
         self.peak_reserved = max(self.peak_reserved, self.num_reserved)
-        while self.cached and self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:
-            self.free_slots.append(self._evict(ops))
+        self._fit_cache(ops)
 
-    def free(self, req: Request, ops: list[MemoryOp], keep_prefix: bool) -> None:
-        """Release req's slot; a finished sequence's KV may stay as a cached prefix."""
+    def free(self, req: Request, ops: list[MemoryOp], keep_prefix: bool, pin: bool = False) -> None:
+        """Release req's slot; a finished (or preempted: pin) sequence's KV may stay as a
+        cached prefix."""
         self.num_reserved -= req.reserved_tokens
         req.reserved_tokens = 0
         slot, req.seq_id = req.seq_id, -1
@@ -81,8 +111,9 @@ class KVCacheManager:
                 self.free_slots.append(self._evict(ops))
             self.cached[slot] = tokens
             self.num_cached_tokens += len(tokens)
-            while self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:
-                self.free_slots.append(self._evict(ops))
+            if pin:
+                self.pinned.add(slot)
+            self._fit_cache(ops)
         else:
             ops.append(MemoryOp("rm", slot, 0))
             self.free_slots.append(slot)
@@ -100,10 +131,13 @@ class KVCacheManager:
         return best, best_len
 
     def _evict(self, ops: list[MemoryOp], keep: int | None = None) -> int:
-        slot = next(s for s in self.cached if s != keep)
+        """The least recently used cached slot, unpinned ones first."""
+        candidates = [s for s in self.cached if s != keep]
+        slot = next((s for s in candidates if s not in self.pinned), candidates[0])
         self._uncache(slot)
         ops.append(MemoryOp("rm", slot, 0))
         return slot
 
     def _uncache(self, slot: int) -> None:
         self.num_cached_tokens -= len(self.cached.pop(slot))
+        self.pinned.discard(slot)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from edge_llm.engine.backends.base import Backend
 from edge_llm.engine.kv_cache import KVCacheManager
 from edge_llm.engine.metrics import EngineMetrics
-from edge_llm.engine.request import Request, RequestOutput, RequestStatus, SamplingParams
+from edge_llm.engine.request import Priority, Request, RequestOutput, RequestStatus, SamplingParams
 from edge_llm.engine.scheduler import QueueFull, Scheduler, SchedulerOutput
 from edge_llm.planner import Plan
 
@@ -67,8 +67,8 @@ class Engine:
     def num_running(self) -> int:
         return len(self.scheduler.running)
 
-    def make_request(self, prompt_tokens: list[int], params: SamplingParams,
-                     max_tokens: int | None) -> tuple[Request, bool]:
+    def make_request(self, prompt_tokens: list[int], params: SamplingParams, max_tokens: int | None,
+                     priority: Priority = Priority.INTERACTIVE) -> tuple[Request, bool]:
         """Check a prompt against the plan and fix max_tokens; returns (request, capped)
         where capped says max_tokens was lowered to the plan's max_output_len."""
         n, p = len(prompt_tokens), self.plan
@@ -80,7 +80,7 @@ class Engine:
         capped = wanted > p.max_output_len
         # past the context a request stops with finish_reason "length"
         limit = min(wanted, p.max_output_len, p.max_seq_len - n)
-        return Request(list(prompt_tokens), replace(params, max_tokens=limit)), capped
+        return Request(list(prompt_tokens), replace(params, max_tokens=limit), priority=priority), capped
 
     def submit(self, req: Request) -> None:
         with self._lock:
@@ -145,18 +145,16 @@ class Engine:
                 self.step()
             except Exception:  # keep serving; the failing batch was already ended
                 log.exception("engine step failed")
+                continue  # not progress: an engine failing every step stops the watchdog's pings
             self.last_progress = time.monotonic()
 
     def step(self) -> None:
+        resumed = self.scheduler.num_resumptions
         out = self.scheduler.schedule()
+        self._count_admissions(out, self.scheduler.num_resumptions - resumed)
         if out.is_empty:
             return
         t0 = time.perf_counter()
-        for chunk in out.chunks:
-            req = chunk.request
-            if chunk.start_pos == req.num_reused and req.is_prefilling:  # its first chunk
-                self.metrics.prompt_tokens.inc(req.num_prompt_tokens)
-                self.metrics.reused_tokens.inc(req.num_reused)
         try:
             sampled = self.backend.execute(out)
         except Exception as e:
@@ -172,6 +170,19 @@ class Engine:
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.batch_tokens.observe(out.num_tokens)
         self._update_gauges()
+
+    def _count_admissions(self, out: SchedulerOutput, num_resumed: int) -> None:
+        m = self.metrics
+        for req in self.scheduler.preempted_now:
+            m.preemptions.labels(req.priority.name.lower()).inc()
+        if num_resumed:
+            m.resumptions.inc(num_resumed)
+        for chunk in out.chunks:
+            req = chunk.request
+            if chunk.start_pos == req.num_reused and req.is_prefilling and not req.num_preemptions:  # first chunk
+                m.prompt_tokens.inc(req.num_prompt_tokens)
+                m.reused_tokens.inc(req.num_reused)
+                m.queue_time.labels(req.priority.name.lower()).observe(req.admitted_time - req.arrival_time)
 
     def clear_prefix_cache(self) -> None:
         """Engine thread only (use call()): drop every cached prefix now."""
@@ -217,11 +228,15 @@ class Engine:
                 arg.publish(str(e))
         elif kind == "abort":
             self._end(arg, RequestStatus.FINISHED_CANCELLED)
-        elif kind == "preempt":
+        elif kind == "preempt":  # memory pressure: give back the newest sequences, background first
             n, message = arg
             for req in self.scheduler.newest_running(n):
-                self.metrics.preempted.inc()
-                self._end(req, RequestStatus.FINISHED_ERROR, message)
+                if req.priority == Priority.BACKGROUND:
+                    self.scheduler.preempt(req)  # resumed when admission reopens
+                    self.metrics.preemptions.labels("background").inc()
+                else:  # nothing else could be freed
+                    self.metrics.preempted.inc()
+                    self._end(req, RequestStatus.FINISHED_ERROR, message)
         elif kind == "pause":
             self.scheduler.admission_paused = arg
             self.metrics.admission_paused.set(1 if arg else 0)
@@ -244,4 +259,5 @@ class Engine:
         return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.num_steps,
                 "kv_tokens_reserved": kv.num_reserved, "kv_tokens_reserved_peak": kv.peak_reserved,
                 "kv_tokens_cached": kv.num_cached_tokens,
-                "kv_cache_tokens": kv.kv_cache_tokens, "admission_paused": self.scheduler.admission_paused}
+                "kv_cache_tokens": kv.kv_cache_tokens, "admission_paused": self.scheduler.admission_paused,
+                "preemptions": self.scheduler.num_preemptions, "resumptions": self.scheduler.num_resumptions}

@@ -10,8 +10,13 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 class EngineMetrics:
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.ttft = Histogram("edge_llm_time_to_first_token_seconds", "Arrival to first token", registry=r,
-                              buckets=LATENCY_BUCKETS)
+        self.ttft = Histogram("edge_llm_time_to_first_token_seconds", "Arrival to first token", ["priority"],
+                              registry=r, buckets=LATENCY_BUCKETS)
+        self.queue_time = Histogram("edge_llm_queue_seconds", "Arrival to first admission", ["priority"],
+                                    registry=r, buckets=LATENCY_BUCKETS)
+        self.preemptions = Counter("edge_llm_preemptions", "Sequences preempted (KV kept as a prefix, resumed later)",
+                                   ["priority"], registry=r)
+        self.resumptions = Counter("edge_llm_resumptions", "Preempted sequences admitted again", registry=r)
         self.tpot = Histogram("edge_llm_time_per_output_token_seconds", "Mean decode time per token after the first",
                               registry=r, buckets=LATENCY_BUCKETS)
         self.prompt_tokens = Counter("edge_llm_prompt_tokens", "Prompt tokens admitted", registry=r)
@@ -20,7 +25,8 @@ class EngineMetrics:
         self.generated_tokens = Counter("edge_llm_generated_tokens", "Tokens generated", registry=r)
         self.requests = Counter("edge_llm_requests_finished", "Finished requests", ["reason"], registry=r)
         self.rejected = Counter("edge_llm_requests_rejected", "Requests refused at admission", ["reason"], registry=r)
-        self.preempted = Counter("edge_llm_requests_preempted", "Requests ended for memory pressure", registry=r)
+        self.preempted = Counter("edge_llm_requests_preempted", "Requests ended for memory pressure (nothing else "
+                                 "could be freed)", registry=r)
         self.running = Gauge("edge_llm_requests_running", "Sequences in the running batch", registry=r)
         self.waiting = Gauge("edge_llm_requests_waiting", "Requests waiting for admission", registry=r)
         self.kv_used = Gauge("edge_llm_kv_tokens_reserved", "KV tokens reserved by running requests", registry=r)
@@ -38,7 +44,7 @@ class EngineMetrics:
         self.requests.labels(req.finish_reason).inc()
         if req.first_token_time is None:
             return
-        self.ttft.observe(req.first_token_time - req.arrival_time)
+        self.ttft.labels(req.priority.name.lower()).observe(req.first_token_time - req.arrival_time)
         n = len(req.output_tokens)
         if n > 1 and req.finish_time is not None:
             self.tpot.observe((req.finish_time - req.first_token_time) / (n - 1))

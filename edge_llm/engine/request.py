@@ -13,15 +13,23 @@ from dataclasses import dataclass, field
 class RequestStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
-    # everything above RUNNING is finished
-    FINISHED_STOPPED = 2
-    FINISHED_LENGTH = 3
-    FINISHED_CANCELLED = 4
-    FINISHED_ERROR = 5
+    PREEMPTED = 2  # waiting again, its work so far kept (resumed by recompute from the prefix cache)
+    # everything above PREEMPTED is finished
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH = 4
+    FINISHED_CANCELLED = 5
+    FINISHED_ERROR = 6
 
     @property
     def is_finished(self) -> bool:
-        return self > RequestStatus.RUNNING
+        return self > RequestStatus.PREEMPTED
+
+
+class Priority(enum.IntEnum):
+    """Lower runs first. External API: the request field "priority" takes these names."""
+
+    INTERACTIVE = 0  # the chat API and the kiosk page
+    BACKGROUND = 1  # summary chunks, or an API caller that asks for it
 
 
 # External API: these strings appear in OpenAI responses as finish_reason.
@@ -81,11 +89,15 @@ class Request:
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     status: RequestStatus = RequestStatus.WAITING
     output_tokens: list[int] = field(default_factory=list)
+    priority: Priority = Priority.INTERACTIVE
     seq_id: int = -1  # KV sequence slot while running
     num_computed: int = 0  # tokens whose KV is in the cache
-    num_reused: int = 0  # prompt tokens taken from the prefix cache
-    reserved_tokens: int = 0  # KV cells reserved at admission
+    num_reused: int = 0  # tokens taken from the prefix cache at the last admission
+    prefill_len: int = 0  # tokens to have in the KV cache before decoding (set at admission)
+    reserved_tokens: int = 0  # KV cells reserved (grows with the output)
+    num_preemptions: int = 0
     arrival_time: float = field(default_factory=time.monotonic)
+    admitted_time: float | None = None  # first admission (queue time = admitted - arrival)
     first_token_time: float | None = None
     finish_time: float | None = None
     outputs: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
@@ -110,7 +122,7 @@ class Request:
 
     @property
     def is_prefilling(self) -> bool:
-        return self.num_computed < self.num_prompt_tokens
+        return self.num_computed < self.prefill_len
 
     @property
     def is_finished(self) -> bool:

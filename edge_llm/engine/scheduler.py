@@ -4,11 +4,12 @@ newly admitted. The scheduler decides who runs; it never calls the backend."""
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from edge_llm.engine.kv_cache import KVCacheManager, MemoryOp
-from edge_llm.engine.request import Request, RequestStatus
+from edge_llm.engine.request import Priority, Request, RequestStatus
 
 
 class QueueFull(Exception):
@@ -56,14 +57,25 @@ class SampledToken:
 
 
 class Scheduler:
+    """Who runs this step. Interactive requests come first: they are admitted and get prefill
+    budget before background ones, and when the batch or the KV budget is full, running
+    background sequences are preempted (their KV kept as a cached prefix, their request put
+    back at the head of the background queue, resumed by recompute when room returns).
+    Background work is never starved: it runs whenever no interactive request waits."""
+
+    STARVATION_S = 5.0  # a request waiting this long is no longer bypassed by smaller ones
+
     def __init__(self, kv: KVCacheManager, max_batch_size: int, prefill_chunk_tokens: int, max_queue: int):
         self.kv = kv
         self.max_batch_size = max_batch_size
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.max_queue = max_queue
-        self.waiting: deque[Request] = deque()
+        self.waiting: deque[Request] = deque()  # by priority, then arrival (preempted ones first)
         self.running: list[Request] = []
         self.admission_paused = False  # memory pressure or draining: keep requests waiting
+        self.num_preemptions = 0
+        self.num_resumptions = 0
+        self.preempted_now: list[Request] = []  # preempted in the last schedule() (for metrics)
         self._ops: list[MemoryOp] = []  # frees decided between steps
 
     @property
@@ -73,7 +85,13 @@ class Scheduler:
     def add(self, req: Request) -> None:
         if len(self.waiting) >= self.max_queue:
             raise QueueFull(f"{len(self.waiting)} requests are already waiting")
-        self.waiting.append(req)
+        self._enqueue(req, front_of_class=False)
+
+    def _enqueue(self, req: Request, front_of_class: bool) -> None:
+        at = next((i for i, w in enumerate(self.waiting)
+                   if w.priority > req.priority or (front_of_class and w.priority == req.priority)),
+                  len(self.waiting))
+        self.waiting.insert(at, req)
 
     def abort(self, req: Request, status: RequestStatus = RequestStatus.FINISHED_CANCELLED) -> bool:
         """End a request wherever it is; its KV is freed before the next batch runs."""
@@ -87,37 +105,107 @@ class Scheduler:
         req.finish(status)
         return True
 
+    def preempt(self, req: Request) -> None:
+        """Stop a running request for now: its computed KV stays as a cached prefix (while the
+        cache has room), and it waits at the head of its class to resume."""
+        self.running.remove(req)
+        self.kv.free(req, self._ops, keep_prefix=True, pin=True)
+        req.status = RequestStatus.PREEMPTED
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.preempted_now.append(req)
+        self._enqueue(req, front_of_class=True)
+
     def clear_prefix_cache(self) -> None:
         self.kv.clear_cache(self._ops)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(memory_ops=self._ops)
         self._ops = []
+        self.preempted_now = []
+        self._make_room_for_interactive()
+        self._grow_reservations()
+        out.memory_ops.extend(self._ops)
+        self._ops = []
         budget = self.prefill_chunk_tokens
         for req in self.running:
             if not req.is_prefilling:
                 out.chunks.append(ScheduledChunk(req, [req.output_tokens[-1]], req.num_computed, True))
-        for req in self.running:
-            if req.is_prefilling and budget > 0:
+        for cls in Priority:  # interactive prefill and admissions first
+            for req in self.running:
+                if req.priority == cls and req.is_prefilling and budget > 0:
+                    budget -= self._add_prefill(out, req, budget)
+            while budget > 0 and (req := self._next_admissible(cls)) is not None:
+                self._admit(req, out)
                 budget -= self._add_prefill(out, req, budget)
-        while budget > 0 and self._can_admit():
-            req = self.waiting.popleft()
-            self.kv.allocate(req, out.memory_ops)
-            req.status = RequestStatus.RUNNING
-            self.running.append(req)
-            budget -= self._add_prefill(out, req, budget)
         return out
 
-    def _can_admit(self) -> bool:
-        return (bool(self.waiting) and not self.admission_paused
-                and len(self.running) < self.max_batch_size and self.kv.can_allocate(self.waiting[0]))
+    def _admit(self, req: Request, out: SchedulerOutput) -> None:
+        self.waiting.remove(req)
+        if req.status == RequestStatus.PREEMPTED:
+            self.num_resumptions += 1
+        self.kv.allocate(req, out.memory_ops)
+        req.status = RequestStatus.RUNNING
+        if req.admitted_time is None:
+            req.admitted_time = time.monotonic()
+        self.running.append(req)
+
+    def _next_admissible(self, cls: Priority) -> Request | None:
+        """The oldest waiting request of this class that fits now; a smaller one may pass a
+        larger one, unless the larger has waited STARVATION_S."""
+        if self.admission_paused or len(self.running) >= self.max_batch_size:
+            return None
+        now = time.monotonic()
+        for req in self.waiting:
+            if req.priority != cls:
+                continue
+            if self.kv.can_allocate(req):
+                return req
+            if now - req.arrival_time > self.STARVATION_S:
+                return None  # it waits for room; no one passes it any more
+        return None
+
+    def _make_room_for_interactive(self) -> None:
+        """Preempt background sequences (newest first) while an interactive request waits
+        and could run if they were gone."""
+        if self.admission_paused:
+            return
+        waiting = [r for r in self.waiting if r.priority == Priority.INTERACTIVE]
+        if not waiting:
+            return
+        req = waiting[0]
+        background = self._by_newest(Priority.BACKGROUND)
+        freeable = sum(r.reserved_tokens for r in background)
+        if self.kv.num_reserved - freeable + self.kv.reservation(req) > self.kv.kv_cache_tokens:
+            return  # even preempting all background work would not make room
+        while background and not (len(self.running) < self.max_batch_size and self.kv.can_allocate(req)):
+            self.preempt(background.pop(0))
+
+    def _grow_reservations(self) -> None:
+        """Each decoding sequence needs room for its next token; when the KV budget is full,
+        preempt the lowest-priority, newest sequence (perhaps the one growing)."""
+        for req in sorted(self.running, key=lambda r: (r.priority, r.arrival_time)):
+            if req not in self.running or req.is_prefilling or not self.kv.needs_growth(req):
+                continue
+            while not self.kv.can_grow(req):
+                self.preempt(self._victim())
+                if req not in self.running:
+                    break
+            else:
+                self.kv.grow(req, self._ops)
+
+    def _victim(self) -> Request:
+        return max(self.running, key=lambda r: (r.priority, r.arrival_time))
+
+    def _by_newest(self, cls: Priority) -> list[Request]:
+        return sorted((r for r in self.running if r.priority == cls), key=lambda r: r.arrival_time, reverse=True)
 
     @staticmethod
     def _add_prefill(out: SchedulerOutput, req: Request, budget: int) -> int:
         start = req.num_computed
-        n = min(budget, req.num_prompt_tokens - start)
-        last = start + n == req.num_prompt_tokens
-        out.chunks.append(ScheduledChunk(req, req.prompt_tokens[start:start + n], start, last))
+        n = min(budget, req.prefill_len - start)
+        last = start + n == req.prefill_len
+        out.chunks.append(ScheduledChunk(req, req.all_tokens[start:start + n], start, last))
         return n
 
     def postprocess(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> list[Request]:
@@ -143,4 +231,7 @@ class Scheduler:
         return changed
 
     def newest_running(self, n: int) -> list[Request]:
-        return sorted(self.running, key=lambda r: r.arrival_time)[-n:] if n > 0 else []
+        """The n sequences to give up first under memory pressure: background before
+        interactive, newest first."""
+        order = sorted(self.running, key=lambda r: (r.priority, r.arrival_time), reverse=True)
+        return order[:n] if n > 0 else []

@@ -159,7 +159,7 @@ def _respond(engine, tokens: list[int], gen: validation.GenerationRequest, kind:
         except ValueError as e:
             raise validation.bad("response_format", str(e)) from None
     try:
-        req, capped = engine.make_request(tokens, gen.params, gen.max_tokens)
+        req, capped = engine.make_request(tokens, gen.params, gen.max_tokens, gen.priority)
     except PromptTooLong as e:
         raise APIError(400, str(e), "context_length_exceeded", "messages" if kind == "chat.completion" else "prompt",
                        prompt_tokens=e.num_tokens, max_input_tokens=e.limit) from None

@@ -45,6 +45,8 @@ _SAMPLING = {
                        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
                        {"type": "null"}]},
     "n": {"type": ["integer", "null"], "const": 1},
+    "priority": {"enum": ["interactive", "background", None], "default": "interactive",
+                 "description": "background work is admitted after interactive work and may be preempted"},
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
     "response_format": {"type": ["object", "null"], "required": ["type"], "properties": {

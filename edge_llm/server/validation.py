@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from flask import Request
 
 from edge_llm.engine import grammar
-from edge_llm.engine.request import SamplingParams
+from edge_llm.engine.request import Priority, SamplingParams
 from edge_llm.server.errors import APIError
 
 ROLES = {"system", "user", "assistant", "developer"}
@@ -84,6 +84,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     features: frozenset[str]  # optional features asked for (a backend may not have them all)
+    priority: Priority = Priority.INTERACTIVE
 
 
 def generation(body: dict, endpoint: str = "chat") -> GenerationRequest:
@@ -124,7 +125,18 @@ def generation(body: dict, endpoint: str = "chat") -> GenerationRequest:
         ("min_p", params.min_p), ("presence_penalty", params.presence_penalty),
         ("frequency_penalty", params.frequency_penalty), ("logit_bias", params.logit_bias),
         ("response_format", params.grammar), ("logprobs", params.logprobs is not None)) if used)
-    return GenerationRequest(model, params, max_tokens, stream, bool(opts and opts.get("include_usage")), features)
+    return GenerationRequest(model, params, max_tokens, stream, bool(opts and opts.get("include_usage")), features,
+                             _priority(body))
+
+
+def _priority(body: dict) -> Priority:
+    v = body.get("priority")
+    if v is None:
+        return Priority.INTERACTIVE
+    names = [p.name.lower() for p in Priority]
+    if not isinstance(v, str) or v not in names:
+        raise bad("priority", f"must be one of {names}, got {v!r}")
+    return Priority[v.upper()]
 
 
 def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:

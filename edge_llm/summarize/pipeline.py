@@ -9,7 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from edge_llm.engine.request import Request, SamplingParams
+from edge_llm.engine.request import Priority, Request, SamplingParams
 from edge_llm.summarize import chunking, extract
 from edge_llm.summarize.jobs import JobStore
 
@@ -54,8 +54,9 @@ class Summarizer:
         """One chunk through the engine; None if it was cancelled (the daemon is stopping)."""
         prompt = self.backend.render_chat([{"role": "user", "content":
                                             (MAP_PROMPT if level == 0 else REDUCE_PROMPT).format(text=text)}])
+        # background: a visitor's chat comes first, and may preempt it
         req, _ = self.engine.make_request(self.backend.tokenize(prompt, False), SamplingParams(temperature=0.0),
-                                          self.summary_tokens)
+                                          self.summary_tokens, Priority.BACKGROUND)
         with self._lock:
             if self.stopping.is_set():
                 return None
