@@ -314,7 +314,6 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
     bound is generous for a loaded 2-core machine (idle TTFT is about 0.2 s; before priorities
     a chat waited for the long chunks in flight)."""
     import openai
-
     from conftest import Http, RunningDaemon, make_config
     d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path / "state"), "limits.max_batch_size": 4,
                                      "limits.prefill_chunk_tokens": 256, "summarize.chunk_tokens": 1200,
