@@ -29,7 +29,8 @@ def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
     return planner.Policy(
         reserve_bytes=p.reserve_mb * MiB, default_max_batch_size=p.default_max_batch_size,
         default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps,
-        gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB)
+        gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB,
+        per_sequence_kv=cfg.model.backend == "llamacpp" and not cfg.model.kv_unified)
 
 
 def load_backend(cfg: Config):
@@ -70,7 +71,8 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
         backend.load(plan)  # maps the engine file (use_mmap) and sizes the paged KV cache
         engine = TrtLlmEngine(backend, plan, cfg.limits.max_queue)
     else:
-        backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens))
+        backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens,
+                                            cfg.model.kv_unified))
         engine = Engine(backend, plan, cfg.limits.max_queue)
     engine.start()
     if cfg.model.warmup:

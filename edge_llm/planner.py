@@ -34,6 +34,7 @@ class Policy:
     prefix_cache_slots: int = 4
     gpu_offload: bool = False  # every layer and the KV cache live on the GPU
     gpu_reserve_bytes: int = GiB  # left free on a discrete GPU
+    per_sequence_kv: bool = False  # each sequence slot has a KV stream of its own (llama.cpp, not unified)
     caps: dict[str, int] = field(default_factory=dict)  # user caps by limit name; 0/absent = none
 
     def cap(self, name: str) -> int:
@@ -127,15 +128,19 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         seq = kv_limit
         reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv_cap}" if kv_cap and kv_cap < kv_fit
                                   else f"{memory}: the KV budget holds only {kv_fit} tokens")
-    # Admission reserves prompt + max_tokens per request, so short requests can share KV
-    # that one long one would fill; memory bounds the batch by short sequences only.
-    batch = min(batch_cap, max(1, kv_limit // MIN_USEFUL_SEQ))
-    reasons["max_batch_size"] = why_batch if batch == batch_cap else (
-        f"{memory}: {kv_limit} KV tokens hold {batch} sequences of {MIN_USEFUL_SEQ}")
-    kv_tokens = min(kv_limit, batch * seq)
-    reasons["kv_cache_tokens"] = (f"max_batch_size x max_seq_len = {batch} x {seq}" if kv_tokens == batch * seq
-                                  else f"user cap {kv_cap}" if kv_tokens == kv_cap
-                                  else f"{memory}: budget {budget // MiB} MiB / {kvpt} B per token")
+    if policy.per_sequence_kv:
+        batch, seq, kv_tokens = _per_sequence(batch_cap, why_batch, seq, kv_limit, policy.prefix_cache_slots,
+                                              memory, reasons)
+    else:
+        # Admission reserves as requests grow, so short requests can share KV that one long
+        # one would fill; memory bounds the batch by short sequences only.
+        batch = min(batch_cap, max(1, kv_limit // MIN_USEFUL_SEQ))
+        reasons["max_batch_size"] = why_batch if batch == batch_cap else (
+            f"{memory}: {kv_limit} KV tokens hold {batch} sequences of {MIN_USEFUL_SEQ}")
+        kv_tokens = min(kv_limit, batch * seq)
+        reasons["kv_cache_tokens"] = (f"max_batch_size x max_seq_len = {batch} x {seq}" if kv_tokens == batch * seq
+                                      else f"user cap {kv_cap}" if kv_tokens == kv_cap
+                                      else f"{memory}: budget {budget // MiB} MiB / {kvpt} B per token")
     inp, reasons["max_input_len"] = _pick("max_input_len", policy, seq - 1, "max_seq_len - 1")
     if inp > seq - 1:
         inp, reasons["max_input_len"] = seq - 1, "max_seq_len - 1"
@@ -149,6 +154,20 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         memory=memory, available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
         workspace_bytes=workspace, kv_bytes_per_token=kvpt, kv_budget_bytes=budget,
         recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons)
+
+
+def _per_sequence(batch_cap: int, why_batch: str, seq: int, kv_limit: int, slots: int, memory: str,
+                  reasons: dict[str, str]) -> tuple[int, int, int]:
+    """A KV stream of max_seq_len for every slot (running + prefix cache). The length is kept
+    (shortened only if even one running slot would not fit) and the batch is what is left."""
+    if kv_limit // (1 + slots) < seq:
+        seq = max(1, kv_limit // (1 + slots))
+        reasons["max_seq_len"] = f"{memory}: {kv_limit} KV tokens hold {1 + slots} streams of {seq} (one per slot)"
+    batch = min(batch_cap, kv_limit // seq - slots)
+    reasons["max_batch_size"] = why_batch if batch == batch_cap else (
+        f"{memory}: {kv_limit} KV tokens hold {batch + slots} streams of {seq} ({slots} for the prefix cache)")
+    reasons["kv_cache_tokens"] = f"one stream of max_seq_len per slot: ({batch} + {slots}) x {seq}"
+    return batch, seq, (batch + slots) * seq
 
 
 def recommend_swap(snapshot: Snapshot) -> int:

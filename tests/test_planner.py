@@ -21,7 +21,7 @@ snapshots = st.builds(
     ram_available_bytes=st.integers(1 * GiB, 64 * GiB), ram_used_bytes=st.just(0),
     swap_total_bytes=st.integers(0, 16 * GiB), swap_used_bytes=st.just(0), unified_memory=st.booleans())
 caps = st.fixed_dictionaries({}, optional={name: st.integers(1, 20000) for name in planner.LIMITS})
-policies = st.builds(Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps)
+policies = st.builds(Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps, per_sequence_kv=st.booleans())
 
 
 def try_plan(m, s, p):
@@ -121,3 +121,19 @@ def test_discrete_gpu_plans_from_gpu_memory_not_ram():
 def test_unified_memory_stays_ram_even_with_offload():
     orin = profiles.DEVICES["agx-orin-64gb"]
     assert plan(profiles.MODELS["llama-3-8b-int4"], orin, Policy(gpu_offload=True)).memory == "unified RAM"
+
+
+@settings(max_examples=300, deadline=None)
+@given(models, snapshots, policies)
+def test_a_stream_per_slot_holds_max_seq_len_for_every_slot(m, s, p):
+    pl = try_plan(m, s, replace(p, per_sequence_kv=True))
+    assume(pl is not None)
+    assert pl.kv_cache_tokens == pl.num_seqs * pl.max_seq_len
+    assert pl.num_seqs == pl.max_batch_size + p.prefix_cache_slots
+
+
+def test_stream_per_slot_plan_for_the_mixed_benchmark():
+    model = profiles.MODELS["smollm2-135m-q4_1"]
+    pl = plan(model, profiles.DEVICES["agx-orin-64gb"],
+              Policy(per_sequence_kv=True, prefix_cache_slots=1, caps={"kv_cache_tokens": 20480}))
+    assert (pl.max_batch_size, pl.max_seq_len, pl.kv_cache_tokens) == (4, 4096, 20480)

@@ -252,16 +252,21 @@ def test_preempted_background_resumes_with_the_same_greedy_tokens_and_no_leaked_
     assert len(s.kv.free_slots) + len(s.kv.cached) == 6
 
 
-def test_background_work_runs_whenever_no_interactive_request_waits():
-    s = create_scheduler(max_batch=2, chunk=32)
+def test_background_work_runs_whenever_no_interactive_request_runs():
+    s = create_scheduler(max_batch=4, chunk=32)
     bg = background(2)
-    chat = create_requests(1, num_tokens=8, max_tokens=3, first=7000)
-    for r in bg + chat:
+    for r in bg:
         s.add(r)
-    out, _ = model_step(s)
-    assert out.chunks[0].request is chat[0]  # interactive first, background shares the rest
-    assert {c.request for c in out.chunks} >= {chat[0], bg[0]}
-    run_until_done(s, bg + chat)
+    model_step(s)
+    (chat,) = create_requests(1, num_tokens=8, max_tokens=3, first=7000)
+    s.add(chat)
+    while not chat.is_finished:  # while the chat runs, steps carry no background prefill
+        out, _ = model_step(s)
+        assert not any(c.request in bg and c.request.prefill_len > c.start_pos for c in out.chunks)
+    before = [r.num_computed for r in bg]
+    model_step(s)
+    assert [r.num_computed for r in bg] > before  # and background work goes on right after
+    run_until_done(s, bg)
 
 
 def test_a_large_waiting_request_does_not_block_smaller_ones_until_it_starves(monkeypatch):
@@ -302,10 +307,11 @@ def test_reservations_start_small_and_grow_and_a_full_budget_preempts_the_newest
 
 def test_memory_pressure_gives_up_background_first_then_the_newest():
     s = create_scheduler(max_batch=4, chunk=64)
-    old_chat, = create_requests(1, first=100)
     bg = background(1, first=2000)
-    new_chat, = create_requests(1, first=3000)
-    for r in (old_chat, *bg, new_chat):
+    s.add(bg[0])
+    model_step(s)
+    old_chat, new_chat = create_requests(2, first=100)
+    for r in (old_chat, new_chat):
         s.add(r)
     model_step(s)
     assert s.newest_running(2) == [bg[0], new_chat]

@@ -341,5 +341,11 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
         assert {r[0] for r in db.execute("SELECT completions FROM chunks WHERE job_id = ?", (job["id"],))} == {1}
         stats = d.engine.stats()
         assert stats["preemptions"] >= 1 and stats["resumptions"] >= 1 and stats["kv_tokens_reserved"] == 0
+        metrics = http.get("/metrics").text
+        for line in ('edge_llm_preemptions_total{priority="background"}', "edge_llm_resumptions_total",
+                     'edge_llm_queue_seconds_count{priority="background"}',
+                     'edge_llm_time_to_first_token_seconds_count{priority="interactive"}'):
+            value = float(next(x for x in metrics.splitlines() if x.startswith(line)).split()[-1])
+            assert value >= 1, line
     finally:
         d.stop()

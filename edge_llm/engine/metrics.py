@@ -37,6 +37,9 @@ class EngineMetrics:
         self.batch_tokens = Histogram("edge_llm_engine_step_tokens", "Tokens in one engine step", registry=r,
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
         self.admission_paused = Gauge("edge_llm_admission_paused", "1 while admission is paused", registry=r)
+        for priority in ("interactive", "background"):  # every series exported from the start, at 0
+            for metric in (self.ttft, self.queue_time, self.preemptions):
+                metric.labels(priority)
         self.ram_available = Gauge("edge_llm_ram_available_bytes", "Available RAM (telemetry)", registry=r)
         self.swap_used = Gauge("edge_llm_swap_used_bytes", "Swap in use (telemetry)", registry=r)
 

@@ -132,6 +132,8 @@ class Scheduler:
             if not req.is_prefilling:
                 out.chunks.append(ScheduledChunk(req, [req.output_tokens[-1]], req.num_computed, True))
         for cls in Priority:  # interactive prefill and admissions first
+            if cls == Priority.BACKGROUND and any(r.priority == Priority.INTERACTIVE for r in self.running):
+                break  # interactive sequences run: steps stay short (background still decodes)
             for req in self.running:
                 if req.priority == cls and req.is_prefilling and budget > 0:
                     budget -= self._add_prefill(out, req, budget)

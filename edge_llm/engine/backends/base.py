@@ -39,6 +39,7 @@ class ContextShape:
     kv_cache_tokens: int  # KV cells shared by all sequences
     num_seqs: int  # sequence slots (running + prefix cache)
     max_batch_tokens: int  # most tokens in one step (prefill chunk + one per running sequence)
+    kv_unified: bool = True  # one pool of cells for all sequences; False = a stream of its own per slot
 
 
 class Backend(Protocol):

@@ -94,7 +94,9 @@ class LlamaCppBackend:
         cp.n_ctx = shape.kv_cache_tokens
         cp.n_batch = cp.n_ubatch = shape.max_batch_tokens
         cp.n_seq_max = shape.num_seqs
-        cp.kv_unified = True  # one pool of cells; a copied prefix is shared, not duplicated
+        # unified: one pool of cells, a copied prefix shared, not duplicated, but every sequence's
+        # attention runs over all cells in use; split: a stream per slot, attention over its own
+        cp.kv_unified = shape.kv_unified
         cp.n_threads = cp.n_threads_batch = self.n_threads
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
@@ -140,8 +142,11 @@ class LlamaCppBackend:
         for op in out.memory_ops:
             if op.kind == "rm":
                 L.llama_memory_seq_rm(self.memory, op.seq_id, op.pos, -1)
-            else:
+            elif self.shape.kv_unified:
                 L.llama_memory_seq_cp(self.memory, op.src_seq_id, op.seq_id, 0, op.pos)
+            else:  # between streams llama.cpp copies whole buffers only: copy, then trim the tail
+                L.llama_memory_seq_cp(self.memory, op.src_seq_id, op.seq_id, -1, -1)
+                L.llama_memory_seq_rm(self.memory, op.seq_id, op.pos, -1)
         if not out.chunks:
             return {}
         outputs = self._fill_batch(out)

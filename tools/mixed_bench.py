@@ -1,0 +1,132 @@
+"""Interactive chat while documents are summarized: ours against llama.cpp's own server on the
+same GGUF and the same llama.cpp build (tools/build_llama_server.sh), one after the other.
+
+Workload: four background requests with ~3,000-token prompts (what a summary job sends: a
+chunk of a document and a 64-token summary), all sent at t=0; from t=1 s a visitor asks short
+questions one after another (streaming, 16 tokens each). Reported: the visitor's TTFTs (worst,
+median) and the background wall time (t=0 until the last background request is done).
+
+    .venv/bin/python tools/mixed_bench.py [--llama-server PATH] [--questions 6] [--set k=v ...] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.bench import free_port, start  # noqa: E402
+
+QUESTIONS = ["What is the capital of France?", "Name a colour.", "What is 2 + 2?", "Say hello.",
+             "Name an animal.", "What day comes after Monday?", "Name a fruit.", "What is water made of?"]
+BG_TOKENS, VISITOR_TOKENS, VISITOR_START_S = 64, 16, 1.0
+
+
+def document(k: int, sentences: int = 142) -> str:  # about 3,000 tokens
+    return " ".join(f"Report {k}.{i}: station {(i * 7 + k) % 31} logged {(i * 13 + k) % 97} litres and "
+                    f"{(i * 3 + k) % 11} visitors." for i in range(sentences))
+
+
+def post(port: int, body: dict, stream: bool) -> tuple[float | None, float]:
+    """(seconds to the first content, seconds to the end), from the request's start."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+    t0 = time.monotonic()
+    conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": stream}),
+                 {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = None
+    if stream:
+        for line in resp:
+            if line.startswith(b"data: {") and first is None:
+                delta = json.loads(line[6:])["choices"]
+                if delta and delta[0]["delta"].get("content"):
+                    first = time.monotonic() - t0
+    else:
+        body_out = json.loads(resp.read())
+        assert resp.status == 200, body_out
+    conn.close()
+    return first, time.monotonic() - t0
+
+
+def workload(port: int, questions: int, priority: dict) -> dict:
+    bg_end: list[float] = []
+    t0 = time.monotonic()
+
+    def background(k: int):
+        text = "Summarize the following text in a few sentences. Keep names and numbers.\n\n" + document(k)
+        post(port, {"messages": [{"role": "user", "content": text}], "max_tokens": BG_TOKENS, "temperature": 0,
+                    **priority}, stream=False)
+        bg_end.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=background, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(VISITOR_START_S)
+    ttfts = []
+    for q in QUESTIONS[:questions]:
+        first, _ = post(port, {"messages": [{"role": "user", "content": q}], "max_tokens": VISITOR_TOKENS,
+                               "temperature": 0}, stream=True)
+        ttfts.append(first)
+    for t in threads:
+        t.join()
+    return {"visitor_ttft_worst_s": max(ttfts), "visitor_ttft_median_s": statistics.median(ttfts),
+            "visitor_ttfts_s": [round(t, 3) for t in ttfts], "background_wall_s": max(bg_end)}
+
+
+def serve_ours(port: int, overrides: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "edge_llm", "serve", "--port", str(port), "--set=limits.max_seq_len=4096",
+           "--set=limits.kv_cache_tokens=20480", *[f"--set={o}" for o in overrides]]
+    return start(cmd, port, "/health")
+
+
+def serve_llama(port: int, binary: str, threads: int) -> subprocess.Popen:
+    from edge_llm.config import embedded_model_path
+    cmd = [binary, "-m", str(embedded_model_path()), "--port", str(port), "-c", "20480", "-np", "5",
+           "-t", str(threads), "--no-webui"]
+    return start(cmd, port, "/health")
+
+
+def run(name: str, proc: subprocess.Popen, port: int, questions: int, priority: dict) -> dict:
+    try:
+        post(port, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}, stream=False)  # warm up
+        return {"target": name, **workload(port, questions, priority)}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main() -> None:
+    import os
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--llama-server", help="llama-server binary (tools/build_llama_server.sh prints it)")
+    ap.add_argument("--questions", type=int, default=6)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
+    ap.add_argument("--json", help="append the results to this file")
+    args = ap.parse_args()
+    results = []
+    port = free_port()
+    label = "edge-llm" + (f" ({', '.join(args.set)})" if args.set else "")
+    results.append(run(label, serve_ours(port, args.set), port, args.questions, {"priority": "background"}))
+    if args.llama_server:
+        port = free_port()
+        threads = len(os.sched_getaffinity(0))
+        results.append(run("llama-server", serve_llama(port, args.llama_server, threads), port, args.questions, {}))
+    for r in results:
+        print(f"{r['target']:<60} TTFT worst {r['visitor_ttft_worst_s']:6.2f} s  median "
+              f"{r['visitor_ttft_median_s']:6.2f} s  background {r['background_wall_s']:6.1f} s  "
+              f"{r['visitor_ttfts_s']}")
+    if args.json:
+        prior = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else []
+        Path(args.json).write_text(json.dumps(prior + results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
