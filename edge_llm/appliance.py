@@ -30,7 +30,8 @@ def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
         reserve_bytes=p.reserve_mb * MiB, default_max_batch_size=p.default_max_batch_size,
         default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps,
         gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB,
-        per_sequence_kv=cfg.model.backend == "llamacpp" and not cfg.model.kv_unified)
+        per_sequence_kv={"per_slot": True, "unified": False}.get(cfg.model.kv_layout)
+        if cfg.model.backend == "llamacpp" else False)
 
 
 def load_backend(cfg: Config):
@@ -72,7 +73,7 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
         engine = TrtLlmEngine(backend, plan, cfg.limits.max_queue)
     else:
         backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens,
-                                            cfg.model.kv_unified))
+                                            plan.kv_layout == "unified"))
         engine = Engine(backend, plan, cfg.limits.max_queue)
     engine.start()
     if cfg.model.warmup:

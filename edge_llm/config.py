@@ -50,7 +50,7 @@ class ModelConfig:
     backend: str = "llamacpp"  # llamacpp | trtllm
     n_threads: int = 0  # 0 = one per CPU core available to the process
     n_gpu_layers: int = -1  # layers offloaded by a GPU build of llama.cpp (-1 = all; a CPU build ignores it)
-    kv_unified: bool = False  # llama.cpp: one KV pool for all sequences; False = a stream of max_seq_len per slot
+    kv_layout: str = "auto"  # llama.cpp KV: per_slot (a stream of max_seq_len each) | unified (one pool) | auto
     warmup: bool = True
 
 

@@ -34,7 +34,9 @@ class Policy:
     prefix_cache_slots: int = 4
     gpu_offload: bool = False  # every layer and the KV cache live on the GPU
     gpu_reserve_bytes: int = GiB  # left free on a discrete GPU
-    per_sequence_kv: bool = False  # each sequence slot has a KV stream of its own (llama.cpp, not unified)
+    # each sequence slot has a KV stream of its own (llama.cpp); None = when memory holds every
+    # slot at max_seq_len (no concurrency lost), else one unified pool
+    per_sequence_kv: bool | None = False
     caps: dict[str, int] = field(default_factory=dict)  # user caps by limit name; 0/absent = none
 
     def cap(self, name: str) -> int:
@@ -51,6 +53,7 @@ class Plan:
     prefill_chunk_tokens: int  # prompt tokens per engine step
     num_seqs: int  # sequence slots: running + prefix cache
     memory: str  # which memory binds: "unified RAM" | "RAM" | "GPU <name>"
+    kv_layout: str  # "unified": one pool for all sequences | "per_slot": a stream of max_seq_len per slot
     available_bytes: int  # free memory the plan started from
     reserve_bytes: int  # left for everything else (after the swap credit)
     weights_bytes: int
@@ -128,7 +131,10 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         seq = kv_limit
         reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv_cap}" if kv_cap and kv_cap < kv_fit
                                   else f"{memory}: the KV budget holds only {kv_fit} tokens")
-    if policy.per_sequence_kv:
+    per_slot = policy.per_sequence_kv
+    if per_slot is None:  # auto: only when it costs no concurrency
+        per_slot = kv_limit >= (batch_cap + policy.prefix_cache_slots) * seq
+    if per_slot:
         batch, seq, kv_tokens = _per_sequence(batch_cap, why_batch, seq, kv_limit, policy.prefix_cache_slots,
                                               memory, reasons)
     else:
@@ -151,7 +157,8 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     return Plan(
         max_batch_size=batch, max_input_len=inp, max_output_len=out, max_seq_len=seq,
         kv_cache_tokens=kv_tokens, prefill_chunk_tokens=chunk, num_seqs=batch + policy.prefix_cache_slots,
-        memory=memory, available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
+        memory=memory, kv_layout="per_slot" if per_slot else "unified",
+        available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
         workspace_bytes=workspace, kv_bytes_per_token=kvpt, kv_budget_bytes=budget,
         recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons)
 

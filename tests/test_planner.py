@@ -21,7 +21,8 @@ snapshots = st.builds(
     ram_available_bytes=st.integers(1 * GiB, 64 * GiB), ram_used_bytes=st.just(0),
     swap_total_bytes=st.integers(0, 16 * GiB), swap_used_bytes=st.just(0), unified_memory=st.booleans())
 caps = st.fixed_dictionaries({}, optional={name: st.integers(1, 20000) for name in planner.LIMITS})
-policies = st.builds(Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps, per_sequence_kv=st.booleans())
+policies = st.builds(Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps,
+                     per_sequence_kv=st.sampled_from([True, False, None]))
 
 
 def try_plan(m, s, p):
@@ -137,3 +138,12 @@ def test_stream_per_slot_plan_for_the_mixed_benchmark():
     pl = plan(model, profiles.DEVICES["agx-orin-64gb"],
               Policy(per_sequence_kv=True, prefix_cache_slots=1, caps={"kv_cache_tokens": 20480}))
     assert (pl.max_batch_size, pl.max_seq_len, pl.kv_cache_tokens) == (4, 4096, 20480)
+
+
+def test_auto_layout_splits_the_cache_only_when_it_costs_no_concurrency():
+    model = profiles.MODELS["smollm2-135m-q4_1"]
+    roomy = plan(model, profiles.DEVICES["agx-orin-64gb"], Policy(per_sequence_kv=None))
+    assert roomy.kv_layout == "per_slot" and roomy.max_batch_size == 8
+    assert roomy.kv_cache_tokens == (8 + 4) * roomy.max_seq_len
+    tight = plan(model, profiles.DEVICES["agx-orin-64gb"], Policy(per_sequence_kv=None, caps={"kv_cache_tokens": 3930}))
+    assert tight.kv_layout == "unified" and tight.max_batch_size > 1
