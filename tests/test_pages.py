@@ -107,10 +107,14 @@ def test_summarize_page_shows_progress_and_result(page, tmp_path):
     page.wait_for_selector("#job:not([hidden])")
     page.wait_for_function("document.querySelector('#progress-text').textContent.length > 0")
     page.wait_for_function("document.querySelector('#progress-text').textContent === 'done'", timeout=120000)
-    assert page.inner_text("#result").strip()
-    assert page.is_visible("#copy")
-    assert "visit.txt" in page.inner_text("#jobs")
+    result = page.inner_text("#result").strip()
+    assert result and page.is_visible("#copy")
+    assert page.inner_text("#jobs li:first-child").startswith("visit.txt")  # the newest job first
     shot(page, "summarize-1024x600.png")
+    page.reload()  # a finished job opened from the list (which carries no results) shows its result
+    page.click("#jobs li:first-child button")
+    page.wait_for_function("document.querySelector('#result').textContent.length > 0")
+    assert page.inner_text("#result").strip() == result
 
 
 def test_unsupported_upload_is_explained(page, tmp_path):

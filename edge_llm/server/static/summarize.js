@@ -35,17 +35,25 @@ function follow(id) {
   source.onerror = () => { EdgeLLM.show("Lost the connection to the appliance; retrying…", false); };
 }
 
+async function open(id) {  // the list has no results: fetch the job itself
+  const resp = await fetch(`/api/summaries/${id}`);
+  if (!resp.ok) { EdgeLLM.show(await EdgeLLM.explain(resp), true); list(); return; }
+  const job = await resp.json();
+  show(job);
+  if (job.status !== "done" && job.status !== "error") follow(job.id);
+}
+
 async function list() {
   const resp = await fetch("/api/summaries");
   if (!resp.ok) return;
   const ul = $("jobs");
   ul.replaceChildren();
-  for (const job of (await resp.json()).data.reverse()) {
+  for (const job of (await resp.json()).data) {  // newest first, without results
     const li = document.createElement("li");
     const b = document.createElement("button");
     b.type = "button";
     b.textContent = `${job.filename} — ${job.status}`;
-    b.addEventListener("click", () => { show(job); if (job.status !== "done" && job.status !== "error") follow(job.id); });
+    b.addEventListener("click", () => open(job.id));
     li.appendChild(b);
     ul.appendChild(li);
   }
