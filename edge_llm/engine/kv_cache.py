@@ -47,11 +47,15 @@ class KVCacheManager:
         return has_slot and self.num_reserved + self.reservation(req) <= self.kv_cache_tokens
 
     @staticmethod
+    def full_reservation(req: Request) -> int:
+        """All a request may ever hold: for engines whose reservations cannot grow (TensorRT-LLM)."""
+        return req.num_prompt_tokens + req.params.max_tokens
+
+    @staticmethod
     def reservation(req: Request) -> int:
         """What admission reserves: the tokens so far and the next RESERVE_STEP of output, never
         more than the request may ever hold (its prompt + max_tokens)."""
-        limit = req.num_prompt_tokens + req.params.max_tokens
-        return min(limit, req.num_tokens + RESERVE_STEP)
+        return min(KVCacheManager.full_reservation(req), req.num_tokens + RESERVE_STEP)
 
     def needs_growth(self, req: Request) -> bool:
         """The next decode step would write past the reservation."""
@@ -69,7 +73,7 @@ class KVCacheManager:
 
     @staticmethod
     def _growth(req: Request) -> int:
-        return min(RESERVE_STEP, req.num_prompt_tokens + req.params.max_tokens - req.reserved_tokens)
+        return min(RESERVE_STEP, KVCacheManager.full_reservation(req) - req.reserved_tokens)
 
     def _fit_cache(self, ops: list[MemoryOp]) -> None:
         while self.cached and self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:

@@ -186,9 +186,10 @@ class TrtLlmEngine(Engine):
 
     def step(self) -> None:
         s = self.scheduler
-        # the executor would run up to the engine's build-time batch: the plan's is ours to keep
+        # the executor would run up to the engine's build-time batch: the plan's is ours to keep;
+        # its KV cannot be grown or preempted by us, so each request reserves all it may need
         while s.waiting and not s.admission_paused and len(s.running) < s.max_batch_size and \
-                s.kv.num_reserved + s.kv.reservation(s.waiting[0]) <= s.kv.kv_cache_tokens:
+                s.kv.num_reserved + s.kv.full_reservation(s.waiting[0]) <= s.kv.kv_cache_tokens:
             self._enqueue(s.waiting.popleft())
         if not self._by_id:
             return
@@ -210,7 +211,7 @@ class TrtLlmEngine(Engine):
             input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
             sampling_config=sampling, end_id=eos, pad_id=eos))
         req.seq_id, req.status = rid, RequestStatus.RUNNING
-        req.reserved_tokens = self.scheduler.kv.reservation(req)
+        req.reserved_tokens = self.scheduler.kv.full_reservation(req)
         self.scheduler.kv.num_reserved += req.reserved_tokens
         self.scheduler.running.append(req)
         self._by_id[rid] = req
