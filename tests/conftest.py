@@ -17,8 +17,7 @@ from edge_llm.daemon import Daemon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (benchmarks reused by tests)
 
 # Small enough to start fast, large enough for the batching tests.
-# kv_cache_tokens: a KV stream of max_seq_len for each of the 8 running and 4 prefix-cache slots
-TEST_LIMITS = {"limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 24576,
+TEST_LIMITS = {"limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
                "limits.max_output_len": 512, "limits.prefill_chunk_tokens": 64, "limits.max_queue": 128,
                "summarize.chunk_tokens": 160, "summarize.summary_tokens": 32, "model.aliases": ["gpt-4o-mini"]}
 

@@ -317,7 +317,8 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
     from conftest import Http, RunningDaemon, make_config
     d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path / "state"), "limits.max_batch_size": 4,
                                      "limits.prefill_chunk_tokens": 256, "summarize.chunk_tokens": 1200,
-                                     "summarize.summary_tokens": 48, "limits.max_seq_len": 2048}))
+                                     "summarize.summary_tokens": 48, "limits.max_seq_len": 2048,
+                                     "limits.kv_cache_tokens": 16384, "model.kv_layout": "per_slot"}))
     try:
         http = Http(d.daemon.port)
         doc = " ".join(f"On day {i} the crew logged {i * 7 % 90} litres of water at station {i % 13}."
@@ -339,6 +340,7 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
         assert done["status"] == "done" and done["result"]
         db = sqlite3.connect(tmp_path / "state/summaries.sqlite3")
         assert {r[0] for r in db.execute("SELECT completions FROM chunks WHERE job_id = ?", (job["id"],))} == {1}
+        assert d.daemon.runtime.plan.kv_layout == "per_slot"  # this layout's batching and copies, exercised
         stats = d.engine.stats()
         assert stats["preemptions"] >= 1 and stats["resumptions"] >= 1 and stats["kv_tokens_reserved"] == 0
         metrics = http.get("/metrics").text

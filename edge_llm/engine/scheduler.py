@@ -131,6 +131,10 @@ class Scheduler:
         for req in self.running:
             if not req.is_prefilling:
                 out.chunks.append(ScheduledChunk(req, [req.output_tokens[-1]], req.num_computed, True))
+                if req.priority == Priority.INTERACTIVE:
+                    # a visitor's stream is decoding: half a chunk of prefill per step, since a chunk
+                    # late in a long prompt attends over more cells and took ~1.75x a lone chunk's step
+                    budget = self.prefill_chunk_tokens // 2
         for cls in Priority:  # interactive prefill and admissions first
             if cls == Priority.BACKGROUND and any(r.priority == Priority.INTERACTIVE for r in self.running):
                 break  # interactive sequences run: steps stay short (background still decodes)
