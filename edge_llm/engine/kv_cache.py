@@ -65,11 +65,18 @@ class KVCacheManager:
         return self.num_reserved + self._growth(req) <= self.kv_cache_tokens
 
     def grow(self, req: Request, ops: list[MemoryOp]) -> None:
-        n = self._growth(req)
+        self.reserve(req, self._growth(req))
+        self._fit_cache(ops)
+
+    def reserve(self, req: Request, n: int) -> None:
+        """Add n cells to req's reservation (an engine without slots calls it directly)."""
         req.reserved_tokens += n
         self.num_reserved += n
         self.peak_reserved = max(self.peak_reserved, self.num_reserved)
-        self._fit_cache(ops)
+
+    def unreserve(self, req: Request) -> None:
+        self.num_reserved -= req.reserved_tokens
+        req.reserved_tokens = 0
 
     @staticmethod
     def _growth(req: Request) -> int:
@@ -98,16 +105,14 @@ class KVCacheManager:
         req.seq_id = slot
         req.num_computed = req.num_reused = reuse
         req.prefill_len = req.num_tokens
-        req.reserved_tokens = self.reservation(req)
-        self.num_reserved += req.reserved_tokens
-        self.peak_reserved = max(self.peak_reserved, self.num_reserved)
+        req.reserved_tokens = 0
+        self.reserve(req, self.reservation(req))
         self._fit_cache(ops)
 
     def free(self, req: Request, ops: list[MemoryOp], keep_prefix: bool, pin: bool = False) -> None:
         """Release req's slot; a finished (or preempted: pin) sequence's KV may stay as a
         cached prefix."""
-        self.num_reserved -= req.reserved_tokens
-        req.reserved_tokens = 0
+        self.unreserve(req)
         slot, req.seq_id = req.seq_id, -1
         tokens = tuple(req.all_tokens[:req.num_computed])
         if keep_prefix and self.max_cached > 0 and len(tokens) >= self.min_reuse:

@@ -149,9 +149,8 @@ class Engine:
             self.last_progress = time.monotonic()
 
     def step(self) -> None:
-        resumed = self.scheduler.num_resumptions
         out = self.scheduler.schedule()
-        self._count_admissions(out, self.scheduler.num_resumptions - resumed)
+        self._count_admissions(out)
         if out.is_empty:
             return
         t0 = time.perf_counter()
@@ -171,9 +170,10 @@ class Engine:
         self.metrics.batch_tokens.observe(out.num_tokens)
         self._update_gauges()
 
-    def _count_admissions(self, out: SchedulerOutput, num_resumed: int) -> None:
+    def _count_admissions(self, out: SchedulerOutput) -> None:
         m = self.metrics
-        for req in self.scheduler.preempted_now:
+        preempted, num_resumed = self.scheduler.take_events()
+        for req in preempted:
             m.preemptions.labels(req.priority.name.lower()).inc()
         if num_resumed:
             m.resumptions.inc(num_resumed)
@@ -232,8 +232,7 @@ class Engine:
             n, message = arg
             for req in self.scheduler.newest_running(n):
                 if req.priority == Priority.BACKGROUND:
-                    self.scheduler.preempt(req)  # resumed when admission reopens
-                    self.metrics.preemptions.labels("background").inc()
+                    self.scheduler.preempt(req)  # resumed when admission reopens (counted by the next step)
                 else:  # nothing else could be freed
                     self.metrics.preempted.inc()
                     self._end(req, RequestStatus.FINISHED_ERROR, message)

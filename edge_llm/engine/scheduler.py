@@ -75,7 +75,8 @@ class Scheduler:
         self.admission_paused = False  # memory pressure or draining: keep requests waiting
         self.num_preemptions = 0
         self.num_resumptions = 0
-        self.preempted_now: list[Request] = []  # preempted in the last schedule() (for metrics)
+        self._preempted: list[Request] = []  # since the last take_events() (for metrics)
+        self._num_resumed = 0
         self._ops: list[MemoryOp] = []  # frees decided between steps
 
     @property
@@ -113,8 +114,15 @@ class Scheduler:
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions += 1
-        self.preempted_now.append(req)
+        self._preempted.append(req)
         self._enqueue(req, front_of_class=True)
+
+    def take_events(self) -> tuple[list[Request], int]:
+        """Preempted requests and the number resumed since the last call (scheduling or memory
+        pressure alike), for the engine's metrics."""
+        events = self._preempted, self._num_resumed
+        self._preempted, self._num_resumed = [], 0
+        return events
 
     def clear_prefix_cache(self) -> None:
         self.kv.clear_cache(self._ops)
@@ -122,7 +130,6 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(memory_ops=self._ops)
         self._ops = []
-        self.preempted_now = []
         self._make_room_for_interactive()
         self._grow_reservations()
         out.memory_ops.extend(self._ops)
@@ -150,6 +157,7 @@ class Scheduler:
         self.waiting.remove(req)
         if req.status == RequestStatus.PREEMPTED:
             self.num_resumptions += 1
+            self._num_resumed += 1
         self.kv.allocate(req, out.memory_ops)
         req.status = RequestStatus.RUNNING
         if req.admitted_time is None:

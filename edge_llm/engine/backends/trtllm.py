@@ -211,8 +211,7 @@ class TrtLlmEngine(Engine):
             input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
             sampling_config=sampling, end_id=eos, pad_id=eos))
         req.seq_id, req.status = rid, RequestStatus.RUNNING
-        req.reserved_tokens = self.scheduler.kv.full_reservation(req)
-        self.scheduler.kv.num_reserved += req.reserved_tokens
+        self.scheduler.kv.reserve(req, self.scheduler.kv.full_reservation(req))
         self.scheduler.running.append(req)
         self._by_id[rid] = req
         self.metrics.prompt_tokens.inc(req.num_prompt_tokens)
@@ -243,8 +242,7 @@ class TrtLlmEngine(Engine):
 
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         self._by_id.pop(req.seq_id, None)
-        self.scheduler.kv.num_reserved -= req.reserved_tokens
-        req.reserved_tokens = 0
+        self.scheduler.kv.unreserve(req)
         if req in self.scheduler.running:
             self.scheduler.running.remove(req)
         req.finish(status)
