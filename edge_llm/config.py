@@ -50,7 +50,7 @@ class ModelConfig:
     backend: str = "llamacpp"  # llamacpp | trtllm
     n_threads: int = 0  # 0 = one per CPU core available to the process
     n_gpu_layers: int = -1  # layers offloaded by a GPU build of llama.cpp (-1 = all; a CPU build ignores it)
-    kv_layout: str = "unified"  # llama.cpp KV: unified (one pool) | per_slot (a stream of max_seq_len each) | auto
+    kv_layout: str = "auto"  # llama.cpp KV: auto (per_slot when memory holds every slot) | unified | per_slot
     warmup: bool = True
 
 

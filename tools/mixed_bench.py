@@ -82,8 +82,9 @@ def workload(port: int, questions: int, priority: dict) -> dict:
 
 
 def serve_ours(port: int, overrides: list[str]) -> subprocess.Popen:
+    # llama-server's context per slot; the rest is the default plan (model.kv_layout = auto)
     cmd = [sys.executable, "-m", "edge_llm", "serve", "--port", str(port), "--set=limits.max_seq_len=4096",
-           "--set=limits.kv_cache_tokens=20480", *[f"--set={o}" for o in overrides]]
+           *[f"--set={o}" for o in overrides]]
     return start(cmd, port, "/health")
 
 
@@ -94,10 +95,22 @@ def serve_llama(port: int, binary: str, threads: int) -> subprocess.Popen:
     return start(cmd, port, "/health")
 
 
+def plan(port: int) -> dict:
+    """Ours: the layout, batch and KV the planner chose (llama-server has no /api/plan)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/api/plan")
+    resp = conn.getresponse()
+    body = resp.read()
+    if resp.status != 200:
+        return {}
+    p = json.loads(body)
+    return {k: p[k] for k in ("kv_layout", "max_batch_size", "kv_cache_tokens")}
+
+
 def run(name: str, proc: subprocess.Popen, port: int, questions: int, priority: dict) -> dict:
     try:
         post(port, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}, stream=False)  # warm up
-        return {"target": name, **workload(port, questions, priority)}
+        return {"target": name, **plan(port), **workload(port, questions, priority)}
     finally:
         proc.terminate()
         proc.wait(60)
@@ -122,7 +135,7 @@ def main() -> None:
     for r in results:
         print(f"{r['target']:<60} TTFT worst {r['visitor_ttft_worst_s']:6.2f} s  median "
               f"{r['visitor_ttft_median_s']:6.2f} s  background {r['background_wall_s']:6.1f} s  "
-              f"{r['visitor_ttfts_s']}")
+              f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}")
     if args.json:
         prior = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else []
         Path(args.json).write_text(json.dumps(prior + results, indent=2))
