@@ -24,7 +24,7 @@ setup(
     extras_require={
         # TensorRT-LLM 0.12.0-jetson is not on PyPI: jetpack/install.sh installs the wheel you give it.
         "jetson": ["jetson-stats==4.2.12"],
-        "systemd": ["systemd-python>=235"],
+        "systemd": ["systemd-python>=234"],  # jammy's python3-systemd is 234
         "nvml": ["nvidia-ml-py>=12"],
         "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff>=0.6",
                  "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23"],

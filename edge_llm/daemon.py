@@ -28,6 +28,7 @@ MiB = 1 << 20
 EXTEND_EVERY_S = 5.0  # while loading, ask systemd for more start time this often
 EXTEND_BY_USEC = 20_000_000
 MIN_STALL_S = 5.0  # an engine loop silent this long (or half WatchdogSec, if longer) is hung
+JTOP_RETRY_S = 30.0  # jtop.service starts after multi-user.target, so after us: ask for it again this often
 
 
 class Daemon:
@@ -49,7 +50,7 @@ class Daemon:
         self._step("starting HTTP server")
         self._start_http()
         sampler = telemetry.Sampler(telemetry.open_sources(self.cfg.daemon.telemetry_interval_s),
-                                    self.cfg.daemon.telemetry_interval_s)
+                                    self.cfg.daemon.telemetry_interval_s, retry_jtop_s=JTOP_RETRY_S)
         self.runtime.telemetry = sampler
         snapshot = sampler.read()
         log.info("telemetry from %s: %d MiB RAM available of %d, swap %d/%d MiB", snapshot.source,

@@ -3,12 +3,13 @@
 # Idempotent: each step checks before it acts. --dry-run prints every action instead.
 #
 #   sudo jetpack/install.sh [--trtllm-wheel PATH --torch-wheel PATH [--cusparselt-script PATH]]
-#                           [--wheelhouse DIR] [--swap-gb N] [--maxn] [--headless] [--kiosk] [--dry-run]
+#                           [--wheelhouse DIR] [--swap-gb N] [--maxn] [--headless] [--kiosk] [--cpu] [--dry-run]
 #
 # --trtllm-wheel: tensorrt_llm-0.12.0 (v0.12.0-jetson) for Python 3.10 aarch64; it needs
 # --torch-wheel, NVIDIA's CUDA build of torch for JetPack 6.1 (PyPI's aarch64 torch is
 # CPU-only), and cuSPARSELt (README4Jetson 1.2: PyTorch's install_cusparselt.sh, fetched
-# unless --cusparselt-script names a local copy).
+# unless --cusparselt-script names a local copy). --cpu: llama.cpp for the CPU cores instead of
+# CUDA sm_87 (the device twin, tools/device_twin.py; or a board whose CUDA is not installed).
 # Written from NVIDIA's documented JetPack 6.1 facts (shared JETSON.md); it has not been
 # run on an Orin by its authors: see the README's "Not yet run on hardware".
 set -euo pipefail
@@ -25,10 +26,10 @@ L4T_RELEASE_FILE=${L4T_RELEASE_FILE:-/etc/nv_tegra_release}
 JETSON_STATS=4.2.12
 CUDA_VERSION=12.6  # JetPack 6.1
 CUSPARSELT_URL=https://raw.githubusercontent.com/pytorch/pytorch/9b424aac1d70f360479dd919d6b7933b5a9181ac/.ci/docker/common/install_cusparselt.sh
-DRY=0 MAXN=0 HEADLESS=0 KIOSK=0 FORCE=0
+DRY=0 MAXN=0 HEADLESS=0 KIOSK=0 FORCE=0 CPU=0
 TRTLLM_WHEEL="" TORCH_WHEEL="" CUSPARSELT_SCRIPT="" WHEELHOUSE="" SWAP_GB=""
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
     --headless) HEADLESS=1 ;;
     --kiosk) KIOSK=1 ;;
     --force) FORCE=1 ;;
+    --cpu) CPU=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -84,7 +86,9 @@ check_l4t() {
 apt_packages() {
   local missing=() pkg
   # nvidia-jetpack: CUDA, cuDNN and TensorRT, which a BSP flashed with flash.sh does not have
-  for pkg in nvidia-jetpack python3-venv python3-pip python3-dev build-essential cmake git curl libopenblas-dev; do
+  # python3-systemd: sd_notify and the journal for the venv (--system-site-packages), not compiled
+  for pkg in nvidia-jetpack python3-venv python3-pip python3-dev python3-systemd build-essential cmake git curl \
+             libopenblas-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ -n "$TRTLLM_WHEEL" ]; then  # README4Jetson 1.2, and TensorRT's Python bindings for the venv
@@ -138,11 +142,17 @@ python_env() {
       run "${pip[@]}" "${extra[@]}" "$TRTLLM_WHEEL"
     fi
   else
-    say "no --trtllm-wheel: the daemon will use llama.cpp on CUDA (sm_87) until an engine is installed"
+    say "no --trtllm-wheel: the daemon will use llama.cpp ($([ "$CPU" = 1 ] && echo "on the CPU" || echo "on CUDA, sm_87")) until an engine is installed"
   fi
   jtop_service
-  say "installing edge-llm (llama.cpp built for CUDA sm_87 as the fallback engine)"
-  run env EDGE_LLM_CUDA=1 CUDA_ARCH=87 PYTHON="$VENV/bin/python" VENV="$VENV" \
+  local cuda=(EDGE_LLM_CUDA=1 CUDA_ARCH=87)
+  if [ "$CPU" = 1 ]; then
+    say "installing edge-llm (llama.cpp for the CPU: --cpu)"
+    cuda=(EDGE_LLM_CUDA=0)
+  else
+    say "installing edge-llm (llama.cpp built for CUDA sm_87 as the fallback engine)"
+  fi
+  run env "${cuda[@]}" PYTHON="$VENV/bin/python" VENV="$VENV" \
     PIP_EXTRA="${extra[*]}" "$SRC/tools/setup.sh" jetson
 }
 
@@ -177,7 +187,11 @@ jtop_service() {
       "psutil. Reinstall it as root: sudo pip3 install --force-reinstall jetson-stats==$JETSON_STATS" >&2
     exit 1
   fi
-  run systemctl enable --now jtop.service
+  # --no-block: jetson-stats' jtop.service is After=multi-user.target, so at first boot (this
+  # script in a unit that multi-user.target waits for) a blocking start would wait for itself
+  # (found by the device twin)
+  run systemctl enable jtop.service
+  run systemctl start --no-block jtop.service
   # /run/jtop.sock is 0660 root:jtop: the daemon reads jtop only as a member of group jtop
   if ! id -nG edge-llm 2>/dev/null | tr ' ' '\n' | grep -qx jtop; then
     say "adding edge-llm to group jtop"
@@ -237,7 +251,10 @@ swap() {
     run chmod 600 "$SWAPFILE"
     run mkswap "$SWAPFILE"
   fi
-  swapon --show=NAME --noheadings | grep -qx "$SWAPFILE" || run swapon "$SWAPFILE"
+  if ! swapon --show=NAME --noheadings | grep -qx "$SWAPFILE" && ! run swapon "$SWAPFILE"; then
+    # a container (the device twin) may not turn swap on; /etc/fstab turns it on at boot
+    say "swapon $SWAPFILE failed ($(systemd-detect-virt 2>/dev/null || echo no virtualization)); it is in /etc/fstab for the next boot"
+  fi
   grep -q "^$SWAPFILE " /etc/fstab 2>/dev/null || {
     if [ "$DRY" = 1 ]; then printf '+ append "%s none swap sw 0 0" to /etc/fstab\n' "$SWAPFILE"
     else echo "$SWAPFILE none swap sw 0 0" >> /etc/fstab; fi

@@ -34,7 +34,8 @@ def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path):
                "+ env CUDA_VERSION=12.6 bash /tmp/install_cusparselt.sh",
                f"-m pip install -q {TORCH}", "-m pip install -q numpy==1.26.1",
                f"-m pip install -q {WHEEL}",
-               "+ pip3 install -q jetson-stats==4.2.12", "+ systemctl enable --now jtop.service",
+               "+ pip3 install -q jetson-stats==4.2.12", "+ systemctl enable jtop.service",
+               "+ systemctl start --no-block jtop.service",  # After=multi-user.target: no blocking start at first boot
                "+ usermod -a -G jtop edge-llm",
                "EDGE_LLM_CUDA=1 CUDA_ARCH=87",
                f"+ install -m 0644 {ROOT}/systemd/edge-llm.service /etc/systemd/system/edge-llm.service",
@@ -89,7 +90,7 @@ def test_install_rejects_unknown_options(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
 def test_shell_scripts_are_shellcheck_clean():
-    scripts = [ROOT / "jetpack/install.sh", ROOT / "tools/setup.sh", ROOT / ".ci/run"]
+    scripts = [ROOT / "jetpack/install.sh", ROOT / "tools/setup.sh", ROOT / ".ci/run", ROOT / "tools/twin/standin.sh"]
     r = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
@@ -139,7 +140,7 @@ def test_overlay_installs_files_units_and_first_boot(tmp_path, capsys):
     # a second run changes nothing it does not have to
     ov = flash_overlay.build(flash_overlay.argparse.Namespace(
         l4t=str(l4t), wheelhouse=None, trtllm_wheel=str(wheel), torch_wheel=str(torch), kiosk=True, dry_run=True,
-        target="emmc", oem_config=False))
+        target="emmc", oem_config=False, install_arg=[]))
     assert not any(a.startswith(("enable", "write")) for a in ov.actions)
 
 
@@ -152,6 +153,26 @@ def test_overlay_dry_run_writes_nothing_and_nvme_command_is_r36_4s(tmp_path, cap
     assert ("sudo ./tools/kernel_flash/l4t_initrd_flash.sh --external-device nvme0n1p1 -c "
             "tools/kernel_flash/flash_l4t_t234_nvme.xml --showlogs --network usb0 "
             "jetson-agx-orin-devkit external") in out
+
+
+def test_overlay_passes_install_args_as_single_words_only(tmp_path, capsys):
+    l4t = fake_l4t(tmp_path)
+    assert flash_overlay.main(["--l4t", str(l4t), "--install-arg=--maxn", "--install-arg=--swap-gb",
+                               "--install-arg=16"]) == 0
+    unit = (l4t / "rootfs/etc/systemd/system/edge-llm-firstboot.service").read_text()
+    assert "ExecStart=/opt/edge-llm/src/jetpack/install.sh --headless --maxn --swap-gb 16\n" in unit
+    for bad in ("--swap-gb 16", "--x;reboot", "%h", "$HOME", "'a'", ""):
+        with pytest.raises(SystemExit) as e:
+            flash_overlay.main(["--l4t", str(l4t), f"--install-arg={bad}"])
+        assert e.value.code == 2
+        assert "one word without spaces" in capsys.readouterr().err
+
+
+def test_install_cpu_option_builds_llama_cpp_for_the_cpu(tmp_path):
+    r = install_sh(tmp_path, R36_4, "--dry-run", "--cpu")
+    assert r.returncode == 0, r.stderr
+    assert "EDGE_LLM_CUDA=0" in r.stdout and "CUDA_ARCH=87" not in r.stdout
+    assert "llama.cpp (on the CPU)" in r.stdout
 
 
 def test_overlay_refuses_a_rootfs_that_would_stop_in_oem_config(tmp_path, capsys):

@@ -2,6 +2,7 @@
 exactly the structures jetson-stats documents (memory in KB, power in mW, temperature in C)."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,33 @@ def test_jtop_service_down_or_wrong_group_falls_back_to_psutil(fake_jtop, caplog
         JtopSource()
     assert [s.name for s in open_sources()][-1] == "psutil"
     assert any("jtop unavailable" in r.message and "group jtop" in r.message for r in caplog.records)
+
+
+def test_jtop_that_starts_after_the_daemon_is_taken_up(fake_jtop, caplog):
+    # at boot jtop.service (After=multi-user.target) starts after the daemon has opened its sources
+    caplog.set_level("INFO")
+    fake_jtop.SERVICE.running = False
+    sampler = Sampler(open_sources(0.05), 0.05, retry_jtop_s=0.1)
+    assert [s.name for s in sampler.sources] == ["psutil"]
+    sampler.start()
+    try:
+        time.sleep(0.4)
+        assert sampler.latest.source == "psutil"  # still down: asked again, nothing changes
+        fake_jtop.SERVICE.running = True
+        deadline = time.monotonic() + 5
+        while sampler.latest.source != "jtop" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sampler.stop()
+    assert sampler.latest.source == "jtop" and [s.name for s in sampler.sources] == ["jtop", "psutil"]
+    assert any("jtop answers now; using it instead of psutil" in r.message for r in caplog.records)
+
+
+def test_without_jetson_stats_jtop_is_not_asked_again(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jtop", None)  # import jtop raises ImportError
+    sampler = Sampler(open_sources(), 0.05, retry_jtop_s=0.05)
+    sampler._retry_jtop()
+    assert sampler.retry_jtop_s == 0.0 and [s.name for s in sampler.sources] == ["psutil"]
 
 
 def test_jtop_that_dies_is_dropped_never_served_stale(fake_jtop, caplog):

@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python tools/flash_overlay.py --l4t ~/nvidia/Linux_for_Tegra \\
         [--wheelhouse DIR] [--trtllm-wheel WHEEL --torch-wheel WHEEL] [--kiosk] [--target emmc|nvme]
-        [--oem-config] [--dry-run]
+        [--oem-config] [--install-arg=ARG ...] [--dry-run]
 
 It copies the source and the units into rootfs/, enables them with the symlinks systemctl
 would make, adds a first-boot unit that runs jetpack/install.sh on the device (it needs the
@@ -141,7 +141,7 @@ def build(args) -> Overlay:
     ov.check(args.oem_config)
     for item in SOURCE_ITEMS:
         ov.copy(ROOT / item, f"opt/edge-llm/src/{item}")
-    install_args = ["--headless"] + (["--kiosk"] if args.kiosk else [])
+    install_args = ["--headless"] + (["--kiosk"] if args.kiosk else []) + list(args.install_arg)
     if args.wheelhouse:
         ov.copy(Path(args.wheelhouse), "opt/edge-llm/wheelhouse")
         install_args += ["--wheelhouse", "/opt/edge-llm/wheelhouse"]
@@ -170,8 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="allow a rootfs without a default user: first boot waits in oem-config for a person")
     ap.add_argument("--kiosk", action="store_true", help="enable the kiosk browser on the local display")
     ap.add_argument("--target", choices=["emmc", "nvme"], default="emmc")
+    ap.add_argument("--install-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for jetpack/install.sh at first boot (repeatable), e.g."
+                         " --install-arg=--maxn --install-arg=--swap-gb --install-arg=16")
     ap.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
     args = ap.parse_args(argv)
+    for a in args.install_arg:  # they go into ExecStart= as words: no quoting, no specifiers
+        if not a or any(c.isspace() or c in "\"'\\%$;" for c in a):
+            ap.error(f"--install-arg {a!r}: one word without spaces, quotes, backslashes, %, $ or ;")
     if args.trtllm_wheel and not args.torch_wheel:
         ap.error("--trtllm-wheel needs --torch-wheel (PyPI's aarch64 torch is CPU-only)")
     try:

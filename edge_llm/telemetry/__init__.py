@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from edge_llm.telemetry.host import HostSource
 from edge_llm.telemetry.snapshot import Snapshot
@@ -11,16 +12,22 @@ from edge_llm.telemetry.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 
-def open_sources(interval_s: float = 1.0) -> list:
-    """Sources in order of preference; the last (psutil) always works."""
-    sources = []
+def open_jtop(interval_s: float = 1.0) -> list:
+    """[JtopSource] when jtop.service answers, [] when it does not (yet); None without
+    jetson-stats (not a Jetson: never worth asking again)."""
     try:
         from edge_llm.telemetry.jtop import JtopSource
-        sources.append(JtopSource(interval_s))
+        return [JtopSource(interval_s)]
     except ImportError:
-        pass  # not a Jetson (jetson-stats not installed)
+        return None
     except Exception as e:  # JtopException: the jtop service is not running
         log.warning("jtop unavailable (%s); using the next telemetry source", e)
+        return []
+
+
+def open_sources(interval_s: float = 1.0) -> list:
+    """Sources in order of preference; the last (psutil) always works."""
+    sources = open_jtop(interval_s) or []
     try:
         from edge_llm.telemetry.nvml import NvmlSource
         sources.append(NvmlSource())
@@ -34,10 +41,13 @@ class Sampler:
     """Reads the first working source about once per interval; a source that fails is
     dropped with one warning and the next one takes over."""
 
-    def __init__(self, sources: list, interval_s: float = 1.0, on_snapshot=None):
+    def __init__(self, sources: list, interval_s: float = 1.0, on_snapshot=None, retry_jtop_s: float = 0.0):
         self.sources = list(sources)
         self.interval_s = interval_s
         self.on_snapshot = on_snapshot  # called on the sampler thread with each Snapshot
+        # jetson-stats' jtop.service starts after multi-user.target, so after the daemon at boot:
+        # while jtop is not the source, the sampler thread asks for it again every retry_jtop_s
+        self.retry_jtop_s = retry_jtop_s
         self.latest: Snapshot | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
@@ -64,11 +74,23 @@ class Sampler:
         self._thread.start()
 
     def _run(self) -> None:
+        next_jtop = time.monotonic() + self.retry_jtop_s
         while not self._stop.wait(self.interval_s):
+            if self.retry_jtop_s and self.sources[0].name != "jtop" and time.monotonic() >= next_jtop:
+                next_jtop = time.monotonic() + self.retry_jtop_s
+                self._retry_jtop()
             try:
                 self.read()
             except Exception:
                 log.exception("telemetry read failed")
+
+    def _retry_jtop(self) -> None:
+        found = open_jtop(self.interval_s)
+        if found is None:  # no jetson-stats: not a Jetson
+            self.retry_jtop_s = 0.0
+        elif found:
+            log.info("telemetry: jtop answers now; using it instead of %s", self.sources[0].name)
+            self.sources = found + self.sources
 
     def stop(self) -> None:
         self._stop.set()
