@@ -121,3 +121,7 @@ class Response:
 @pytest.fixture()
 def http(server) -> Http:
     return Http(server.daemon.port)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "twin: boots the device twin (systemd-nspawn; tools/device_twin.py)")

