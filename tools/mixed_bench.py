@@ -77,6 +77,9 @@ def workload(port: int, questions: int, priority: dict) -> dict:
         ttfts.append(first)
     for t in threads:
         t.join()
+    if not ttfts:  # --questions 0: the background alone (each engine's prefill-heavy speed)
+        return {"visitor_ttft_worst_s": None, "visitor_ttft_median_s": None, "visitor_ttfts_s": [],
+                "background_wall_s": max(bg_end)}
     return {"visitor_ttft_worst_s": max(ttfts), "visitor_ttft_median_s": statistics.median(ttfts),
             "visitor_ttfts_s": [round(t, 3) for t in ttfts], "background_wall_s": max(bg_end)}
 
@@ -133,8 +136,9 @@ def main() -> None:
         threads = len(os.sched_getaffinity(0))
         results.append(run("llama-server", serve_llama(port, args.llama_server, threads), port, args.questions, {}))
     for r in results:
-        print(f"{r['target']:<60} TTFT worst {r['visitor_ttft_worst_s']:6.2f} s  median "
-              f"{r['visitor_ttft_median_s']:6.2f} s  background {r['background_wall_s']:6.1f} s  "
+        worst, median = (r["visitor_ttft_worst_s"] or float("nan")), (r["visitor_ttft_median_s"] or float("nan"))
+        print(f"{r['target']:<60} TTFT worst {worst:6.2f} s  median "
+              f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
               f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}")
     if args.json:
         prior = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else []
