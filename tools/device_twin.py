@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             except ProcessLookupError:
                 pass
             pid_file.unlink()
-        Twin(work, rootfs()).unmount()
+        Twin(work, Path()).unmount()  # the lower layer does not matter to unmount
         return 0
     twin = prepare(work)
     print(f"booting (first boot runs jetpack/install.sh): {twin.boot()}")
