@@ -151,13 +151,10 @@ def jetpack_look(root: Path, work: Path) -> None:
     packages = _run(["dpkg-scanpackages", "."], cwd=repo, capture_output=True, text=True).stdout
     (repo / "Packages").write_text(packages)
     (root / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/opt/edge-llm-twin/apt ./\n")
-    _chroot(root, "sh", "-c", f"getent group jtop >/dev/null || groupadd --system jtop; "
-                              f"id {DEFAULT_USER} >/dev/null 2>&1 || useradd -m -s /bin/bash {DEFAULT_USER}")
-
-
-def _chroot(root: Path, *cmd: str) -> None:
-    """Plain files and user databases only; nothing is booted."""
-    _run(["chroot", str(root), *cmd])
+    # user databases only (chroot, nothing booted)
+    users = (f"getent group jtop >/dev/null || groupadd --system jtop; "
+             f"id {DEFAULT_USER} >/dev/null 2>&1 || useradd -m -s /bin/bash {DEFAULT_USER}")
+    _run(["chroot", str(root), "sh", "-c", users])
 
 
 def flash(root: Path, wheels: Path) -> None:
@@ -217,8 +214,8 @@ class Twin:
                 raise TwinError(f"systemd-nspawn did not start: {self.console()[-2000:]}")
             time.sleep(0.2)
         # the system bus comes up with the boot; is-system-running --wait needs it
-        state = ""
-        while time.monotonic() < deadline + timeout:
+        state, end = "", time.monotonic() + timeout
+        while time.monotonic() < end:
             r = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
             state = r.stdout.strip()
             if state in ("running", "degraded", "maintenance"):
@@ -226,14 +223,12 @@ class Twin:
             time.sleep(0.5)
         raise TwinError(f"the twin's boot did not finish: {state!r}")
 
-    def sh(self, script: str, check: bool = True, timeout: float = 300, user: str | None = None,
+    def sh(self, script: str, check: bool = True, timeout: float = 300,
            input: str | None = None) -> subprocess.CompletedProcess:
         """A shell command inside the twin (every namespace of its PID 1, a clean environment)."""
         cmd = ["nsenter", "-t", str(self.pid1), "-a", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME=/root", "LANG=C.UTF-8"]
-        if user:
-            cmd += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"]
-        r = subprocess.run([*cmd, "sh", "-c", script], capture_output=True, text=True, timeout=timeout,
+               "HOME=/root", "LANG=C.UTF-8", "sh", "-c", script]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            input=input)
         if check and r.returncode != 0:
             raise TwinError(f"in the twin, {script!r} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
@@ -249,14 +244,33 @@ class Twin:
     def stop(self, timeout: float = 90) -> None:
         """Power off by signalling nspawn (SIGTERM: an orderly shutdown), then SIGKILL its group."""
         if self.nspawn and self.nspawn.poll() is None:
-            self.nspawn.send_signal(signal.SIGTERM)
-            try:
-                self.nspawn.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.nspawn.pid, signal.SIGKILL)
-                self.nspawn.wait(30)
+            power_off(self.nspawn.pid, timeout)
+            self.nspawn.wait(30)  # reap it
         self.nspawn, self.pid1 = None, 0
         self.unmount()
+
+
+def power_off(pid: int, timeout: float = 90) -> None:
+    """SIGTERM to systemd-nspawn (it shuts the container down in order), SIGKILL to its group
+    if it is still there after `timeout`."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if _gone(pid):
+                return
+            time.sleep(0.5)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie child of ours counts: only its exit status is left)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def prepare(work: Path) -> Twin:
@@ -284,15 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "down":
         pid_file = work / "nspawn.pid"
         if pid_file.is_file():
-            pid = int(pid_file.read_text())
-            try:
-                os.kill(pid, signal.SIGTERM)
-                for _ in range(180):
-                    os.kill(pid, 0)
-                    time.sleep(0.5)
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            power_off(int(pid_file.read_text()))
             pid_file.unlink()
         Twin(work, Path()).unmount()  # the lower layer does not matter to unmount
         return 0

@@ -136,7 +136,8 @@ def main() -> None:
         threads = len(os.sched_getaffinity(0))
         results.append(run("llama-server", serve_llama(port, args.llama_server, threads), port, args.questions, {}))
     for r in results:
-        worst, median = (r["visitor_ttft_worst_s"] or float("nan")), (r["visitor_ttft_median_s"] or float("nan"))
+        worst, median = (float("nan") if r[k] is None else r[k] for k in ("visitor_ttft_worst_s",
+                                                                           "visitor_ttft_median_s"))
         print(f"{r['target']:<60} TTFT worst {worst:6.2f} s  median "
               f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
               f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}")
