@@ -166,3 +166,56 @@ def test_metrics_endpoint_and_dashboard_use_the_same_names(http):
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     for metric in {m for e in exprs for m in re.findall(r"edge_llm_[a-z_]+", e)}:
         assert metric in text, metric
+
+
+def test_a_chat_stops_a_background_prefill_step_whose_work_is_redone_exactly(tmp_path):
+    """Interactive first, within a step: a chat arriving while a 256-token background prefill
+    step runs stops that step at the next graph node (llama.cpp's abort callback) instead of
+    waiting for it. The stopped chunk's KV cells are removed and the chunk runs again, so the
+    background answer is token for token the one it gives uninterrupted. Per-slot KV: the
+    background sequence's stream is its own, and its prefill waits while the chat runs, so
+    nothing else touches its numbers."""
+    import openai
+    from conftest import Http, RunningDaemon, make_config
+    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path / "state"), "limits.max_batch_size": 4,
+                                     "limits.prefill_chunk_tokens": 256, "limits.max_seq_len": 4096,
+                                     "limits.kv_cache_tokens": 32768, "model.kv_layout": "per_slot"}))
+    try:
+        http, client = Http(d.daemon.port), openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
+        document = " ".join(f"At {i} o'clock gate {i % 9} let {i * 13 % 70} cars through." for i in range(100))
+        body = {"messages": [{"role": "user", "content": "Summarize:\n\n" + document}], "max_tokens": 24,
+                "temperature": 0, "priority": "background"}
+
+        def interrupted() -> float:
+            return float(next(x for x in http.get("/metrics").text.splitlines()
+                              if x.startswith("edge_llm_interrupted_steps_total")).split()[-1])
+
+        reference = d.from_empty_cache(lambda: http.post("/v1/chat/completions", body).json())
+        assert reference["usage"]["prompt_tokens"] > 4 * 256  # several steps of prefill
+        before, ttfts = interrupted(), []
+        for _ in range(3):  # a chat landing in the instant between two steps interrupts nothing: retry
+            d.wait_idle()
+            d.engine.call(d.engine.clear_prefix_cache)
+            result = {}
+            bg = threading.Thread(target=lambda: result.update(http.post("/v1/chat/completions", body).json()))
+            bg.start()
+            deadline = time.monotonic() + 30
+            while not d.engine.num_running and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # inside a background prefill step
+            t0 = time.monotonic()
+            stream = client.chat.completions.create(model=d.model_id, messages=[{"role": "user", "content": "Hi!"}],
+                                                    max_tokens=4, temperature=0, stream=True)
+            ttfts.append(next(time.monotonic() - t0 for c in stream if c.choices and c.choices[0].delta.content))
+            list(stream)
+            bg.join(120)
+            assert result["choices"][0]["message"]["content"] == reference["choices"][0]["message"]["content"]
+            assert result["usage"] == reference["usage"]
+            if interrupted() > before:
+                break
+        print(f"chat TTFT while background prefill ran: {[round(t, 3) for t in ttfts]} s")
+        assert interrupted() > before, "no background step was stopped for the chat"
+        d.wait_idle()
+        assert d.engine.stats()["kv_tokens_reserved"] == 0
+    finally:
+        d.stop()

@@ -320,3 +320,27 @@ def test_memory_pressure_gives_up_background_first_then_the_newest():
         s.add(r)
     model_step(s)
     assert s.newest_running(2) == [bg[0], new_chat]
+
+
+def test_only_background_prefill_steps_are_abortable_and_an_unfinished_chunk_runs_again():
+    s = create_scheduler(max_batch=4, chunk=16)
+    (bg,) = background(1, num_tokens=40)
+    s.add(bg)
+    out = s.schedule()
+    assert out.abortable and [(c.start_pos, len(c.tokens)) for c in out.chunks] == [(0, 16)]
+    out.chunks[0].done = False  # the backend stopped the step before this chunk finished
+    assert s.postprocess(out, {}) == [] and bg.num_computed == 0
+    again = s.schedule()
+    assert [(c.request, c.start_pos, len(c.tokens)) for c in again.chunks] == [(bg, 0, 16)]
+    s.postprocess(again, {})
+    (chat,) = create_requests(1, num_tokens=8, max_tokens=3, first=7000)
+    s.add(chat)
+    out, _ = model_step(s)
+    assert chat in [c.request for c in out.chunks] and not out.abortable  # a chat's step runs to its end
+    run_until_done(s, [chat])
+    out, _ = model_step(s)
+    assert out.abortable and bg.is_prefilling  # background prefill alone again
+    run_until_done(s, [bg])
+    out = s.schedule()
+    assert not out.abortable  # nothing to prefill
+    assert s.kv.num_reserved == 0

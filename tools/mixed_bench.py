@@ -6,7 +6,12 @@ chunk of a document and a 64-token summary), all sent at t=0; from t=1 s a visit
 questions one after another (streaming, 16 tokens each). Reported: the visitor's TTFTs (worst,
 median) and the background wall time (t=0 until the last background request is done).
 
-    .venv/bin/python tools/mixed_bench.py [--llama-server PATH] [--questions 6] [--set k=v ...] [--json F]
+Run-to-run spread on a shared 2-core VM is 10-15%, more than the differences measured, so
+--rounds N runs both targets N times, alternating which goes first, and reports each round's
+ratio (ours / llama-server) and their median: both see the same stretch of machine time.
+
+    .venv/bin/python tools/mixed_bench.py [--llama-server PATH] [--questions 6] [--rounds 1]
+                                          [--set k=v ...] [--json F]
 """
 
 from __future__ import annotations
@@ -125,22 +130,41 @@ def main() -> None:
     ap.add_argument("--llama-server", help="llama-server binary (tools/build_llama_server.sh prints it)")
     ap.add_argument("--questions", type=int, default=6)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
+    ap.add_argument("--rounds", type=int, default=1, help="run both targets this many times, alternating")
     ap.add_argument("--json", help="append the results to this file")
     args = ap.parse_args()
-    results = []
-    port = free_port()
+    if args.rounds < 1 or args.questions < 0:
+        ap.error("--rounds must be at least 1 and --questions at least 0")
     label = "edge-llm" + (f" ({', '.join(args.set)})" if args.set else "")
-    results.append(run(label, serve_ours(port, args.set), port, args.questions, {"priority": "background"}))
-    if args.llama_server:
+    threads = len(os.sched_getaffinity(0))
+
+    def ours() -> dict:
         port = free_port()
-        threads = len(os.sched_getaffinity(0))
-        results.append(run("llama-server", serve_llama(port, args.llama_server, threads), port, args.questions, {}))
-    for r in results:
-        worst, median = (float("nan") if r[k] is None else r[k] for k in ("visitor_ttft_worst_s",
-                                                                           "visitor_ttft_median_s"))
-        print(f"{r['target']:<60} TTFT worst {worst:6.2f} s  median "
-              f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
-              f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}")
+        return run(label, serve_ours(port, args.set), port, args.questions, {"priority": "background"})
+
+    def theirs() -> dict:
+        port = free_port()
+        return run("llama-server", serve_llama(port, args.llama_server, threads), port, args.questions, {})
+
+    results, ratios = [], []
+    for k in range(args.rounds):
+        targets = [ours, theirs] if args.llama_server else [ours]
+        if k % 2:
+            targets.reverse()
+        pair = [{"round": k + 1, **target()} for target in targets]
+        for r in pair:
+            worst, median = (float("nan") if r[key] is None else r[key] for key in ("visitor_ttft_worst_s",
+                                                                                      "visitor_ttft_median_s"))
+            print(f"round {k + 1} {r['target']:<52} TTFT worst {worst:6.2f} s  median "
+                  f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
+                  f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}", flush=True)
+        if len(pair) == 2:
+            a, b = sorted(pair, key=lambda r: r["target"] == "llama-server")
+            ratios.append(a["background_wall_s"] / b["background_wall_s"])
+        results += pair
+    if ratios:
+        print(f"background wall, ours / llama-server: {' '.join(f'{r:.3f}' for r in ratios)}"
+              f"  (median {statistics.median(ratios):.3f})")
     if args.json:
         prior = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else []
         Path(args.json).write_text(json.dumps(prior + results, indent=2))

@@ -89,6 +89,8 @@ class Engine:
                 raise QueueFull(f"{self.num_waiting} requests are waiting (limit {self.max_queue})")
             self._num_pending += 1
         self._inbox.put(("add", req))
+        if req.priority == Priority.INTERACTIVE:  # a step of background prefill stops for it
+            self.backend.interrupt(True)
 
     def cancel(self, req: Request) -> None:
         if not req.is_finished:
@@ -138,6 +140,7 @@ class Engine:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self.backend.interrupt(False)  # what arrives from here on is seen by this step's schedule
                 self._drain_inbox(block=not self.scheduler.has_work)
                 if self.hang_seconds:
                     hang, self.hang_seconds = self.hang_seconds, 0.0
@@ -150,8 +153,8 @@ class Engine:
 
     def step(self) -> None:
         out = self.scheduler.schedule()
-        self._count_admissions(out)
         if out.is_empty:
+            self._count_admissions(out)
             return
         t0 = time.perf_counter()
         try:
@@ -159,6 +162,9 @@ class Engine:
         except Exception as e:
             self._fail_batch(out, str(e))
             raise
+        self._count_admissions(out)
+        if not all(c.done for c in out.chunks):
+            self.metrics.interrupted_steps.inc()
         changed = self.scheduler.postprocess(out, sampled)
         for req in changed:
             if req.is_finished:  # counted before the client can see its end
@@ -177,9 +183,10 @@ class Engine:
             m.preemptions.labels(req.priority.name.lower()).inc()
         if num_resumed:
             m.resumptions.inc(num_resumed)
-        for chunk in out.chunks:
+        for chunk in out.chunks:  # after the batch ran, before postprocess moves num_computed
             req = chunk.request
-            if chunk.start_pos == req.num_reused and req.is_prefilling and not req.num_preemptions:  # first chunk
+            if (chunk.done and chunk.start_pos == req.num_reused and req.is_prefilling
+                    and not req.num_preemptions):  # first chunk
                 m.prompt_tokens.inc(req.num_prompt_tokens)
                 m.reused_tokens.inc(req.num_reused)
                 m.queue_time.labels(req.priority.name.lower()).observe(req.admitted_time - req.arrival_time)

@@ -17,6 +17,8 @@ class EngineMetrics:
         self.preemptions = Counter("edge_llm_preemptions", "Sequences preempted (KV kept as a prefix, resumed later)",
                                    ["priority"], registry=r)
         self.resumptions = Counter("edge_llm_resumptions", "Preempted sequences admitted again", registry=r)
+        self.interrupted_steps = Counter("edge_llm_interrupted_steps", "Steps of background prefill stopped for "
+                                         "an arriving interactive request (their chunks run again)", registry=r)
         self.tpot = Histogram("edge_llm_time_per_output_token_seconds", "Mean decode time per token after the first",
                               registry=r, buckets=LATENCY_BUCKETS)
         self.prompt_tokens = Counter("edge_llm_prompt_tokens", "Prompt tokens admitted", registry=r)

@@ -22,12 +22,16 @@ class ScheduledChunk:
     tokens: list[int]
     start_pos: int  # position of tokens[0] in the sequence
     sample: bool  # sample a token from the logits of the last token
+    done: bool = True  # False: the backend stopped the step before this chunk (nothing of it kept)
 
 
 @dataclass
 class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
     memory_ops: list[MemoryOp] = field(default_factory=list)  # run in order, before the batch
+    # background prefill only: the backend may stop the step when an interactive request
+    # arrives (Backend.interrupt); the chunks it did not finish are marked not done
+    abortable: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -61,7 +65,9 @@ class Scheduler:
     budget before background ones, and when the batch or the KV budget is full, running
     background sequences are preempted (their KV kept as a cached prefix, their request put
     back at the head of the background queue, resumed by recompute when room returns).
-    Background work is never starved: it runs whenever no interactive request waits."""
+    Background work is never starved: it runs whenever no interactive request waits. A step of
+    background work alone is abortable: an interactive request arriving mid-step stops it
+    (Backend.interrupt), and its unfinished chunks are scheduled again."""
 
     STARVATION_S = 5.0  # a request waiting this long is no longer bypassed by smaller ones
 
@@ -151,6 +157,8 @@ class Scheduler:
             while budget > 0 and (req := self._next_admissible(cls)) is not None:
                 self._admit(req, out)
                 budget -= self._add_prefill(out, req, budget)
+        out.abortable = (any(c.request.is_prefilling for c in out.chunks)
+                         and all(c.request.priority == Priority.BACKGROUND for c in out.chunks))
         return out
 
     def _admit(self, req: Request, out: SchedulerOutput) -> None:
@@ -227,8 +235,8 @@ class Scheduler:
         changed = []
         for chunk in out.chunks:
             req = chunk.request
-            if req.is_finished:  # aborted while its batch ran
-                continue
+            if req.is_finished or not chunk.done:  # cancelled while its batch ran, or the step was cut short
+                continue  # (an unfinished chunk is scheduled again: num_computed did not move)
             req.num_computed += len(chunk.tokens)
             if not chunk.sample:
                 continue

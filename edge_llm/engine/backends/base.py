@@ -54,6 +54,13 @@ class Backend(Protocol):
         asks for one; results are keyed by seq_id."""
         ...
 
+    def interrupt(self, requested: bool) -> None:
+        """Any thread: ask the abortable step running now (SchedulerOutput.abortable) to stop at
+        its next checkpoint (True), or withdraw the request (False, the engine loop before it
+        schedules). execute() then keeps no KV of the chunks it did not finish and marks them
+        not done. A runtime that cannot stop a step ignores it."""
+        ...
+
     def release(self, request_id: str) -> None:
         """Forget per-request state (samplers) of a finished request."""
         ...

@@ -1,12 +1,14 @@
-"""GGUF models through llama-cpp-python's low-level API: the weights are memory-mapped,
-one unified KV cache holds every sequence, and one llama_batch per step carries the
-decode tokens of running sequences and the prefill chunks of new ones."""
+"""GGUF models through llama-cpp-python's low-level API: the weights are memory-mapped, the KV
+cache is one pool for every sequence or a stream per slot (the plan's kv_layout), and each
+step's llama_batch carries the decode tokens of running sequences and prefill chunks. A step of
+background prefill alone can be stopped mid-graph by an arriving interactive request."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
+import re
 from pathlib import Path
 
 import llama_cpp as L
@@ -21,14 +23,29 @@ log = logging.getLogger(__name__)
 
 
 GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR = 3, 4  # ggml.h enum ggml_log_level
+DECODE_ABORTED = 2  # llama_decode's return when the abort callback stopped it (llama.h)
+# what llama.cpp logs, as warnings, for a step that we stopped on purpose (status 1 is
+# GGML_STATUS_ABORTED): expected, so logged at debug level
+_ABORT_LOG = re.compile(r"failed with error 1$|compute status: 1$|removing memory module entries|ret = 2$")
 
 
 def _forward_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     if level in (GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR):
-        log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+        line = text.decode("utf-8", "replace").rstrip()
+        log.log(logging.DEBUG if _ABORT_LOG.search(line) else logging.WARNING, "llama.cpp: %s", line)
 
 
 _LOG_CALLBACK = L.llama_log_callback(_forward_log)  # must outlive every llama.cpp call
+
+# The abort check, without Python. ggml's first compute thread calls the ggml_abort_callback,
+# bool (*)(void * data), after every graph node (ggml-cpu.c, ggml_graph_compute_thread); a
+# Python callback takes the GIL each time, which cost a 256-token step 35% (2.6 -> 3.5 s)
+# while another thread ran Python (a PDF being read), and nothing on an idle process. libc's
+# strlen over a two-byte buffer [flag, 0] is 0 or 1 and reads the flag each call; the C ABIs
+# of both targets return it where a bool is returned (x86-64 SysV: al; AArch64: w0).
+_STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+_ABORT_IF_FLAG = L.ggml_abort_callback(_STRLEN)
+_NO_ABORT = L.ggml_abort_callback(0)
 
 
 def default_threads() -> int:
@@ -66,6 +83,7 @@ class LlamaCppBackend:
         self.template = ChatTemplate(self._chat_template(), self._piece(L.llama_vocab_bos(self.vocab), True),
                                      self._piece(L.llama_vocab_eos(self.vocab), True))
         self.ctx = None
+        self._abort = ctypes.create_string_buffer(2)  # [flag, 0]: the abort callback's data
         self._samplers: dict[str, ctypes.c_void_p] = {}
         self._pieces: dict[int, bytes] = {}
 
@@ -148,13 +166,31 @@ class LlamaCppBackend:
                 L.llama_memory_seq_cp(self.memory, op.src_seq_id, op.seq_id, -1, -1)
                 L.llama_memory_seq_rm(self.memory, op.seq_id, op.pos, -1)
         sampled: dict[int, SampledToken] = {}
-        for group in self._groups(out.chunks):
+        groups = self._groups(out.chunks)
+        for k, group in enumerate(groups):
             outputs = self._fill_batch(group)
-            rc = L.llama_decode(self.ctx, self.batch)
+            armed = out.abortable and any(len(c.tokens) > 1 for c in group)  # prefill, not a decode group
+            if armed:
+                L.llama_set_abort_callback(self.ctx, _ABORT_IF_FLAG, ctypes.cast(self._abort, ctypes.c_void_p))
+            try:
+                rc = L.llama_decode(self.ctx, self.batch)
+            finally:
+                if armed:
+                    L.llama_set_abort_callback(self.ctx, _NO_ABORT, None)
+            if rc == DECODE_ABORTED and armed:
+                # llama.cpp removed the failed ubatch's cells; remove all of this call's, in case
+                # it ran as several ubatches. The chunks of this call and the next ones run again.
+                for chunk in (c for g in groups[k:] for c in g):
+                    L.llama_memory_seq_rm(self.memory, chunk.request.seq_id, chunk.start_pos, -1)
+                    chunk.done = False
+                break
             if rc != 0:
                 raise BackendError(f"llama_decode failed with {rc} on a batch of {self.batch.n_tokens} tokens")
             sampled.update(self._sample(outputs))  # before the next decode overwrites the logits
         return sampled
+
+    def interrupt(self, requested: bool) -> None:
+        self._abort[0] = b"\x01" if requested else b"\x00"  # one byte, read by the compute thread's strlen
 
     def _groups(self, chunks: list) -> list[list]:
         """One llama_batch per step with a unified KV cache. With a stream per slot llama.cpp

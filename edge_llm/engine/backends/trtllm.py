@@ -169,6 +169,9 @@ class TrtLlmBackend:
     def release(self, request_id: str) -> None:
         pass  # per-request state (sampling, KV blocks) lives in the executor
 
+    def interrupt(self, requested: bool) -> None:
+        pass  # the executor runs its own iterations: there is no step of ours to stop
+
     def close(self) -> None:
         if self.runner is not None:
             self.executor.shutdown()
