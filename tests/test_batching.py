@@ -196,8 +196,8 @@ def test_a_chat_stops_a_background_prefill_step_whose_work_is_redone_exactly(tmp
         for _ in range(3):  # a chat landing in the instant between two steps interrupts nothing: retry
             d.wait_idle()
             d.engine.call(d.engine.clear_prefix_cache)
-            result = {}
-            bg = threading.Thread(target=lambda: result.update(http.post("/v1/chat/completions", body).json()))
+            result: dict = {}
+            bg = threading.Thread(target=lambda out=result: out.update(http.post("/v1/chat/completions", body).json()))
             bg.start()
             deadline = time.monotonic() + 30
             while not d.engine.num_running and time.monotonic() < deadline:
