@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edge_llm.summarize.pipeline import MAP_PROMPT  # noqa: E402
 from tools.bench import free_port, start  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name a colour.", "What is 2 + 2?", "Say hello.",
@@ -38,6 +39,11 @@ BG_TOKENS, VISITOR_TOKENS, VISITOR_START_S = 64, 16, 1.0
 def document(k: int, sentences: int = 142) -> str:  # about 3,000 tokens
     return " ".join(f"Report {k}.{i}: station {(i * 7 + k) % 31} logged {(i * 13 + k) % 97} litres and "
                     f"{(i * 3 + k) % 11} visitors." for i in range(sentences))
+
+
+def background_prompt(k: int) -> str:
+    """What a summary job sends for one chunk (the pipeline's map prompt): the background work."""
+    return MAP_PROMPT.format(text=document(k))
 
 
 def post(port: int, body: dict, stream: bool) -> tuple[float | None, float]:
@@ -66,9 +72,8 @@ def workload(port: int, questions: int, priority: dict) -> dict:
     t0 = time.monotonic()
 
     def background(k: int):
-        text = "Summarize the following text in a few sentences. Keep names and numbers.\n\n" + document(k)
-        post(port, {"messages": [{"role": "user", "content": text}], "max_tokens": BG_TOKENS, "temperature": 0,
-                    **priority}, stream=False)
+        post(port, {"messages": [{"role": "user", "content": background_prompt(k)}], "max_tokens": BG_TOKENS,
+                    "temperature": 0, **priority}, stream=False)
         bg_end.append(time.monotonic() - t0)
 
     threads = [threading.Thread(target=background, args=(k,)) for k in range(4)]

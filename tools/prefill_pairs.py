@@ -23,7 +23,7 @@ import llama_cpp as L  # noqa: E402
 
 from edge_llm.config import embedded_model_path  # noqa: E402
 from edge_llm.engine.backends.llamacpp import LlamaCppBackend  # noqa: E402
-from tools.mixed_bench import document  # noqa: E402
+from tools.mixed_bench import background_prompt  # noqa: E402
 
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}  # llama.h enum llama_flash_attn_type
 
@@ -103,8 +103,7 @@ def main() -> None:
     backend = LlamaCppBackend(embedded_model_path())
     prompts = []
     for k in range(args.seqs):
-        text = backend.render_chat([{"role": "user", "content": "Summarize the following text in a few sentences."
-                                     " Keep names and numbers.\n\n" + document(k)}])
+        text = backend.render_chat([{"role": "user", "content": background_prompt(k)}])
         prompts.append(backend.tokenize(text, backend.chat_add_special(text)))
     live = [Strategy(backend, prompts, spec, FLASH_ATTN[args.flash_attn]) for spec in (args.a, args.b)]
     a, b = live

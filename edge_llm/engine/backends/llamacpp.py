@@ -84,6 +84,7 @@ class LlamaCppBackend:
                                      self._piece(L.llama_vocab_eos(self.vocab), True))
         self.ctx = None
         self._abort = ctypes.create_string_buffer(2)  # [flag, 0]: the abort callback's data
+        self._abort_data = ctypes.cast(self._abort, ctypes.c_void_p)
         self._samplers: dict[str, ctypes.c_void_p] = {}
         self._pieces: dict[int, bytes] = {}
 
@@ -171,7 +172,7 @@ class LlamaCppBackend:
             outputs = self._fill_batch(group)
             armed = out.abortable and any(len(c.tokens) > 1 for c in group)  # prefill, not a decode group
             if armed:
-                L.llama_set_abort_callback(self.ctx, _ABORT_IF_FLAG, ctypes.cast(self._abort, ctypes.c_void_p))
+                L.llama_set_abort_callback(self.ctx, _ABORT_IF_FLAG, self._abort_data)
             try:
                 rc = L.llama_decode(self.ctx, self.batch)
             finally:
