@@ -208,18 +208,20 @@ class Twin:
         log.close()
         deadline = time.monotonic() + 30
         while not self.pid1:
-            kids = _run(["pgrep", "-P", str(self.nspawn.pid)], capture_output=True, text=True, check=False)
-            self.pid1 = int(kids.stdout.split()[0]) if kids.stdout.split() else 0
+            self.pid1 = container_pid1(self.nspawn.pid)
             if self.nspawn.poll() is not None or time.monotonic() > deadline:
                 raise TwinError(f"systemd-nspawn did not start: {self.console()[-2000:]}")
             time.sleep(0.2)
         # the system bus comes up with the boot; is-system-running --wait needs it
         state, end = "", time.monotonic() + timeout
         while time.monotonic() < end:
+            if self.nspawn.poll() is not None:
+                raise TwinError(f"systemd-nspawn exited {self.nspawn.returncode} during boot: "
+                                f"{self.console()[-2000:]}")
             r = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
-            state = r.stdout.strip()
-            if state in ("running", "degraded", "maintenance"):
-                return state
+            state = r.stdout.strip() or r.stderr.strip()
+            if r.stdout.strip() in ("running", "degraded", "maintenance"):
+                return r.stdout.strip()
             time.sleep(0.5)
         raise TwinError(f"the twin's boot did not finish: {state!r}")
 
@@ -248,6 +250,26 @@ class Twin:
             self.nspawn.wait(30)  # reap it
         self.nspawn, self.pid1 = None, 0
         self.unmount()
+
+
+def container_pid1(nspawn_pid: int) -> int:
+    """The container's PID 1 among nspawn's children, or 0 while it is not there yet.
+
+    systemd-nspawn forks an "outer child" that clones the "inner child" (the one that execs
+    systemd) into the new PID namespace, then exits (src/nspawn/nspawn.c, outer_child()). For a
+    moment nspawn's only child is the outer one, and a PID taken then is dead a moment later:
+    every nsenter into it fails. So the child taken is the one whose PID in its own namespace
+    is 1 (the last field of NSpid in /proc/PID/status, proc(5))."""
+    kids = _run(["pgrep", "-P", str(nspawn_pid)], capture_output=True, text=True, check=False)
+    for kid in kids.stdout.split():
+        try:
+            status = Path(f"/proc/{kid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1":
+            return int(kid)
+    return 0
 
 
 def power_off(pid: int, timeout: float = 90) -> None:
