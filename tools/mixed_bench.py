@@ -9,9 +9,12 @@ median) and the background wall time (t=0 until the last background request is d
 Run-to-run spread on a shared 2-core VM is 10-15%, more than the differences measured, so
 --rounds N runs both targets N times, alternating which goes first, and reports each round's
 ratio (ours / llama-server) and their median: both see the same stretch of machine time.
+--report F... pools the rounds of earlier --json files: the geometric mean of the ratios with a
+95% bootstrap interval, and how many rounds each target won.
 
     .venv/bin/python tools/mixed_bench.py [--llama-server PATH] [--questions 6] [--rounds 1]
                                           [--set k=v ...] [--json F]
+    .venv/bin/python tools/mixed_bench.py --report F [F ...]
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
+import random
 import statistics
 import subprocess
 import sys
@@ -129,6 +134,40 @@ def run(name: str, proc: subprocess.Popen, port: int, questions: int, priority: 
         proc.wait(60)
 
 
+def round_ratios(results: list[dict]) -> list[float]:
+    """Ours / llama-server per round, from a --json file's results (a round is the two results
+    that carry its number; a round without both targets is skipped)."""
+    rounds: dict[int, dict[str, float]] = {}
+    for r in results:
+        who = "theirs" if r["target"] == "llama-server" else "ours"
+        rounds.setdefault(r["round"], {})[who] = r["background_wall_s"]
+    return [r["ours"] / r["theirs"] for _, r in sorted(rounds.items()) if len(r) == 2]
+
+
+def pooled(ratios: list[float], draws: int = 20000, seed: int = 0) -> dict:
+    """Geometric mean of the ratios and a 95% percentile-bootstrap interval for it (resampling
+    rounds; seeded, so a report reads the same twice)."""
+    if not ratios:
+        raise ValueError("no complete rounds to pool")
+    logs = [math.log(r) for r in ratios]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(draws))
+    return {"rounds": len(ratios), "ours_faster": sum(r < 1 for r in ratios),
+            "median": statistics.median(ratios), "geomean": math.exp(statistics.fmean(logs)),
+            "ci95": (math.exp(means[int(0.025 * draws)]), math.exp(means[int(0.975 * draws) - 1]))}
+
+
+def report(paths: list[str]) -> None:
+    ratios = []
+    for path in paths:
+        mine = round_ratios(json.loads(Path(path).read_text()))
+        print(f"{path}: {' '.join(f'{r:.3f}' for r in mine)}")
+        ratios += mine
+    p = pooled(ratios)
+    print(f"pooled {p['rounds']} rounds: ours faster in {p['ours_faster']}, median {p['median']:.3f}, "
+          f"geometric mean {p['geomean']:.3f} (95% bootstrap interval {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f})")
+
+
 def main() -> None:
     import os
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,7 +176,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
     ap.add_argument("--rounds", type=int, default=1, help="run both targets this many times, alternating")
     ap.add_argument("--json", help="append the results to this file")
+    ap.add_argument("--report", nargs="+", metavar="JSON", help="pool the rounds of these --json files; run nothing")
     args = ap.parse_args()
+    if args.report:
+        report(args.report)
+        return
     if args.rounds < 1 or args.questions < 0:
         ap.error("--rounds must be at least 1 and --questions at least 0")
     label = "edge-llm" + (f" ({', '.join(args.set)})" if args.set else "")
