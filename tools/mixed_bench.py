@@ -179,7 +179,10 @@ def main() -> None:
     ap.add_argument("--report", nargs="+", metavar="JSON", help="pool the rounds of these --json files; run nothing")
     args = ap.parse_args()
     if args.report:
-        report(args.report)
+        try:
+            report(args.report)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # not a --json file of this tool
+            ap.error(f"--report: {e!r}")
         return
     if args.rounds < 1 or args.questions < 0:
         ap.error("--rounds must be at least 1 and --questions at least 0")
