@@ -8,9 +8,9 @@ median) and the background wall time (t=0 until the last background request is d
 
 Run-to-run spread on a shared 2-core VM is 10-15%, more than the differences measured, so
 --rounds N runs both targets N times, alternating which goes first, and reports each round's
-ratio (ours / llama-server) and their median: both see the same stretch of machine time.
---report F... pools the rounds of earlier --json files: the geometric mean of the ratios with a
-95% bootstrap interval, and how many rounds each target won.
+ratio (ours / llama-server), pooled: their median, their geometric mean with a 95% bootstrap
+interval, and how many rounds ours won. Both targets of a round see the same stretch of machine
+time. --report F... pools the rounds of earlier --json files the same way.
 
     .venv/bin/python tools/mixed_bench.py [--llama-server PATH] [--questions 6] [--rounds 1]
                                           [--set k=v ...] [--json F]
@@ -157,15 +157,19 @@ def pooled(ratios: list[float], draws: int = 20000, seed: int = 0) -> dict:
             "ci95": (math.exp(means[int(0.025 * draws)]), math.exp(means[int(0.975 * draws) - 1]))}
 
 
+def print_pooled(ratios: list[float]) -> None:
+    p = pooled(ratios)
+    print(f"pooled {p['rounds']} rounds: ours faster in {p['ours_faster']}, median {p['median']:.3f}, "
+          f"geometric mean {p['geomean']:.3f} (95% bootstrap interval {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f})")
+
+
 def report(paths: list[str]) -> None:
     ratios = []
     for path in paths:
         mine = round_ratios(json.loads(Path(path).read_text()))
         print(f"{path}: {' '.join(f'{r:.3f}' for r in mine)}")
         ratios += mine
-    p = pooled(ratios)
-    print(f"pooled {p['rounds']} rounds: ours faster in {p['ours_faster']}, median {p['median']:.3f}, "
-          f"geometric mean {p['geomean']:.3f} (95% bootstrap interval {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f})")
+    print_pooled(ratios)
 
 
 def main() -> None:
@@ -197,7 +201,7 @@ def main() -> None:
         port = free_port()
         return run("llama-server", serve_llama(port, args.llama_server, threads), port, args.questions, {})
 
-    results, ratios = [], []
+    results = []
     for k in range(args.rounds):
         targets = [ours, theirs] if args.llama_server else [ours]
         if k % 2:
@@ -209,13 +213,11 @@ def main() -> None:
             print(f"round {k + 1} {r['target']:<52} TTFT worst {worst:6.2f} s  median "
                   f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
                   f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}", flush=True)
-        if len(pair) == 2:
-            a, b = sorted(pair, key=lambda r: r["target"] == "llama-server")
-            ratios.append(a["background_wall_s"] / b["background_wall_s"])
         results += pair
+    ratios = round_ratios(results)
     if ratios:
-        print(f"background wall, ours / llama-server: {' '.join(f'{r:.3f}' for r in ratios)}"
-              f"  (median {statistics.median(ratios):.3f})")
+        print(f"background wall, ours / llama-server: {' '.join(f'{r:.3f}' for r in ratios)}")
+        print_pooled(ratios)
     if args.json:
         prior = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else []
         Path(args.json).write_text(json.dumps(prior + results, indent=2))
