@@ -9,18 +9,22 @@
 # --torch-wheel, NVIDIA's CUDA build of torch for JetPack 6.1 (PyPI's aarch64 torch is
 # CPU-only), and cuSPARSELt (README4Jetson 1.2: PyTorch's install_cusparselt.sh, fetched
 # unless --cusparselt-script names a local copy). --cpu: llama.cpp for the CPU cores instead of
-# CUDA sm_87 (the device twin, tools/device_twin.py; or a board whose CUDA is not installed).
+# CUDA sm_87 (a board whose CUDA is not installed). --swap-gb: the swap file's size (default: half
+# of the RAM, 4 to 16 GiB, the rule of `edge-llm plan`, read from /proc/meminfo: no model is loaded).
 # Written from NVIDIA's documented JetPack 6.1 facts (shared JETSON.md); it has not been
 # run on an Orin by its authors: see the README's "Not yet run on hardware".
 set -euo pipefail
 
-SRC=$(cd "$(dirname "$0")/.." && pwd)
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREFIX=/opt/edge-llm
 VENV=$PREFIX/venv
 CONF_DIR=/etc/edge-llm
 UNIT_DIR=/etc/systemd/system
 SWAPFILE=/var/swap-edge-llm
 L4T_RELEASE_FILE=${L4T_RELEASE_FILE:-/etc/nv_tegra_release}
+MEMINFO=${MEMINFO:-/proc/meminfo}
+# JetPack's CUDA (nvidia-jetpack -> cuda-nvcc-12-6): /usr/local/cuda/bin is on no unit's PATH
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 # jetson-stats 4.2.x is an sdist whose install (pip as root) installs and starts jtop.service;
 # 7.x is a wheel that installs no service (JETSON.md): pin what we install the service of.
 JETSON_STATS=4.2.12
@@ -29,8 +33,9 @@ CUSPARSELT_URL=https://raw.githubusercontent.com/pytorch/pytorch/9b424aac1d70f36
 DRY=0 MAXN=0 HEADLESS=0 KIOSK=0 FORCE=0 CPU=0
 TRTLLM_WHEEL="" TORCH_WHEEL="" CUSPARSELT_SCRIPT="" WHEELHOUSE="" SWAP_GB=""
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
+parse_args() {
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY=1 ;;
@@ -53,6 +58,7 @@ if [ -n "$TRTLLM_WHEEL" ] && [ -z "$TORCH_WHEEL" ]; then
   echo "install.sh: --trtllm-wheel needs --torch-wheel (NVIDIA's CUDA torch for JetPack 6.1; PyPI's is CPU-only)" >&2
   exit 2
 fi
+}
 
 say() { printf '==> %s\n' "$*"; }
 run() {  # an action: printed in dry-run mode, done otherwise
@@ -128,9 +134,6 @@ pip_args() {  # offline installs read a wheelhouse carried onto the device
 }
 
 python_env() {
-  local pip=("$VENV/bin/python" -m pip install -q)
-  local extra=()
-  mapfile -t extra < <(pip_args)
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV (it sees JetPack's TensorRT Python bindings)"
     run python3 -m venv --system-site-packages "$VENV"
@@ -138,35 +141,56 @@ python_env() {
   if [ -n "$TRTLLM_WHEEL" ]; then
     trtllm_prerequisites
     if ! "$VENV/bin/python" -c 'import tensorrt_llm' >/dev/null 2>&1; then
-      say "installing TensorRT-LLM 0.12.0-jetson from $TRTLLM_WHEEL"
-      run "${pip[@]}" "${extra[@]}" "$TRTLLM_WHEEL"
+      trtllm_wheel
     fi
   else
     say "no --trtllm-wheel: the daemon will use llama.cpp ($([ "$CPU" = 1 ] && echo "on the CPU" || echo "on CUDA, sm_87")) until an engine is installed"
   fi
   jtop_service
-  local cuda=(EDGE_LLM_CUDA=1 CUDA_ARCH=87)
+  local extra=() cuda=(EDGE_LLM_CUDA=0)
+  mapfile -t extra < <(pip_args)
   if [ "$CPU" = 1 ]; then
     say "installing edge-llm (llama.cpp for the CPU: --cpu)"
-    cuda=(EDGE_LLM_CUDA=0)
   else
     say "installing edge-llm (llama.cpp built for CUDA sm_87 as the fallback engine)"
+    check_nvcc
+    mapfile -t cuda < <(cuda_env)
   fi
   run env "${cuda[@]}" PYTHON="$VENV/bin/python" VENV="$VENV" \
     PIP_EXTRA="${extra[*]}" "$SRC/tools/setup.sh" jetson
 }
 
+check_nvcc() {
+  if [ "$DRY" = 0 ] && ! "$CUDA_HOME/bin/nvcc" --version >/dev/null; then
+    echo "install.sh: no CUDA compiler at $CUDA_HOME/bin/nvcc (nvidia-jetpack installs it); --cpu builds for the CPU" >&2
+    exit 1
+  fi
+}
+
+cuda_env() {  # the environment of a CUDA build of llama.cpp, one VAR=value a line
+  # A unit's PATH has no /usr/local/cuda/bin, and CMake's CUDA check looks only at $CUDACXX,
+  # $CUDA_PATH and PATH (CMakeDetermineCUDACompiler.cmake): without these, "No
+  # CMAKE_CUDA_COMPILER could be found" (ggml-org/llama.cpp issues 13527, 14558)
+  printf '%s\n' EDGE_LLM_CUDA=1 CUDA_ARCH=87 "CUDACXX=$CUDA_HOME/bin/nvcc" "CUDA_PATH=$CUDA_HOME" \
+    "PATH=$CUDA_HOME/bin:$PATH"
+}
+
 trtllm_prerequisites() {  # README4Jetson 1.2
   local pip=("$VENV/bin/python" -m pip install -q) extra=() script=$CUSPARSELT_SCRIPT
   mapfile -t extra < <(pip_args)
-  if ! ldconfig -p | grep -q libcusparseLt; then
+  # grep reads all of ldconfig's output: `grep -q` exits at the first match and, under pipefail,
+  # ldconfig's SIGPIPE would make a present library look missing
+  if ! ldconfig -p | grep libcusparseLt >/dev/null; then
     if [ -z "$script" ]; then
       script=/tmp/install_cusparselt.sh
       say "fetching PyTorch's install_cusparselt.sh (README4Jetson 1.2)"
       run curl -fsSL -o "$script" "$CUSPARSELT_URL"
     fi
     say "installing cuSPARSELt for CUDA $CUDA_VERSION"
-    run env CUDA_VERSION="$CUDA_VERSION" bash "$script"
+    # the script runs `mkdir tmp_cusparselt` (no -p) where it is started: in a fresh folder each
+    # time, or one failed attempt makes every retry fail
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    run env CUDA_VERSION="$CUDA_VERSION" bash -c 'cd "$(mktemp -d)" && exec bash "$0"' "$(realpath -m "$script")"
   fi
   if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' >/dev/null 2>&1; then
     say "installing the CUDA torch for JetPack 6.1 from $TORCH_WHEEL"
@@ -175,21 +199,48 @@ trtllm_prerequisites() {  # README4Jetson 1.2
   run "${pip[@]}" "${extra[@]}" numpy==1.26.1
 }
 
+trtllm_wheel() {
+  # The wheel's requirements (requirements-jetson.txt on the branch) name `torch @ https://...`,
+  # which pip fetches even with --no-index, and nvidia-modelopt~=0.15.0, which has no aarch64
+  # build: the wheel goes in with --no-deps and its needs are installed explicitly, as
+  # dusty-nv/jetson-containers does (packages/llm/tensorrt_optimizer/tensorrt_llm/install.sh)
+  local pip=("$VENV/bin/python" -m pip install -q) extra=() needs=() listed
+  mapfile -t extra < <(pip_args)
+  if [ "$DRY" = 1 ] && [ ! -f "$TRTLLM_WHEEL" ]; then
+    listed="<the needs listed in $(basename "$TRTLLM_WHEEL")>"
+  else
+    listed=$(python3 "$SRC/jetpack/trtllm_needs.py" "$TRTLLM_WHEEL")
+  fi
+  mapfile -t needs <<< "$listed"
+  say "installing TensorRT-LLM 0.12.0-jetson from $TRTLLM_WHEEL (--no-deps) and its needs: ${needs[*]}"
+  run "${pip[@]}" "${extra[@]}" "${needs[@]}"
+  run "${pip[@]}" "${extra[@]}" --no-deps "$TRTLLM_WHEEL"
+}
+
 jtop_service() {
-  local extra=()
+  local extra=() shim
   mapfile -t extra < <(pip_args)
   if [ "$(pip3 show jetson-stats 2>/dev/null | sed -n 's/^Version: //p')" != "$JETSON_STATS" ]; then
     say "installing jetson-stats $JETSON_STATS with pip as root (its install adds jtop.service)"
-    run pip3 install -q "${extra[@]}" "jetson-stats==$JETSON_STATS"
+    # Its setup.py runs `systemctl start jtop.service` and waits with no timeout (jtop/service.py
+    # install_service, jtop/core/command.py); jtop.service is After=multi-user.target, which at
+    # first boot waits for this script: pip would wait for itself. Its systemctl gets --no-block.
+    if [ "$DRY" = 1 ]; then
+      shim="<a folder whose systemctl adds --no-block to start>"
+    else
+      shim=$(mktemp -d)
+      systemctl_no_block "$(command -v systemctl)" > "$shim/systemctl"
+      chmod 755 "$shim/systemctl"
+    fi
+    run env PATH="$shim:$PATH" pip3 install -q "${extra[@]}" "jetson-stats==$JETSON_STATS"
+    [ "$DRY" = 1 ] || rm -rf "$shim"
   fi
   if [ "$DRY" = 0 ] && ! systemctl cat jtop.service >/dev/null 2>&1; then
     echo "install.sh: jetson-stats $JETSON_STATS did not install jtop.service; telemetry would fall back to" \
       "psutil. Reinstall it as root: sudo pip3 install --force-reinstall jetson-stats==$JETSON_STATS" >&2
     exit 1
   fi
-  # --no-block: jetson-stats' jtop.service is After=multi-user.target, so at first boot (this
-  # script in a unit that multi-user.target waits for) a blocking start would wait for itself
-  # (found by the device twin)
+  # --no-block: the same cycle for our own start (found by the device twin)
   run systemctl enable jtop.service
   run systemctl start --no-block jtop.service
   # /run/jtop.sock is 0660 root:jtop: the daemon reads jtop only as a member of group jtop
@@ -197,6 +248,15 @@ jtop_service() {
     say "adding edge-llm to group jtop"
     run usermod -a -G jtop edge-llm
   fi
+}
+
+systemctl_no_block() {  # systemctl_no_block REAL: prints a systemctl that never waits for a start job
+  cat <<EOF
+#!/bin/sh
+# written by edge-llm's install.sh for jetson-stats' setup.py: a start job is never waited for
+if [ "\${1:-}" = start ]; then exec $1 --no-block "\$@"; fi
+exec $1 "\$@"
+EOF
 }
 
 config_file() {
@@ -233,19 +293,17 @@ units() {
   if [ "$MAXN" = 1 ]; then run systemctl enable edge-llm-clocks.service; fi
 }
 
+swap_gb() {  # half of the RAM, 4 to 16 GiB (planner.recommend_swap's rule), without loading a model
+  local kb
+  kb=$(awk '/^MemTotal:/ {print $2}' "$MEMINFO")
+  echo $(( kb / 2 / 1024 / 1024 < 4 ? 4 : (kb / 2 / 1024 / 1024 > 16 ? 16 : kb / 2 / 1024 / 1024) ))
+}
+
 swap() {
-  local gb=$SWAP_GB bytes have
-  if [ -z "$gb" ]; then
-    if [ -x "$VENV/bin/edge-llm" ]; then
-      bytes=$("$VENV/bin/edge-llm" plan --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["plan"]["recommended_swap_bytes"])')
-      gb=$(( bytes / 1024 / 1024 / 1024 ))
-    else
-      gb=16  # what `edge-llm plan` recommends on a 64 GB Orin
-    fi
-  fi
+  local gb=${SWAP_GB:-$(swap_gb)} have
   have=$(stat -c %s "$SWAPFILE" 2>/dev/null || echo 0)
   if [ "$have" -ne $(( gb * 1024 * 1024 * 1024 )) ]; then
-    say "swap file $SWAPFILE of $gb GiB (edge-llm plan: swap gives other processes room; it cannot hold the KV cache)"
+    say "swap file $SWAPFILE of $gb GiB (swap gives other processes room; it cannot hold the KV cache)"
     if swapon --show=NAME --noheadings | grep -qx "$SWAPFILE"; then run swapoff "$SWAPFILE"; fi
     run fallocate -l "${gb}G" "$SWAPFILE"
     run chmod 600 "$SWAPFILE"
@@ -270,6 +328,12 @@ power() {
     say "booting to multi-user.target (the desktop holds about 800 MB)"
     run systemctl set-default multi-user.target
   fi
+  # set-default applies from the next boot: on this one gdm may still hold the display the
+  # kiosk wants (and its memory)
+  if [ "$HEADLESS" = 1 ] && systemctl is-active --quiet display-manager.service 2>/dev/null; then
+    say "stopping the display manager now (it does not start again at boot)"
+    run systemctl stop --no-block display-manager.service
+  fi
   if [ "$MAXN" = 1 ]; then
     say "MAXN power mode (kept across reboots by nvpmodel) and locked clocks (edge-llm-clocks.service at boot)"
     run nvpmodel -m 0
@@ -278,6 +342,7 @@ power() {
 }
 
 main() {
+  parse_args "$@"
   if [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then echo "install.sh: run as root (or with --dry-run)" >&2; exit 1; fi
   check_l4t
   apt_packages
@@ -290,4 +355,5 @@ main() {
   say "done; start it with: systemctl start edge-llm  (status: systemctl status edge-llm)"
 }
 
-main
+# sourced (the tests call one step at a time): only define
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

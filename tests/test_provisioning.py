@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,21 @@ WHEEL = "/w/tensorrt_llm-0.12.0-cp310-cp310-linux_aarch64.whl"
 TORCH = "/w/torch-2.5.0a0+872d972e41.nv24.08-cp310-cp310-linux_aarch64.whl"
 
 
-def install_sh(tmp_path, release: str | None, *args):
+def install_sh(tmp_path, release: str | None, *args, ram_kb: int = 64 << 20):
     env = dict(os.environ)
     if release is not None:
         (tmp_path / "nv_tegra_release").write_text(release)
     env["L4T_RELEASE_FILE"] = str(tmp_path / "nv_tegra_release")
+    (tmp_path / "meminfo").write_text(f"MemTotal:       {ram_kb} kB\nMemFree:        1000 kB\n")
+    env["MEMINFO"] = str(tmp_path / "meminfo")
     return subprocess.run(["bash", str(ROOT / "jetpack/install.sh"), *args], capture_output=True, text=True, env=env)
+
+
+def install_step(script: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """install.sh sourced (its steps defined, nothing run), then `script`."""
+    return subprocess.run(["bash", "-c", f'set -euo pipefail; source "$1"; {script}', "bash",
+                           str(ROOT / "jetpack/install.sh")],
+                          capture_output=True, text=True, env=env or dict(os.environ), timeout=timeout)
 
 
 def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path):
@@ -31,13 +41,14 @@ def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path):
     out = r.stdout
     actions = ["nvidia-jetpack", "python3-libnvinfer", "cage cog",
                "+ python3 -m venv --system-site-packages /opt/edge-llm/venv",
-               "+ env CUDA_VERSION=12.6 bash /tmp/install_cusparselt.sh",
+               "+ env CUDA_VERSION=12.6 bash -c cd \"$(mktemp -d)\" && exec bash \"$0\" /tmp/install_cusparselt.sh",
                f"-m pip install -q {TORCH}", "-m pip install -q numpy==1.26.1",
-               f"-m pip install -q {WHEEL}",
-               "+ pip3 install -q jetson-stats==4.2.12", "+ systemctl enable jtop.service",
+               f"-m pip install -q --no-deps {WHEEL}",
+               "pip3 install -q jetson-stats==4.2.12", "+ systemctl enable jtop.service",
                "+ systemctl start --no-block jtop.service",  # After=multi-user.target: no blocking start at first boot
                "+ usermod -a -G jtop edge-llm",
-               "EDGE_LLM_CUDA=1 CUDA_ARCH=87",
+               "EDGE_LLM_CUDA=1 CUDA_ARCH=87 CUDACXX=/usr/local/cuda/bin/nvcc CUDA_PATH=/usr/local/cuda "
+               "PATH=/usr/local/cuda/bin:",
                f"+ install -m 0644 {ROOT}/systemd/edge-llm.service /etc/systemd/system/edge-llm.service",
                "+ systemctl enable edge-llm.service", "+ systemctl enable edge-llm-kiosk.service",
                "+ systemctl enable edge-llm-clocks.service",
@@ -48,6 +59,7 @@ def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path):
     # CUDA torch before TensorRT-LLM; jtop's group only once jetson-stats made it
     assert out.find(TORCH) < out.find(WHEEL) and out.find("jtop.service") < out.find("usermod -a -G jtop")
     assert "chromium" not in out and "jetson-stats>=" not in out
+    assert "edge-llm plan" not in r.stdout + r.stderr  # swap is sized without loading a model
     assert not Path("/opt/edge-llm").exists() and not Path("/var/swap-edge-llm").exists()
 
 
@@ -127,6 +139,8 @@ def test_overlay_installs_files_units_and_first_boot(tmp_path, capsys):
     assert ("ExecStart=/opt/edge-llm/src/jetpack/install.sh --headless --kiosk --trtllm-wheel "
             f"/opt/edge-llm/wheels/{wheel.name} --torch-wheel /opt/edge-llm/wheels/{torch.name}") in firstboot
     assert "ConditionPathExists=!/var/lib/edge-llm/.provisioned" in firstboot
+    # apt refuses a repository whose Release file is dated after a board's wrong clock
+    assert "After=network-online.target NetworkManager.service time-sync.target\n" in firstboot
     # L4T disables NetworkManager-wait-online: wait for NetworkManager itself, retry on failure
     assert "ExecStartPre=/usr/bin/nm-online -s -q" in firstboot and "Restart=on-failure" in firstboot
     assert "ExecStartPost=/bin/systemctl disable edge-llm-firstboot.service" in firstboot
@@ -199,3 +213,144 @@ def test_first_boot_unit_verifies(tmp_path):
     unit = l4t / "rootfs/etc/systemd/system/edge-llm-firstboot.service"
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert [line for line in r.stderr.splitlines() if line and "is not executable" not in line] == []
+
+
+# -- first boot on the device's own path, step by step (the twin runs them all for real) ---------
+
+def fake_bin(tmp_path: Path, **scripts: str) -> dict:
+    """An environment whose PATH starts with a folder of stand-in commands (sh scripts)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (bindir / name).write_text("#!/bin/sh\n" + body)
+        (bindir / name).chmod(0o755)
+    return dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", LOG=str(tmp_path / "calls.log"))
+
+
+def test_jetson_stats_setup_py_does_not_wait_for_jtop_at_first_boot(tmp_path):
+    """jetson-stats 4.2.12's setup.py (pip as root) runs `systemctl start jtop.service` with no
+    timeout (jtop/service.py install_service, jtop/core/command.py). At first boot that start job
+    waits for multi-user.target, which waits for install.sh: here a systemctl that blocks on a
+    start job without --no-block stands for it, and pip3 does what that setup.py does."""
+    env = fake_bin(tmp_path, systemctl="""echo "systemctl $*" >> "$LOG"
+case " $* " in *" start "*) case " $* " in *" --no-block "*) ;; *) sleep 600 ;; esac ;; esac  # the job waits
+exit 0
+""", pip3="""[ "$1" = show ] && exit 1
+echo "pip3 $*" >> "$LOG"
+systemctl daemon-reload && systemctl enable jtop.service && systemctl start jtop.service
+""", usermod='echo "usermod $*" >> "$LOG"')
+    r = install_step("DRY=0; jtop_service", env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert "pip3 install -q jetson-stats==4.2.12" in calls
+    assert "systemctl --no-block start jtop.service" in calls  # setup.py's own start, not waited for
+    assert "systemctl start jtop.service" not in calls
+    assert "systemctl daemon-reload" in calls and "systemctl start --no-block jtop.service" in calls
+
+
+CMAKE_CUDA_PROBE = "cmake_minimum_required(VERSION 3.18)\nproject(probe LANGUAGES CUDA)\n"
+UNIT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's PATH for units
+
+
+@pytest.mark.skipif(not shutil.which("cmake"), reason="cmake not installed")
+def test_cuda_build_from_a_unit_finds_nvcc_the_way_cmake_looks(tmp_path):
+    """A unit's PATH has no /usr/local/cuda/bin: CMake's CUDA check (CMakeDetermineCUDACompiler)
+    then stops with "No CMAKE_CUDA_COMPILER could be found". The real CMake runs here on a probe
+    project, in the environment install.sh gives tools/setup.sh; the nvcc is a STAND-IN that
+    records its calls and compiles nothing, so CMake gets as far as asking it and no further."""
+    cuda = tmp_path / "cuda"
+    (cuda / "bin").mkdir(parents=True)
+    (cuda / "bin/nvcc").write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "Cuda compilation tools, release 12.6"; '
+                                   f'exit 0; }}\necho "nvcc $*" >> {tmp_path}/nvcc.log\n'
+                                   'echo "STAND-IN nvcc: compiles nothing" >&2; exit 1\n')
+    (cuda / "bin/nvcc").chmod(0o755)
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe/CMakeLists.txt").write_text(CMAKE_CUDA_PROBE)
+    r = install_step("DRY=0; CPU=0; check_nvcc; cuda_env",
+                     dict(os.environ, CUDA_HOME=str(cuda), PATH=UNIT_PATH))
+    assert r.returncode == 0, r.stderr
+    build_env = r.stdout.split()
+    assert f"CUDACXX={cuda}/bin/nvcc" in build_env
+
+    def cmake(env_words):
+        return subprocess.run(["env", "-i", f"PATH={UNIT_PATH}", *env_words, shutil.which("cmake"), "-S",
+                               str(tmp_path / "probe"), "-B", str(tmp_path / f"build{len(env_words)}")],
+                              capture_output=True, text=True)
+    if not shutil.which("nvcc", path=UNIT_PATH):  # the unit's environment alone: the defect
+        bare = cmake([])
+        assert "No CMAKE_CUDA_COMPILER could be found" in bare.stdout + bare.stderr
+    found = cmake(build_env)
+    assert "No CMAKE_CUDA_COMPILER could be found" not in found.stdout + found.stderr
+    assert (tmp_path / "nvcc.log").read_text().strip(), "CMake never ran the nvcc it was given"
+
+
+def test_install_stops_early_when_jetpack_left_no_nvcc(tmp_path):
+    r = install_step("DRY=0; CPU=0; check_nvcc", dict(os.environ, CUDA_HOME=str(tmp_path / "none")))
+    assert r.returncode == 1 and "no CUDA compiler at" in r.stderr and "--cpu" in r.stderr
+
+
+@pytest.mark.parametrize("ram_gib", [8, 16, 30, 62, 64])
+def test_swap_is_sized_from_ram_alone_by_the_planners_rule(tmp_path, ram_gib):
+    """`edge-llm plan --json` loaded the model (CUDA, as root) during provisioning, and any failure
+    aborted install.sh. The size depends only on RAM (planner.recommend_swap)."""
+    from edge_llm.planner import recommend_swap
+    from edge_llm.telemetry import Snapshot
+    kb = ram_gib << 20
+    (tmp_path / "meminfo").write_text(f"MemTotal:       {kb} kB\n")
+    r = install_step("swap_gb", dict(os.environ, MEMINFO=str(tmp_path / "meminfo")))
+    assert r.returncode == 0, r.stderr
+    want = recommend_swap(Snapshot("test", ram_total_bytes=kb << 10, ram_available_bytes=0, ram_used_bytes=0)) >> 30
+    assert int(r.stdout) == want
+    dry = install_sh(tmp_path, R36_4, "--dry-run", ram_kb=kb)
+    assert f"+ fallocate -l {want}G /var/swap-edge-llm" in dry.stdout and "edge-llm plan" not in dry.stdout
+
+
+def test_cusparselt_present_is_not_reinstalled_despite_sigpipe(tmp_path):
+    """`ldconfig -p | grep -q` under pipefail: grep exits at the first match, ldconfig dies of
+    SIGPIPE and the pipeline fails, so a present library looked missing."""
+    env = fake_bin(tmp_path, ldconfig='echo "\tlibcusparseLt.so.0 (libc6,AArch64) => /usr/lib/libcusparseLt.so.0"\n'
+                                      'exec seq 1 2000000\n')
+    r = install_step(f"DRY=1; VENV={tmp_path}/venv; TORCH_WHEEL=/w/torch.whl; trtllm_prerequisites", env)
+    assert r.returncode == 0, r.stderr
+    assert "cuSPARSELt" not in r.stdout, r.stdout
+
+
+def test_cusparselt_retry_after_a_failed_attempt_runs_the_script_again(tmp_path):
+    """PyTorch's install_cusparselt.sh starts with `mkdir tmp_cusparselt` (no -p) where it runs:
+    after one failed attempt (e.g. its download), every retry of the first-boot unit failed there."""
+    script = tmp_path / "install_cusparselt.sh"
+    script.write_text('mkdir tmp_cusparselt && cd tmp_cusparselt && echo "made $PWD" >> "$LOG"\n'
+                      'echo "curl: (6) Could not resolve host" >&2; exit 1\n')
+    env = fake_bin(tmp_path, ldconfig="exit 0\n")
+    for _ in range(2):
+        r = subprocess.run(["bash", "-c", 'set -euo pipefail; source "$1"; DRY=0; CUSPARSELT_SCRIPT=$2; '
+                            'trtllm_prerequisites', "bash", str(ROOT / "jetpack/install.sh"), str(script)],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert r.returncode != 0 and "Could not resolve host" in r.stderr, r.stderr
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == 2  # the script got as far both times
+
+
+def test_trtllm_wheel_installs_offline_with_no_deps_and_its_needs_named(tmp_path):
+    """The v0.12.0-jetson wheel's Requires-Dist (requirements-jetson.txt) has `torch @ https://...`
+    and nvidia-modelopt~=0.15.0 (no aarch64 build): a STAND-IN wheel with that metadata installs
+    offline with --no-deps (real pip), and its needs are installed by name, without those two."""
+    from tools.twin import trtllm_wheel
+    wheel = trtllm_wheel.build(tmp_path)
+    r = subprocess.run([sys.executable, str(ROOT / "jetpack/trtllm_needs.py"), str(wheel)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    needs = r.stdout.split()
+    assert "accelerate>=0.25.0" in needs and "h5py==3.10.0" in needs and "mpi4py" in needs
+    assert not [n for n in needs if n.startswith(("torch", "nvidia-modelopt", "click", "pydantic")) or "@" in n]
+    assert "torch@ https://" in r.stderr and "nvidia-modelopt~=0.15.0" in r.stderr
+    step = install_step(f"DRY=1; VENV=/v; WHEELHOUSE={tmp_path}/wh; TRTLLM_WHEEL={wheel}; trtllm_wheel")
+    assert step.returncode == 0, step.stderr
+    lines = step.stdout.splitlines()
+    assert f"+ /v/bin/python -m pip install -q --no-index --find-links {tmp_path}/wh {' '.join(needs)}" in lines
+    assert f"+ /v/bin/python -m pip install -q --no-index --find-links {tmp_path}/wh --no-deps {wheel}" in lines
+    (tmp_path / "wh").mkdir()
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links",
+                          str(tmp_path / "wh"), "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    assert (tmp_path / "site/tensorrt_llm-0.12.0.dist-info/METADATA").is_file()

@@ -26,10 +26,11 @@ SOURCE_ITEMS = ["setup.py", "README.md", "ruff.toml", "edge_llm", "jetpack", "sy
 BOARD = "jetson-agx-orin-devkit"
 # L4T disables NetworkManager-wait-online, so network-online.target says nothing about DHCP:
 # nm-online -s waits for NetworkManager's own startup to finish (what wait-online does), and
-# a failed run (apt unreachable) is retried every minute until it succeeds.
+# a failed run (apt unreachable) is retried every minute until it succeeds. After=time-sync.target:
+# apt refuses repositories whose Release files are dated in the future of a board's wrong clock.
 FIRSTBOOT_UNIT = """[Unit]
 Description=edge-llm first-boot provisioning (runs jetpack/install.sh once)
-After=network-online.target NetworkManager.service
+After=network-online.target NetworkManager.service time-sync.target
 Wants=network-online.target
 Before=edge-llm.service
 ConditionPathExists=!/var/lib/edge-llm/.provisioned
