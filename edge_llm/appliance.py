@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from edge_llm import planner
+from edge_llm import planner, pressure
 from edge_llm.config import Config
 from edge_llm.engine.backends.base import ContextShape
 from edge_llm.engine.loop import Engine
@@ -18,16 +18,16 @@ MiB = 1 << 20
 
 
 def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
-                       gpu_offload: bool = False) -> planner.Policy:
+                       gpu_offload: bool = False, total_bytes: int | None = None) -> planner.Policy:
     """User caps, tightened by the limits a TensorRT-LLM engine was built with (runtime
-    limits must not exceed them)."""
+    limits must not exceed them). total_bytes: the RAM the plan sees (scales the reserve)."""
     lim, p = cfg.limits, cfg.planner
     caps = {name: getattr(lim, name) for name in planner.LIMITS}
     for name, built in (build_limits or {}).items():
         if name in caps:
             caps[name] = min(caps[name], built) if caps[name] else built
     return planner.Policy(
-        reserve_bytes=p.reserve_mb * MiB, default_max_batch_size=p.default_max_batch_size,
+        reserve_bytes=pressure.reserve_bytes(p, total_bytes), default_max_batch_size=p.default_max_batch_size,
         default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps,
         gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB,
         per_sequence_kv={"per_slot": True, "unified": False}.get(cfg.model.kv_layout)
@@ -63,7 +63,8 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     on_step("mapping the model")
     backend = load_backend(cfg)
     on_step("planning memory")
-    policy = policy_from_config(cfg, getattr(backend, "build_limits", None), getattr(backend, "gpu_offload", False))
+    policy = policy_from_config(cfg, getattr(backend, "build_limits", None), getattr(backend, "gpu_offload", False),
+                                snapshot.ram_total_bytes)
     plan = planner.plan(backend.profile, snapshot, policy)
     log_plan(plan)
     on_step(f"allocating {plan.kv_cache_tokens} KV tokens")

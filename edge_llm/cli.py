@@ -52,7 +52,7 @@ def cmd_plan(args) -> int:
         backend = LlamaCppBackend(cfg.model_path, n_gpu_layers=cfg.model.n_gpu_layers, name=cfg.model_id)
         snap = Sampler(open_sources()).read()
         rows.append(("this machine", snap, backend.profile))
-        policy = policy_from_config(cfg, gpu_offload=backend.gpu_offload)
+        policy = policy_from_config(cfg, gpu_offload=backend.gpu_offload, total_bytes=snap.ram_total_bytes)
         backend.close()
     devices = args.device or (list(profiles.DEVICES) if args.all else [])
     models = args.model_profile or list(profiles.MODELS)

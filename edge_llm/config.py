@@ -38,7 +38,10 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)  # other web origins allowed to call the API (CORS)
     max_body_bytes: int = 1_048_576  # larger request bodies get 413
     max_document_bytes: int = 20_971_520  # summarization uploads
-    threads: int = 32  # WSGI worker threads (each streaming client holds one)
+    threads: int = 0  # WSGI worker threads (each waiting or streaming client holds one); 0 = from the plan
+    connection_limit: int = 0  # open connections (idle or slow ones too); 0 = from the open-file limit
+    channel_timeout_s: float = 30.0  # an idle connection (no request being served) is closed after this
+    queue_timeout_s: float = 60.0  # a request not admitted this long gets 503 (busy, or memory paused)
 
 
 @dataclass
@@ -70,10 +73,11 @@ class LimitsConfig:
 
 @dataclass
 class PlannerConfig:
-    reserve_mb: int = 1024  # kept free for the OS, the kiosk browser and others
+    reserve_mb: int = 0  # kept free for the OS, the kiosk browser and others; 0 = 25% of RAM, at most 1024
     gpu_reserve_mb: int = 1024  # kept free on a discrete GPU (CUDA context, other programs)
-    low_water_mb: int = 512  # below this available RAM, stop admitting
-    critical_mb: int = 256  # below this, end the newest sequences
+    low_water_mb: int = 0  # below this available RAM, stop admitting; 0 = 10% of RAM, at most 512
+    critical_mb: int = 0  # below this, end the newest sequences; 0 = 5% of RAM, at most 256
+    # the watermarks are kept below half the reserve the plan leaves (pressure.watermarks)
     default_max_batch_size: int = 8  # plan ceiling when the user sets no cap
     default_max_seq_len: int = 4096  # plan ceiling when the user sets no cap
 
@@ -96,6 +100,8 @@ class SummarizeConfig:
     max_pdf_pages: int = 500  # longer PDFs get 413
     extract_timeout_s: float = 120.0  # a job whose text extraction takes longer fails
     retention_days: float = 30.0  # finished jobs are deleted after this; 0 = keep forever
+    max_jobs: int = 2  # jobs summarized at once (their chunks share the engine's batch)
+    max_chunks: int = 256  # parts one document may have; a longer one ends with an error; 0 = no bound
 
 
 @dataclass
@@ -236,9 +242,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"server.host={s.host} is not loopback: set server.api_key (EDGE_LLM_SERVER_API_KEY) "
             "so that only clients with the key can use the model")
-    for name in ("max_body_bytes", "max_document_bytes", "threads"):
+    for name in ("max_body_bytes", "max_document_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"server.{name} must be >= 1, got {getattr(s, name)}")
+    for name in ("threads", "connection_limit"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"server.{name} must be >= 0 (0 = sized automatically), got {getattr(s, name)}")
+    if s.channel_timeout_s <= 0 or s.queue_timeout_s <= 0:
+        raise ConfigError("server.channel_timeout_s and server.queue_timeout_s must be > 0")
     if m.backend not in ("llamacpp", "trtllm"):
         raise ConfigError(f"model.backend must be 'llamacpp' or 'trtllm', got {m.backend!r}")
     if m.n_gpu_layers < -1:
@@ -260,8 +271,9 @@ def validate(cfg: Config) -> None:
     if d.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"daemon.log_level must be debug, info, warning or error, got {d.log_level!r}")
     sm = cfg.summarize
-    if sm.chunk_tokens < 0 or sm.summary_tokens < 8 or sm.parallel < 0:
-        raise ConfigError("summarize.chunk_tokens and parallel must be >= 0, summary_tokens >= 8")
+    if sm.chunk_tokens < 0 or sm.summary_tokens < 8 or sm.parallel < 0 or sm.max_jobs < 1 or sm.max_chunks < 0:
+        raise ConfigError("summarize.chunk_tokens, parallel and max_chunks must be >= 0, summary_tokens >= 8, "
+                          "max_jobs >= 1")
     if d.drain_timeout_s < 0 or d.telemetry_interval_s <= 0:
         raise ConfigError("daemon.drain_timeout_s must be >= 0 and telemetry_interval_s > 0")
     if m.backend == "llamacpp":

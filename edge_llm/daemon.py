@@ -4,22 +4,21 @@ engine makes progress), drain on SIGTERM, reload what is safe on SIGHUP."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import threading
 import time
 
-import waitress
-
-from edge_llm import appliance, telemetry
+from edge_llm import appliance, pressure, telemetry
 from edge_llm import config as config_mod
 from edge_llm.config import Config
 from edge_llm.logs import setup_logging
 from edge_llm.notify import Notifier
 from edge_llm.pressure import PressureGuard
 from edge_llm.runtime import Phase, Runtime
-from edge_llm.server import create_app
+from edge_llm.server import create_app, wsgi
 from edge_llm.summarize.jobs import JobStore
 from edge_llm.summarize.pipeline import SummaryService
 
@@ -29,6 +28,28 @@ EXTEND_EVERY_S = 5.0  # while loading, ask systemd for more start time this ofte
 EXTEND_BY_USEC = 20_000_000
 MIN_STALL_S = 5.0  # an engine loop silent this long (or half WatchdogSec, if longer) is hung
 JTOP_RETRY_S = 30.0  # jtop.service starts after multi-user.target, so after us: ask for it again this often
+CUT_MARGIN_S = 1.0  # drain: requests still running this long before the deadline are ended with an error
+LOCK_FILE = "edge-llm.lock"
+
+
+class StateDirLocked(RuntimeError):
+    pass
+
+
+def lock_state_dir(path) -> int:
+    """An exclusive lock on the state directory for this process's life (two daemons on one
+    store would both resume its jobs); returns the descriptor that holds it."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StateDirLocked(f"state directory {path} is in use by pid {holder} (daemon.state_dir)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 class Daemon:
@@ -46,6 +67,18 @@ class Daemon:
 
     # -- life ------------------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            lock = lock_state_dir(config_mod.state_dir(self.cfg))
+        except StateDirLocked as e:
+            log.error("%s", e)
+            self.runtime.phase, self.runtime.status = Phase.FAILED, str(e)
+            return 1
+        try:
+            return self._run()
+        finally:
+            os.close(lock)
+
+    def _run(self) -> int:
         self._install_signals()
         self._step("starting HTTP server")
         self._start_http()
@@ -64,8 +97,10 @@ class Daemon:
             self.notifier.send(STATUS=f"load failed: {e}", ERRNO=1)
             self._close_http()
             return 1
-        self.guard = PressureGuard(self.runtime.engine, self.cfg.planner.low_water_mb * MiB,
-                                   self.cfg.planner.critical_mb * MiB)
+        self.guard = PressureGuard(self.runtime.engine, *self._watermarks(snapshot.ram_total_bytes))
+        log.info("memory pressure: admission pauses below %d MiB available, sequences end below %d MiB",
+                 self.guard.low_water_bytes // MiB, self.guard.critical_bytes // MiB)
+        wsgi.resize(self.server, self.cfg, self.runtime.plan.max_batch_size)
         sampler.on_snapshot = self.guard
         sampler.start()
         self.runtime.phase = Phase.READY
@@ -77,13 +112,15 @@ class Daemon:
         sampler.stop()
         return 0
 
+    def _watermarks(self, total_bytes: int) -> tuple[int, int]:
+        self.ram_total_bytes = total_bytes
+        return pressure.watermarks(self.cfg.planner, total_bytes, self.runtime.plan.reserve_bytes)
+
     def _start_http(self) -> None:
         s = self.cfg.server
         app = create_app(self.runtime)
-        self.server = waitress.create_server(
-            app, host=s.host, port=s.port, threads=s.threads, ident="edge-llm",
-            channel_request_lookahead=8,  # lets a handler see a client that went away
-            max_request_body_size=max(s.max_body_bytes, s.max_document_bytes) + 65536)
+        self.server = wsgi.create_server(app, self.cfg, self.cfg.limits.max_batch_size
+                                         or self.cfg.planner.default_max_batch_size)
         self.port = int(self.server.effective_port)
         log.info("listening on http://%s:%d (503 until the model is ready)", s.host, self.port)
         threading.Thread(target=self.server.run, name="http", daemon=True).start()
@@ -115,7 +152,7 @@ class Daemon:
 
     def _serve_until_stopped(self) -> None:
         wd_interval = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else None
-        self.stall_s = max(MIN_STALL_S, wd_interval or 0.0)
+        self.stall_s = self.runtime.stall_s = max(MIN_STALL_S, wd_interval or 0.0)
         tick = min(wd_interval or 2.0, 2.0)
         last_status = ""
         while not self.stop_requested.wait(tick):
@@ -135,22 +172,33 @@ class Daemon:
                 and time.monotonic() - engine.last_progress < self.stall_s)
 
     def _drain(self) -> None:
-        engine = self.runtime.engine
+        """Let what runs finish until shortly before the deadline; then end the rest with an
+        error (an SSE error event, a 503) and close once those answers are written."""
+        engine, gate = self.runtime.engine, self.server.gate
         self.runtime.phase = Phase.DRAINING
         self.notifier.send(STOPPING=1, STATUS="draining")
+        timeout = self.cfg.daemon.drain_timeout_s
+        deadline = time.monotonic() + timeout
+        cut_at = deadline - min(CUT_MARGIN_S, timeout / 2)
         if "summaries" in self.runtime.extensions:  # chunks in flight resume after the restart
-            self.runtime.extensions["summaries"].stop()
-        deadline = time.monotonic() + self.cfg.daemon.drain_timeout_s
-        log.info("SIGTERM: draining %d running and %d waiting requests (up to %.0f s)",
-                 engine.num_running, engine.num_waiting, self.cfg.daemon.drain_timeout_s)
-        while (engine.num_running or engine.num_waiting) and time.monotonic() < deadline:
+            self.runtime.extensions["summaries"].stop(max(0.0, cut_at - time.monotonic()))
+        log.info("SIGTERM: draining %d running and %d waiting requests, %d HTTP responses (up to %.0f s)",
+                 engine.num_running, engine.num_waiting, gate.num_long, timeout)
+
+        def busy() -> bool:
+            return bool(engine.num_running or engine.num_waiting or gate.num_long)
+
+        while busy() and time.monotonic() < cut_at:
             time.sleep(0.05)
-        time.sleep(0.2)  # let HTTP threads write the last bytes of finished streams
-        left = engine.num_running + engine.num_waiting
-        if left:
-            log.warning("drain timeout: %d requests cut off", left)
+        if busy():
+            log.warning("drain timeout: ending %d requests (%d HTTP responses) with an error",
+                        engine.num_running + engine.num_waiting, gate.num_long)
+            self.runtime.cut_off.set()
+            while gate.num_long and time.monotonic() < deadline:
+                time.sleep(0.05)
+        time.sleep(0.2)  # let waitress write the last bytes
         self._close_http()
-        engine.stop()
+        engine.stop(max(1.0, deadline - time.monotonic()))  # a loop stuck in a step is left to the exit
         log.info("stopped")
 
     # -- signals and reload -----------------------------------------------------------------
@@ -171,8 +219,7 @@ class Daemon:
             log.error("SIGHUP: config not reloaded: %s", e)
         else:
             applied, restart = apply_reload(self.cfg, new, self.runtime.engine)
-            self.guard.low_water_bytes = self.cfg.planner.low_water_mb * MiB
-            self.guard.critical_bytes = self.cfg.planner.critical_mb * MiB
+            self.guard.low_water_bytes, self.guard.critical_bytes = self._watermarks(self.ram_total_bytes)
             log.info("SIGHUP: applied %s; needs a restart: %s", ", ".join(applied) or "nothing",
                      ", ".join(restart) or "nothing")
         self.notifier.send(READY=1, STATUS=self._summary())

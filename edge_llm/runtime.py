@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass, field
 
 from edge_llm.config import Config
@@ -25,6 +26,8 @@ class Runtime:
     plan: object | None = None  # edge_llm.planner.Plan
     telemetry: object | None = None  # edge_llm.telemetry.Sampler
     extensions: dict = field(default_factory=dict)  # e.g. the summary job store
+    cut_off: threading.Event = field(default_factory=threading.Event)  # drain deadline: end what still runs
+    stall_s: float = 5.0  # an engine loop silent this long is hung (the daemon sets it from the watchdog)
 
     @property
     def is_ready(self) -> bool:

@@ -294,7 +294,7 @@ def test_cli_summarize_in_process_ends_when_the_job_fails(tmp_path, monkeypatch,
     from edge_llm.cli import main
     from edge_llm.summarize import pipeline
 
-    def fail(self, text, level):
+    def fail(self, text, level, job_id=""):
         raise pipeline.SummaryError("the engine is on fire")
 
     monkeypatch.setattr(pipeline.Summarizer, "summarize", fail)

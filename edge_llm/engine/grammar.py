@@ -1,14 +1,35 @@
 """OpenAI response_format -> a GBNF grammar for llama.cpp's grammar sampler. The JSON Schema
-conversion is llama-cpp-python's own (llama_cpp.llama_grammar, a port of llama.cpp's)."""
+conversion is llama-cpp-python's own (llama_cpp.llama_grammar, a port of llama.cpp's).
+
+What a schema may cost is bounded before anything is converted or parsed: llama.cpp's GBNF
+parser recurses once per nested group, so {"type": "string", "maxLength": 30000} (30,000
+nested optionals) overflowed a thread's stack and killed the daemon, and an enum of 50,000
+strings made every sampled token check 50,000 alternatives. The bounds below are far above
+what a 135M-4B model's structured output needs, and far below what hurts."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 
 # {"type": "json_object"}: any JSON object, with llama.cpp's bounded whitespace (the plain
 # JSON grammar allows endless whitespace, which a small model can fall into)
 JSON_OBJECT_SCHEMA = {"type": "object"}
+
+MAX_SCHEMA_BYTES = 16_384  # the schema, as compact JSON
+MAX_SCHEMA_DEPTH = 24  # nested objects and arrays in the schema document
+MAX_SCHEMA_NODES = 1_024  # objects, arrays and values in the schema document
+MAX_REPEAT = 256  # minLength, maxItems, ... and {m,n} in a pattern: each unit is one nested group
+MAX_ENUM = 256  # values of one enum: each is an alternative checked at every token
+MAX_PATTERN = 512  # characters of one pattern
+MAX_NUMBER = 1e15  # |minimum|, |maximum|, ...: the converter may spell bounds digit by digit
+MAX_GRAMMAR_BYTES = 65_536  # the GBNF text
+MAX_GRAMMAR_NESTING = 2 * MAX_REPEAT + 64  # nested groups in the GBNF text (parser recursion)
+REPEAT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+               "minContains", "maxContains")
+NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 # llama-cpp-python's port lets any character but '"' and '\\' into a string, control
@@ -22,12 +43,80 @@ class GrammarError(ValueError):
     """The schema cannot be turned into a grammar; the message says why."""
 
 
+def check_schema_cost(schema: dict) -> None:
+    """Raise GrammarError for a schema over the bounds above. Iterative: a schema nested
+    deeper than Python's recursion limit is refused, not a RecursionError."""
+    stack, num_nodes = [(schema, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        num_nodes += 1
+        if num_nodes > MAX_SCHEMA_NODES:
+            raise GrammarError(f"the schema has more than {MAX_SCHEMA_NODES} values")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise GrammarError("the schema holds a number that is not finite")
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_SCHEMA_DEPTH:
+            raise GrammarError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        if isinstance(node, dict):
+            _check_keywords(node)
+            stack.extend((v, depth + 1) for v in node.values())
+        else:
+            stack.extend((v, depth + 1) for v in node)
+    if len(json.dumps(schema, separators=(",", ":"))) > MAX_SCHEMA_BYTES:
+        raise GrammarError(f"the schema is longer than {MAX_SCHEMA_BYTES} bytes")
+
+
+def _check_keywords(node: dict) -> None:
+    for key in REPEAT_KEYS:
+        v = node.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > MAX_REPEAT:
+            raise GrammarError(f"'{key}' is {v}; at most {MAX_REPEAT} is supported")
+    for key in NUMBER_KEYS:
+        v = node.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > MAX_NUMBER:
+            raise GrammarError(f"'{key}' is {v}; at most {MAX_NUMBER:g} in magnitude is supported")
+    enum = node.get("enum")
+    if isinstance(enum, list) and len(enum) > MAX_ENUM:
+        raise GrammarError(f"an enum of {len(enum)} values; at most {MAX_ENUM} are supported")
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        if len(pattern) > MAX_PATTERN:
+            raise GrammarError(f"a pattern of {len(pattern)} characters; at most {MAX_PATTERN} are supported")
+        for m in _QUANTIFIER.finditer(pattern):
+            if max(int(m.group(1)), int(m.group(2) or 0)) > MAX_REPEAT:
+                raise GrammarError(f"the pattern repeats {m.group(0)}; at most {MAX_REPEAT} is supported")
+
+
+def check_grammar_cost(gbnf: str) -> None:
+    """The converter's output, bounded too (whatever a schema turns into)."""
+    if len(gbnf) > MAX_GRAMMAR_BYTES:
+        raise GrammarError(f"the schema makes a grammar of {len(gbnf)} bytes; at most {MAX_GRAMMAR_BYTES}")
+    depth = deepest = 0
+    for ch in _groups_only(gbnf):
+        depth += 1 if ch == "(" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_GRAMMAR_NESTING:
+        raise GrammarError(f"the schema makes a grammar nested {deepest} deep; at most {MAX_GRAMMAR_NESTING}")
+
+
+_LITERALS = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]')
+
+
+def _groups_only(gbnf: str) -> str:
+    """The grammar's group parentheses, without those inside literals and character classes."""
+    return "".join(ch for ch in _LITERALS.sub("", gbnf) if ch in "()")
+
+
 def from_json_schema(schema: dict) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
+    check_schema_cost(schema)
     try:
-        return _CHAR_RULE.sub(lambda _: JSON_CHAR, json_schema_to_gbnf(json.dumps(schema)))
-    except (AssertionError, AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        gbnf = _CHAR_RULE.sub(lambda _: JSON_CHAR, json_schema_to_gbnf(json.dumps(schema)))
+    except (AssertionError, AttributeError, KeyError, TypeError, ValueError, IndexError, RecursionError) as e:
         raise GrammarError(f"unsupported or invalid JSON Schema: {e}") from None
+    check_grammar_cost(gbnf)
+    return gbnf
 
 
 def for_response_format(fmt: dict) -> str | None:

@@ -11,7 +11,9 @@ log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          415: "invalid_request_error", 429: "rate_limit_error", 503: "unavailable_error"}
+          415: "invalid_request_error", 431: "invalid_request_error", 501: "invalid_request_error",
+          429: "rate_limit_error",
+          503: "unavailable_error"}
 
 
 class APIError(Exception):
@@ -45,7 +47,8 @@ def init_app(app: Flask) -> None:
         message = e.description or e.name
         if e.code == 413:
             message = f"request body exceeds the limit of {request.max_content_length} bytes"
-        return error_response(APIError(e.code or 500, message, code))
+        allow = {k: v for k, v in e.get_headers() if k.lower() == "allow"}  # a 405 names the methods
+        return error_response(APIError(e.code or 500, message, code, headers=allow))
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception):

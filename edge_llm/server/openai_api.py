@@ -23,6 +23,7 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 POLL_S = 0.5  # how often a waiting handler checks for a vanished client
 KEEPALIVE_S = 5.0  # SSE comment lines while nothing else is sent (long prefill, queue)
 CAPPED_HEADER = "X-Max-Tokens-Capped"
+RETRY_AFTER_S = 2
 
 
 def runtime() -> Runtime:
@@ -154,42 +155,98 @@ def _respond(engine, tokens: list[int], gen: validation.GenerationRequest, kind:
              choice: Callable, delta: Callable) -> Response:
     rt = runtime()
     if gen.params.grammar:  # a grammar llama.cpp cannot parse is this request's 400, not a failed batch
-        try:
-            engine.call(lambda: rt.backend.check_grammar(gen.params.grammar))
-        except ValueError as e:
-            raise validation.bad("response_format", str(e)) from None
+        check_grammar(rt, gen.params.grammar)
     try:
         req, capped = engine.make_request(tokens, gen.params, gen.max_tokens, gen.priority)
     except PromptTooLong as e:
         raise APIError(400, str(e), "context_length_exceeded", "messages" if kind == "chat.completion" else "prompt",
                        prompt_tokens=e.num_tokens, max_input_tokens=e.limit) from None
+    if engine.scheduler.admission_paused:
+        raise APIError(503, "memory is low: new requests are paused; retry later", "memory_pressure",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
     try:
         engine.submit(req)
     except QueueFull as e:
         raise APIError(429, f"the server is busy: {e}; retry later", "queue_full",
-                       headers={"Retry-After": "2"}) from None
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     meta = {"id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
             "created": int(time.time()), "model": rt.model_id}
     headers = {CAPPED_HEADER: str(req.params.max_tokens)} if capped else {}
-    disconnected = request.environ.get("waitress.client_disconnected", lambda: False)
+    watch = Watch(rt, req, request.environ)
     if gen.stream:
         stream = _sse(engine, req, meta, kind + (".chunk" if kind == "chat.completion" else ""),
-                      delta, gen.include_usage, disconnected)
+                      delta, gen.include_usage, watch)
         return Response(stream, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
     text, last, lps = "", None, ([] if gen.params.logprobs is not None else None)
-    for out in engine.stream(req, POLL_S, disconnected):
+    for out in _outputs(engine, req, watch):
         if out is not None:
             text, last = text + out.text, out
             if lps is not None:
                 lps += out.logprobs or []
     _log_finished(req, rt.model_id)
     if last is None or last.finish_reason is None:
-        raise APIError(499, "client went away", "cancelled")
+        raise watch.error()
     if last.error:
         raise APIError(503, last.error, "engine_error", headers={"Retry-After": "5"})
     body = {**meta, "object": kind, "choices": [choice(text, last.finish_reason, lps)], "usage": _usage(last)}
     return Response(json.dumps(body), mimetype="application/json", headers=headers)
+
+
+def check_grammar(rt: Runtime, gbnf: str) -> None:
+    """llama.cpp parses the grammar here, in this HTTP thread (it reads only the vocabulary),
+    never on the engine thread; grammar.py has bounded its size and nesting already."""
+    try:
+        rt.backend.check_grammar(gbnf)
+    except ValueError as e:
+        raise validation.bad("response_format", str(e)) from None
+
+
+class Watch:
+    """Polled while a handler waits for its request: why it should stop waiting, if it should.
+    The client went away (waitress says so), the drain deadline passed, or the request was
+    not admitted within server.queue_timeout_s (memory pressure pauses admission)."""
+
+    def __init__(self, rt: Runtime, req: Request, environ: dict):
+        self.rt, self.req = rt, req
+        self.disconnected = environ.get("waitress.client_disconnected", lambda: False)
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        if self.disconnected():
+            self.reason = "client"
+        elif self.rt.cut_off.is_set():
+            self.reason = "draining"
+        elif (self.req.admitted_time is None
+              and time.monotonic() - self.req.arrival_time > self.rt.config.server.queue_timeout_s):
+            self.reason = "queue_timeout"
+        return self.reason is not None
+
+    def error(self) -> APIError:
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        if self.reason == "draining":
+            return APIError(503, "the server is shutting down; retry shortly", "draining", headers=retry)
+        if self.reason == "queue_timeout":
+            return APIError(503, f"not admitted within {self.rt.config.server.queue_timeout_s:g} s "
+                                 "(the server is busy or short of memory); retry later", "queue_timeout",
+                            headers=retry)
+        return APIError(499, "client went away", "cancelled")
+
+
+def _outputs(engine, req: Request, watch: Watch) -> Iterator[RequestOutput | None]:
+    """engine.stream, with the watch checked at least every POLL_S even while tokens flow
+    (engine.stream alone checks it only when no output came for POLL_S)."""
+    stream = engine.stream(req, POLL_S, watch)
+    next_check = time.monotonic() + POLL_S
+    try:
+        for out in stream:
+            if out is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + POLL_S
+                if watch():
+                    return
+            yield out
+    finally:
+        stream.close()  # cancels the request if it has not finished
 
 
 def _log_finished(req: Request, model: str) -> None:
@@ -208,14 +265,15 @@ def _usage(out: RequestOutput) -> dict:
 
 
 def _sse(engine, req: Request, meta: dict, obj: str, delta: Callable, include_usage: bool,
-         disconnected: Callable[[], bool]) -> Iterator[str]:
+         watch: Watch) -> Iterator[str]:
     def event(choices: list, **extra) -> str:
         return f"data: {json.dumps({**meta, 'object': obj, 'choices': choices, **extra})}\n\n"
 
     if obj == "chat.completion.chunk":
         yield event([delta(None, None)])
     quiet_since = time.monotonic()
-    for out in engine.stream(req, POLL_S, disconnected):
+    finished = False
+    for out in _outputs(engine, req, watch):
         now = time.monotonic()
         if out is None:
             if now - quiet_since >= KEEPALIVE_S:
@@ -230,5 +288,9 @@ def _sse(engine, req: Request, meta: dict, obj: str, delta: Callable, include_us
             yield event([delta(out.text, out.finish_reason, out.logprobs)])
         if out.finish_reason and include_usage:
             yield event([], usage=_usage(out))
+        finished = out.finish_reason is not None
     _log_finished(req, meta["model"])
+    if not finished and watch.reason in ("draining", "queue_timeout"):  # an OpenAI client raises on it
+        e = watch.error()
+        yield f"data: {json.dumps(error_body(e.status, e.message, e.code))}\n\n"
     yield "data: [DONE]\n\n"

@@ -23,7 +23,7 @@ def _errors(*codes: int) -> dict:
     what = {400: "invalid request (the field is named in param)", 401: "missing or wrong API key",
             403: "Host or Origin not allowed", 404: "not found", 405: "method not allowed",
             413: "body too large", 415: "unsupported media type", 429: "queue full (Retry-After)",
-            503: "loading or draining (Retry-After)"}
+            503: "loading, draining, memory pressure or not admitted in time (Retry-After)"}
     return {str(c): _json(ref("Error"), what[c]) for c in codes}
 
 
@@ -55,11 +55,15 @@ _SAMPLING = {
                         "properties": {"name": {"type": "string", "minLength": 1}, "schema": {"type": "object"},
                                        "strict": {"type": "boolean"}}}}},
 }
-_MESSAGE = {"type": "object", "required": ["role"], "properties": {
-    "role": {"enum": ["system", "developer", "user", "assistant"]},
-    "content": {"oneOf": [{"type": "string"}, {"type": "null", "description": "assistant turns only"},
-                          {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
-                              "type": {"const": "text"}, "text": {"type": "string"}}}}]}}}
+_CONTENT = {"oneOf": [{"type": "string"}, {"type": "array", "items": {
+    "type": "object", "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}
+# content may be null or left out on an assistant turn only (clients send that after a refusal)
+_MESSAGE = {"oneOf": [
+    {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"enum": ["system", "developer", "user"]}, "content": _CONTENT}},
+    {"type": "object", "required": ["role"], "properties": {
+        "role": {"const": "assistant"}, "content": {"oneOf": [*_CONTENT["oneOf"], {"type": "null"}]}}}]}
 _USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
           "properties": {k: {"type": "integer", "minimum": 0} for k in
                          ("prompt_tokens", "completion_tokens", "total_tokens")}}
@@ -120,7 +124,7 @@ SCHEMAS = {
     "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
         "object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}},
     "Health": {"type": "object", "required": ["status", "model"], "properties": {
-        "status": {"enum": ["loading", "ready", "draining", "failed"]}, "model": {"type": "string"},
+        "status": {"enum": ["loading", "ready", "draining", "failed", "stalled"]}, "model": {"type": "string"},
         "detail": {"type": "string"}, "running": {"type": "integer"}, "waiting": {"type": "integer"}}},
     "Plan": {"type": "object", "required": ["max_batch_size", "max_input_len", "max_output_len", "max_seq_len",
                                             "kv_cache_tokens", "prefill_chunk_tokens", "reasons"],
@@ -176,13 +180,15 @@ PATHS = {
                  "parameters": [{"name": "filename", "in": "query", "schema": {"type": "string"}}],
                  "requestBody": {"required": True, "content": {
                      "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                         "file": {"type": "string", "contentMediaType": "application/octet-stream"}}}},
-                     "text/plain": {"schema": {"type": "string"}}}},
+                         "file": {"type": "string", "contentMediaType": "application/octet-stream",
+                                  "minLength": 1}}}},
+                     "text/plain": {"schema": {"type": "string", "minLength": 1}}}},
                  "responses": {"202": _json(ref("SummaryJob"), "the job, queued"), **_errors(400, 413, 415, 503)}},
         "get": {"operationId": "listSummaries",
                 "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                            "maximum": 500}},
-                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                            "maximum": 10**9}}],
                 "responses": {"200": _json(ref("SummaryJobList"), "jobs, newest first"), **_errors(400, 503)}}},
     "/api/summaries/{job_id}": {
         "get": {"operationId": "getSummary", "parameters": _JOB_ID,
@@ -191,7 +197,7 @@ PATHS = {
                    "responses": {"204": {"description": "deleted"}, **_errors(404, 503)}}},
     "/api/summaries/{job_id}/events": {"get": {
         "operationId": "summaryEvents", "parameters": _JOB_ID,
-        "responses": {"200": {"description": "SSE progress until done", "content": _SSE}, **_errors(404, 503)}}},
+        "responses": {"200": {"description": "SSE progress until done", "content": _SSE}, **_errors(404, 429, 503)}}},
     "/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": {
         "description": "this document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
 }

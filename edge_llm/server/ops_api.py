@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,12 +20,23 @@ def runtime() -> Runtime:
 
 @bp.get("/health")
 def health():
+    """503 while loading or draining, and while the engine loop makes no progress (the
+    watchdog's rule: a loop silent for stall_s is hung, e.g. stuck in one decode)."""
     rt = runtime()
     body = {"status": rt.phase.value, "model": rt.model_id, "detail": rt.status}
+    healthy = rt.is_ready
     if rt.engine is not None:
-        body.update(rt.engine.stats())
+        stats = rt.engine.stats()
+        age = time.monotonic() - rt.engine.last_progress
+        body.update(stats, last_progress_age_s=round(age, 3))
+        if rt.is_ready:
+            body["detail"] = f"{stats['running']} running, {stats['waiting']} waiting, {stats['steps']} steps"
+            if age > rt.stall_s or not rt.engine.is_alive:
+                healthy = False
+                body["status"] = "stalled"
+                body["detail"] = f"the engine loop has made no progress for {age:.1f} s"
     resp = jsonify(body)
-    if not rt.is_ready:
+    if not healthy:
         resp.status_code = 503
         resp.headers["Retry-After"] = "5"
     return resp
@@ -42,7 +55,12 @@ def plan():
     rt = runtime()
     if rt.plan is None:
         raise APIError(503, "no plan yet: the model is still loading", "loading", headers={"Retry-After": "5"})
-    return jsonify(rt.plan.to_dict())
+    body = rt.plan.to_dict()
+    if body.get("calibration") and rt.telemetry is not None and rt.telemetry.latest is not None:
+        # a plan is valid for the power mode it was measured in (nvpmodel, Jetson): a restart re-plans
+        now, then = rt.telemetry.latest.nvpmodel, body["calibration"]["key"].get("power_mode")
+        body["calibration_current"] = now == then
+    return jsonify(body)
 
 
 @bp.get("/api/telemetry")

@@ -68,7 +68,7 @@ def _query_int(name: str, default: int, lo: int, hi: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not lo <= int(raw) <= hi:
         raise APIError(400, f"'{name}' must be an integer in [{lo}, {hi}], got {raw!r}", "invalid_value", name)
     return int(raw)
 
@@ -95,18 +95,22 @@ def get(job_id: str):
 @bp.delete("/<job_id>")
 def delete(job_id: str):
     _job(job_id)
-    service().store.delete(job_id)
+    service().delete(job_id)
     return "", 204
 
 
 @bp.get("/<job_id>/events")
 def events(job_id: str):
     store = service().store
+    cut_off = current_app.config["RUNTIME"].cut_off
     _job(job_id)
 
     def stream():
         last = None
         while True:
+            if cut_off.is_set():
+                yield 'event: error\ndata: {"message": "the server is shutting down"}\n\n'
+                return
             job = store.get(job_id)
             if job is None:
                 yield 'event: error\ndata: {"message": "the job was deleted"}\n\n'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from flask import Request
@@ -15,6 +17,9 @@ MAX_STOPS = 4
 MAX_TOP_LOGPROBS = {"chat": 20, "completion": 5}  # OpenAI's limits
 MAX_LOGIT_BIAS = 300
 SEED_RANGE = (-(2**63), 2**64 - 1)  # int64 or uint64: every engine takes it (wrapped to its width)
+MAX_JSON_DEPTH = 64  # nested objects and arrays in a request body
+_TOKEN_ID = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is true, int("²") fails
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # "\ud800" parses as JSON but is no UTF-8 text
 
 
 def bad(param: str, message: str) -> APIError:
@@ -25,20 +30,40 @@ def json_body(request: Request) -> dict:
     if request.mimetype != "application/json":
         raise APIError(415, f"expected Content-Type: application/json, got {request.mimetype or 'none'}",
                        "unsupported_media_type")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json") from None
     if body is None:
         raise APIError(400, "the request body is not valid JSON", "invalid_json")
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", "invalid_json")
+    check_json_values(body)
     return body
+
+
+def check_json_values(body: object) -> None:
+    """Iteratively: no nesting past MAX_JSON_DEPTH, no lone surrogate in any string or key."""
+    stack = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                raise APIError(400, "the request body holds a lone UTF-16 surrogate (e.g. \\ud800), "
+                                    "which is not text", "invalid_json")
+        elif isinstance(node, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
+            items = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            stack.extend((v, depth + 1) for v in items)
 
 
 def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
     v = body.get(name)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise bad(name, f"must be a number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise bad(name, f"must be a finite number, got {v!r}")
     if v > hi or v < lo or (lo_open and v == lo):
         raise bad(name, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
     return float(v)
@@ -147,8 +172,8 @@ def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
         raise bad("logit_bias", f"must be an object of at most {MAX_LOGIT_BIAS} token ids to biases")
     out = []
     for key, bias in v.items():
-        if not (isinstance(key, str) and key.isdigit()):
-            raise bad("logit_bias", f"keys must be token ids (digits), got {key!r}")
+        if not _TOKEN_ID.fullmatch(key):
+            raise bad("logit_bias", f"keys must be token ids (up to 9 ASCII digits), got {key[:20]!r}")
         if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
             raise bad("logit_bias", f"biases must be numbers in [-100, 100], got {bias!r} for {key}")
         out.append((int(key), float(bias)))

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+MAX_TOKEN_CHARS = 64  # no token spells more characters: a cut "word" is searched within this bound
 
 
 def split(text: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
@@ -72,8 +73,10 @@ def split_pieces(pieces: list[tuple[str, int]], max_tokens: int, count) -> list[
 def _chars(word: str, max_tokens: int, count) -> list[str]:
     out, start = [], 0
     while start < len(word):
-        lo, hi = start + 1, len(word)
-        while lo < hi:  # the longest prefix that fits
+        # the longest prefix that fits, searched among prefixes that can fit (a 1 MB "word"
+        # was counted whole at every step of every cut)
+        lo, hi = start + 1, min(len(word), start + max_tokens * MAX_TOKEN_CHARS)
+        while lo < hi:
             mid = (lo + hi + 1) // 2
             if count(word[start:mid]) <= max_tokens:
                 lo = mid

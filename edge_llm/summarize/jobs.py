@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,20 @@ class JobStore:
             if column not in have:
                 self._db.execute(sql)
 
+    @contextmanager
+    def _transaction(self):
+        """BEGIN ... COMMIT, or ROLLBACK on any error: a failed statement (a job deleted
+        mid-run fails its foreign key) must not leave the shared connection inside a
+        transaction, where every later BEGIN fails and nothing more is committed."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -84,13 +99,11 @@ class JobStore:
 
     def set_chunks(self, job_id: str, num_chars: int, chunks: list[str]) -> None:
         """Level 0 of a job, in one transaction with dropping its document."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, 0, ?, ?)",
-                                 [(job_id, i, text) for i, text in enumerate(chunks)])
-            self._db.execute("UPDATE jobs SET document = NULL, num_chars = ?, updated = ? WHERE id = ?",
-                             (num_chars, time.time(), job_id))
-            self._db.execute("COMMIT")
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, 0, ?, ?)",
+                           [(job_id, i, text) for i, text in enumerate(chunks)])
+            db.execute("UPDATE jobs SET document = NULL, num_chars = ?, updated = ? WHERE id = ?",
+                       (num_chars, time.time(), job_id))
 
     def get(self, job_id: str) -> Job | None:
         rows = self._q(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -119,9 +132,15 @@ class JobStore:
         with self._lock:
             return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
 
-    def next_active(self) -> str | None:
-        rows = self._q("SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY created LIMIT 1", ACTIVE)
+    def next_active(self, skip: tuple[str, ...] = ()) -> str | None:
+        """The oldest active job not in skip (those already running)."""
+        marks = ", ".join("?" * len(skip))
+        rows = self._q(f"SELECT id FROM jobs WHERE status IN (?, ?) {f'AND id NOT IN ({marks})' if skip else ''} "
+                       "ORDER BY created LIMIT 1", (*ACTIVE, *skip))
         return rows[0][0] if rows else None
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self._q("SELECT 1 FROM jobs WHERE id = ?", (job_id,)))
 
     def level(self, job_id: str) -> int:
         return self._q("SELECT COALESCE(MAX(level), 0) FROM chunks WHERE job_id = ?", (job_id,))[0][0]
@@ -141,11 +160,9 @@ class JobStore:
             self._db.execute("UPDATE jobs SET updated = ? WHERE id = ?", (time.time(), job_id))
 
     def add_level(self, job_id: str, level: int, chunks: list[str]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, ?, ?, ?)",
-                                 [(job_id, level, i, text) for i, text in enumerate(chunks)])
-            self._db.execute("COMMIT")
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, ?, ?, ?)",
+                           [(job_id, level, i, text) for i, text in enumerate(chunks)])
 
     def set_status(self, job_id: str, status: str, result: str | None = None, error: str | None = None) -> None:
         with self._lock:

@@ -40,8 +40,10 @@ class Summarizer:
         self.engine, self.backend, self.store = engine, backend, store
         self.chunk_tokens, self.summary_tokens, self.parallel = chunk_tokens, summary_tokens, parallel
         self.max_pdf_pages, self.extract_timeout_s = max_pdf_pages, extract_timeout_s
+        self.max_chunks = 0  # chunks one document may have; 0 = no bound
         self.stopping = threading.Event()
-        self._in_flight: set[Request] = set()
+        self._in_flight: dict[str, set[Request]] = {}  # job id -> its chunks in the engine
+        self._cancelled: set[str] = set()  # deleted jobs: their chunks are not submitted again
         self._lock = threading.Lock()
 
     def count(self, text: str) -> int:
@@ -50,24 +52,27 @@ class Summarizer:
     def split(self, text: str) -> list[str]:
         return chunking.split(text, self.chunk_tokens, self.count)
 
-    def summarize(self, text: str, level: int) -> str | None:
-        """One chunk through the engine; None if it was cancelled (the daemon is stopping)."""
+    def summarize(self, text: str, level: int, job_id: str = "") -> str | None:
+        """One chunk through the engine; None if it was cancelled (the daemon is stopping, or
+        the job was deleted)."""
         prompt = self.backend.render_chat([{"role": "user", "content":
                                             (MAP_PROMPT if level == 0 else REDUCE_PROMPT).format(text=text)}])
         # background: a visitor's chat comes first, and may preempt it
         req, _ = self.engine.make_request(self.backend.tokenize(prompt, False), SamplingParams(temperature=0.0),
                                           self.summary_tokens, Priority.BACKGROUND)
         with self._lock:
-            if self.stopping.is_set():
+            if self.stopping.is_set() or job_id in self._cancelled:
                 return None
-            self._in_flight.add(req)
+            self._in_flight.setdefault(job_id, set()).add(req)
         try:
             out = None
             for output in self.engine.generate(req):
                 out = output
         finally:
             with self._lock:
-                self._in_flight.discard(req)
+                self._in_flight[job_id].discard(req)
+                if not self._in_flight[job_id]:
+                    del self._in_flight[job_id]
         if out.error:
             raise SummaryError(out.error)
         return req.text.strip() if out.finish_reason in ("stop", "length") else None
@@ -82,7 +87,21 @@ class Summarizer:
             text = extract.pdf_text(data, self.max_pdf_pages, self.extract_timeout_s)
         else:
             text = extract.extract(data, kind)
-        self.store.set_chunks(job_id, len(text), self.split(text))
+        chunks = self.split(text)
+        if self.max_chunks and len(chunks) > self.max_chunks:
+            raise SummaryError(f"the document is too long: {len(chunks)} parts of up to {self.chunk_tokens} tokens, "
+                               f"at most {self.max_chunks} (summarize.max_chunks)")
+        self.store.set_chunks(job_id, len(text), chunks)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return self.stopping.is_set() or job_id in self._cancelled
+
+    def cancel_job(self, job_id: str) -> None:
+        """A deleted job: end its chunks in the engine now and submit no more."""
+        with self._lock:
+            self._cancelled.add(job_id)
+            for req in self._in_flight.get(job_id, ()):
+                self.engine.cancel(req)
 
     def run(self, job_id: str) -> None:
         self.store.set_status(job_id, "running")
@@ -90,7 +109,7 @@ class Summarizer:
         for _ in range(MAX_LEVELS):
             level = self.store.level(job_id)
             self._map(job_id, level)
-            if self.stopping.is_set():
+            if self.is_cancelled(job_id):
                 return
             summaries = self.store.summaries(job_id, level)
             if len(summaries) == 1:
@@ -108,7 +127,7 @@ class Summarizer:
 
         def one(item):
             idx, text = item
-            summary = self.summarize(text, level)
+            summary = self.summarize(text, level, job_id)
             if summary is not None:
                 self.store.save_summary(job_id, level, idx, summary)
 
@@ -119,8 +138,9 @@ class Summarizer:
         """Cancel the chunks in flight; they stay unsummarized and run again after a restart."""
         with self._lock:
             self.stopping.set()
-            for req in self._in_flight:
-                self.engine.cancel(req)
+            for reqs in self._in_flight.values():
+                for req in reqs:
+                    self.engine.cancel(req)
 
 
 def run_job(summarizer: Summarizer, job_id: str) -> None:
@@ -128,18 +148,24 @@ def run_job(summarizer: Summarizer, job_id: str) -> None:
     try:
         summarizer.run(job_id)
     except Exception as e:  # one bad job must not stop the others
+        if summarizer.is_cancelled(job_id) or not summarizer.store.exists(job_id):
+            log.info("summary job %s: deleted or stopped while running (%s)", job_id, e)
+            return
         log.exception("summary job %s failed", job_id)
         summarizer.store.set_status(job_id, "error", error=str(e) or type(e).__name__)
 
 
 class JobRunner:
-    """Works through the store's active jobs, oldest first, on a thread of its own."""
+    """Works through the store's active jobs, oldest first, up to max_jobs at once (so one
+    long document does not hold every later job; the engine batches their chunks)."""
 
-    def __init__(self, summarizer: Summarizer, retention_days: float = 0.0):
+    def __init__(self, summarizer: Summarizer, retention_days: float = 0.0, max_jobs: int = 2):
         self.summarizer = summarizer
         self.store = summarizer.store
         self.retention_s = retention_days * DAY_S
+        self.max_jobs = max(1, max_jobs)
         self.wake = threading.Event()
+        self._jobs: dict[str, threading.Thread] = {}
         self._thread = threading.Thread(target=self._run, name="summaries", daemon=True)
 
     def start(self) -> None:
@@ -154,18 +180,25 @@ class JobRunner:
                 if purged:
                     log.info("summaries: deleted %d finished jobs older than the retention period", purged)
                 next_purge = time.monotonic() + PURGE_EVERY_S
-            job_id = self.store.next_active()
+            self._jobs = {job_id: t for job_id, t in self._jobs.items() if t.is_alive()}
+            job_id = self.store.next_active(tuple(self._jobs)) if len(self._jobs) < self.max_jobs else None
             if job_id is None:
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
-            run_job(s, job_id)
+            t = threading.Thread(target=run_job, args=(s, job_id), name=f"summary-{job_id}", daemon=True)
+            self._jobs[job_id] = t
+            t.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """True when every job thread ended within timeout."""
         self.summarizer.stop()
         self.wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for t in [self._thread, *self._jobs.values()]:
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in [self._thread, *self._jobs.values()])
 
 
 class SummaryService:
@@ -178,7 +211,8 @@ class SummaryService:
         self.summarizer = Summarizer(engine, backend, store, chunk_budget(plan, summary_tokens, cfg.chunk_tokens),
                                      summary_tokens, cfg.parallel or plan.max_batch_size, cfg.max_pdf_pages,
                                      cfg.extract_timeout_s)
-        self.runner = JobRunner(self.summarizer, cfg.retention_days)
+        self.summarizer.max_chunks = cfg.max_chunks
+        self.runner = JobRunner(self.summarizer, cfg.retention_days, cfg.max_jobs)
 
     def create(self, filename: str, data: bytes, kind: str):
         """Cheap checks now (a corrupt or oversized PDF, an empty text: ExtractError); the text
@@ -197,6 +231,11 @@ class SummaryService:
     def start(self) -> None:
         self.runner.start()
 
-    def stop(self) -> None:
-        self.runner.stop()
-        self.store.close()
+    def delete(self, job_id: str) -> bool:
+        """Delete a job and end its chunks in the engine."""
+        self.summarizer.cancel_job(job_id)
+        return self.store.delete(job_id)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.runner.stop(timeout):
+            self.store.close()  # else a job thread still holds it; the process exits anyway
