@@ -27,7 +27,10 @@ setup(
         "systemd": ["systemd-python>=234"],  # jammy's python3-systemd is 234
         "nvml": ["nvidia-ml-py>=12"],
         "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff>=0.6",
-                 "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23"],
+                 "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23",
+                 # a real tokenizer for the TensorRT-LLM detokenizer test, from the embedded GGUF's
+                 # vocabulary (gguf_file=); 5.x needs torch even for that
+                 "transformers>=4.45,<5", "gguf>=0.10"],
     },
     entry_points={"console_scripts": ["edge-llm=edge_llm.cli:main"]},
 )

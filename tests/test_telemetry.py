@@ -149,3 +149,16 @@ def test_nvml_source_maps_readings(monkeypatch):
     assert s.ram_total_bytes > 0 and not s.unified_memory
     src.close()
     assert fake.shutdown
+
+
+def test_jtop_that_stops_sampling_is_left_for_psutil(fake_jtop):
+    """jetson-stats 4.2.12's ok() waits up to 3 intervals for a sample, then marks the client
+    stopped: a service that is up but silent must not be read as a live source (issue 20)."""
+    src = JtopSource(interval_s=0.1)
+    assert src.read().source == "jtop"
+    fake_jtop.SERVICE.sampling = False
+    sampler = Sampler([src, HostSource()])
+    assert sampler.read().source == "psutil"
+    fake_jtop.SERVICE.sampling = True  # stopped is stopped: jtop does not come back by itself
+    with pytest.raises(RuntimeError, match="stopped reporting"):
+        src.read()

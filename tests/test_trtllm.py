@@ -19,15 +19,33 @@ REAL_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None and not str(
     importlib.util.find_spec("tensorrt_llm").origin).startswith(str(FAKES))
 
 
+def _forget(names) -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in names:
+            del sys.modules[name]
+
+
 @pytest.fixture()
 def fake_trtllm(monkeypatch):
     if REAL_TRTLLM:
         pytest.skip("the real tensorrt_llm is installed: the contract is checked against it below")
+    _forget(FAKED)  # a real transformers imported by another test would shadow the fake
     monkeypatch.syspath_prepend(str(FAKES))
     yield
-    for name in list(sys.modules):
-        if name.split(".")[0] in FAKED:
-            del sys.modules[name]
+    _forget(FAKED)
+
+
+@pytest.fixture()
+def fake_trtllm_real_tokenizer(monkeypatch):
+    """The FAKE tensorrt_llm with the REAL transformers (imported before the fakes' path)."""
+    if REAL_TRTLLM:
+        pytest.skip("the real tensorrt_llm is installed")
+    pytest.importorskip("gguf")
+    _forget(FAKED)
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(FAKES))
+    yield transformers
+    _forget(FAKED)
 
 
 def make_engine_dir(tmp_path: Path, **manifest_overrides) -> Path:
@@ -38,7 +56,7 @@ def make_engine_dir(tmp_path: Path, **manifest_overrides) -> Path:
         "pretrained_config": {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                               "hidden_size": 4096, "vocab_size": 128256, "max_position_embeddings": 8192},
         "build_config": {"max_batch_size": 4, "max_input_len": 2048, "max_seq_len": 3072,
-                         "max_num_tokens": 2304}}))
+                         "max_num_tokens": 2304, "plugin_config": {"use_paged_context_fmha": True}}}))
     manifest = {"complete": True, "tensorrt_llm_version": "0.12.0", "gpu_arch": "sm_87",
                 "source_model": "/models/Meta-Llama-3-8B-Instruct", **manifest_overrides}
     (d / "edge-llm-manifest.json").write_text(json.dumps(manifest))
@@ -322,3 +340,93 @@ def test_llama_cpp_was_built_for_this_cpu_and_never_with_amx():
     built = set(llama_cpu_features().split())
     assert ("AVX512" in built) == ("avx512f" in cpu) and ("AVX2" in built) == ("avx2" in cpu)
     assert not any(f.startswith("AMX") for f in built)
+
+
+# -- issue 20: end ids, chunked context, detokenization ------------------------------------------
+
+def test_every_end_id_of_generation_config_ends_the_text(fake_trtllm, tmp_path):
+    """Llama-3-Instruct's generation_config.json lists eos_token_id [128001, 128009]; Request takes
+    one end_id, so the rest go as stop words, which the executor writes to the output."""
+    d = make_engine_dir(tmp_path)
+    (d / "tokenizer/generation_config.json").write_text(json.dumps({"eos_token_id": [128001, 128009]}))
+    backend, plan, engine = start_engine(d)
+    try:
+        assert backend.end_ids == [128001, 128009, 2]  # and the tokenizer's own EOS
+        backend.executor.script = [100, 101, 128009, 102, 103]  # <|eot_id|> as the third token
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 10)
+        outs = list(engine.generate(req))
+        assert "".join(o.text for o in outs) == " w100 w101" and outs[-1].finish_reason == "stop"
+        sent = backend.executor.enqueued[-1]
+        assert sent.end_id == 128001 and sent.stop_words == [[128009], [2]]
+        assert req.output_tokens == [100, 101] and engine.scheduler.kv.num_reserved == 0
+    finally:
+        engine.stop()
+
+
+def test_chunked_context_only_for_an_engine_with_paged_context_fmha(fake_trtllm, tmp_path):
+    """A TLLM_CHECK in the batch manager refuses chunked context on an engine built without
+    --use_paged_context_fmha enable (one not built by tools/build_engine.py)."""
+    from tensorrt_llm import runtime
+    d = make_engine_dir(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["build_config"]["plugin_config"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="paged context FMHA"):  # what asking for it anyway does
+        runtime.ModelRunnerCpp.from_dir(str(d), enable_chunked_context=True)
+    backend, plan, engine = start_engine(d)
+    try:
+        assert runtime.model_runner_cpp.CALLS[-1][1]["enable_chunked_context"] is False
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 3)
+        assert list(engine.generate(req))[-1].finish_reason == "length"
+    finally:
+        engine.stop()
+
+
+def test_fakes_refuse_what_the_v0_12_bindings_refuse(fake_trtllm):
+    from tensorrt_llm.bindings import executor as t
+    with pytest.raises(TypeError):
+        t.SamplingConfig(min_tokens=1)  # v0.12 calls it min_length
+    assert t.SamplingConfig(min_length=1).min_length == 1
+    with pytest.raises(TypeError):
+        t.Request([1, 2], 5, priority=0.5)  # not a keyword of the branch's binding
+    with pytest.raises(TypeError):
+        t.Request([1, 2], 5, stop_words=[128009])  # a list of token lists
+    with pytest.raises(TypeError):  # positional order: (max_beam_width, scheduler_config, kv_cache_config, ...)
+        t.ExecutorConfig(1, None, "not a KvCacheConfig")
+
+
+TEXT = "Héllo wörld, naïve café — 日本語のテキストです。 Emoji: 🎉🚀👩‍💻 done."
+
+
+def gguf_tokenizer_dir(transformers, dest: Path) -> Path:
+    """SmolLM2's vocabulary from the embedded GGUF, saved as a Hugging Face tokenizer folder.
+    transformers 4.x refuses any GGUF read without torch, though the tokenizer path
+    (return_tensors=False) never touches it: the check is lifted for this one load."""
+    from unittest import mock
+
+    from edge_llm.config import embedded_model_path
+    gguf = embedded_model_path()
+    with mock.patch("transformers.modeling_gguf_pytorch_utils.is_torch_available", return_value=True):
+        tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.save_pretrained(dest)
+    return dest
+
+
+def test_real_tokenizer_text_survives_token_by_token_streaming(fake_trtllm_real_tokenizer, tmp_path):
+    """Byte-level BPE splits accented letters, CJK and emoji over several tokens, each of which
+    decodes alone to U+FFFD: decoded one token at a time (the old code) the text is garbled;
+    incrementally, every streamed delta is whole text and they join to the original."""
+    d = make_engine_dir(tmp_path)
+    gguf_tokenizer_dir(fake_trtllm_real_tokenizer, d / "tokenizer")
+    backend, plan, engine = start_engine(d)
+    try:
+        ids = backend.tokenize(TEXT, add_special=False)
+        one_by_one = "".join(backend.tokenizer.decode([i]) for i in ids)
+        assert "\ufffd" in one_by_one and one_by_one != TEXT  # the defect, with this vocabulary
+        backend.executor.script = ids
+        req, _ = engine.make_request(backend.tokenize("Say it."), SamplingParams(temperature=0), len(ids))
+        deltas = [o.text for o in engine.generate(req)]
+        assert "".join(deltas) == TEXT
+        assert not any("\ufffd" in t for t in deltas)
+    finally:
+        engine.stop()

@@ -12,6 +12,12 @@ fake tensorrt_llm (tests/fakes) that carries the branch's checks. What the branc
   we pass both, the fraction computed from the plan, so the pool is what the plan says.
 - EOS is not in output_token_ids and Result has no finish reason: "stop" vs "length" is
   decided from the count against max_new_tokens.
+- Request takes one end_id: a model with several end tokens (Llama-3-Instruct's
+  generation_config.json lists 128001 and 128009) gets the others as stop_words, which the
+  executor returns as output tokens: they end the request and are never text.
+- chunked context needs an engine built with paged context FMHA (a TLLM_CHECK in the batch
+  manager): it is asked for only when the engine's plugin_config says so.
+- text is decoded incrementally (engine/detokenizer.py), never one token at a time.
 - random_seed is uint64; Response.error_msg and .result raise on the wrong kind of response.
 Imported only when model.backend = "trtllm".
 """
@@ -25,9 +31,9 @@ from pathlib import Path
 
 from edge_llm.engine.backends.base import BackendError, ModelProfile
 from edge_llm.engine.chat_template import ChatTemplate
+from edge_llm.engine.detokenizer import IncrementalDetokenizer
 from edge_llm.engine.loop import Engine
 from edge_llm.engine.request import Request, RequestStatus
-from edge_llm.engine.scheduler import SampledToken
 
 log = logging.getLogger(__name__)
 MANIFEST = "edge-llm-manifest.json"
@@ -111,6 +117,29 @@ def profile_from_config(engine_dir: Path, name: str) -> tuple[ModelProfile, dict
     return profile, limits
 
 
+def end_ids(tokenizer_dir: Path, tokenizer) -> list[int]:
+    """Every token that ends a generation: generation_config.json's eos_token_id (an int or a
+    list; build_engine.py copies the file beside the tokenizer), then the tokenizer's EOS."""
+    ids: list[int] = []
+    path = tokenizer_dir / "generation_config.json"
+    if path.is_file():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        ids += eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids = list(dict.fromkeys(int(i) for i in ids))
+    if not ids:
+        raise BackendError(f"{tokenizer_dir} names no end token (no eos_token_id in generation_config.json "
+                           "or the tokenizer): a generation could only end at max_tokens")
+    return ids
+
+
+def paged_context_fmha(engine_dir: Path) -> bool:
+    """Whether the engine was built with --use_paged_context_fmha enable (config.json)."""
+    cfg = json.loads((engine_dir / "config.json").read_text())
+    return bool(cfg["build_config"].get("plugin_config", {}).get("use_paged_context_fmha", False))
+
+
 class TrtLlmBackend:
     """Tokenizer, chat template and profile of an engine directory (thread-safe reads)."""
 
@@ -125,6 +154,7 @@ class TrtLlmBackend:
         check_manifest(self.manifest, tensorrt_llm.__version__, device_gpu_arch(), self.engine_dir)
         self.profile, self.build_limits = profile_from_config(self.engine_dir, self.engine_dir.name)
         tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(self.engine_dir / "tokenizer")
+        self.end_ids = end_ids(self.engine_dir / "tokenizer", tokenizer)
         self.template = ChatTemplate(getattr(tokenizer, "chat_template", None), tokenizer.bos_token or "",
                                      tokenizer.eos_token or "")
         self.file_bytes = self.profile.weights_bytes
@@ -148,7 +178,7 @@ class TrtLlmBackend:
                     max_output_len=plan.max_seq_len - plan.max_input_len, max_beam_width=1,
                     max_tokens_in_paged_kv_cache=plan.kv_cache_tokens,
                     kv_cache_free_gpu_memory_fraction=fraction, kv_cache_enable_block_reuse=True,
-                    enable_chunked_context=True, use_mmap=True)
+                    enable_chunked_context=paged_context_fmha(self.engine_dir), use_mmap=True)
 
     def load(self, plan) -> None:
         from tensorrt_llm.runtime import ModelRunnerCpp
@@ -162,9 +192,14 @@ class TrtLlmBackend:
     def executor(self):
         return getattr(self.runner, "session", None) or self.runner.executor
 
-    def sampled(self, token: int) -> SampledToken:
-        eos = self.tokenizer.eos_token_id
-        return SampledToken(token, self.tokenizer.decode([token]).encode(), token == eos)
+    def detokenizer(self, prompt_ids: list[int]) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.tokenizer, prompt_ids)
+
+    def request_kwargs(self) -> dict:
+        """End and pad ids of every Request: the first end id, the rest as stop words."""
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return dict(end_id=self.end_ids[0], pad_id=self.end_ids[0] if pad is None else pad,
+                    stop_words=[[i] for i in self.end_ids[1:]] or None)
 
     def release(self, request_id: str) -> None:
         pass  # per-request state (sampling, KV blocks) lives in the executor
@@ -186,6 +221,7 @@ class TrtLlmEngine(Engine):
         from tensorrt_llm.bindings import executor as trtllm
         self.trtllm = trtllm
         self._by_id: dict[int, Request] = {}
+        self._detok: dict[int, IncrementalDetokenizer] = {}
 
     def step(self) -> None:
         s = self.scheduler
@@ -209,11 +245,11 @@ class TrtLlmEngine(Engine):
                                     temperature=None if p.is_greedy else p.temperature, random_seed=seed,
                                     presence_penalty=p.presence_penalty or None,
                                     frequency_penalty=p.frequency_penalty or None)
-        eos = self.backend.tokenizer.eos_token_id
         rid = self.backend.executor.enqueue_request(t.Request(
             input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
-            sampling_config=sampling, end_id=eos, pad_id=eos))
+            sampling_config=sampling, **self.backend.request_kwargs()))
         req.seq_id, req.status = rid, RequestStatus.RUNNING
+        self._detok[rid] = self.backend.detokenizer(req.prompt_tokens)
         self.scheduler.kv.reserve(req, self.scheduler.kv.full_reservation(req))
         self.scheduler.running.append(req)
         self._by_id[rid] = req
@@ -226,10 +262,12 @@ class TrtLlmEngine(Engine):
         if resp.has_error():  # error_msg raises on a response without one
             self._finish(req, RequestStatus.FINISHED_ERROR, resp.error_msg)
             return
-        result = resp.result
-        for token in result.output_token_ids[0]:  # streaming: only the new tokens; never EOS
-            s = self.backend.sampled(token)
-            req.append_token(token, s.piece)
+        result, detok = resp.result, self._detok[resp.request_id]
+        for token in result.output_token_ids[0]:  # streaming: only the new tokens; never end_id
+            if token in self.backend.end_ids:  # another end id, sent as a stop word: it ends the text
+                req.finish(RequestStatus.FINISHED_STOPPED)
+                break
+            req.append_token(token, detok.step(token).encode())
             self.metrics.generated_tokens.inc()
             if req.is_finished:
                 break
@@ -245,6 +283,7 @@ class TrtLlmEngine(Engine):
 
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         self._by_id.pop(req.seq_id, None)
+        self._detok.pop(req.seq_id, None)
         self.scheduler.kv.unreserve(req)
         if req in self.scheduler.running:
             self.scheduler.running.remove(req)

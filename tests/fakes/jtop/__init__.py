@@ -5,12 +5,18 @@ jtop/jtop.py and jtop/service.py as summarized in JETSON.md (shared):
   reach the caller as JtopException (jtop/jtop.py start()).
 - ok() re-raises an error of jtop's reader thread (jtop/jtop.py ok() -> _raise_error());
   once the service is gone, the attributes keep returning the last values forever.
+- ok() waits up to TIMEOUT_GAIN (3) intervals for a new sample; when none comes (a service
+  that is up but no longer samples) it marks the client stopped and returns False, then and
+  on every later call (jetson-stats 4.2.12 jtop/jtop.py ok(), read in its sdist).
 - memory in KB, power in mW, temperature in C (-256 when offline), shapes of AGX Orin 64GB."""
 
 from __future__ import annotations
 
 import copy
 import os
+import time
+
+TIMEOUT_GAIN = 3  # jtop/jtop.py
 
 
 class JtopException(Exception):
@@ -23,6 +29,7 @@ class Service:
     def __init__(self):
         self.running = True  # the socket exists
         self.member_of_jtop_group = True  # the calling user is in group jtop
+        self.sampling = True  # the service sends a new sample every interval
 
     def reset(self):
         self.__init__()
@@ -46,6 +53,7 @@ class jtop:  # noqa: N801 (the real name)
             raise JtopException("interval must be a number >= 0.1 s")
         self.interval = interval
         self.started = self.closed = False
+        self._running = True
         self.memory = copy.deepcopy(_MEMORY)
         self.stats = {"RAM": 0.15, "nvp model": "MAXN", "jetson_clocks": "ON", "GPU": 41.0}
         self.temperature = {"CPU": {"online": True, "temp": 48.5}, "GPU": {"online": True, "temp": 47.0},
@@ -64,9 +72,12 @@ class jtop:  # noqa: N801 (the real name)
     def ok(self, spin: bool = False) -> bool:
         if not self.started:
             raise JtopException("jtop not started: call start() or use `with jtop() as jetson`")
+        if not spin and not SERVICE.sampling and self._running:
+            time.sleep(self.interval * TIMEOUT_GAIN)  # _trigger.wait(interval * TIMEOUT_GAIN) timed out
+            self._running = False
         if not SERVICE.running:  # the reader thread lost the socket; ok() re-raises it
             raise JtopException("Lost connection with jtop server")
-        return not self.closed
+        return self._running and not self.closed
 
     def close(self) -> None:
         self.closed = True

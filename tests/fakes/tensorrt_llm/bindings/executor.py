@@ -1,7 +1,10 @@
 """FAKE tensorrt_llm.bindings.executor (see tests/fakes/README.md): the v0.12.0-jetson Executor
 API with the checks, types and failures of the real pybind module. Each rule names where it
 comes from; JETSON.md (shared) holds the facts as read in the branch's sources:
-  cpp/tensorrt_llm/pybind/executor/bindings.cpp   (types: pybind raises TypeError on a wrong one)
+  cpp/tensorrt_llm/pybind/executor/bindings.cpp   (types: pybind raises TypeError on a wrong one;
+      keyword names and positional order as in the 0.11/0.12-era file read for this, the one
+      with logits_post_processor_name and encoder_input_token_ids in Request: the branch's own
+      copy was not available to read)
   cpp/include/tensorrt_llm/executor/executor.h    (Request, Response, Result, KvCacheConfig)
   cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp (the KV size: min of max_tokens and fraction)
   cpp/tensorrt_llm/kernels/samplingTopKKernels.cu (EOS is not written to the output tokens)
@@ -36,7 +39,7 @@ class SamplingConfig:
     """executor.h SamplingConfig; random_seed is std::optional<uint64_t> (RandomSeedType)."""
 
     def __init__(self, beam_width: int = 1, top_k=None, top_p=None, top_p_min=None, top_p_reset_ids=None,
-                 top_p_decay=None, random_seed=None, temperature=None, min_tokens=None,
+                 top_p_decay=None, random_seed=None, temperature=None, min_length=None,
                  beam_search_diversity_rate=None, repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, length_penalty=None, early_stopping=None, no_repeat_ngram_size=None):
         self.beam_width = _typed("beam_width", beam_width, int, optional=False, lo=1, hi=SIZE_TYPE_MAX)
@@ -44,6 +47,7 @@ class SamplingConfig:
         self.top_p = _typed("top_p", top_p, float)
         self.random_seed = _typed("random_seed", random_seed, int, lo=0, hi=UINT64_MAX)
         self.temperature = _typed("temperature", temperature, float)
+        self.min_length = _typed("min_length", min_length, int, lo=0, hi=SIZE_TYPE_MAX)
         self.presence_penalty = _typed("presence_penalty", presence_penalty, float)
         self.frequency_penalty = _typed("frequency_penalty", frequency_penalty, float)
         self.repetition_penalty = _typed("repetition_penalty", repetition_penalty, float)
@@ -60,11 +64,23 @@ class OutputConfig:
         self.exclude_input_from_output = exclude_input_from_output
 
 
+def _words(name: str, value):
+    """std::optional<std::list<VecTokens>>: None or a list of lists of int."""
+    if value is not None and not (isinstance(value, list) and all(
+            isinstance(w, list) and w and all(isinstance(t, int) and not isinstance(t, bool) for t in w)
+            for w in value)):
+        raise TypeError(f"__init__(): incompatible function arguments: {name} must be List[List[int]]")
+    return value
+
+
 class Request:
-    """executor.h Request: input_token_ids is VecTokens (list of int), max_new_tokens SizeType32."""
+    """executor.h Request: input_token_ids is VecTokens (list of int), max_new_tokens SizeType32.
+    The binding's keywords and nothing else: an unknown keyword is pybind's TypeError."""
 
     def __init__(self, input_token_ids, max_new_tokens, streaming=False, sampling_config=None,
-                 output_config=None, end_id=None, pad_id=None, **_unused):
+                 output_config=None, end_id=None, pad_id=None, bad_words=None, stop_words=None,
+                 embedding_bias=None, external_draft_tokens_config=None, prompt_tuning_config=None,
+                 lora_config=None, logits_post_processor_name=None, encoder_input_token_ids=None):
         if not isinstance(input_token_ids, list) or not all(
                 isinstance(t, int) and not isinstance(t, bool) for t in input_token_ids):
             raise TypeError("__init__(): incompatible function arguments: input_token_ids must be List[int]")
@@ -79,6 +95,8 @@ class Request:
         self.output_config = output_config or OutputConfig()
         self.end_id = _typed("end_id", end_id, int)
         self.pad_id = _typed("pad_id", pad_id, int)
+        self.bad_words = _words("bad_words", bad_words)
+        self.stop_words = _words("stop_words", stop_words)
 
 
 @dataclass
@@ -124,7 +142,7 @@ class KvCacheConfig:
     DEFAULT_FRACTION = 0.9
 
     def __init__(self, enable_block_reuse=False, max_tokens=None, max_attention_window=None,
-                 sink_token_length=None, free_gpu_memory_fraction=None, **_unused):
+                 sink_token_length=None, free_gpu_memory_fraction=None, host_cache_size=None, onboard_blocks=True):
         self.enable_block_reuse = enable_block_reuse
         self.max_tokens = _typed("max_tokens", max_tokens, int, lo=1, hi=SIZE_TYPE_MAX)
         self.free_gpu_memory_fraction = _typed("free_gpu_memory_fraction", free_gpu_memory_fraction, float)
@@ -138,22 +156,39 @@ class KvCacheConfig:
 
 
 class ExecutorConfig:
-    """What ModelRunnerCpp.from_dir passes on v0.12.0-jetson: no max_batch_size (JETSON.md)."""
+    """bindings.cpp ExecutorConfig, in its positional order. ModelRunnerCpp.from_dir passes no
+    max_batch_size (JETSON.md) and sets enable_chunked_context as an attribute afterwards."""
 
-    def __init__(self, max_beam_width=1, kv_cache_config=None, decoding_config=None, gpu_weights_percent=1):
-        self.max_beam_width = max_beam_width
+    def __init__(self, max_beam_width=1, scheduler_config=None, kv_cache_config=None, enable_chunked_context=False,
+                 normalize_log_probs=True, iter_stats_max_iterations=1000, request_stats_max_iterations=0,
+                 batching_type=None, max_batch_size=None, max_num_tokens=None, parallel_config=None,
+                 peft_cache_config=None, logits_post_processor_map=None, logits_post_processor_batched=None,
+                 decoding_config=None, gpu_weights_percent=1.0):
+        self.max_beam_width = _typed("max_beam_width", max_beam_width, int, optional=False, lo=1)
+        if kv_cache_config is not None and not isinstance(kv_cache_config, KvCacheConfig):
+            raise TypeError("__init__(): incompatible function arguments: kv_cache_config must be KvCacheConfig")
         self.kv_cache_config = kv_cache_config or KvCacheConfig()
+        self.enable_chunked_context = _typed("enable_chunked_context", enable_chunked_context, bool, optional=False)
+        self.max_batch_size = _typed("max_batch_size", max_batch_size, int, lo=1)
+        self.gpu_weights_percent = _typed("gpu_weights_percent", gpu_weights_percent, float, optional=False)
 
 
 class Executor:
     """A toy in-flight batcher. It schedules up to the ENGINE's build-time max_batch_size (the
     runtime one is not passed to it) and only as many sequences as its KV pool holds."""
 
-    def __init__(self, engine_max_batch_size: int, max_seq_len: int, kv_pool_tokens: int):
+    def __init__(self, engine_max_batch_size: int, max_seq_len: int, kv_pool_tokens: int, config=None,
+                 paged_context_fmha: bool = True):
+        # trtGptModelInflightBatching: chunked context only over paged context FMHA (TLLM_CHECK;
+        # JETSON.md, second audit: the check itself was not read here)
+        if config is not None and config.enable_chunked_context and not paged_context_fmha:
+            raise RuntimeError("[TensorRT-LLM][ERROR] Assertion failed: Chunked context requires an engine "
+                               "built with paged context FMHA (--use_paged_context_fmha enable)")
         self.max_batch_size = engine_max_batch_size
         self.max_seq_len = max_seq_len
         self.kv_pool_tokens = kv_pool_tokens
         self.eos_after: int | None = None  # test switch: the model samples end_id as its Nth token
+        self.script: list[int] | None = None  # test switch: the tokens the model samples, in order
         self._ids = itertools.count(1)
         self._queued: list[int] = []
         self._active: dict[int, tuple[Request, int]] = {}  # id -> (request, tokens emitted)
@@ -208,10 +243,13 @@ class Executor:
             self.max_active = max(self.max_active, len(batch))
             for rid in batch:
                 req, n = self._active[rid]
-                eos = self.eos_after is not None and n + 1 == self.eos_after
-                # sampling kernels stop at end_id without writing it to the output (JETSON.md)
-                tokens = [] if eos else [100 + n]
-                final = eos or n + 1 >= req.max_new_tokens
+                token = self.script[n] if self.script and n < len(self.script) else 100 + n
+                eos = token == req.end_id or (self.eos_after is not None and n + 1 == self.eos_after)
+                # sampling kernels stop at end_id without writing it to the output (JETSON.md); a
+                # stop word is written, then the request ends
+                stop = any(w == [token] for w in req.stop_words or [])
+                tokens = [] if eos else [token]
+                final = eos or stop or n + 1 >= req.max_new_tokens
                 out.append(Response(rid, Result(final, [tokens])))
                 if final:
                     del self._active[rid]

@@ -1,7 +1,9 @@
 """FAKE tensorrt_llm/runtime/model_runner_cpp.py of v0.12.0-jetson: from_dir with the branch's
-signature and its checks (JETSON.md, "Checks in from_dir"), building the Executor the way
-the branch does: KvCacheConfig(free_gpu_memory_fraction, max_attention_window,
-sink_token_length, max_tokens, enable_block_reuse) and an ExecutorConfig without a batch size."""
+signature and its checks (JETSON.md, "Checks in from_dir"; the checks as in the 0.11/0.12-era
+model_runner_cpp.py read for this), building the Executor the way it does:
+KvCacheConfig(free_gpu_memory_fraction, max_attention_window, sink_token_length, max_tokens,
+enable_block_reuse), ExecutorConfig(max_beam_width=, kv_cache_config=, decoding_config=) by
+keyword and without a batch size, then `enable_chunked_context` set on it."""
 
 from __future__ import annotations
 
@@ -33,24 +35,32 @@ class ModelRunnerCpp:
         cfg = json.loads((Path(engine_dir) / "config.json").read_text())
         build, pre = cfg["build_config"], cfg["pretrained_config"]
         engine_batch, engine_seq = build["max_batch_size"], build["max_seq_len"]
-        # the branch's defaults: the engine's own limits
-        max_batch_size = engine_batch if max_batch_size is None else max_batch_size
-        max_input_len = build["max_input_len"] if max_input_len is None else max_input_len
-        max_output_len = engine_seq - max_input_len if max_output_len is None else max_output_len
-        max_beam_width = 1 if max_beam_width is None else max_beam_width
-        assert max_batch_size <= engine_batch, (
-            f"max_batch_size ({max_batch_size}) should be less than or equal to engine max_batch_size ({engine_batch})")
-        assert max_input_len + max_output_len <= engine_seq, (
-            f"max_input_len ({max_input_len}) + max_output_len ({max_output_len}) should be less than or equal to "
-            f"engine max_seq_len ({engine_seq})")
-        assert max_beam_width <= build.get("max_beam_width", 1), "max_beam_width exceeds the engine's"
+        # the engine's own limits where nothing is given; each given one is asserted against it
+        if max_batch_size is None:
+            max_batch_size = engine_batch
+        else:
+            assert max_batch_size <= engine_batch
+        if max_input_len is None:
+            max_input_len = build["max_input_len"]  # not asserted: "not the upper bound of input length"
+        if max_output_len is None:
+            max_seq_len = engine_seq
+        else:  # only when max_output_len is given
+            max_seq_len = max_input_len + max_output_len
+            assert max_seq_len <= engine_seq
+        if max_beam_width is None:
+            max_beam_width = build.get("max_beam_width", 1)
+        else:
+            assert max_beam_width <= build.get("max_beam_width", 1)
         kv = trtllm.KvCacheConfig(free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
                                   max_attention_window=max_attention_window_size,
                                   sink_token_length=sink_token_length, max_tokens=max_tokens_in_paged_kv_cache,
                                   enable_block_reuse=kv_cache_enable_block_reuse)
-        config = trtllm.ExecutorConfig(max_beam_width, kv, None, gpu_weights_percent)
+        config = trtllm.ExecutorConfig(max_beam_width=max_beam_width, kv_cache_config=kv, decoding_config=None)
+        config.enable_chunked_context = enable_chunked_context
         heads = pre["num_attention_heads"]
         bytes_per_token = 2 * pre["num_hidden_layers"] * pre.get("num_key_value_heads", heads) * (
             pre.get("head_size") or pre["hidden_size"] // heads) * 2
         pool = config.kv_cache_config.pool_tokens(FREE_GPU_MEMORY_BYTES, bytes_per_token)
-        return cls(trtllm.Executor(engine_batch, engine_seq, pool), max_input_len, engine_seq, max_batch_size)
+        fmha = build.get("plugin_config", {}).get("use_paged_context_fmha", False)
+        executor = trtllm.Executor(engine_batch, engine_seq, pool, config, paged_context_fmha=fmha)
+        return cls(executor, max_input_len, max_seq_len, max_batch_size)
