@@ -5,6 +5,7 @@ only; nothing here proves the real TensorRT-LLM behaves the same."""
 import importlib.util
 import inspect
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -272,6 +273,15 @@ def hf_checkpoint(tmp_path: Path) -> Path:
     return m
 
 
+def trtllm_checkout(tmp_path: Path) -> Path:
+    """The two scripts build_engine runs from a v0.12.0-jetson checkout (empty here)."""
+    src = tmp_path / "TensorRT-LLM"
+    for script in ("examples/llama/convert_checkpoint.py", "examples/quantization/quantize.py"):
+        (src / script).parent.mkdir(parents=True, exist_ok=True)
+        (src / script).write_text("")
+    return src
+
+
 @pytest.mark.parametrize("device, quant, expect, absent", [
     ("agx-orin-64gb", None, ["examples/llama/convert_checkpoint.py", "--use_weight_only --weight_only_precision int4",
                              "--max_batch_size 8", "--max_seq_len 4096", "--max_input_len 4095",
@@ -282,7 +292,8 @@ def hf_checkpoint(tmp_path: Path) -> Path:
 def test_build_engine_dry_run_defaults_to_the_documented_int4_path(tmp_path, capsys, device, quant, expect, absent):
     from tools import build_engine
     model = hf_checkpoint(tmp_path)
-    argv = ["--model", str(model), "--output", str(tmp_path / "engine"), "--device", device, "--dry-run"]
+    argv = ["--model", str(model), "--output", str(tmp_path / "engine"), "--device", device, "--dry-run",
+            "--trtllm-src", str(trtllm_checkout(tmp_path))]
     assert build_engine.main(argv + (["--quant", quant] if quant else [])) == 0
     out = capsys.readouterr().out
     for flag in expect + ["--gemm_plugin float16", "--use_paged_context_fmha enable", "trtllm-build"]:
@@ -296,7 +307,7 @@ def test_build_engine_dry_run_defaults_to_the_documented_int4_path(tmp_path, cap
 def test_build_engine_awq_is_opt_in_with_a_local_calibration_set(tmp_path, capsys):
     from tools import build_engine
     argv = ["--model", str(hf_checkpoint(tmp_path)), "--output", str(tmp_path / "engine"), "--quant", "int4_awq",
-            "--dry-run"]
+            "--dry-run", "--trtllm-src", str(trtllm_checkout(tmp_path))]
     with pytest.raises(SystemExit):
         build_engine.main(argv)
     assert "needs --calib-dataset" in capsys.readouterr().err
@@ -304,6 +315,39 @@ def test_build_engine_awq_is_opt_in_with_a_local_calibration_set(tmp_path, capsy
     calib.mkdir()
     assert build_engine.main(argv + ["--calib-dataset", str(calib)]) == 0
     assert f"--qformat int4_awq --awq_block_size 128 --calib_size 32 --calib_dataset {calib}" in capsys.readouterr().out
+
+
+def test_build_engine_needs_a_v0_12_jetson_checkout_for_its_examples(tmp_path, capsys):
+    """convert_checkpoint.py and quantize.py are in the repository's examples/, not the wheel;
+    the old default, /opt/TensorRT-LLM, was installed by nothing."""
+    from tools import build_engine
+    argv = ["--model", str(hf_checkpoint(tmp_path)), "--output", str(tmp_path / "engine"), "--dry-run"]
+    with pytest.raises(SystemExit):
+        build_engine.main(argv)
+    assert "--trtllm-src" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="git clone --branch v0.12.0-jetson"):
+        build_engine.main(argv + ["--trtllm-src", str(tmp_path / "wheel-only")])
+
+
+def test_build_engine_checks_disk_and_memory_before_it_starts(tmp_path, monkeypatch, capsys):
+    """An 8B build takes ~27 GB of disk beside the swap file, and its conversion can run a 32 GB
+    Orin out of memory: both are checked, with numbers, before anything runs."""
+    from tools import build_engine
+    model = hf_checkpoint(tmp_path)  # 32 layers x 4096: ~12 GiB of fp16 weights by the formula
+    ckpt = build_engine.checkpoint_bytes(model)
+    monkeypatch.setattr(build_engine.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(0, 0, 2 * ckpt))
+    assert build_engine.check_resources(model, tmp_path / "engine", {"MemAvailable": 2 * ckpt, "SwapFree": 0}) == []
+    monkeypatch.setattr(build_engine.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(0, 0, 5 << 30))
+    problems = build_engine.check_resources(model, tmp_path / "engine", {"MemAvailable": 20 << 30, "SwapFree": 0})
+    assert len(problems) == 2
+    assert problems[0].startswith("5.0 GiB free under") and "swap file" in problems[0]
+    assert "20.0 GiB RAM available + 0.0 GiB swap free" in problems[1] and "systemctl stop edge-llm" in problems[1]
+    monkeypatch.setattr(build_engine, "meminfo_bytes", lambda: {"MemAvailable": 20 << 30, "SwapFree": 0})
+    argv = ["--model", str(model), "--output", str(tmp_path / "engine"), "--trtllm-src", str(trtllm_checkout(tmp_path))]
+    with pytest.raises(SystemExit, match="would fail partway"):
+        build_engine.main(argv)
+    assert "GiB free under" in capsys.readouterr().err
+    assert not (tmp_path / "engine.partial").exists()
 
 
 def test_build_engine_finds_trtllm_build_in_the_venv_or_says_how(tmp_path, monkeypatch):

@@ -1,7 +1,11 @@
 """Build an INT4 TensorRT-LLM engine (v0.12.0-jetson) sized by `edge-llm plan` for a device.
 
-    python tools/build_engine.py --model HF_DIR --output ENGINE_DIR --device agx-orin-64gb \\
-        [--quant int4|int4_gptq|int4_awq] [--calib-dataset DIR] [--trtllm-src DIR] [--dry-run]
+    python tools/build_engine.py --model HF_DIR --output ENGINE_DIR --trtllm-src TRTLLM_CHECKOUT \\
+        --device agx-orin-64gb [--quant int4|int4_gptq|int4_awq] [--calib-dataset DIR] [--dry-run]
+
+--trtllm-src is a checkout of TensorRT-LLM's v0.12.0-jetson branch: convert_checkpoint.py and
+quantize.py live in its examples/, which the wheel does not install
+(git clone --branch v0.12.0-jetson --depth 1 https://github.com/NVIDIA/TensorRT-LLM.git).
 
 --quant int4 (the default) is README4Jetson's documented path: convert_checkpoint.py with
 INT4 weight-only quantization, no calibration. int4_gptq is its other documented path: --model
@@ -37,13 +41,60 @@ from edge_llm.engine.backends.trtllm import MANIFEST  # noqa: E402
 
 GPU_ARCH = "sm_87"  # Jetson Orin
 INT4_SHARE = 0.3  # INT4 engine bytes per fp16 checkpoint byte (INT4 linears, fp16 embeddings)
+# Disk a build takes beside the checkpoint: ~27 GB for an 8B model (16 GB fp16), as issue 20
+# puts it (converted checkpoint, engine, temporaries); scaled by the checkpoint's size. Not
+# measured here: no Jetson.
+DISK_PER_CHECKPOINT_BYTE = 1.7
+# RAM + swap a conversion holds: the fp16 weights and their quantized copy (an estimate; JETSON.md:
+# a 7-8B build can run out of memory on a 32 GB Orin)
+MEMORY_PER_CHECKPOINT_BYTE = 2.0
+CLONE = "git clone --branch v0.12.0-jetson --depth 1 https://github.com/NVIDIA/TensorRT-LLM.git"
+GiB = 1 << 30
+
+
+def checkpoint_bytes(model_dir: Path) -> int:
+    """The fp16 checkpoint's size: its safetensors, else 12 x layers x hidden^2 parameters."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or \
+        2 * 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] ** 2
+
+
+def meminfo_bytes(path: str = "/proc/meminfo") -> dict[str, int]:
+    fields = (line.split() for line in Path(path).read_text().splitlines())
+    return {f[0].rstrip(":"): int(f[1]) * 1024 for f in fields if len(f) >= 2 and f[1].isdigit()}
+
+
+def check_resources(model_dir: Path, out: Path, meminfo: dict[str, int] | None = None) -> list[str]:
+    """What stops a build before it starts: disk where the engine goes, RAM + swap for the
+    conversion. Returns the problems, each with its numbers."""
+    ckpt = checkpoint_bytes(model_dir)
+    problems = []
+    free = shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free
+    if free < ckpt * DISK_PER_CHECKPOINT_BYTE:
+        problems.append(f"{free / GiB:.1f} GiB free under {out.parent}, the build needs about "
+                        f"{ckpt * DISK_PER_CHECKPOINT_BYTE / GiB:.1f} GiB (converted checkpoint and engine; "
+                        f"the swap file's space is not free space)")
+    mem = meminfo or meminfo_bytes()
+    have = mem.get("MemAvailable", 0) + mem.get("SwapFree", 0)
+    if have < ckpt * MEMORY_PER_CHECKPOINT_BYTE:
+        problems.append(f"{mem.get('MemAvailable', 0) / GiB:.1f} GiB RAM available + {mem.get('SwapFree', 0) / GiB:.1f}"
+                        f" GiB swap free, a conversion of this {ckpt / GiB:.1f} GiB checkpoint holds about "
+                        f"{ckpt * MEMORY_PER_CHECKPOINT_BYTE / GiB:.1f} GiB: stop the daemon and the kiosk "
+                        "(systemctl stop edge-llm edge-llm-kiosk) or add swap")
+    return problems
+
+
+def check_trtllm_src(src: Path, quant: str) -> None:
+    script = src / "examples" / ("quantization/quantize.py" if quant == "int4_awq" else "llama/convert_checkpoint.py")
+    if not script.is_file():
+        raise SystemExit(f"build_engine: {script} not found: --trtllm-src must be a TensorRT-LLM v0.12.0-jetson "
+                         f"checkout (the wheel does not install examples/): {CLONE}")
 
 
 def hf_profile(model_dir: Path) -> ModelProfile:
     cfg = json.loads((model_dir / "config.json").read_text())
     heads = cfg["num_attention_heads"]
-    fp16_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or \
-        2 * 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] ** 2
+    fp16_bytes = checkpoint_bytes(model_dir)
     return ModelProfile(
         name=model_dir.name, n_layers=cfg["num_hidden_layers"], n_kv_heads=cfg.get("num_key_value_heads", heads),
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
@@ -108,10 +159,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="int4: weight-only (documented on Jetson, default); int4_gptq: --model is a GPTQ "
                          "checkpoint; int4_awq: ModelOpt, opt-in, needs --calib-dataset")
     ap.add_argument("--calib-dataset", help="a local calibration dataset folder, for --quant int4_awq")
-    ap.add_argument("--trtllm-src", default="/opt/TensorRT-LLM", help="TensorRT-LLM v0.12.0-jetson checkout")
+    ap.add_argument("--trtllm-src", required=True,
+                    help=f"a TensorRT-LLM v0.12.0-jetson checkout (its examples/ are not in the wheel): {CLONE}")
     ap.add_argument("--max-seq-len", type=int, default=0, help="cap the plan's max_seq_len")
     ap.add_argument("--max-batch-size", type=int, default=0, help="cap the plan's max_batch_size")
     ap.add_argument("--dry-run", action="store_true", help="print every command, run nothing")
+    ap.add_argument("--force", action="store_true", help="build even when disk or memory looks short")
     args = ap.parse_args(argv)
     model, out = Path(args.model), Path(args.output)
     if args.quant == "int4_awq":
@@ -122,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--calib-dataset {args.calib_dataset} is not a folder")
     if not (model / "config.json").is_file():
         ap.error(f"{model} has no config.json: not a Hugging Face checkpoint folder")
+    check_trtllm_src(Path(args.trtllm_src), args.quant)
+    problems = check_resources(model, out)
+    for problem in problems:
+        print(f"build_engine: {problem}", file=sys.stderr)
+    if problems and not args.force and not args.dry_run:
+        raise SystemExit("build_engine: not starting a build that would fail partway; --force to try anyway")
     caps = {k: v for k, v in (("max_seq_len", args.max_seq_len), ("max_batch_size", args.max_batch_size)) if v}
     plan = planner.plan(hf_profile(model), profiles.DEVICES[args.device], planner.Policy(caps=caps))
     print(f"plan for {args.device}: batch {plan.max_batch_size}, input {plan.max_input_len}, seq {plan.max_seq_len},"
