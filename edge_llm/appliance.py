@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
-from edge_llm import planner, pressure
+from edge_llm import calibration, planner, pressure
+from edge_llm import config as config_mod
 from edge_llm.config import Config
 from edge_llm.engine.backends.base import ContextShape
 from edge_llm.engine.loop import Engine
@@ -18,7 +20,8 @@ MiB = 1 << 20
 
 
 def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
-                       gpu_offload: bool = False, total_bytes: int | None = None) -> planner.Policy:
+                       gpu_offload: bool = False, total_bytes: int | None = None,
+                       cal: calibration.Calibration | None = None) -> planner.Policy:
     """User caps, tightened by the limits a TensorRT-LLM engine was built with (runtime
     limits must not exceed them). total_bytes: the RAM the plan sees (scales the reserve)."""
     lim, p = cfg.limits, cfg.planner
@@ -31,7 +34,21 @@ def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
         default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps,
         gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB,
         per_sequence_kv={"per_slot": True, "unified": False}.get(cfg.model.kv_layout)
-        if cfg.model.backend == "llamacpp" else False)
+        if cfg.model.backend == "llamacpp" else False,
+        speed=calibration.choose(cal, p.max_step_ms / 1000) if cal else None,
+        calibration=cal.to_json() if cal else None)
+
+
+def calibrate(cfg: Config, backend, snapshot: Snapshot) -> calibration.Calibration | None:
+    """The device's step costs for the plan's speed choices: cached, measured when the model,
+    the build, the device or its power mode changed (llama.cpp only; TensorRT-LLM's executor
+    schedules itself)."""
+    if cfg.model.backend != "llamacpp" or not cfg.planner.calibrate:
+        return None
+    path = Path(cfg.planner.calibration_file or config_mod.state_dir(cfg) / "calibration.json")
+    key = calibration.device_key(backend, cfg.model_path, snapshot.gpu_name, snapshot.nvpmodel)
+    return calibration.load_or_measure(path, backend, key, max(calibration.BATCHES),
+                                       cfg.planner.max_step_ms / 1000)
 
 
 def load_backend(cfg: Config):
@@ -62,9 +79,11 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     """Load, plan, size the context and warm up; returns (backend, plan, engine), running."""
     on_step("mapping the model")
     backend = load_backend(cfg)
+    on_step("calibrating step costs")
+    cal = calibrate(cfg, backend, snapshot)
     on_step("planning memory")
     policy = policy_from_config(cfg, getattr(backend, "build_limits", None), getattr(backend, "gpu_offload", False),
-                                snapshot.ram_total_bytes)
+                                snapshot.ram_total_bytes, cal)
     plan = planner.plan(backend.profile, snapshot, policy)
     log_plan(plan)
     on_step(f"allocating {plan.kv_cache_tokens} KV tokens")

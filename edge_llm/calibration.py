@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 CHUNKS = (64, 128, 256, 512, 1024, 2048)  # prefill chunk candidates, tokens
 BATCHES = (1, 2, 4, 8, 16, 32, 64)  # decode batch candidates, sequences
-LAYOUT_CTX = 256  # tokens per sequence when the layouts are compared
+LAYOUT_CTX = (256, 2048)  # tokens per sequence when the layouts are compared: as long as ~2 s of prefill allows
+LAYOUT_FILL_S = 2.0
 EFFICIENT = 1.10  # a chunk within 10% of the best cost per token is efficient enough
-BATCH_GAIN = 1.15  # doubling the batch must raise decode throughput by 15% to be worth it
-VERSION = 1  # bump when what is measured changes
+NEAR_BEST = 0.90  # a batch this close to the best decode throughput is large enough
+VERSION = 2  # bump when what is measured changes
 SERIES_BUDGET_S = 10.0  # a series of candidates stops once it has taken this long
 
 
@@ -33,8 +34,9 @@ class Calibration:
     key: dict  # what the figures are valid for: model, build, device, power mode
     prefill_s: dict[int, float]  # chunk tokens -> seconds for one prefill step
     decode_s: dict[int, float]  # batch -> seconds per decode step (short contexts)
-    layout_s: dict[str, float]  # "unified" | "per_slot" -> seconds per decode step at layout_batch x LAYOUT_CTX
+    layout_s: dict[str, float]  # "unified" | "per_slot" -> seconds per decode step at layout_batch x layout_ctx
     layout_batch: int  # sequences in the layout comparison
+    layout_ctx: int  # tokens each of them holds
     can_abort: bool  # a running step can be stopped (ggml's CPU backend); on a GPU the chunk bounds a stall
     measured_s: float  # how long measuring took
     measured_at: float = field(default_factory=time.time)  # Unix time
@@ -50,7 +52,8 @@ class Calibration:
             raise ValueError(f"calibration version {d.get('version')} is not {VERSION}")
         return cls(key=d["key"], prefill_s={int(k): v for k, v in d["prefill_s"].items()},
                    decode_s={int(k): v for k, v in d["decode_s"].items()}, layout_s=dict(d["layout_s"]),
-                   layout_batch=int(d["layout_batch"]), can_abort=bool(d["can_abort"]),
+                   layout_batch=int(d["layout_batch"]), layout_ctx=int(d["layout_ctx"]),
+                   can_abort=bool(d["can_abort"]),
                    measured_s=float(d["measured_s"]), measured_at=float(d["measured_at"]))
 
 
@@ -80,33 +83,30 @@ def choose_chunk(prefill_s: dict[int, float], max_step_s: float, can_abort: bool
 
 
 def choose_batch(decode_s: dict[int, float], max_step_s: float) -> tuple[int, str]:
-    """The largest batch whose decode throughput still rises by BATCH_GAIN over half of it,
-    with a step no longer than max_step_s (every stream gets a token at least that often)."""
-    sizes = sorted(decode_s)
-    batch = sizes[0]
-    for b in sizes[1:]:
-        gain = (b / decode_s[b]) / (batch / decode_s[batch])
-        if gain < BATCH_GAIN or decode_s[b] > max_step_s:
-            break
-        batch = b
+    """The smallest batch within NEAR_BEST of the best decode throughput measured among those whose
+    step takes no longer than max_step_s (every stream gets a token at least that often). The best,
+    not the first plateau: a GPU's throughput can pause at one size and climb again."""
+    fitting = {b: b / t for b, t in decode_s.items() if t <= max_step_s} or {min(decode_s): 0.0}
+    best = max(fitting.values())
+    batch = min(b for b, rate in fitting.items() if rate >= best * NEAR_BEST)
     figures = ", ".join(f"{b}: {b / t:.0f} tok/s" for b, t in sorted(decode_s.items()))
-    return batch, (f"calibrated: the largest batch whose decode throughput rises >= {BATCH_GAIN - 1:.0%} over half "
-                   f"of it, steps <= {1000 * max_step_s:.0f} ms ({figures})")
+    return batch, (f"calibrated: the smallest batch within {1 - NEAR_BEST:.0%} of the best decode throughput, "
+                   f"steps <= {1000 * max_step_s:.0f} ms ({figures})")
 
 
-def choose_layout(layout_s: dict[str, float], batch: int) -> tuple[bool, str]:
+def choose_layout(layout_s: dict[str, float], batch: int, ctx: int) -> tuple[bool, str]:
     """A stream per slot unless one pool is measurably (5%) faster: per slot, each sequence
     attends over its own cells only, which matters more as contexts grow."""
     per_slot, unified = layout_s["per_slot"], layout_s["unified"]
     use = per_slot <= unified * 1.05
-    return use, (f"calibrated: a decode step of {batch} sequences x {LAYOUT_CTX} tokens took "
+    return use, (f"calibrated: a decode step of {batch} sequences x {ctx} tokens took "
                  f"{1000 * per_slot:.1f} ms with a stream per slot, {1000 * unified:.1f} ms in one pool")
 
 
 def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     chunk, why_chunk = choose_chunk(cal.prefill_s, max_step_s, cal.can_abort)
     batch, why_batch = choose_batch(cal.decode_s, max_step_s)
-    per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch)
+    per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch, cal.layout_ctx)
     return SpeedChoices(chunk, batch, per_slot, {"prefill_chunk_tokens": why_chunk, "max_batch_size": why_batch,
                                                  "kv_layout": why_layout})
 
@@ -130,9 +130,13 @@ def measure(backend, key: dict, max_batch: int, max_step_s: float) -> Calibratio
         if decode[b] > 4 * max_step_s or time.perf_counter() - t1 > SERIES_BUDGET_S:
             break
     layout_batch = min(4, max_batch)
-    layouts = {"unified": backend.time_decode(layout_batch, LAYOUT_CTX, unified=True),
-               "per_slot": backend.time_decode(layout_batch, LAYOUT_CTX, unified=False)}
-    return Calibration(key, prefill, decode, layouts, layout_batch, can_abort=not backend.gpu_offload,
+    rate = max(c / t for c, t in prefill.items())  # prompt tokens per second
+    ctx = LAYOUT_CTX[0]
+    while ctx * 2 <= LAYOUT_CTX[1] and layout_batch * ctx * 2 <= rate * LAYOUT_FILL_S:
+        ctx *= 2
+    layouts = {"unified": backend.time_decode(layout_batch, ctx, unified=True),
+               "per_slot": backend.time_decode(layout_batch, ctx, unified=False)}
+    return Calibration(key, prefill, decode, layouts, layout_batch, ctx, can_abort=not backend.gpu_offload,
                        measured_s=time.perf_counter() - t0)
 
 

