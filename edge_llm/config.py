@@ -108,6 +108,16 @@ class SummarizeConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """Defaults for requests that leave these out; negative = the model's own (its
+    generation_config.json, GGUF metadata or model card), else OpenAI's (1.0, 1.0, off)."""
+
+    temperature: float = -1.0
+    top_p: float = -1.0
+    top_k: int = -1  # 0 = off
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,6 +125,7 @@ class Config:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     summarize: SummarizeConfig = field(default_factory=SummarizeConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property
     def model_path(self) -> Path:
@@ -276,6 +287,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"daemon.log_format must be auto, text or journal, got {d.log_format!r}")
     if d.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"daemon.log_level must be debug, info, warning or error, got {d.log_level!r}")
+    sp = cfg.sampling
+    if sp.temperature > 2 or sp.top_p > 1 or sp.top_p == 0:
+        raise ConfigError(f"sampling.temperature must be <= 2 and top_p in (0, 1] (negative = the model's own), "
+                          f"got {sp.temperature} and {sp.top_p}")
     sm = cfg.summarize
     if sm.chunk_tokens < 0 or sm.summary_tokens < 8 or sm.parallel < 0 or sm.max_jobs < 1 or sm.max_chunks < 0:
         raise ConfigError("summarize.chunk_tokens, parallel and max_chunks must be >= 0, summary_tokens >= 8, "

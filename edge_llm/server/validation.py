@@ -6,11 +6,13 @@ import math
 import re
 from dataclasses import dataclass
 
-from flask import Request
+from flask import Request, current_app, has_app_context
 
 from edge_llm.engine import grammar
 from edge_llm.engine.request import Priority, SamplingParams
+from edge_llm.server import sampling
 from edge_llm.server.errors import APIError
+from edge_llm.server.sampling import SamplingDefaults
 
 ROLES = {"system", "user", "assistant", "developer"}
 MAX_STOPS = 4
@@ -112,8 +114,10 @@ class GenerationRequest:
     priority: Priority = Priority.INTERACTIVE
 
 
-def generation(body: dict, endpoint: str = "chat") -> GenerationRequest:
-    """The fields both endpoints share; endpoint is "chat" or "completion" (logprobs differ)."""
+def generation(body: dict, endpoint: str = "chat", defaults: SamplingDefaults | None = None) -> GenerationRequest:
+    """The fields both endpoints share; endpoint is "chat" or "completion" (logprobs differ).
+    Fields left out take defaults (the running model's, server/sampling.py)."""
+    d = defaults or _running_defaults()
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad("model", "must be a string")
@@ -138,9 +142,9 @@ def generation(body: dict, endpoint: str = "chat") -> GenerationRequest:
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise bad("seed", f"must fit in 64 bits ({SEED_RANGE[0]} to {SEED_RANGE[1]}), got {seed}")
     params = SamplingParams(
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-        top_k=_int(body, "top_k", lo=0) or 0,
+        temperature=_number(body, "temperature", d.temperature, 0.0, 2.0),
+        top_p=_number(body, "top_p", d.top_p, 0.0, 1.0, lo_open=True),
+        top_k=d.top_k if body.get("top_k") is None else _int(body, "top_k", lo=0),
         min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
@@ -152,6 +156,12 @@ def generation(body: dict, endpoint: str = "chat") -> GenerationRequest:
         ("response_format", params.grammar), ("logprobs", params.logprobs is not None)) if used)
     return GenerationRequest(model, params, max_tokens, stream, bool(opts and opts.get("include_usage")), features,
                              _priority(body))
+
+
+def _running_defaults() -> SamplingDefaults:
+    if has_app_context() and "RUNTIME" in current_app.config:
+        return sampling.for_runtime(current_app.config["RUNTIME"])
+    return SamplingDefaults()
 
 
 def _priority(body: dict) -> Priority:
