@@ -87,9 +87,17 @@ def _job(job_id: str):
     return job
 
 
+def _state(job, summarizer) -> dict:
+    """The job, with progress inside the parts being summarized (chunks_partial, in parts)."""
+    d = job.to_dict()
+    if job.status == "running":
+        d["progress"]["chunks_partial"] = round(summarizer.partial_progress(job.id), 2)
+    return d
+
+
 @bp.get("/<job_id>")
 def get(job_id: str):
-    return jsonify(_job(job_id).to_dict())
+    return jsonify(_state(_job(job_id), service().summarizer))
 
 
 @bp.delete("/<job_id>")
@@ -101,7 +109,7 @@ def delete(job_id: str):
 
 @bp.get("/<job_id>/events")
 def events(job_id: str):
-    store = service().store
+    store, summarizer = service().store, service().summarizer
     cut_off = current_app.config["RUNTIME"].cut_off
     _job(job_id)
 
@@ -115,7 +123,7 @@ def events(job_id: str):
             if job is None:
                 yield 'event: error\ndata: {"message": "the job was deleted"}\n\n'
                 return
-            state = job.to_dict()
+            state = _state(job, summarizer)
             if state != last:
                 kind = "done" if job.status in ("done", "error") else "progress"
                 yield f"event: {kind}\ndata: {json.dumps(state)}\n\n"

@@ -103,6 +103,14 @@ class Summarizer:
             for req in self._in_flight.get(job_id, ()):
                 self.engine.cancel(req)
 
+    def partial_progress(self, job_id: str) -> float:
+        """Parts' worth of work done by the job's chunks in the engine (0 to their number): half
+        for the prompt read, half for the summary written. An estimate, read without the engine."""
+        with self._lock:
+            reqs = list(self._in_flight.get(job_id, ()))
+        return sum(0.5 * min(1.0, r.num_computed / max(1, r.num_prompt_tokens))
+                   + 0.5 * min(1.0, len(r.output_tokens) / max(1, self.summary_tokens)) for r in reqs)
+
     def run(self, job_id: str) -> None:
         self.store.set_status(job_id, "running")
         self.prepare(job_id)
