@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ LAYOUT_CTX = (256, 2048)  # tokens per sequence when the layouts are compared: a
 LAYOUT_FILL_S = 2.0
 EFFICIENT = 1.10  # a chunk within 10% of the best cost per token is efficient enough
 NEAR_BEST = 0.90  # a batch this close to the best decode throughput is large enough
-VERSION = 2  # bump when what is measured changes
+VERSION = 3  # bump when what is measured changes
 SERIES_BUDGET_S = 10.0  # a series of candidates stops once it has taken this long
 
 
@@ -40,6 +41,7 @@ class Calibration:
     can_abort: bool  # a running step can be stopped (ggml's CPU backend); on a GPU the chunk bounds a stall
     measured_s: float  # how long measuring took
     measured_at: float = field(default_factory=time.time)  # Unix time
+    contended: bool = False  # other work held the CPUs while measuring: used once, measured again next start
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -54,7 +56,8 @@ class Calibration:
                    decode_s={int(k): v for k, v in d["decode_s"].items()}, layout_s=dict(d["layout_s"]),
                    layout_batch=int(d["layout_batch"]), layout_ctx=int(d["layout_ctx"]),
                    can_abort=bool(d["can_abort"]),
-                   measured_s=float(d["measured_s"]), measured_at=float(d["measured_at"]))
+                   measured_s=float(d["measured_s"]), measured_at=float(d["measured_at"]),
+                   contended=bool(d.get("contended", False)))
 
 
 @dataclass(frozen=True)
@@ -112,10 +115,18 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
 
 
 # -- measuring (the backend does the device work) ----------------------------------------------------
-def measure(backend, key: dict, max_batch: int, max_step_s: float) -> Calibration:
+def cpus_contended() -> bool:
+    """More runnable work than CPUs over the last minute (another build, a test run): step
+    times measured now say more about the neighbours than about the device."""
+    return os.getloadavg()[0] > len(os.sched_getaffinity(0))
+
+
+def measure(backend, key: dict, max_batch: int, max_step_s: float,
+            contended: Callable[[], bool] = cpus_contended) -> Calibration:
     """Time prefill chunks and decode batches (a series stops once a step takes 4x max_step_s,
     or, for chunks, once the cost per token stops falling: larger ones would not be chosen), then
     the two KV layouts at a middling batch."""
+    busy = contended()
     t0 = time.perf_counter()
     prefill, last = {}, None
     for c in CHUNKS:
@@ -137,7 +148,7 @@ def measure(backend, key: dict, max_batch: int, max_step_s: float) -> Calibratio
     layouts = {"unified": backend.time_decode(layout_batch, ctx, unified=True),
                "per_slot": backend.time_decode(layout_batch, ctx, unified=False)}
     return Calibration(key, prefill, decode, layouts, layout_batch, ctx, can_abort=not backend.gpu_offload,
-                       measured_s=time.perf_counter() - t0)
+                       measured_s=time.perf_counter() - t0, contended=busy or contended())
 
 
 def device_key(backend, model_path: Path, gpu_name: str, power_mode: str | None) -> dict:
@@ -159,21 +170,25 @@ def _cpu_name() -> str:
     return platform.machine()
 
 
-def load_or_measure(path: Path, backend, key: dict, max_batch: int, max_step_s: float) -> Calibration:
-    """The cached calibration when its key matches, else a new measurement (saved)."""
+def load_or_measure(path: Path, backend, key: dict, max_batch: int, max_step_s: float,
+                    contended: Callable[[], bool] = cpus_contended) -> Calibration:
+    """The cached calibration when its key matches (and it was not measured on busy CPUs),
+    else a new measurement (saved)."""
     try:
         cached = Calibration.from_json(json.loads(path.read_text()))
-        if cached.key == key:
+        if cached.key == key and not cached.contended:
             return cached
         changed = sorted(k for k in key.keys() | cached.key.keys() if key.get(k) != cached.key.get(k))
-        log.info("calibration in %s is for another %s: measuring again", path, ", ".join(changed))
+        log.info("calibration in %s %s: measuring again", path,
+                 f"is for another {', '.join(changed)}" if changed else "was measured on busy CPUs")
     except FileNotFoundError:
         log.info("no calibration yet in %s: measuring this device's step costs", path)
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("calibration in %s unreadable (%s): measuring again", path, e)
-    cal = measure(backend, key, max_batch, max_step_s)
-    log.info("calibrated in %.1f s: prefill %s, decode %s, layouts %s", cal.measured_s, _ms(cal.prefill_s),
-             _ms(cal.decode_s), _ms(cal.layout_s))
+    cal = measure(backend, key, max_batch, max_step_s, contended)
+    log.info("calibrated in %.1f s: prefill %s, decode %s, layouts %s%s", cal.measured_s, _ms(cal.prefill_s),
+             _ms(cal.decode_s), _ms(cal.layout_s), " (CPUs busy: measured again at the next start)"
+             if cal.contended else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(cal.to_json(), indent=1))

@@ -77,14 +77,29 @@ class ScriptedDevice:
 def test_cached_calibration_is_reused_and_redone_when_the_device_changes(tmp_path):
     path = tmp_path / "calibration.json"
     dev = ScriptedDevice()
-    first = load_or_measure(path, dev, KEY, 8, 0.15)
+    first = load_or_measure(path, dev, KEY, 8, 0.15, contended=idle)
     n = dev.calls
     assert n > 0 and json.loads(path.read_text())["key"] == KEY
-    assert load_or_measure(path, dev, KEY, 8, 0.15) == first and dev.calls == n  # cached: nothing measured
+    assert load_or_measure(path, dev, KEY, 8, 0.15, contended=idle) == first and dev.calls == n  # cached
     for changed in ({"power_mode": "15W"}, {"build": "b2"}, {"model_mtime_ns": 2}, {"gpu": "Orin"}):
-        again = load_or_measure(path, dev, {**KEY, **changed}, 8, 0.15)
+        again = load_or_measure(path, dev, {**KEY, **changed}, 8, 0.15, contended=idle)
         assert dev.calls > n and again.key == {**KEY, **changed}
         n = dev.calls
+
+
+def idle() -> bool:
+    return False
+
+
+def test_a_calibration_measured_on_busy_cpus_is_used_once_and_measured_again(tmp_path):
+    path = tmp_path / "calibration.json"
+    dev = ScriptedDevice()
+    busy = load_or_measure(path, dev, KEY, 8, 0.15, contended=lambda: True)
+    n = dev.calls
+    assert busy.contended and Calibration.from_json(json.loads(path.read_text())).contended
+    quiet = load_or_measure(path, dev, KEY, 8, 0.15, contended=idle)
+    assert dev.calls > n and not quiet.contended
+    assert load_or_measure(path, dev, KEY, 8, 0.15, contended=idle) == quiet
 
 
 @pytest.mark.parametrize("content", ["not json", json.dumps({"version": 999}), json.dumps({"version": 1})])
@@ -92,13 +107,13 @@ def test_an_unreadable_or_old_calibration_is_measured_again(tmp_path, content):
     path = tmp_path / "calibration.json"
     path.write_text(content)
     dev = ScriptedDevice()
-    load_or_measure(path, dev, KEY, 4, 0.15)
+    load_or_measure(path, dev, KEY, 4, 0.15, contended=idle)
     assert dev.calls > 0 and Calibration.from_json(json.loads(path.read_text())).key == KEY
 
 
 def test_measuring_stops_a_series_once_larger_candidates_cannot_be_chosen():
     dev = ScriptedDevice()
-    c = calibration.measure(dev, KEY, 64, 0.15)
+    c = calibration.measure(dev, KEY, 64, 0.15, contended=idle)
     # prefill cost per token is flat (1 ms): 128 is no better than 64 within 10%, so no larger one
     assert sorted(c.prefill_s) == [64, 128]
     assert max(c.decode_s) == 64 or max(c.decode_s.values()) > 0.6  # stops once a step takes 4x the bound

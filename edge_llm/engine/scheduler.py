@@ -65,11 +65,19 @@ class Scheduler:
     budget before background ones, and when the batch or the KV budget is full, running
     background sequences are preempted (their KV kept as a cached prefix, their request put
     back at the head of the background queue, resumed by recompute when room returns).
+    Within a class, the shortest remaining prompt (aged) is admitted and prefilled first, and an
+    interactive prompt still prefilling yields its slot to a shorter one that waits (its KV
+    kept, it resumes where it was), so nothing needs marking for a question to pass a document.
     Background work is never starved: it runs whenever no interactive request waits. A step of
     background work alone is abortable: an interactive request arriving mid-step stops it
     (Backend.interrupt), and its unfinished chunks are scheduled again."""
 
     STARVATION_S = 5.0  # a request waiting this long is no longer bypassed by smaller ones
+    # Shortest remaining prefill first within a class, with aging: each second of waiting counts
+    # as this many prompt tokens less, so a 3,000-token prompt yields to short ones for at most
+    # ~30 s. A client marks nothing (any OpenAI client), yet a short question should not wait
+    # behind someone else's 12,000 tokens of prefill.
+    AGING_TOKENS_PER_S = 100.0
 
     def __init__(self, kv: KVCacheManager, max_batch_size: int, prefill_chunk_tokens: int, max_queue: int):
         self.kv = kv
@@ -151,15 +159,26 @@ class Scheduler:
         for cls in Priority:  # interactive prefill and admissions first
             if cls == Priority.BACKGROUND and any(r.priority == Priority.INTERACTIVE for r in self.running):
                 break  # interactive sequences run: steps stay short (background still decodes)
-            for req in self.running:
-                if req.priority == cls and req.is_prefilling and budget > 0:
-                    budget -= self._add_prefill(out, req, budget)
-            while budget > 0 and (req := self._next_admissible(cls)) is not None:
-                self._admit(req, out)
-                budget -= self._add_prefill(out, req, budget)
+            budget = self._prefill_class(cls, out, budget)
         out.abortable = (any(c.request.is_prefilling for c in out.chunks)
                          and all(c.request.priority == Priority.BACKGROUND for c in out.chunks))
         return out
+
+    def _prefill_class(self, cls: Priority, out: SchedulerOutput, budget: int) -> int:
+        """Spend the prefill budget on this class, most urgent first, running or waiting: a short
+        prompt that waits is admitted before a long one that runs gets more of the step."""
+        running = sorted((r for r in self.running if r.priority == cls and r.is_prefilling), key=self._urgency)
+        while budget > 0:
+            waiting = self._next_admissible(cls)
+            if waiting is not None and (not running or self._urgency(waiting) < self._urgency(running[0])):
+                self._admit(waiting, out)
+                req = waiting
+            elif running:
+                req = running.pop(0)
+            else:
+                break
+            budget -= self._add_prefill(out, req, budget)
+        return budget
 
     def _admit(self, req: Request, out: SchedulerOutput) -> None:
         self.waiting.remove(req)
@@ -172,36 +191,43 @@ class Scheduler:
             req.admitted_time = time.monotonic()
         self.running.append(req)
 
+    def _urgency(self, req: Request) -> float:
+        """Prompt tokens left to prefill, less the aging credit: the smaller, the sooner."""
+        remaining = req.prefill_len - req.num_computed if req.status == RequestStatus.RUNNING else req.num_tokens
+        return remaining - self.AGING_TOKENS_PER_S * (time.monotonic() - req.arrival_time)
+
     def _next_admissible(self, cls: Priority) -> Request | None:
-        """The oldest waiting request of this class that fits now; a smaller one may pass a
-        larger one, unless the larger has waited STARVATION_S."""
+        """The most urgent waiting request of this class that fits now (shortest prompt, aged);
+        none passes a request that has waited STARVATION_S for room and still does not fit."""
         if self.admission_paused or len(self.running) >= self.max_batch_size:
             return None
         now = time.monotonic()
-        for req in self.waiting:
-            if req.priority != cls:
-                continue
+        for req in sorted((r for r in self.waiting if r.priority == cls), key=self._urgency):
             if self.kv.can_allocate(req):
+                if any(now - w.arrival_time > self.STARVATION_S and not self.kv.can_allocate(w)
+                       for w in self.waiting if w.priority == cls and w.arrival_time < req.arrival_time):
+                    return None  # an older one waits for room; no one passes it any more
                 return req
-            if now - req.arrival_time > self.STARVATION_S:
-                return None  # it waits for room; no one passes it any more
         return None
 
     def _make_room_for_interactive(self) -> None:
-        """Preempt background sequences (newest first) while an interactive request waits
-        and could run if they were gone."""
+        """Preempt while the most urgent interactive request waits and could run if they were
+        gone: background sequences (newest first), then interactive ones still prefilling a
+        longer prompt than it has (the longest first; their KV stays, they resume where they were)."""
         if self.admission_paused:
             return
-        waiting = [r for r in self.waiting if r.priority == Priority.INTERACTIVE]
+        waiting = sorted((r for r in self.waiting if r.priority == Priority.INTERACTIVE), key=self._urgency)
         if not waiting:
             return
         req = waiting[0]
-        background = self._by_newest(Priority.BACKGROUND)
-        freeable = sum(r.reserved_tokens for r in background)
+        victims = self._by_newest(Priority.BACKGROUND) + sorted(
+            (r for r in self.running if r.priority == Priority.INTERACTIVE and r.is_prefilling
+             and self._urgency(r) > self._urgency(req)), key=self._urgency, reverse=True)
+        freeable = sum(r.reserved_tokens for r in victims)
         if self.kv.num_reserved - freeable + self.kv.reservation(req) > self.kv.kv_cache_tokens:
-            return  # even preempting all background work would not make room
-        while background and not (len(self.running) < self.max_batch_size and self.kv.can_allocate(req)):
-            self.preempt(background.pop(0))
+            return  # even preempting all of them would not make room
+        while victims and not (len(self.running) < self.max_batch_size and self.kv.can_allocate(req)):
+            self.preempt(victims.pop(0))
 
     def _grow_reservations(self) -> None:
         """Each decoding sequence needs room for its next token; when the KV budget is full,

@@ -1,0 +1,72 @@
+"""Short prompts first without marking (no model): among requests of one class, admission and
+prefill go to the shortest remaining prompt, aged so that a long one is never starved, and a long
+prompt still prefilling yields its slot to a short one that waits."""
+
+import time
+
+from edge_llm.engine.kv_cache import KVCacheManager
+from edge_llm.engine.request import Request, RequestStatus, SamplingParams
+from edge_llm.engine.scheduler import SampledToken, Scheduler
+
+
+def scheduler(max_batch=1, chunk=64, slots=4):
+    return Scheduler(KVCacheManager(slots, 100_000, max_cached=slots - max_batch, streams=True), max_batch, chunk, 16)
+
+
+def request(n, first, max_tokens=3):
+    return Request(list(range(first, first + n)), SamplingParams(max_tokens=max_tokens))
+
+
+def step(s):
+    out = s.schedule()
+    sampled = {c.request.seq_id: SampledToken(7, b"x", False) for c in out.chunks if c.sample}
+    s.postprocess(out, sampled)
+    return out
+
+
+def test_a_short_prompt_is_admitted_before_an_older_long_one():
+    s = scheduler(max_batch=1)
+    long, short = request(3000, 1000), request(20, 9000)
+    s.add(long)
+    s.add(short)
+    step(s)
+    assert short.status == RequestStatus.RUNNING and long.status == RequestStatus.WAITING
+
+
+def test_aging_lets_a_long_prompt_that_waited_go_first():
+    s = scheduler(max_batch=1)
+    long, short = request(3000, 1000), request(20, 9000)
+    long.arrival_time = time.monotonic() - 40  # 40 s x 100 tokens/s of credit outweighs 2,980 tokens
+    s.add(long)
+    s.add(short)
+    step(s)
+    assert long.status == RequestStatus.RUNNING and short.status == RequestStatus.WAITING
+
+
+def test_a_long_prefill_yields_its_slot_to_a_short_prompt_and_resumes_where_it_was():
+    s = scheduler(max_batch=1, chunk=64)
+    long = request(1000, 1000)
+    s.add(long)
+    for _ in range(3):
+        step(s)
+    done_before = long.num_computed
+    assert done_before == 192 and long.is_prefilling
+    short = request(10, 9000)
+    s.add(short)
+    out = step(s)
+    assert long.status == RequestStatus.PREEMPTED and short.status == RequestStatus.RUNNING
+    assert [c.request for c in out.chunks] == [short]
+    while not short.is_finished:
+        step(s)
+    step(s)  # the long one is back, adopting its own slot: nothing recomputed
+    assert long.status == RequestStatus.RUNNING and long.num_reused == done_before < long.num_computed
+
+
+def test_prefill_budget_goes_to_the_shortest_remaining_prompt_first():
+    s = scheduler(max_batch=2, chunk=64)
+    long, short = request(500, 1000), request(40, 9000)
+    s.add(long)
+    step(s)  # long admitted, 64 of its tokens
+    s.add(short)
+    out = step(s)
+    assert [(c.request, len(c.tokens)) for c in out.chunks] == [(short, 40), (long, 24)]
