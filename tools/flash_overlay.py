@@ -122,7 +122,7 @@ class Overlay:
         self._do(f"write {dst}", lambda: (dst.parent.mkdir(parents=True, exist_ok=True), dst.write_text(text)))
 
     def enable(self, unit: str, target: str) -> None:
-        """What `systemctl enable` does: a symlink in <target>.wants pointing at the unit."""
+        """What `systemctl enable` does for one WantedBy=: a symlink in <target>.wants to the unit."""
         link = self.rootfs / f"etc/systemd/system/{target}.wants/{unit}"
         dest = f"/etc/systemd/system/{unit}"
         if link.is_symlink() and str(link.readlink()) == dest:
@@ -156,8 +156,9 @@ def build(args) -> Overlay:
     ov.write("etc/systemd/system/edge-llm-firstboot.service", FIRSTBOOT_UNIT.format(args=" ".join(install_args)))
     ov.enable("edge-llm-firstboot.service", "multi-user.target")
     ov.enable("edge-llm.service", "multi-user.target")
-    if args.kiosk:
-        ov.enable("edge-llm-kiosk.service", "multi-user.target")  # install.sh --headless boots there
+    if args.kiosk:  # its [Install]: install.sh --headless boots multi-user.target; back with the daemon
+        for target in ("multi-user.target", "edge-llm.service"):
+            ov.enable("edge-llm-kiosk.service", target)
     return ov
 
 
