@@ -1,8 +1,9 @@
-"""edge-llm serve | plan | chat | doctor"""
+"""edge-llm serve | plan | chat | summarize | bench | doctor"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import threading
@@ -37,7 +38,15 @@ def _load(args) -> config_mod.Config:
 def cmd_serve(args) -> int:
     from edge_llm.daemon import serve
     cfg = _load(args)
-    return serve(cfg, reload_config=lambda: _load(args))
+    try:
+        return serve(cfg, reload_config=lambda: _load(args))
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        print(f"edge-llm serve: cannot listen on {cfg.server.host}:{cfg.server.port}: {e.strerror}"
+              + (" (another edge-llm, or another program, has it; choose a port with --port)"
+                 if e.errno == errno.EADDRINUSE else ""), file=sys.stderr)
+        return 1
 
 
 def cmd_plan(args) -> int:
@@ -97,23 +106,8 @@ def _describe(pl) -> str:
 
 
 def cmd_chat(args) -> int:
-    from openai import OpenAI
-    client = OpenAI(base_url=args.url.rstrip("/") + "/v1", api_key=args.api_key or "none")
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    print("edge-llm chat: an empty line or Ctrl-D ends", file=sys.stderr)
-    for line in sys.stdin:
-        if not line.strip():
-            break
-        messages.append({"role": "user", "content": line.strip()})
-        reply = ""
-        for chunk in client.chat.completions.create(model=args.model_id or client.models.list().data[0].id,
-                                                    messages=messages, stream=True):
-            if chunk.choices and chunk.choices[0].delta.content:
-                reply += chunk.choices[0].delta.content
-                print(chunk.choices[0].delta.content, end="", flush=True)
-        print()
-        messages.append({"role": "assistant", "content": reply})
-    return 0
+    from edge_llm import client
+    return client.chat(args)
 
 
 def cmd_summarize(args) -> int:
@@ -130,51 +124,22 @@ def cmd_summarize(args) -> int:
     return _summarize_remote(args, path, data, kind)
 
 
-def _progress(done: int, total: int, level: int) -> None:
-    width = 30
-    filled = width * done // max(1, total)
-    stage = "map" if level == 0 else f"reduce {level}"
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {stage}   ", end="", file=sys.stderr, flush=True)
-
-
 def _summarize_remote(args, path, data: bytes, kind: str) -> int:
-    import http.client
-    import urllib.parse
-    url = urllib.parse.urlsplit(args.url)
-    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=3600)
-    headers = {"Content-Type": kind}
-    if args.api_key:
-        headers["Authorization"] = f"Bearer {args.api_key}"
-    conn.request("POST", f"/api/summaries?filename={urllib.parse.quote(path.name)}", data, headers)
-    resp = conn.getresponse()
-    body = json.loads(resp.read() or b"{}")
-    if resp.status != 202:
-        print(f"edge-llm summarize: {resp.status}: {body.get('error', {}).get('message', body)}", file=sys.stderr)
-        return 1
-    conn.request("GET", f"/api/summaries/{body['id']}/events", headers=headers)
-    job = body
-    for line in conn.getresponse():
-        if line.startswith(b"data: "):
-            job = json.loads(line[6:])
-            p = job["progress"]
-            _progress(p["chunks_done"], p["chunks_total"], job["level"])
-    print(file=sys.stderr)
-    if job.get("status") != "done":
-        print(f"edge-llm summarize: the job ended {job.get('status')}: {job.get('error')}", file=sys.stderr)
-        return 1
-    print(job["result"])
-    return 0
+    from edge_llm import client
+    return client.summarize(args, path.name, data, kind)
 
 
 def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
     import tempfile
 
     from edge_llm import appliance
+    from edge_llm.client import Progress
     from edge_llm.summarize import extract
     from edge_llm.summarize.jobs import JobStore
     from edge_llm.summarize.pipeline import SummaryService, run_job
     from edge_llm.telemetry.host import HostSource
     cfg = _load(args)
+    bar = Progress()
     backend, plan, engine = appliance.build_engine(cfg, HostSource().read())
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +161,7 @@ def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
             threading.Thread(target=work, name="summarize", daemon=True).start()
             while not done.wait(0.5):
                 j = store.get(job.id)
-                _progress(j.chunks_done, j.chunks_total, j.level)
+                bar.show(j.chunks_done, j.chunks_total, j.level)
             j = store.get(job.id)
             store.close()
         print(file=sys.stderr)
@@ -215,35 +180,72 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("edge-llm")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def _parser(name: str, sub, help: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. {description}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the daemon (default: %(default)s)")
+    p.add_argument("--api-key", default="", help="Bearer key, for a daemon on another host (server.api_key)")
+    p.add_argument("--model-id", default="", help="the model name to send (default: the one the daemon serves)")
+    p.add_argument("--system", default="", help="a system prompt")
+    p.add_argument("--temperature", type=float, help="0 (always the likeliest token) to 2; default: the model's "
+                   "(GET /api/sampling shows it)")
+    p.add_argument("--top-p", type=float, help="sample from the likeliest tokens covering this much probability")
+    p.add_argument("--max-tokens", type=int, help="longest answer in tokens (default: the plan's max_output_len)")
+    p.add_argument("--seed", type=int, help="repeatable sampling")
+
+
 def main(argv: list[str] | None = None) -> int:
     from edge_llm.profiles import DEVICES, MODELS
-    ap = argparse.ArgumentParser(prog="edge-llm", description="An LLM appliance for Jetson and any Linux box.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("serve", help="run the daemon (HTTP API, chat page)")
+    ap = argparse.ArgumentParser(prog="edge-llm", description="An LLM appliance for Jetson and any Linux box: "
+                                 "an OpenAI-compatible API, a kiosk chat page, document summaries.")
+    ap.add_argument("--version", action="version", version=f"edge-llm {_version()}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p = _parser("serve", sub, "run the daemon (HTTP API, chat page)",
+                "Listens on server.host:server.port (127.0.0.1:8000), answers 503 while the model loads, "
+                "then serves /v1, the pages (/, /summarize, /dashboard) and /api. SIGTERM drains, SIGHUP reloads.")
     _config_args(p)
     p.set_defaults(fn=cmd_serve)
-    p = sub.add_parser("plan", help="what batch and lengths fit in memory, here or on a named device")
+    p = _parser("plan", sub, "what batch and lengths fit in memory, here or on a named device",
+                "Without --device it loads this machine's model and reads its memory; the reasons say "
+                "which limit binds and why.")
     _config_args(p)
     p.add_argument("--device", action="append", choices=sorted(DEVICES), help="a device profile (repeatable)")
     p.add_argument("--model-profile", action="append", choices=sorted(MODELS), help="a model profile (repeatable)")
     p.add_argument("--all", action="store_true", help="every device profile with every model profile")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_plan)
-    p = sub.add_parser("chat", help="chat in the terminal with a running daemon")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--api-key", default="")
-    p.add_argument("--model-id", default="")
-    p.add_argument("--system", default="")
+    p = _parser("chat", sub, "chat in the terminal with a running daemon",
+                "Each line you type is a question; the answer streams back. An empty line or Ctrl-D ends, "
+                "Ctrl-C stops an answer (the stopped exchange is not sent again). Sampling options left out "
+                "take the model's defaults.")
+    _chat_args(p)
     p.set_defaults(fn=cmd_chat)
-    p = sub.add_parser("summarize", help="summarize a document (.txt, .md, .html, .pdf)")
+    p = _parser("summarize", sub, "summarize a document (.txt, .md, .html, .pdf)",
+                "Sends the document to the daemon (or loads the model here with --in-process) and shows "
+                "progress with the time elapsed and an estimate of the time left; the summary goes to stdout. "
+                "The job survives a restart of the daemon, and this command waits for it to come back.")
     _config_args(p)
-    p.add_argument("file")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="a running daemon")
-    p.add_argument("--api-key", default="")
+    p.add_argument("file", help="the document")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="a running daemon (default: %(default)s)")
+    p.add_argument("--api-key", default="", help="Bearer key, for a daemon on another host")
+    p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for a daemon that stopped answering "
+                   "(default: %(default)s)")
     p.add_argument("--in-process", action="store_true", help="load the model here instead of using a daemon")
     p.set_defaults(fn=cmd_summarize)
-    p = sub.add_parser("doctor", help="what this device has, and what each backend would need")
-    p.add_argument("--json", action="store_true")
+    p = _parser("doctor", sub, "what this device has, and what each backend would need",
+                "For each missing prerequisite it prints the command that fixes it.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_doctor)
     args = ap.parse_args(argv)
     try:
@@ -251,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"edge-llm: configuration error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
