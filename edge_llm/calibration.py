@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,12 +23,12 @@ log = logging.getLogger(__name__)
 
 CHUNKS = (64, 128, 256, 512, 1024, 2048)  # prefill chunk candidates, tokens
 BATCHES = (1, 2, 4, 8, 16, 32, 64)  # decode batch candidates, sequences
-LAYOUT_CTX = (256, 2048)  # tokens per sequence when the layouts are compared: as long as ~2 s of prefill allows
+LAYOUT_CTX = (64, 2048)  # tokens per sequence when the layouts are compared: as long as ~2 s of prefill allows
 LAYOUT_FILL_S = 2.0
 EFFICIENT = 1.10  # a chunk within 10% of the best cost per token is efficient enough
 NEAR_BEST = 0.90  # a batch this close to the best decode throughput is large enough
 VERSION = 3  # bump when what is measured changes
-SERIES_BUDGET_S = 10.0  # a series of candidates stops once it has taken this long
+SERIES_BUDGET_S = 4.0  # a series of candidates stops once it has taken this long
 
 
 @dataclass(frozen=True)
@@ -115,19 +116,26 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
 
 
 # -- measuring (the backend does the device work) ----------------------------------------------------
-def cpus_contended() -> bool:
-    """More runnable work than CPUs over the last minute (another build, a test run): step
-    times measured now say more about the neighbours than about the device."""
-    return os.getloadavg()[0] > len(os.sched_getaffinity(0))
+MIN_CPU_SHARE = 0.7  # below this share of its threads' CPU time, a CPU calibration was crowded out
+
+
+def cpus_contended(cpu_share: float) -> bool:
+    """The measuring threads got too little of the CPUs (another build, a test run beside it):
+    step times measured so say more about the neighbours than about the device."""
+    return cpu_share < MIN_CPU_SHARE
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def measure(backend, key: dict, max_batch: int, max_step_s: float,
-            contended: Callable[[], bool] = cpus_contended) -> Calibration:
+            contended: Callable[[float], bool] = cpus_contended) -> Calibration:
     """Time prefill chunks and decode batches (a series stops once a step takes 4x max_step_s,
     or, for chunks, once the cost per token stops falling: larger ones would not be chosen), then
     the two KV layouts at a middling batch."""
-    busy = contended()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     prefill, last = {}, None
     for c in CHUNKS:
         prefill[c] = backend.time_prefill(c)
@@ -147,8 +155,12 @@ def measure(backend, key: dict, max_batch: int, max_step_s: float,
         ctx *= 2
     layouts = {"unified": backend.time_decode(layout_batch, ctx, unified=True),
                "per_slot": backend.time_decode(layout_batch, ctx, unified=False)}
+    wall = time.perf_counter() - t0
+    # on the CPU, ggml's threads run (or spin) for the whole of every step: less CPU time than
+    # wall x threads means others had the cores; a GPU build's threads mostly wait, so no test there
+    share = (_cpu_seconds() - cpu0) / (wall * backend.n_threads)
     return Calibration(key, prefill, decode, layouts, layout_batch, ctx, can_abort=not backend.gpu_offload,
-                       measured_s=time.perf_counter() - t0, contended=busy or contended())
+                       measured_s=wall, contended=not backend.gpu_offload and contended(share))
 
 
 def device_key(backend, model_path: Path, gpu_name: str, power_mode: str | None) -> dict:
@@ -171,7 +183,7 @@ def _cpu_name() -> str:
 
 
 def load_or_measure(path: Path, backend, key: dict, max_batch: int, max_step_s: float,
-                    contended: Callable[[], bool] = cpus_contended) -> Calibration:
+                    contended: Callable[[float], bool] = cpus_contended) -> Calibration:
     """The cached calibration when its key matches (and it was not measured on busy CPUs),
     else a new measurement (saved)."""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client as httplib
 import json as jsonlib
+import os
 import sys
 import tempfile
 import threading
@@ -25,6 +26,8 @@ TEST_LIMITS = {"planner.calibration_file": str(CALIBRATION_FILE),
                "limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
                "limits.max_output_len": 512, "limits.prefill_chunk_tokens": 64, "limits.max_queue": 128,
                "summarize.chunk_tokens": 160, "summarize.summary_tokens": 32, "model.aliases": ["gpt-4o-mini"]}
+if os.environ.get("EDGE_LLM_TEST_CALIBRATE") == "0":  # a developer's loaded machine, never CI: planner defaults
+    TEST_LIMITS["planner.calibrate"] = False
 
 
 def make_config(**overrides) -> config_mod.Config:

@@ -61,6 +61,7 @@ class ScriptedDevice:
     """Step costs as a device would report them; counts how often it was measured."""
 
     gpu_offload = False
+    n_threads = 2
 
     def __init__(self):
         self.calls = 0
@@ -87,14 +88,14 @@ def test_cached_calibration_is_reused_and_redone_when_the_device_changes(tmp_pat
         n = dev.calls
 
 
-def idle() -> bool:
+def idle(cpu_share: float) -> bool:
     return False
 
 
 def test_a_calibration_measured_on_busy_cpus_is_used_once_and_measured_again(tmp_path):
     path = tmp_path / "calibration.json"
     dev = ScriptedDevice()
-    busy = load_or_measure(path, dev, KEY, 8, 0.15, contended=lambda: True)
+    busy = load_or_measure(path, dev, KEY, 8, 0.15, contended=lambda share: True)
     n = dev.calls
     assert busy.contended and Calibration.from_json(json.loads(path.read_text())).contended
     quiet = load_or_measure(path, dev, KEY, 8, 0.15, contended=idle)

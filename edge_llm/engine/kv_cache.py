@@ -50,6 +50,7 @@ class KVCacheManager:
         self.peak_reserved = 0  # the most ever reserved at once
         self.cached: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # slot -> tokens in its KV (LRU first)
         self.pinned: set[int] = set()  # cached slots of preempted requests: evicted last (they will be reused)
+        self.pinned_for: dict[str, int] = {}  # request id -> the slot pinned for it
         self.num_cached_tokens = 0
 
     def can_allocate(self, req: Request) -> bool:
@@ -164,10 +165,17 @@ class KVCacheManager:
             self.num_cached_tokens += len(tokens)
             if pin:
                 self.pinned.add(slot)
+                self.pinned_for[req.request_id] = slot
             self._fit_cache(ops)
         else:
             ops.append(MemoryOp("rm", slot, 0))
             self.free_slots.add(slot)
+
+    def unpin(self, req: Request) -> None:
+        """A preempted request ended while waiting: nobody will come back for its prefix."""
+        slot = self.pinned_for.pop(req.request_id, None)
+        if slot is not None:
+            self.pinned.discard(slot)
 
     def clear_cache(self, ops: list[MemoryOp]) -> None:
         while self.cached:

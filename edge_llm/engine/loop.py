@@ -107,7 +107,10 @@ class Engine:
         """Run fn() on the engine thread (which owns the backend) and return its result."""
         box: queue.SimpleQueue = queue.SimpleQueue()
         self._inbox.put(("call", (fn, box)))
-        ok, value = box.get(timeout=timeout)
+        try:
+            ok, value = box.get(timeout=timeout)
+        except queue.Empty:
+            raise EngineBusy(f"the engine thread did not answer within {timeout:.0f} s") from None
         if not ok:
             raise value
         return value
@@ -236,14 +239,15 @@ class Engine:
                 arg.publish(str(e))
         elif kind == "abort":
             self._end(arg, RequestStatus.FINISHED_CANCELLED)
-        elif kind == "preempt":  # memory pressure: give back the newest sequences, background first
+        elif kind == "preempt":  # memory pressure: give back the newest background sequences
             n, message = arg
+            # llama.cpp's KV cache is allocated with the context: ending an interactive request
+            # would free no memory, only lose its work; admission is already paused (low water)
             for req in self.scheduler.newest_running(n):
                 if req.priority == Priority.BACKGROUND:
                     self.scheduler.preempt(req)  # resumed when admission reopens (counted by the next step)
-                else:  # nothing else could be freed
-                    self.metrics.preempted.inc()
-                    self._end(req, RequestStatus.FINISHED_ERROR, message)
+                else:
+                    log.warning("%s; %s keeps running (ending it would free no memory)", message, req.request_id)
         elif kind == "pause":
             self.scheduler.admission_paused = arg
             self.metrics.admission_paused.set(1 if arg else 0)

@@ -117,6 +117,8 @@ class Scheduler:
             self.kv.free(req, self._ops, keep_prefix=False)
         elif req in self.waiting:
             self.waiting.remove(req)
+            if req.status == RequestStatus.PREEMPTED:
+                self.kv.unpin(req)  # its kept prefix is an ordinary cached one now, evictable
         req.finish(status)
         return True
 
@@ -144,8 +146,10 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(memory_ops=self._ops)
         self._ops = []
-        self._make_room_for_interactive()
+        # running sequences grow first: room freed for a waiting interactive request is not
+        # then taken by growth in the same step (it was, and the preemption bought nothing)
         self._grow_reservations()
+        self._make_room_for_interactive()
         out.memory_ops.extend(self._ops)
         self._ops = []
         budget = self.prefill_chunk_tokens

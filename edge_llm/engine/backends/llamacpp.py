@@ -261,37 +261,37 @@ class LlamaCppBackend:
         if chain is None:
             chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
             self._samplers[request_id] = chain  # freed by release(), even if building it fails below
-            for sampler in self._chain(params):
+            for sampler in self._chain(params):  # each in the chain as soon as made: none leaks on a failure
                 L.llama_sampler_chain_add(chain, sampler)
         return chain
 
-    def _chain(self, params: SamplingParams) -> list:
-        """The samplers, in llama.cpp's usual order: logits are reshaped (bias, penalties,
-        grammar), then greedy picks or the filters narrow and a seeded draw picks."""
-        chain = []
+    def _chain(self, params: SamplingParams):
+        """The samplers, in llama.cpp's usual order, one at a time: logits are reshaped (bias,
+        penalties, grammar), then greedy picks or the filters narrow and a seeded draw picks."""
         if params.logit_bias:
             biases = (L.llama_logit_bias * len(params.logit_bias))(*params.logit_bias)
-            chain.append(L.llama_sampler_init_logit_bias(self.profile.n_vocab, len(params.logit_bias), biases))
+            yield L.llama_sampler_init_logit_bias(self.profile.n_vocab, len(params.logit_bias), biases)
         if params.presence_penalty or params.frequency_penalty:
             # over every token generated so far (OpenAI's definition); 1.0 = no repeat penalty
-            chain.append(L.llama_sampler_init_penalties(self.profile.n_vocab, self.shape.kv_cache_tokens, 1.0,
-                                                        params.frequency_penalty, params.presence_penalty))
+            yield L.llama_sampler_init_penalties(self.profile.n_vocab, self.shape.kv_cache_tokens, 1.0,
+                                                 params.frequency_penalty, params.presence_penalty)
         if params.grammar:
             grammar = L.llama_sampler_init_grammar(self.vocab, params.grammar.encode(), b"root")
             if not grammar:
                 raise BackendError("llama.cpp could not parse the grammar")
-            chain.append(grammar)
+            yield grammar
         if params.is_greedy:
-            return chain + [L.llama_sampler_init_greedy()]
+            yield L.llama_sampler_init_greedy()
+            return
         if params.top_k > 0:
-            chain.append(L.llama_sampler_init_top_k(params.top_k))
+            yield L.llama_sampler_init_top_k(params.top_k)
         if params.top_p < 1.0:
-            chain.append(L.llama_sampler_init_top_p(params.top_p, 1))
+            yield L.llama_sampler_init_top_p(params.top_p, 1)
         if params.min_p > 0.0:
-            chain.append(L.llama_sampler_init_min_p(params.min_p, 1))
-        chain.append(L.llama_sampler_init_temp(params.temperature))
+            yield L.llama_sampler_init_min_p(params.min_p, 1)
+        yield L.llama_sampler_init_temp(params.temperature)
         seed = params.seed if params.seed is not None else L.LLAMA_DEFAULT_SEED
-        return chain + [L.llama_sampler_init_dist(seed & 0xFFFFFFFF)]
+        yield L.llama_sampler_init_dist(seed & 0xFFFFFFFF)
 
     def check_grammar(self, grammar: str) -> None:
         """Engine thread: raise ValueError if llama.cpp cannot parse the grammar."""
