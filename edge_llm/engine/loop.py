@@ -28,6 +28,10 @@ class PromptTooLong(ValueError):
 
 
 class Engine:
+class EngineBusy(TimeoutError):
+    """The engine thread did not run a call in time (a long step, a hung backend)."""
+
+
     def __init__(self, backend: Backend, plan: Plan, max_queue: int = 64, metrics: EngineMetrics | None = None):
         self.backend = backend
         self.plan = plan
