@@ -35,7 +35,8 @@ def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
         gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB,
         per_sequence_kv={"per_slot": True, "unified": False}.get(cfg.model.kv_layout)
         if cfg.model.backend == "llamacpp" else False,
-        speed=calibration.choose(cal, p.max_step_ms / 1000) if cal else None,
+        # figures measured while others held the CPUs are shown, not followed (defaults this start)
+        speed=calibration.choose(cal, p.max_step_ms / 1000) if cal and not cal.contended else None,
         calibration=cal.to_json() if cal else None)
 
 

@@ -99,7 +99,9 @@ def _describe(pl) -> str:
         key = pl.calibration["key"]
         lines.append(f"   calibration: measured in {pl.calibration['measured_s']:.1f} s on {key['gpu'] or key['cpu']}"
                      f" ({key['threads']} threads, power mode {key['power_mode'] or 'n/a'}), cached until the model,"
-                     " build, device or power mode changes")
+                     " build, device or power mode changes" + (
+                         "; measured on busy CPUs, so not followed: defaults now, measured again at the next start"
+                         if pl.calibration.get("contended") else ""))
     else:
         lines.append("   calibration: none (speed choices are defaults)")
     return "\n".join(lines)
