@@ -118,3 +118,15 @@ def test_measuring_stops_a_series_once_larger_candidates_cannot_be_chosen():
     # prefill cost per token is flat (1 ms): 128 is no better than 64 within 10%, so no larger one
     assert sorted(c.prefill_s) == [64, 128]
     assert max(c.decode_s) == 64 or max(c.decode_s.values()) > 0.6  # stops once a step takes 4x the bound
+
+
+def test_figures_from_busy_cpus_are_reported_but_not_followed():
+    from dataclasses import replace
+
+    from edge_llm import config
+    from edge_llm.appliance import policy_from_config
+    cfg = config.load(env={})
+    busy = replace(cal(layout=(30, 10)), contended=True)
+    assert policy_from_config(cfg, cal=busy).speed is None
+    assert policy_from_config(cfg, cal=busy).calibration["contended"] is True
+    assert policy_from_config(cfg, cal=replace(busy, contended=False)).speed.per_slot is False
