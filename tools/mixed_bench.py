@@ -178,6 +178,8 @@ def main() -> None:
     ap.add_argument("--llama-server", help="llama-server binary (tools/build_llama_server.sh prints it)")
     ap.add_argument("--llama-args", default="", help='more llama-server flags, e.g. "-ngl 99" on a GPU')
     ap.add_argument("--questions", type=int, default=6)
+    ap.add_argument("--unmarked", action="store_true",
+                    help='send the long prompts to ours without "priority": "background" (as any OpenAI client)')
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
     ap.add_argument("--rounds", type=int, default=1, help="run both targets this many times, alternating")
     ap.add_argument("--json", help="append the results to this file")
@@ -196,7 +198,9 @@ def main() -> None:
 
     def ours() -> dict:
         port = free_port()
-        return run(label, serve_ours(port, args.set), port, args.questions, {"priority": "background"})
+        marking = {} if args.unmarked else {"priority": "background"}
+        return run(label + (" unmarked" if args.unmarked else ""), serve_ours(port, args.set), port, args.questions,
+                   marking)
 
     def theirs() -> dict:
         port = free_port()
