@@ -65,3 +65,24 @@ def test_a_call_the_engine_thread_cannot_run_in_time_is_an_engine_busy_error(ser
         server.engine.call(lambda: time.sleep(0.6), timeout=0.1)
     server.engine.call(lambda: None, timeout=30)  # the loop goes on
     assert isinstance(EngineBusy("x"), TimeoutError)
+
+
+from test_trtllm import fake_trtllm, make_engine_dir, start_engine  # noqa: E402,F401 (the fixture too)
+
+
+def test_memory_pressure_on_the_executor_engine_generates_nothing_twice(fake_trtllm, tmp_path):  # noqa: F811
+    """Against the FAKE tensorrt_llm: pressure while a background request runs in the executor."""
+    from edge_llm.engine.request import Priority
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 60)
+        req.priority = Priority.BACKGROUND
+        outs = []
+        for out in engine.generate(req):
+            if not outs:
+                engine.preempt_newest(1, "available RAM below critical (test)")
+            outs.append(out)
+        assert len(req.output_tokens) == 60 and outs[-1].finish_reason == "length"
+        assert engine.call(lambda: (engine._by_id, engine.scheduler.has_work)) == ({}, False)
+    finally:
+        engine.stop()

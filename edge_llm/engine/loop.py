@@ -27,11 +27,11 @@ class PromptTooLong(ValueError):
         self.num_tokens, self.limit = num_tokens, limit
 
 
-class Engine:
 class EngineBusy(TimeoutError):
     """The engine thread did not run a call in time (a long step, a hung backend)."""
 
 
+class Engine:
     def __init__(self, backend: Backend, plan: Plan, max_queue: int = 64, metrics: EngineMetrics | None = None):
         self.backend = backend
         self.plan = plan
@@ -243,15 +243,8 @@ class EngineBusy(TimeoutError):
                 arg.publish(str(e))
         elif kind == "abort":
             self._end(arg, RequestStatus.FINISHED_CANCELLED)
-        elif kind == "preempt":  # memory pressure: give back the newest background sequences
-            n, message = arg
-            # llama.cpp's KV cache is allocated with the context: ending an interactive request
-            # would free no memory, only lose its work; admission is already paused (low water)
-            for req in self.scheduler.newest_running(n):
-                if req.priority == Priority.BACKGROUND:
-                    self.scheduler.preempt(req)  # resumed when admission reopens (counted by the next step)
-                else:
-                    log.warning("%s; %s keeps running (ending it would free no memory)", message, req.request_id)
+        elif kind == "preempt":
+            self._relieve_pressure(*arg)
         elif kind == "pause":
             self.scheduler.admission_paused = arg
             self.metrics.admission_paused.set(1 if arg else 0)
@@ -266,6 +259,16 @@ class EngineBusy(TimeoutError):
         m, s = self.metrics, self.scheduler
         m.running.set(len(s.running))
         m.waiting.set(self.num_waiting)
+    def _relieve_pressure(self, n: int, message: str) -> None:
+        """Memory pressure: give back the newest background sequences. llama.cpp's KV cache is
+        allocated with the context, so ending an interactive request would free no memory, only
+        lose its work; admission is already paused (low water)."""
+        for req in self.scheduler.newest_running(n):
+            if req.priority == Priority.BACKGROUND:
+                self.scheduler.preempt(req)  # resumed when admission reopens (counted by the next step)
+            else:
+                log.warning("%s; %s keeps running (ending it would free no memory)", message, req.request_id)
+
         m.kv_used.set(s.kv.num_reserved)
         m.kv_cached.set(s.kv.num_cached_tokens)
 

@@ -303,3 +303,9 @@ class TrtLlmEngine(Engine):
 
     def clear_prefix_cache(self) -> None:
         pass  # block reuse lives inside TensorRT-LLM's KV cache manager
+
+    def _relieve_pressure(self, n: int, message: str) -> None:
+        """The executor owns its requests' KV (a pool sized at load): our scheduler cannot
+        preempt them (the step engine's rule freed an executor id as if it were a slot and
+        enqueued the request again: it generated twice). Admission is paused; nothing ends."""
+        log.warning("%s; %d executor requests keep running, admission paused", message, len(self._by_id))
