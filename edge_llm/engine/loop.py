@@ -255,10 +255,6 @@ class Engine:
             except Exception as e:  # handed back to the caller's thread
                 box.put((False, e))
 
-    def _update_gauges(self) -> None:
-        m, s = self.metrics, self.scheduler
-        m.running.set(len(s.running))
-        m.waiting.set(self.num_waiting)
     def _relieve_pressure(self, n: int, message: str) -> None:
         """Memory pressure: give back the newest background sequences. llama.cpp's KV cache is
         allocated with the context, so ending an interactive request would free no memory, only
@@ -269,6 +265,10 @@ class Engine:
             else:
                 log.warning("%s; %s keeps running (ending it would free no memory)", message, req.request_id)
 
+    def _update_gauges(self) -> None:
+        m, s = self.metrics, self.scheduler
+        m.running.set(len(s.running))
+        m.waiting.set(self.num_waiting)
         m.kv_used.set(s.kv.num_reserved)
         m.kv_cached.set(s.kv.num_cached_tokens)
 
