@@ -97,8 +97,9 @@ apt_packages() {
              libopenblas-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
-  if [ -n "$TRTLLM_WHEEL" ]; then  # README4Jetson 1.2, and TensorRT's Python bindings for the venv
-    for pkg in git-lfs ccache python3-libnvinfer python3-libnvinfer-dev; do
+  if [ -n "$TRTLLM_WHEEL" ]; then  # README4Jetson 1.2, TensorRT's Python bindings for the venv, and
+    # OpenMPI for mpi4py (built by pip against it), which `import tensorrt_llm` initializes
+    for pkg in git-lfs ccache python3-libnvinfer python3-libnvinfer-dev libopenmpi-dev; do
       dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
   fi

@@ -39,7 +39,7 @@ def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path):
                    "--headless", "--kiosk")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    actions = ["nvidia-jetpack", "python3-libnvinfer", "cage cog xwayland",
+    actions = ["nvidia-jetpack", "python3-libnvinfer", "libopenmpi-dev", "cage cog xwayland",
                "+ python3 -m venv --system-site-packages /opt/edge-llm/venv",
                "+ env CUDA_VERSION=12.6 bash -c cd \"$(mktemp -d)\" && exec bash \"$0\" /tmp/install_cusparselt.sh",
                f"-m pip install -q {TORCH}", "-m pip install -q numpy==1.26.1",
@@ -358,3 +358,15 @@ def test_trtllm_wheel_installs_offline_with_no_deps_and_its_needs_named(tmp_path
                          capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr
     assert (tmp_path / "site/tensorrt_llm-0.12.0.dist-info/METADATA").is_file()
+
+
+def test_headless_first_boot_stops_the_display_manager_now(tmp_path):
+    """set-default multi-user.target applies from the next boot: on the first one gdm still holds
+    the display (and its memory) that the kiosk wants."""
+    env = fake_bin(tmp_path, systemctl="""echo "systemctl $*" >> "$LOG"
+case "$1" in get-default) echo graphical.target ;; is-active) exit 0 ;; esac
+""")
+    r = install_step("DRY=1; HEADLESS=1; power", env)
+    assert r.returncode == 0, r.stderr
+    assert "+ systemctl set-default multi-user.target" in r.stdout
+    assert "+ systemctl stop --no-block display-manager.service" in r.stdout
