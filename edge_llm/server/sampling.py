@@ -55,8 +55,9 @@ def resolve(configured: dict, generation_config: dict | None, gguf: dict, name: 
 
 def generation_config(model_path: Path) -> dict | None:
     """generation_config.json of a TensorRT-LLM engine dir (its tokenizer/ or itself) or beside a GGUF."""
-    base = model_path if model_path.is_dir() else model_path.parent
-    for path in (base / "tokenizer" / "generation_config.json", base / "generation_config.json"):
+    paths = ([model_path / "tokenizer" / "generation_config.json", model_path / "generation_config.json"]
+             if model_path.is_dir() else [model_path.parent / "generation_config.json"])
+    for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
