@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from edge_llm.calibration import SpeedChoices
-from edge_llm.engine.backends.base import ModelProfile
+from edge_llm.profile import ModelProfile
 from edge_llm.telemetry.snapshot import Snapshot
 
 MiB = 1 << 20

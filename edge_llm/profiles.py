@@ -4,7 +4,7 @@ shapes from their published configs; INT4 weight sizes of TensorRT-LLM engines."
 
 from __future__ import annotations
 
-from edge_llm.engine.backends.base import ModelProfile
+from edge_llm.profile import ModelProfile
 from edge_llm.telemetry.snapshot import Snapshot
 
 GiB = 1 << 30

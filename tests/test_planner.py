@@ -7,8 +7,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from edge_llm import planner, profiles
-from edge_llm.engine.backends.base import ModelProfile
 from edge_llm.planner import GiB, MiB, PlanError, Policy, plan
+from edge_llm.profile import ModelProfile
 from edge_llm.telemetry.snapshot import Snapshot
 
 models = st.builds(

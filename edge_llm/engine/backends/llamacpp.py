@@ -16,9 +16,9 @@ import llama_cpp as L
 import numpy as np  # after llama_cpp: the other order segfaults in some CUDA images
 
 from edge_llm.engine.backends.base import BackendError, ContextShape, ModelProfile
+from edge_llm.engine.batch import SampledToken, SchedulerOutput, TokenLogprob
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.request import SamplingParams
-from edge_llm.engine.scheduler import SampledToken, SchedulerOutput, TokenLogprob
 
 log = logging.getLogger(__name__)
 
