@@ -20,16 +20,22 @@ def runs_of_consecutive_ids(slots) -> int:
     return sum(1 for i, s in enumerate(ordered) if i == 0 or s != ordered[i - 1] + 1)
 
 
+def allocated(n, streams):
+    """A KV manager of 8 slots and n requests given slots in it."""
+    kv = KVCacheManager(num_slots=8, kv_cache_tokens=10_000, max_cached=4, streams=streams)
+    reqs = make(n)
+    for r in reqs:
+        kv.allocate(r, [])
+    return kv, reqs
+
+
 def finish(kv, req, ops=None):
     req.num_computed = req.num_tokens
     kv.free(req, ops if ops is not None else [], keep_prefix=True)
 
 
 def test_a_newcomer_fills_the_gap_a_finished_sequence_left():
-    kv = KVCacheManager(num_slots=8, kv_cache_tokens=10_000, max_cached=4, streams=True)
-    reqs = make(4)
-    for r in reqs:
-        kv.allocate(r, [])
+    kv, reqs = allocated(4, streams=True)
     assert sorted(r.seq_id for r in reqs) == [0, 1, 2, 3]
     finish(kv, reqs[1])  # slot 1 now caches its prompt
     (new,) = make(1, first=50_000)
@@ -40,10 +46,7 @@ def test_a_newcomer_fills_the_gap_a_finished_sequence_left():
 
 
 def test_unified_pool_keeps_the_cached_prefix_and_shares_it():
-    kv = KVCacheManager(num_slots=8, kv_cache_tokens=10_000, max_cached=4, streams=False)
-    reqs = make(2)
-    for r in reqs:
-        kv.allocate(r, [])
+    kv, reqs = allocated(2, streams=False)
     finish(kv, reqs[0])
     again = Request(list(reqs[0].prompt_tokens) + [7, 8], SamplingParams(max_tokens=5))
     ops = []
@@ -53,10 +56,7 @@ def test_unified_pool_keeps_the_cached_prefix_and_shares_it():
 
 
 def test_streams_adopt_a_matching_prefix_in_place_without_a_copy():
-    kv = KVCacheManager(num_slots=8, kv_cache_tokens=10_000, max_cached=4, streams=True)
-    reqs = make(3)
-    for r in reqs:
-        kv.allocate(r, [])
+    kv, reqs = allocated(3, streams=True)
     finish(kv, reqs[2])
     turn2 = Request(list(reqs[2].prompt_tokens)[:8] + [1, 2, 3], SamplingParams(max_tokens=5))
     ops = []
