@@ -52,6 +52,9 @@ def test_chat_streams_a_reply_and_keeps_the_conversation(page, server):
     assert page.locator(".msg").count() == 2  # kept in localStorage
     page.click("#new")
     assert page.locator(".msg").count() == 0
+    page.click("#history summary")  # the old conversation is kept in History
+    page.click("#chats .chat-title >> text=Say hello to the visitors.")
+    page.wait_for_function("document.querySelectorAll('.msg').length === 2")
 
 
 def test_stop_cancels_the_request_on_the_server(page, server):
@@ -82,6 +85,7 @@ def test_model_output_cannot_inject_html(page):
     page.evaluate("s => localStorage.setItem('edge-llm.chat', JSON.stringify(s))", chat)
     page.reload()
     bubble = page.locator(".msg.assistant")
+    page.wait_for_selector(".msg.assistant strong")  # rendered by the server (/api/markdown)
     assert bubble.locator("img").count() == 0 and page.evaluate("window.pwned") is None
     assert bubble.locator("strong").inner_text() == "bold" and bubble.locator("li").inner_text() == "item"
     assert "<img" in bubble.inner_text()
@@ -112,9 +116,9 @@ def test_summarize_page_shows_progress_and_result(page, tmp_path):
     assert page.inner_text("#jobs li:first-child").startswith("visit.txt")  # the newest job first
     shot(page, "summarize-1024x600.png")
     page.reload()  # a finished job opened from the list (which carries no results) shows its result
-    page.click("#jobs li:first-child button")
-    page.wait_for_function("document.querySelector('#result').textContent.length > 0")
-    assert page.inner_text("#result").strip() == result
+    page.click("#jobs li:first-child summary")
+    page.wait_for_function("document.querySelector('#jobs li:first-child .result').textContent.length > 0")
+    assert page.inner_text("#jobs li:first-child .result").strip() == result
 
 
 def test_unsupported_upload_is_explained(page, tmp_path):

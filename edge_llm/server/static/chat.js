@@ -333,7 +333,7 @@ async function showDefaults() {
   try {
     const d = await (await fetch("/api/sampling")).json();
     for (const k of ["temperature", "top_p"]) $(k).placeholder = String(d[k]);
-    const src = [...new Set(Object.values(d.sources))].join("; ");
+    const src = [...new Set([d.sources.temperature, d.sources.top_p])].join("; ");
     $("defaults-text").textContent = `Model defaults: temperature ${d.temperature}, top p ${d.top_p} (${src}).`;
   } catch (e) { /* offline: the fields stay empty */ }
 }
