@@ -36,6 +36,7 @@ def twin(tmp_path_factory):
         t.stop()
         assert not t.is_mounted()
         assert t.nspawn is None
+        (t.work / "upper/var/swap-edge-llm").unlink(missing_ok=True)  # half the RAM, kept by pytest's tmp dirs
 
 
 def show(twin, unit: str, *props: str) -> dict[str, str]:

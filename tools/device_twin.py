@@ -8,17 +8,21 @@ AGX Orin on JetPack 6.1 as far as edge-llm can tell. Used by tests/test_device_t
 What it does, in the order a device sees it:
 1. a bookworm root filesystem from Debian's registry (debootstrap), cached under
    ~/.cache/edge-llm/twin, read-only below an overlay, so every twin starts from the same one;
-2. the JetPack 6.1 look: /etc/nv_tegra_release R36.4, stand-ins (tools/twin/) for nvpmodel,
-   jetson_clocks, tegrastats, nm-online and jtop.service, an `nvidia-jetpack` stand-in deb in
-   a local apt repository, a stand-in jetson-stats 4.2.12 record (so pip3 sees it installed),
-   the default user that l4t_create_default_user.sh makes, and no EXTERNALLY-MANAGED marker
-   (Ubuntu 22.04's Python has none);
-3. tools/flash_overlay.py writes the appliance into that rootfs exactly as it does into
+2. the JetPack 6.1 look, standing in for hardware only: /etc/nv_tegra_release R36.4, stand-ins
+   (tools/twin/) for nvpmodel, jetson_clocks, tegrastats and nm-online, an `nvidia-jetpack`
+   stand-in deb in a local apt repository that installs a stand-in nvcc where JetPack puts it
+   (on no PATH), drop-ins for the Jetson hardware jtop's server reads and for the display the
+   kiosk draws on, the default user that l4t_create_default_user.sh makes, and no
+   EXTERNALLY-MANAGED marker (Ubuntu 22.04's Python has none);
+3. tools/flash_overlay.py --kiosk writes the appliance into that rootfs exactly as it does into
    Linux_for_Tegra/rootfs, with a wheelhouse built here (edge-llm from this checkout, its
-   dependencies, the embedded model) and the llama-cpp-python wheel tools/setup.sh already
-   built bound in read-only, so nothing is compiled twice;
+   dependencies, the embedded model, jetson-stats 4.2.12's sdist and its dependencies); the
+   llama-cpp-python wheel tools/setup.sh built here is bound in read-only under the CUDA
+   flavour's name (the CUDA build needs the toolkit), so nothing is compiled;
 4. boot (systemd-nspawn -b, private network: loopback only); the first-boot unit runs
-   jetpack/install.sh for real, then edge-llm.service starts.
+   jetpack/install.sh for real with what the overlay wrote (no --cpu, no --swap-gb): pip runs
+   jetson-stats' setup.py, which installs and starts its jtop.service; then edge-llm.service
+   and the kiosk start.
 
 Never boots systemd against this machine's own root (its tmpfiles setup would wipe /tmp)."""
 
