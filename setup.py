@@ -33,6 +33,8 @@ setup(
                  # a real tokenizer for the TensorRT-LLM detokenizer test, from the embedded GGUF's
                  # vocabulary (gguf_file=); 5.x needs torch even for that
                  "transformers>=4.45,<5", "gguf>=0.10",
+                 # the real pynvml wrappers over a fake libnvidia-ml (tests/test_energy.py, issue 24)
+                 "nvidia-ml-py>=12",
                  # axe-core 4.12.1 (MPL-2.0) for the pages' accessibility tests, bundled as axe.min.js
                  "axe-playwright-python==0.1.8"],
     },

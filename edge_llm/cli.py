@@ -176,6 +176,26 @@ def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
         engine.stop()
 
 
+def cmd_bench(args) -> int:
+    """Prefill/decode rates and tokens per joule here, per nvpmodel mode on a Jetson (issue 24)."""
+    from edge_llm import bench
+    return bench.run(_load(args), args.batch, args.prompt_tokens, args.decode_tokens, args.power_modes,
+                     args.nvpmodel_conf, args.settle_s, args.json)
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="prefill and decode rates and tokens per joule on this device")
+    _config_args(p)
+    p.add_argument("--batch", type=int, default=4, help="sequences at once (at most the plan's batch)")
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length of the prefill phase")
+    p.add_argument("--decode-tokens", type=int, default=128, help="tokens generated per sequence")
+    p.add_argument("--power-modes", default="", help="Jetson: 'all' or ids like 0,2 from nvpmodel.conf")
+    p.add_argument("--nvpmodel-conf", default="/etc/nvpmodel.conf")
+    p.add_argument("--settle-s", type=float, default=5.0, help="wait after each power mode change")
+    p.add_argument("--json", default="", metavar="FILE", help="write the results here")
+    p.set_defaults(fn=cmd_bench)
+
+
 def cmd_doctor(args) -> int:
     from edge_llm.doctor import report
     print(report(args.json))
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: %(default)s)")
     p.add_argument("--in-process", action="store_true", help="load the model here instead of using a daemon")
     p.set_defaults(fn=cmd_summarize)
+    _bench_parser(sub)
     p = _parser("doctor", sub, "what this device has, and what each backend would need",
                 "For each missing prerequisite it prints the command that fixes it.")
     p.add_argument("--json", action="store_true", help="machine-readable output")

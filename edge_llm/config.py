@@ -118,6 +118,16 @@ class SamplingConfig:
 
 
 @dataclass
+class ThermalConfig:
+    """Thermal-aware admission (telemetry/thermal.py): back off before the device throttles."""
+
+    throttle_c: float = 0.0  # throttle temperature, C, for every sensor; 0 = the device's (NVML, psutil, profile)
+    margin_c: float = 10.0  # within this of it: batch cap halved, background deferred; within half: cap 1
+    hysteresis_c: float = 5.0  # the cap comes back only this much cooler than the threshold crossed
+    hold_s: float = 10.0  # and not before a level has been held this long
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -125,6 +135,7 @@ class Config:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     summarize: SummarizeConfig = field(default_factory=SummarizeConfig)
+    thermal: ThermalConfig = field(default_factory=ThermalConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property

@@ -21,6 +21,7 @@ from edge_llm.runtime import Phase, Runtime
 from edge_llm.server import create_app, wsgi
 from edge_llm.summarize.jobs import JobStore
 from edge_llm.summarize.pipeline import SummaryService
+from edge_llm.telemetry import heat
 
 log = logging.getLogger("edge_llm.daemon")
 MiB = 1 << 20
@@ -101,7 +102,7 @@ class Daemon:
         log.info("memory pressure: admission pauses below %d MiB available, sequences end below %d MiB",
                  self.guard.low_water_bytes // MiB, self.guard.critical_bytes // MiB)
         wsgi.resize(self.server, self.cfg, self.runtime.plan.max_batch_size)
-        sampler.on_snapshot = self.guard
+        sampler.on_snapshot = heat.wire(self.runtime, sampler, self.guard)  # energy meter, thermal admission
         sampler.start()
         self.runtime.phase = Phase.READY
         self._step(self._summary())

@@ -16,6 +16,7 @@ from edge_llm.engine.metrics import EngineMetrics
 from edge_llm.engine.request import Priority, Request, RequestOutput, RequestStatus, SamplingParams
 from edge_llm.engine.scheduler import QueueFull, Scheduler, SchedulerOutput
 from edge_llm.planner import Plan
+from edge_llm.telemetry.energy import EnergyMeter
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.25  # an idle loop still wakes this often (watchdog liveness)
@@ -37,6 +38,7 @@ class Engine:
         self.plan = plan
         self.metrics = metrics or EngineMetrics()
         self.metrics.kv_budget.set(plan.kv_cache_tokens)
+        self.energy = EnergyMeter(self.metrics)  # joules per request (issue 24); a source is attached later
         kv = KVCacheManager(plan.num_seqs, plan.kv_cache_tokens, max_cached=plan.num_seqs - plan.max_batch_size,
                             streams=plan.kv_layout == "per_slot")
         self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue)
@@ -165,11 +167,13 @@ class Engine:
             self._count_admissions(out)
             return
         t0 = time.perf_counter()
+        self.energy.start()
         try:
             sampled = self.backend.execute(out)
         except Exception as e:
             self._fail_batch(out, str(e))
             raise
+        self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
         if not all(c.done for c in out.chunks):
             self.metrics.interrupted_steps.inc()

@@ -44,6 +44,40 @@ class EngineMetrics:
                 metric.labels(priority)
         self.ram_available = Gauge("edge_llm_ram_available_bytes", "Available RAM (telemetry)", registry=r)
         self.swap_used = Gauge("edge_llm_swap_used_bytes", "Swap in use (telemetry)", registry=r)
+        self._init_energy_and_heat(r)
+
+    def _init_energy_and_heat(self, r: CollectorRegistry) -> None:
+        """Issue 24: energy per step shared by tokens (telemetry/energy.py), thermal admission
+        (telemetry/thermal.py)."""
+        self.energy = Counter("edge_llm_energy_joules", "Energy of engine steps, shared among their sequences "
+                              "by tokens processed", ["priority"], registry=r)
+        self.energy_tokens = Counter("edge_llm_energy_tokens", "Tokens processed in metered steps (prompt and "
+                                     "generated)", ["priority"], registry=r)
+        self.energy_unattributed = Counter("edge_llm_energy_unattributed_joules", "Energy of steps with no "
+                                           "sequence in them", registry=r)
+        self.tokens_per_joule = Gauge("edge_llm_tokens_per_joule", "Tokens processed per joule over the "
+                                      "metered steps of the last minute", registry=r)
+        self.energy_source = Gauge("edge_llm_energy_source_info", "1 for the energy source in use "
+                                   "(source=\"unavailable\" when there is none)", ["source"], registry=r)
+        for priority in ("interactive", "background"):
+            self.energy.labels(priority)
+            self.energy_tokens.labels(priority)
+        self.thermal_level = Gauge("edge_llm_thermal_level", "Thermal admission: 0 normal, 1 warm (batch cap "
+                                   "lowered, background deferred), 2 hot (batch cap 1)", registry=r)
+        self.thermal_batch_cap = Gauge("edge_llm_thermal_batch_cap", "Sequences admission allows now "
+                                       "(the plan's batch, lowered near the throttle temperature)", registry=r)
+        self.thermal_background_deferred = Gauge("edge_llm_thermal_background_deferred", "1 while background "
+                                                 "work waits for the device to cool", registry=r)
+        self.thermal_headroom = Gauge("edge_llm_thermal_headroom_celsius", "Degrees below the nearest throttle "
+                                      "temperature (the hottest sensor against its limit)", registry=r)
+
+    def set_energy_source(self, name: str) -> None:
+        self.energy_source.clear()
+        self.energy_source.labels(name).set(1)
+
+    def observe_energy(self, priority: str, joules: float, tokens: int) -> None:
+        self.energy.labels(priority).inc(joules)
+        self.energy_tokens.labels(priority).inc(tokens)
 
     def observe_finished(self, req) -> None:
         self.requests.labels(req.finish_reason).inc()

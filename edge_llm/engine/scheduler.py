@@ -43,6 +43,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()  # by priority, then arrival (preempted ones first)
         self.running: list[Request] = []
         self.admission_paused = False  # memory pressure or draining: keep requests waiting
+        self.defer_background = False  # near the throttle temperature: background waits (telemetry/thermal.py)
         self.num_preemptions = 0
         self.num_resumptions = 0
         self._preempted: list[Request] = []  # since the last take_events() (for metrics)
@@ -51,7 +52,8 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self._ops or (self.waiting and not self.admission_paused))
+        return bool(self.running or self._ops or (self.waiting and not self.admission_paused and not (
+            self.defer_background and all(r.priority == Priority.BACKGROUND for r in self.waiting))))
 
     def add(self, req: Request) -> None:
         if len(self.waiting) >= self.max_queue:
@@ -160,6 +162,8 @@ class Scheduler:
         """The most urgent waiting request of this class that fits now (shortest prompt, aged);
         none passes a request that has waited STARVATION_S for room and still does not fit."""
         if self.admission_paused or len(self.running) >= self.max_batch_size:
+            return None
+        if cls == Priority.BACKGROUND and self.defer_background:
             return None
         now = time.monotonic()
         for req in sorted((r for r in self.waiting if r.priority == cls), key=self._urgency):

@@ -17,12 +17,14 @@ from edge_llm.engine.scheduler import QueueFull
 from edge_llm.runtime import Runtime
 from edge_llm.server import validation
 from edge_llm.server.errors import APIError, error_body
+from edge_llm.telemetry.energy import format_joules
 
 log = logging.getLogger(__name__)
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 POLL_S = 0.5  # how often a waiting handler checks for a vanished client
 KEEPALIVE_S = 5.0  # SSE comment lines while nothing else is sent (long prefill, queue)
 CAPPED_HEADER = "X-Max-Tokens-Capped"
+ENERGY_HEADER = "X-Energy-Joules"  # the request's share of its steps' energy, or "unavailable" (issue 24)
 RETRY_AFTER_S = 2
 
 
@@ -184,7 +186,8 @@ def _respond(engine, tokens: list[int], gen: validation.GenerationRequest, kind:
             text, last = text + out.text, out
             if lps is not None:
                 lps += out.logprobs or []
-    _log_finished(req, rt.model_id)
+    _log_finished(req, rt.model_id, engine.energy)
+    headers[ENERGY_HEADER] = format_joules(engine.energy.joules(req))
     if last is None or last.finish_reason is None:
         raise watch.error()
     if last.error:
@@ -249,14 +252,17 @@ def _outputs(engine, req: Request, watch: Watch) -> Iterator[RequestOutput | Non
         stream.close()  # cancels the request if it has not finished
 
 
-def _log_finished(req: Request, model: str) -> None:
+def _log_finished(req: Request, model: str, meter=None) -> None:
     """One line per request; under journald the extra keys become structured fields."""
     ttft = (req.first_token_time - req.arrival_time) if req.first_token_time else None
-    log.info("%s %s: %d prompt (%d reused) + %d generated tokens, ttft %s", req.request_id, req.finish_reason,
-             req.num_prompt_tokens, req.num_reused, len(req.output_tokens),
+    joules = meter.joules(req) if meter is not None else None
+    log.info("%s %s: %d prompt (%d reused) + %d generated tokens, ttft %s, energy %s", req.request_id,
+             req.finish_reason, req.num_prompt_tokens, req.num_reused, len(req.output_tokens),
              f"{1000 * ttft:.0f} ms" if ttft is not None else "-",
+             "unavailable" if joules is None else f"{joules:.3f} J ({meter.source_name})",
              extra={"REQUEST_ID": req.request_id, "MODEL": model, "FINISH_REASON": req.finish_reason,
-                    "PROMPT_TOKENS": req.num_prompt_tokens, "COMPLETION_TOKENS": len(req.output_tokens)})
+                    "PROMPT_TOKENS": req.num_prompt_tokens, "COMPLETION_TOKENS": len(req.output_tokens),
+                    "ENERGY_JOULES": format_joules(joules)})
 
 
 def _usage(out: RequestOutput) -> dict:
@@ -289,7 +295,9 @@ def _sse(engine, req: Request, meta: dict, obj: str, delta: Callable, include_us
         if out.finish_reason and include_usage:
             yield event([], usage=_usage(out))
         finished = out.finish_reason is not None
-    _log_finished(req, meta["model"])
+    _log_finished(req, meta["model"], engine.energy)
+    # the headers went out before the energy was known: an SSE comment (clients skip it) carries it
+    yield f": energy_joules {format_joules(engine.energy.joules(req))}\n\n"
     if not finished and watch.reason in ("draining", "queue_timeout"):  # an OpenAI client raises on it
         e = watch.error()
         yield f"data: {json.dumps(error_body(e.status, e.message, e.code))}\n\n"

@@ -85,7 +85,7 @@ _JOB_PROPS = {
     "id": {"type": "string"}, "filename": {"type": "string"},
     "status": {"enum": ["queued", "running", "done", "error"]}, "error": {"type": ["string", "null"]},
     "num_chars": {"type": "integer"}, "created": {"type": "number"}, "updated": {"type": "number"},
-    "level": {"type": "integer"},
+    "level": {"type": "integer"}, "energy_joules": {"type": ["number", "null"]},
     "progress": {"type": "object", "required": ["chunks_done", "chunks_total"],
                  "properties": {"chunks_done": {"type": "integer"}, "chunks_total": {"type": "integer"}}}}
 

@@ -60,7 +60,16 @@ def plan():
         # a plan is valid for the power mode it was measured in (nvpmodel, Jetson): a restart re-plans
         now, then = rt.telemetry.latest.nvpmodel, body["calibration"]["key"].get("power_mode")
         body["calibration_current"] = now == then
+    _energy_and_heat(rt, body)
     return jsonify(body)
+
+
+def _energy_and_heat(rt: Runtime, body: dict) -> None:
+    """Issue 24: the thermal admission rule's state and the energy meter's source and totals."""
+    if "thermal" in rt.extensions:
+        body["thermal"] = rt.extensions["thermal"].to_dict()
+    if rt.engine is not None:
+        body["energy"] = rt.engine.energy.to_dict()
 
 
 @bp.get("/api/telemetry")
@@ -97,6 +106,8 @@ def status():
         "plan": None if plan is None else {k: getattr(plan, k) for k in (
             "max_batch_size", "max_seq_len", "max_input_len", "max_output_len", "kv_cache_tokens")},
         "engine": rt.engine.stats() if rt.engine is not None else None,
+        "energy": rt.engine.energy.to_dict() if rt.engine is not None else None,
+        "thermal": rt.extensions["thermal"].to_dict() if "thermal" in rt.extensions else None,
         "telemetry": None if snap is None else {
             "ram_total_bytes": snap.ram_total_bytes, "ram_available_bytes": snap.ram_available_bytes,
             "swap_total_bytes": snap.swap_total_bytes, "swap_used_bytes": snap.swap_used_bytes,

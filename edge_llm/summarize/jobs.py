@@ -26,9 +26,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (job_id, level, idx));
 """
 ACTIVE = ("queued", "running")
-JOB_COLUMNS = "id, filename, status, error, result, num_chars, created, updated"
+JOB_COLUMNS = "id, filename, status, error, result, num_chars, created, updated, energy_j"
 MIGRATIONS = {"document": "ALTER TABLE jobs ADD COLUMN document BLOB",  # stores made before 0.2
-              "kind": "ALTER TABLE jobs ADD COLUMN kind TEXT"}
+              "kind": "ALTER TABLE jobs ADD COLUMN kind TEXT",
+              "energy_j": "ALTER TABLE jobs ADD COLUMN energy_j REAL"}  # issue 24
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Job:
     num_chars: int
     created: float
     updated: float
+    energy_j: float | None = None  # joules of every chunk request run for it (issue 24); None = not metered
     level: int = 0  # the map level is 0; each reduce round adds one
     chunks_total: int = 0  # at the current level
     chunks_done: int = 0
@@ -48,7 +50,8 @@ class Job:
     def to_dict(self, with_result: bool = True) -> dict:
         d = {"id": self.id, "filename": self.filename, "status": self.status, "error": self.error,
              "num_chars": self.num_chars, "created": self.created, "updated": self.updated, "level": self.level,
-             "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total}}
+             "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total},
+             "energy_joules": None if self.energy_j is None else round(self.energy_j, 3)}
         return {**d, "result": self.result} if with_result else d
 
 
@@ -163,6 +166,12 @@ class JobStore:
         with self._transaction() as db:
             db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, ?, ?, ?)",
                            [(job_id, level, i, text) for i, text in enumerate(chunks)])
+
+    def add_energy(self, job_id: str, joules: float | None) -> None:
+        if joules is None:  # energy unavailable on this device: the job's stays null
+            return
+        with self._lock:
+            self._db.execute("UPDATE jobs SET energy_j = COALESCE(energy_j, 0) + ? WHERE id = ?", (joules, job_id))
 
     def set_status(self, job_id: str, status: str, result: str | None = None, error: str | None = None) -> None:
         with self._lock:

@@ -73,6 +73,8 @@ class Summarizer:
                 self._in_flight[job_id].discard(req)
                 if not self._in_flight[job_id]:
                     del self._in_flight[job_id]
+            if hasattr(self.engine, "energy"):  # issue 24: every chunk's joules, cancelled ones too
+                self.store.add_energy(job_id, self.engine.energy.joules(req))
         if out.error:
             raise SummaryError(out.error)
         return req.text.strip() if out.finish_reason in ("stop", "length") else None

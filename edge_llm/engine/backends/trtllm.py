@@ -33,7 +33,7 @@ from edge_llm.engine.backends.base import BackendError, ModelProfile
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.detokenizer import IncrementalDetokenizer
 from edge_llm.engine.loop import Engine
-from edge_llm.engine.request import Request, RequestStatus
+from edge_llm.engine.request import Priority, Request, RequestStatus
 
 log = logging.getLogger(__name__)
 MANIFEST = "edge-llm-manifest.json"
@@ -228,6 +228,7 @@ class TrtLlmEngine(Engine):
         # the executor would run up to the engine's build-time batch: the plan's is ours to keep;
         # its KV cannot be grown or preempted by us, so each request reserves all it may need
         while s.waiting and not s.admission_paused and len(s.running) < s.max_batch_size and \
+                not (s.defer_background and s.waiting[0].priority == Priority.BACKGROUND) and \
                 s.kv.num_reserved + s.kv.full_reservation(s.waiting[0]) <= s.kv.kv_cache_tokens:
             self._enqueue(s.waiting.popleft())
         if not self._by_id:

@@ -1,0 +1,269 @@
+"""Energy per request (issue 24): a power source read around each engine step, and the step's
+joules shared among the sequences in it by the tokens each processed.
+
+Sources, best first for where the model runs:
+- "nvml-energy": NVML's total energy counter (mJ since the driver loaded; Volta and later), when
+  the model runs on an NVIDIA GPU; "nvml-power": NVML's power reading, integrated, where the
+  counter is not supported;
+- "rapl": Linux RAPL, /sys/class/powercap/intel-rapl:N/energy_uj (package domains summed; each
+  wraps at its max_energy_range_uj), when the model runs on the CPU and the kernel lets us read it
+  (energy_uj is root-only since Linux 5.10);
+- "jtop-power": on a Jetson, jtop's total power (the telemetry snapshot's power_total_mw, one
+  reading per telemetry interval), integrated over the step;
+- "unavailable" elsewhere, said so wherever energy is reported (never a made-up 0).
+
+The pure functions (counter_delta, step_joules, share_by_tokens) carry the accounting; the
+meter only reads a source at the start and the end of each step."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = "unavailable"
+CARRY_S = 0.02  # a step starting this soon after the last one ended is charged for the gap too
+WINDOW_S = 60.0  # tokens per joule is reported over the steps of the last minute
+RAPL_ROOT = "/sys/class/powercap"
+_RAPL_PACKAGE = re.compile(r"^intel-rapl:\d+$")  # top-level (package) domains; subzones are inside them
+
+
+@dataclass(frozen=True)
+class Reading:
+    time_s: float  # time.monotonic()
+    energy_j: float | None = None  # cumulative counter (counter sources)
+    power_w: float | None = None  # instantaneous power (power sources)
+
+
+# -- pure accounting -------------------------------------------------------------------------
+def counter_delta(before: int, after: int, max_range: int) -> int:
+    """A wrapping counter's increase: RAPL's energy_uj restarts from 0 after max_energy_range_uj."""
+    return after - before if after >= before else max_range - before + after
+
+
+def step_joules(start: Reading, end: Reading) -> float | None:
+    """Energy between two readings: a counter's difference, or power integrated (trapezoid)."""
+    if start.energy_j is not None and end.energy_j is not None:
+        return max(0.0, end.energy_j - start.energy_j)
+    if start.power_w is not None and end.power_w is not None:
+        return max(0.0, (start.power_w + end.power_w) / 2 * (end.time_s - start.time_s))
+    return None
+
+
+def share_by_tokens(joules: float, shares: list[tuple[object, int]]) -> dict[object, float]:
+    """joules split in proportion to the tokens each key processed in the step."""
+    total = sum(n for _, n in shares)
+    if total <= 0:
+        return {}
+    out: dict[object, float] = {}
+    for key, n in shares:
+        out[key] = out.get(key, 0.0) + joules * n / total
+    return out
+
+
+# -- sources ---------------------------------------------------------------------------------
+class RaplSource:
+    """Package domains of Linux RAPL, summed; each counter's wraparound handled on every read
+    (a read at least once per wrap period, minutes at any realistic power, is assumed)."""
+
+    name = "rapl"
+
+    def __init__(self, root: str = RAPL_ROOT):
+        self.domains = sorted(p for p in Path(root).glob("intel-rapl:*") if _RAPL_PACKAGE.match(p.name))
+        if not self.domains:
+            raise OSError(f"no RAPL package domain under {root}")
+        self._max = [int((d / "max_energy_range_uj").read_text()) for d in self.domains]
+        self._last = [self._raw(d) for d in self.domains]  # PermissionError: root-only (Linux >= 5.10)
+        self._total_uj = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _raw(domain: Path) -> int:
+        return int((domain / "energy_uj").read_text())
+
+    def read(self) -> Reading:
+        with self._lock:
+            for i, d in enumerate(self.domains):
+                now = self._raw(d)
+                self._total_uj += counter_delta(self._last[i], now, self._max[i])
+                self._last[i] = now
+            return Reading(time.monotonic(), energy_j=self._total_uj / 1e6)
+
+
+class NvmlSource:
+    """NVML's total energy counter (mJ) or, where the GPU does not support it, its power (mW)."""
+
+    def __init__(self, index: int = 0):
+        import pynvml  # nvidia-ml-py; ImportError without it
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        try:
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+            self.name = "nvml-energy"
+        except pynvml.NVMLError_NotSupported:
+            pynvml.nvmlDeviceGetPowerUsage(self._handle)
+            self.name = "nvml-power"
+
+    def read(self) -> Reading:
+        n, h = self._nvml, self._handle
+        if self.name == "nvml-energy":
+            return Reading(time.monotonic(), energy_j=n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000)
+        return Reading(time.monotonic(), power_w=n.nvmlDeviceGetPowerUsage(h) / 1000)
+
+
+class SnapshotPowerSource:
+    """The telemetry snapshot's total power (jtop's rails on a Jetson), fed by the sampler."""
+
+    def __init__(self, snap):
+        self.name = f"{snap.source}-power"
+        self.power_w = snap.power_total_mw / 1000
+
+    def feed(self, snap) -> None:
+        if snap.power_total_mw is not None:
+            self.power_w = snap.power_total_mw / 1000
+
+    def read(self) -> Reading:
+        return Reading(time.monotonic(), power_w=self.power_w)
+
+
+def open_source(gpu: bool, snapshot=None):
+    """The best source for where the model runs (see the module doc), or None."""
+    if snapshot is not None and snapshot.source == "jtop" and snapshot.power_total_mw is not None:
+        return SnapshotPowerSource(snapshot)  # the whole module's rails: right for CPU and GPU work alike
+    openers = [NvmlSource, RaplSource] if gpu else [RaplSource]
+    for opener in openers:
+        try:
+            return opener()
+        except Exception as e:  # no library, no device, no permission
+            log.debug("energy source %s unavailable: %s", opener.__name__, e)
+    if snapshot is not None and snapshot.power_total_mw is not None:
+        return SnapshotPowerSource(snapshot)
+    return None
+
+
+# -- the meter -------------------------------------------------------------------------------
+class EnergyMeter:
+    """Reads the source at the start and end of each step (engine thread only) and keeps each
+    request's joules; any thread may read them (joules()) once the request has finished."""
+
+    def __init__(self, metrics=None, source=None):
+        self.metrics = metrics
+        self.source = None
+        self._by_request: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._start: Reading | None = None
+        self._last_end: Reading | None = None
+        self._window: collections.deque = collections.deque()  # (time, tokens, joules) per step
+        self.total_j = 0.0
+        self.unattributed_j = 0.0  # steps with no sequence in them (KV copies only)
+        self.disabled: str | None = None  # why this engine is not metered at all
+        self.use(source)
+
+    def disable(self, reason: str) -> None:
+        self.disabled = reason
+        self.use(None)
+
+    @property
+    def source_name(self) -> str:
+        return self.source.name if self.source is not None else UNAVAILABLE
+
+    @property
+    def is_available(self) -> bool:
+        return self.source is not None
+
+    def use(self, source) -> None:
+        self.source, self._start, self._last_end = source, None, None
+        if self.metrics is not None:
+            self.metrics.set_energy_source(self.source_name)
+
+    def on_snapshot(self, snap) -> None:
+        """Telemetry thread: keep a snapshot power source fed; take jtop's once it answers."""
+        if isinstance(self.source, SnapshotPowerSource):
+            self.source.feed(snap)
+        elif not self.disabled and snap.source == "jtop" and snap.power_total_mw is not None:
+            self.use(SnapshotPowerSource(snap))
+
+    def _read(self) -> Reading | None:
+        try:
+            return self.source.read()
+        except Exception:
+            log.warning("energy source %s failed; energy is unavailable from now on", self.source_name, exc_info=True)
+            self.use(None)
+            return None
+
+    def start(self) -> None:
+        """Before a step runs. Back-to-back steps carry over: the gap since the last step ended
+        (postprocess, scheduling) is charged to this one, so a busy run is metered whole."""
+        if self.source is None:
+            return
+        last = self._last_end
+        self._start = last if last is not None and time.monotonic() - last.time_s < CARRY_S else self._read()
+
+    def finish(self, shares: list[tuple[object, int]]) -> float | None:
+        """After a step ran: shares are (request, tokens it processed). Returns the joules."""
+        start, self._start = self._start, None
+        if self.source is None or start is None:
+            return None
+        end = self._read()
+        joules = step_joules(start, end) if end is not None else None
+        self._last_end = end
+        if joules is None:
+            return None
+        self.total_j += joules
+        split = share_by_tokens(joules, shares)
+        if not split:
+            self.unattributed_j += joules
+        for req, j in split.items():
+            self._by_request[req] = self._by_request.get(req, 0.0) + j
+        self._observe(end.time_s, shares, split, joules)
+        return joules
+
+    def finish_step(self, out) -> float | None:
+        """finish() for a SchedulerOutput: each chunk's scheduled tokens (a chunk of a step that
+        was stopped early still cost its share)."""
+        return self.finish([(c.request, len(c.tokens)) for c in out.chunks])
+
+    def joules(self, req) -> float | None:
+        """A request's energy so far (0.0 if it never ran); None when energy is unavailable."""
+        if self.source is None and req not in self._by_request:
+            return None
+        return self._by_request.get(req, 0.0)
+
+    def tokens_per_joule(self) -> float | None:
+        tokens = sum(t for _, t, _ in self._window)
+        joules = sum(j for _, _, j in self._window)
+        return tokens / joules if joules > 0 else None
+
+    def _observe(self, now: float, shares, split: dict, joules: float) -> None:
+        self._window.append((now, sum(n for _, n in shares), joules))
+        while self._window and now - self._window[0][0] > WINDOW_S:
+            self._window.popleft()
+        if self.metrics is None:
+            return
+        tokens = {}
+        for req, n in shares:
+            tokens[req] = tokens.get(req, 0) + n
+        for req, j in split.items():
+            self.metrics.observe_energy(req.priority.name.lower(), j, tokens[req])
+        if not split:
+            self.metrics.energy_unattributed.inc(joules)
+        tpj = self.tokens_per_joule()
+        if tpj is not None:
+            self.metrics.tokens_per_joule.set(tpj)
+
+    def to_dict(self) -> dict:
+        tpj = self.tokens_per_joule()
+        return {"source": self.source_name, "why_unavailable": self.disabled, "total_joules": round(self.total_j, 3),
+                "unattributed_joules": round(self.unattributed_j, 3),
+                "tokens_per_joule_last_minute": None if tpj is None else round(tpj, 3)}
+
+
+def format_joules(j: float | None) -> str:
+    return UNAVAILABLE if j is None else f"{j:.3f}"
