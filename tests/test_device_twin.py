@@ -154,7 +154,7 @@ def test_kiosk_opens_its_wayland_socket_under_real_cage(twin):
     # the daemon restarted: the kiosk goes with it and comes back, and leaves no browser behind
     # (pam_systemd keeps the session's processes in a logind scope, outside the unit's cgroup)
     twin.sh("systemctl restart edge-llm", timeout=300)
-    wait_for(lambda: twin.sh(f"test -S {sock}", check=False).returncode == 0, 120, "the kiosk after a restart")
+    wait_for(lambda: twin.sh(f"test -S {sock}", check=False).returncode == 0, 300, "the kiosk after a restart")
     wait_for(lambda: twin.sh("pgrep -c -u edge-llm-kiosk -x cog", check=False).stdout.strip() == "1", 30,
              "one browser")
     assert show(twin, "edge-llm-kiosk", "MainPID")["MainPID"] != pid
