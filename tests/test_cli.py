@@ -1,0 +1,132 @@
+"""The CLI as a user meets it (issue 23, item 8): no tracebacks, --version, help that says what
+each command does, chat options, and `summarize` following its job through a daemon restart."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import RunningDaemon, make_config
+
+from edge_llm import cli
+from edge_llm.client import Progress
+
+
+def edge_llm(*args, stdin="", timeout=120):
+    return subprocess.run([sys.executable, "-m", "edge_llm", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_free(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                assert time.monotonic() < deadline, f"port {port} still taken"
+        time.sleep(0.2)
+
+
+def test_version_and_help_describe_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.startswith("edge-llm ")
+    for cmd, words in [("serve", "503 while the model loads"), ("chat", "Ctrl-C stops an answer"),
+                       ("summarize", "time left"), ("plan", "which limit binds"), ("doctor", "command that fixes")]:
+        with pytest.raises(SystemExit):
+            cli.main([cmd, "--help"])
+        out = capsys.readouterr().out
+        assert words in " ".join(out.split()), cmd
+    with pytest.raises(SystemExit):
+        cli.main(["chat", "--help"])
+    out = capsys.readouterr().out
+    assert all(opt in out for opt in ("--temperature", "--top-p", "--max-tokens", "--seed", "--system"))
+
+
+def test_no_daemon_is_a_message_not_a_traceback(tmp_path):
+    port = free_port()
+    doc = tmp_path / "note.txt"
+    doc.write_text("A short note.")
+    for args in (["chat", "--url", f"http://127.0.0.1:{port}"], ["summarize", str(doc), "--url", f"http://127.0.0.1:{port}"]):
+        r = edge_llm(*args, stdin="hello\n")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"no daemon answers at http://127.0.0.1:{port}" in r.stderr and "edge-llm serve" in r.stderr
+
+
+def test_a_port_in_use_is_a_message_not_a_traceback(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = edge_llm("serve", "--port", str(port), "--set", f"daemon.state_dir={tmp_path}", "--set",
+                     "planner.calibrate=false", timeout=180)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr and "--port" in r.stderr
+
+
+def test_chat_with_options_against_the_daemon(server):
+    r = edge_llm("chat", "--url", server.url, "--temperature", "0", "--max-tokens", "8", "--system", "Be brief.",
+                 stdin="Name a fruit.\nAnd a colour?\n")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.strip()]) >= 2  # two answers
+
+
+def test_progress_line_has_elapsed_time_and_time_left():
+    bar = Progress()
+    bar.started = 100.0
+    assert "0:00 elapsed · estimating…" in bar.line(0.0, 8, 0, now=100.0)
+    line = bar.line(2.0, 8, 0, now=110.0)  # 2 parts in 10 s: 6 more take 30 s
+    assert line.startswith("[#######") and "2.0/8 parts" in line and "0:10 elapsed" in line and "~0:30 left" in line
+    assert "estimating" in bar.line(0.0, 1, 1, now=111.0) and "combining, round 1" in bar.line(0.0, 1, 1, now=111.0)
+
+
+def test_summarize_waits_for_a_restarting_daemon(tmp_path):
+    """The daemon stops mid-job and comes back on the same port: the job resumes from its
+    last finished part, and `edge-llm summarize` keeps waiting and prints the summary."""
+    port, state = free_port(), tmp_path / "state"
+    cfg = make_config(**{"server.port": port, "daemon.state_dir": str(state), "summarize.chunk_tokens": 96,
+                         "summarize.parallel": 2, "daemon.drain_timeout_s": 4})
+    doc = tmp_path / "log.txt"
+    doc.write_text("\n\n".join(f"Entry {i}: the ferry carried {40 + i} cars and {200 + 3 * i} people across."
+                               for i in range(16)))
+    first = RunningDaemon(cfg)
+    proc = subprocess.Popen([sys.executable, "-m", "edge_llm", "summarize", str(doc), "--url", first.url,
+                             "--wait", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True).start()
+    try:
+        store = None
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:  # restart once a part is done, with more to come
+            store = first.daemon.runtime.extensions.get("summaries")
+            jobs = store.store.list(1, 0)[0] if store else []
+            if jobs and jobs[0].chunks_done >= 1:
+                break
+            time.sleep(0.1)
+        assert jobs and 1 <= jobs[0].chunks_done < jobs[0].chunks_total, jobs
+        first.stop()
+        wait_until_free(port)
+        second = RunningDaemon(cfg)
+        try:
+            out, _ = proc.communicate(timeout=240)
+        finally:
+            second.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.2)
+    stderr = "".join(err)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert out.strip() and "Traceback" not in stderr
+    assert "waiting for it" in stderr and "elapsed" in stderr
