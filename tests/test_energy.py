@@ -126,17 +126,23 @@ def test_meter_shares_each_step_by_tokens_and_counts_by_priority():
 
 
 def test_back_to_back_steps_carry_the_gap_so_a_busy_run_is_metered_whole():
-    counter = ConstantPowerCounter(20.0)
-    meter = EnergyMeter(source=counter)
+    clock = SimpleNamespace(now=100.0)
+    counter = SimpleNamespace(name="made-up-counter", read=lambda: Reading(clock.now, energy_j=20.0 * clock.now))
+    meter = EnergyMeter(source=counter, clock=lambda: clock.now)
     reqs = [_req(), _req()]
     before = counter.read().energy_j
     for i in range(20):
         meter.start()
-        time.sleep(0.002)  # the step
+        clock.now += 0.030  # the step
         meter.finish([(reqs[i % 2], 1)])
-        time.sleep(0.001)  # postprocess, scheduling: charged to the next step
-    after = meter._last_end.energy_j
-    assert sum(meter.joules(r) for r in reqs) == pytest.approx(after - before, rel=0.05)
+        clock.now += 0.004  # postprocess, scheduling: charged to the next step
+    assert sum(meter.joules(r) for r in reqs) == pytest.approx(20.0 * (20 * 0.034 - 0.004))
+    assert meter._last_end.energy_j - before == pytest.approx(20.0 * (20 * 0.034 - 0.004))
+    clock.now += 0.5  # idle: the next step starts from a fresh reading
+    meter.start()
+    clock.now += 0.030
+    meter.finish([(reqs[0], 1)])
+    assert meter.total_j == pytest.approx(20.0 * (20 * 0.034 - 0.004 + 0.030))
 
 
 def test_a_power_reading_is_integrated_over_the_step():
@@ -145,10 +151,11 @@ def test_a_power_reading_is_integrated_over_the_step():
     assert src.name == "jtop-power"
     meter = EnergyMeter(source=src)
     r = _req()
+    t0 = time.monotonic()
     meter.start()
     time.sleep(0.05)
     meter.finish([(r, 3)])
-    assert meter.joules(r) == pytest.approx(12.0 * 0.05, rel=0.5)
+    assert 12.0 * 0.05 <= meter.joules(r) <= 12.0 * (time.monotonic() - t0)
 
 
 def test_without_a_source_energy_is_unavailable_never_zero():
@@ -195,13 +202,14 @@ def test_sum_of_request_energy_matches_the_counter_over_a_bench_run(server, mete
     """Issue 24's goal, with a made-up counter: every joule of a busy run is some request's."""
     result = bench.measure(server.engine, batch=3, prompt_tokens=48, decode_tokens=12)
     check = result["check"]
+    print(f"bench check with a made-up 10 W counter: {check}")
     assert check["counter_joules"] > 0
     assert abs(check["ratio"] - 1) <= 0.10, check
     assert result["prefill_tokens"] == 3 * 48 and result["prefill_tokens_per_joule"] > 0
     assert "not independent" in check["status"]  # a made-up counter proves the accounting, not a device
 
 
-def test_energy_header_log_line_sse_comment_and_metrics(server, http, metered, caplog):
+def test_energy_header_log_line_and_metrics(server, http, metered, caplog):
     body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
     with caplog.at_level("INFO", logger="edge_llm.server.openai_api"):
         r = http.post("/v1/chat/completions", body)
@@ -209,10 +217,12 @@ def test_energy_header_log_line_sse_comment_and_metrics(server, http, metered, c
     assert float(r.headers["x-energy-joules"]) > 0
     line = next(rec for rec in caplog.records if "generated tokens" in rec.getMessage())
     assert "J (made-up-counter)" in line.getMessage() and float(line.ENERGY_JOULES) > 0
-    s = http.post("/v1/chat/completions", {**body, "stream": True})
-    comments = [x for x in s.text.split("\n\n") if x.startswith(": energy_joules ")]
-    assert len(comments) == 1 and float(comments[0].split()[-1]) > 0
-    assert s.text.rstrip().endswith("data: [DONE]")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="edge_llm.server.openai_api"):
+        s = http.post("/v1/chat/completions", {**body, "stream": True})
+    assert s.text.rstrip().endswith("data: [DONE]")  # a stream's energy is in its log line (headers left first)
+    line = next(rec for rec in caplog.records if "generated tokens" in rec.getMessage())
+    assert float(line.ENERGY_JOULES) > 0
     text = http.get("/metrics").text
     assert 'edge_llm_energy_source_info{source="made-up-counter"} 1.0' in text
     assert _metric(text, 'edge_llm_energy_joules_total{priority="interactive"}') > 0
@@ -308,15 +318,21 @@ def test_jtop_heat_lowers_the_cap_within_one_period_and_it_returns_after_the_hys
     per_sensor, default_c, where = thermal.default_throttle_c(src.read(), 0.0)
     assert default_c == thermal.JETSON_DEFAULT_C and where.startswith("device profile")
     guard = thermal.ThermalGuard(engine, 4, thermal.Rule(10.0, 5.0, hold_s=0.5), per_sensor, default_c, where)
-    sampler = Sampler([src], period, on_snapshot=guard)
+    seen = []  # (CPU reading, cap once that reading was applied), one per telemetry period
+
+    def on_snapshot(snap):
+        guard(snap)
+        seen.append((snap.temperatures_c["CPU"], engine.scheduler.max_batch_size))
+
+    sampler = Sampler([src], period, on_snapshot=on_snapshot)
     sampler.start()
     try:
         temps["CPU"]["temp"] = 92.0  # 7 C below 99: warm
-        took = _wait(lambda: engine.scheduler.max_batch_size == 2, 3 * period)
-        assert took <= period * 1.5, f"the cap took {took:.2f} s (telemetry period {period} s)"
+        _wait(lambda: any(t == 92.0 for t, _ in seen), 10 * period)
+        assert [cap for t, cap in seen if t == 92.0][0] == 2  # lowered in the period of the first warm reading
         assert engine.scheduler.defer_background and guard.to_dict()["sensor"] == "CPU"
         temps["CPU"]["temp"] = 95.5  # hot: one sequence
-        _wait(lambda: engine.scheduler.max_batch_size == 1, 3 * period)
+        _wait(lambda: engine.scheduler.max_batch_size == 1, 10 * period)
         assert 'edge_llm_thermal_level 2.0' in _metrics_text(engine.metrics)
         temps["CPU"]["temp"] = 92.0  # cooler, still inside hot + hysteresis: the cap stays
         time.sleep(4 * period)
@@ -448,12 +464,18 @@ def test_nvml_heat_lowers_the_cap_within_one_period_and_it_returns(fake_nvml, mo
     assert per_sensor == {"gpu": 89.0} and default_c is None and where == "NVML slowdown threshold"
     engine = _engine_stub(8)
     guard = thermal.ThermalGuard(engine, 8, thermal.Rule(10.0, 5.0, hold_s=0.3), per_sensor, default_c, where)
-    sampler = Sampler([src], period, on_snapshot=guard)
+    seen = []
+
+    def on_snapshot(snap):
+        guard(snap)
+        seen.append((snap.temperatures_c["gpu"], engine.scheduler.max_batch_size))
+
+    sampler = Sampler([src], period, on_snapshot=on_snapshot)
     sampler.start()
     try:
         fake_nvml.temp_c = 81  # 8 C below the slowdown temperature
-        took = _wait(lambda: engine.scheduler.max_batch_size == 4, 3 * period)
-        assert took <= period * 1.5
+        _wait(lambda: any(t == 81 for t, _ in seen), 10 * period)
+        assert [cap for t, cap in seen if t == 81][0] == 4  # lowered in the period of the first warm reading
         assert guard.to_dict()["headroom_c"] == 8.0
         fake_nvml.temp_c = 76  # 13 C below: out of the margin, not past the hysteresis
         time.sleep(3 * period)

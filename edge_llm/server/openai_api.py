@@ -295,9 +295,7 @@ def _sse(engine, req: Request, meta: dict, obj: str, delta: Callable, include_us
         if out.finish_reason and include_usage:
             yield event([], usage=_usage(out))
         finished = out.finish_reason is not None
-    _log_finished(req, meta["model"], engine.energy)
-    # the headers went out before the energy was known: an SSE comment (clients skip it) carries it
-    yield f": energy_joules {format_joules(engine.energy.joules(req))}\n\n"
+    _log_finished(req, meta["model"], engine.energy)  # a stream's headers left before its energy was known
     if not finished and watch.reason in ("draining", "queue_timeout"):  # an OpenAI client raises on it
         e = watch.error()
         yield f"data: {json.dumps(error_body(e.status, e.message, e.code))}\n\n"

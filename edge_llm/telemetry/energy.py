@@ -154,8 +154,9 @@ class EnergyMeter:
     """Reads the source at the start and end of each step (engine thread only) and keeps each
     request's joules; any thread may read them (joules()) once the request has finished."""
 
-    def __init__(self, metrics=None, source=None):
+    def __init__(self, metrics=None, source=None, clock=time.monotonic):
         self.metrics = metrics
+        self.clock = clock  # the sources' clock (Reading.time_s)
         self.source = None
         self._by_request: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._start: Reading | None = None
@@ -204,7 +205,7 @@ class EnergyMeter:
         if self.source is None:
             return
         last = self._last_end
-        self._start = last if last is not None and time.monotonic() - last.time_s < CARRY_S else self._read()
+        self._start = last if last is not None and self.clock() - last.time_s < CARRY_S else self._read()
 
     def finish(self, shares: list[tuple[object, int]]) -> float | None:
         """After a step ran: shares are (request, tokens it processed). Returns the joules."""
