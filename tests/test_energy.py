@@ -158,6 +158,17 @@ def test_a_power_reading_is_integrated_over_the_step():
     assert 12.0 * 0.05 <= meter.joules(r) <= 12.0 * (time.monotonic() - t0)
 
 
+def test_tokens_per_joule_is_over_the_last_minute():
+    meter = EnergyMeter(source=ScriptedCounter([(0.0, 0.0), (1.0, 10.0), (100.0, 10.0), (101.0, 11.0)]))
+    r = _req()
+    meter.start()
+    meter.finish([(r, 10)])
+    assert meter.tokens_per_joule() == pytest.approx(1.0)
+    meter.start()
+    meter.finish([(r, 5)])  # 100 s later: the first step has left the window
+    assert meter.tokens_per_joule() == pytest.approx(5.0) and meter.total_j == pytest.approx(11.0)
+
+
 def test_without_a_source_energy_is_unavailable_never_zero():
     m = EngineMetrics()
     meter = EnergyMeter(m)

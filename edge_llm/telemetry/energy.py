@@ -162,6 +162,7 @@ class EnergyMeter:
         self._start: Reading | None = None
         self._last_end: Reading | None = None
         self._window: collections.deque = collections.deque()  # (time, tokens, joules) per step
+        self._window_tokens, self._window_j = 0, 0.0  # their sums, kept as steps come and go
         self.total_j = 0.0
         self.unattributed_j = 0.0  # steps with no sequence in them (KV copies only)
         self.disabled: str | None = None  # why this engine is not metered at all
@@ -238,14 +239,18 @@ class EnergyMeter:
         return self._by_request.get(req, 0.0)
 
     def tokens_per_joule(self) -> float | None:
-        tokens = sum(t for _, t, _ in self._window)
-        joules = sum(j for _, _, j in self._window)
-        return tokens / joules if joules > 0 else None
+        joules = self._window_j
+        return self._window_tokens / joules if joules > 1e-9 else None
 
     def _observe(self, now: float, shares, split: dict, joules: float) -> None:
-        self._window.append((now, sum(n for _, n in shares), joules))
+        n = sum(n for _, n in shares)
+        self._window.append((now, n, joules))
+        self._window_tokens += n
+        self._window_j += joules
         while self._window and now - self._window[0][0] > WINDOW_S:
-            self._window.popleft()
+            _, n, j = self._window.popleft()
+            self._window_tokens -= n
+            self._window_j -= j
         if self.metrics is None:
             return
         tokens = {}
