@@ -15,7 +15,7 @@ import pytest
 from edge_llm.engine.request import SamplingParams
 
 FAKES = Path(__file__).parent / "fakes"
-FAKED = ("tensorrt_llm", "transformers", "torch")
+FAKED = ("tensorrt_llm", "transformers", "torch", "jtop")  # jtop: a daemon started here imports it too
 REAL_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None and not str(
     importlib.util.find_spec("tensorrt_llm").origin).startswith(str(FAKES))
 
