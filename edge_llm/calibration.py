@@ -43,6 +43,7 @@ class Calibration:
     measured_s: float  # how long measuring took
     measured_at: float = field(default_factory=time.time)  # Unix time
     contended: bool = False  # other work held the CPUs while measuring: used once, measured again next start
+    cpu_share: float = 0.0  # CPU time the measuring process got / (wall time x its threads)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -58,7 +59,7 @@ class Calibration:
                    layout_batch=int(d["layout_batch"]), layout_ctx=int(d["layout_ctx"]),
                    can_abort=bool(d["can_abort"]),
                    measured_s=float(d["measured_s"]), measured_at=float(d["measured_at"]),
-                   contended=bool(d.get("contended", False)))
+                   contended=bool(d.get("contended", False)), cpu_share=float(d.get("cpu_share", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
 
 
 # -- measuring (the backend does the device work) ----------------------------------------------------
-MIN_CPU_SHARE = 0.7  # below this share of its threads' CPU time, a CPU calibration was crowded out
+MIN_CPU_SHARE = 0.5  # below this share of its threads' CPU time, a CPU calibration was crowded out
 
 
 def cpus_contended(cpu_share: float) -> bool:
@@ -160,7 +161,8 @@ def measure(backend, key: dict, max_batch: int, max_step_s: float,
     # wall x threads means others had the cores; a GPU build's threads mostly wait, so no test there
     share = (_cpu_seconds() - cpu0) / (wall * backend.n_threads)
     return Calibration(key, prefill, decode, layouts, layout_batch, ctx, can_abort=not backend.gpu_offload,
-                       measured_s=wall, contended=not backend.gpu_offload and contended(share))
+                       measured_s=wall, contended=not backend.gpu_offload and contended(share),
+                       cpu_share=round(share, 3))
 
 
 def device_key(backend, model_path: Path, gpu_name: str, power_mode: str | None) -> dict:
