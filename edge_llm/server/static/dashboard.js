@@ -35,9 +35,9 @@ function draw(chart, unit) {
   svg.setAttribute("role", "img");
   const latest = Object.entries(s).map(([n, v]) => `${n} ${fmt(v[v.length - 1])}${unit}`).join(", ");
   svg.setAttribute("aria-label", latest || "no data yet");
-  for (const [y, label] of [[0, fmt(hi)], [H, "0"]]) {
+  for (const [y, label] of [[11, fmt(hi)], [H - 2, "0"]]) {
     const t = document.createElementNS(SVG, "text");
-    t.setAttribute("x", 2); t.setAttribute("y", y + 11); t.setAttribute("class", "axis");
+    t.setAttribute("x", 2); t.setAttribute("y", y); t.setAttribute("class", "axis");
     t.textContent = label;
     svg.appendChild(t);
   }
@@ -50,6 +50,13 @@ function draw(chart, unit) {
     line.setAttribute("stroke", COLORS[k % COLORS.length]);
     line.setAttribute("stroke-width", "2");
     svg.appendChild(line);
+    if (pts.length) {  // the newest reading, visible even when it is the only one
+      const [x, y] = pts[pts.length - 1].split(",");
+      const dot = document.createElementNS(SVG, "circle");
+      dot.setAttribute("cx", x); dot.setAttribute("cy", y); dot.setAttribute("r", "3");
+      dot.setAttribute("fill", COLORS[k % COLORS.length]);
+      svg.appendChild(dot);
+    }
     const t = document.createElementNS(SVG, "text");
     t.setAttribute("x", 4 + 100 * k); t.setAttribute("y", H + 14); t.setAttribute("class", "legend");
     t.setAttribute("fill", COLORS[k % COLORS.length]);
@@ -88,7 +95,7 @@ async function pollMetrics() {
   const budget = m.edge_llm_kv_tokens_budget || 0;
   push("kv", "reserved", m.edge_llm_kv_tokens_reserved || 0);
   push("kv", "prefix cache", m.edge_llm_kv_tokens_cached || 0);
-  $("v-kv").textContent = `${fmt(m.edge_llm_kv_tokens_reserved || 0)} of ${budget} tokens`;
+  $("v-kv").textContent = `${Math.round(m.edge_llm_kv_tokens_reserved || 0)} of ${budget} tokens`;
   draw("kv", " tokens");
   push("queue", "running", m.edge_llm_requests_running || 0);
   push("queue", "waiting", m.edge_llm_requests_waiting || 0);

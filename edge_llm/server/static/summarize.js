@@ -51,6 +51,7 @@ function show(job) {
   $("progress-text").textContent = describe(job);
   $("cancel").hidden = job.status === "done" || job.status === "error";
   $("result").textContent = job.result || "";
+  $("result").hidden = !job.result;
   $("copy").hidden = !job.result;
 }
 
