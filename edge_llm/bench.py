@@ -175,7 +175,7 @@ def energy_check(phases: list[dict], meter) -> dict:
     independent = meter.source_name in ("rapl", "nvml-energy")
     status = ("within 10%" if ratio is not None and abs(ratio - 1) <= TOLERANCE else "NOT within 10%")
     if not independent:
-        status += f" (not independent: {meter.source_name} is a power reading, integrated by the same rule)"
+        status += f" (not independent: {meter.source_name} is not NVML's or RAPL's energy counter)"
     return {"counter_joules": round(counter, 3), "per_request_joules": round(per_request, 3),
             "ratio": None if ratio is None else round(ratio, 4), "status": status}
 

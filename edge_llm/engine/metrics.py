@@ -59,9 +59,8 @@ class EngineMetrics:
                                       "metered steps of the last minute", registry=r)
         self.energy_source = Gauge("edge_llm_energy_source_info", "1 for the energy source in use "
                                    "(source=\"unavailable\" when there is none)", ["source"], registry=r)
-        for priority in ("interactive", "background"):
-            self.energy.labels(priority)
-            self.energy_tokens.labels(priority)
+        self._energy_by_priority = {p: (self.energy.labels(p), self.energy_tokens.labels(p))  # per step: no lookups
+                                    for p in ("interactive", "background")}
         self.thermal_level = Gauge("edge_llm_thermal_level", "Thermal admission: 0 normal, 1 warm (batch cap "
                                    "lowered, background deferred), 2 hot (batch cap 1)", registry=r)
         self.thermal_batch_cap = Gauge("edge_llm_thermal_batch_cap", "Sequences admission allows now "
@@ -76,8 +75,9 @@ class EngineMetrics:
         self.energy_source.labels(name).set(1)
 
     def observe_energy(self, priority: str, joules: float, tokens: int) -> None:
-        self.energy.labels(priority).inc(joules)
-        self.energy_tokens.labels(priority).inc(tokens)
+        energy, energy_tokens = self._energy_by_priority[priority]
+        energy.inc(joules)
+        energy_tokens.inc(tokens)
 
     def observe_finished(self, req) -> None:
         self.requests.labels(req.finish_reason).inc()

@@ -253,11 +253,13 @@ class EnergyMeter:
             self._window_j -= j
         if self.metrics is None:
             return
-        tokens = {}
+        by_priority: dict[str, list] = {}  # summed first: two metric updates per step, not two per sequence
         for req, n in shares:
-            tokens[req] = tokens.get(req, 0) + n
+            by_priority.setdefault(req.priority.name.lower(), [0.0, 0])[1] += n
         for req, j in split.items():
-            self.metrics.observe_energy(req.priority.name.lower(), j, tokens[req])
+            by_priority[req.priority.name.lower()][0] += j
+        for priority, (j, n) in by_priority.items():
+            self.metrics.observe_energy(priority, j, n)
         if not split:
             self.metrics.energy_unattributed.inc(joules)
         tpj = self.tokens_per_joule()

@@ -161,8 +161,8 @@ class ThermalGuard:
         m.thermal_level.set(self.state.level)
         m.thermal_batch_cap.set(self.cap)
         m.thermal_background_deferred.set(1 if self.background_deferred else 0)
-        if self.state.headroom_c is not None:
-            m.thermal_headroom.set(self.state.headroom_c)
+        # NaN, not 0, while no sensor with a known throttle temperature has been read
+        m.thermal_headroom.set(float("nan") if self.state.headroom_c is None else self.state.headroom_c)
 
     def to_dict(self) -> dict:
         st = self.state
