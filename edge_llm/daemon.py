@@ -246,7 +246,7 @@ SAFE_TO_RELOAD = {"daemon.log_level", "limits.max_queue", "planner.low_water_mb"
 def apply_reload(old: Config, new: Config, engine) -> tuple[list[str], list[str]]:
     """Copy the changed settings that are safe to change live; list those needing a restart."""
     applied, restart = [], []
-    for section in ("server", "model", "limits", "planner", "daemon", "summarize"):
+    for section in ("server", "model", "limits", "planner", "daemon", "summarize", "thermal"):
         a, b = getattr(old, section), getattr(new, section)
         for key, value in vars(b).items():
             if getattr(a, key) == value:

@@ -622,3 +622,13 @@ def test_bench_command_line(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "run", lambda cfg, *a: got.setdefault("args", a) and 0)
     assert cli.main(["bench", "--batch", "2", "--power-modes", "all", "--json", str(tmp_path / "b.json")]) == 0
     assert got["args"] == (2, 512, 128, "all", "/etc/nvpmodel.conf", 5.0, str(tmp_path / "b.json"))
+
+
+def test_thermal_settings_are_configurable_and_a_sighup_change_is_named_for_a_restart():
+    from edge_llm import config as config_mod
+    from edge_llm.daemon import apply_reload
+    old = config_mod.load(env={})
+    new = config_mod.load(env={"EDGE_LLM_THERMAL_MARGIN_C": "6"}, overrides=[("thermal.throttle_c", 85.0)])
+    assert (new.thermal.margin_c, new.thermal.throttle_c) == (6.0, 85.0)
+    applied, restart = apply_reload(old, new, None)
+    assert "thermal.margin_c" in restart and "thermal.throttle_c" in restart and not applied

@@ -3,8 +3,9 @@
 Each telemetry snapshot gives the headroom: the smallest (throttle temperature - reading) over
 the sensors whose throttle temperature is known. Within thermal.margin_c of it, admission lowers
 the batch cap to half the plan's and defers background work (level 1, "warm"); within half the
-margin, the cap is 1 (level 2, "hot"). Nothing running is ended or preempted for heat: the cap
-applies to admissions. The level comes down only once the headroom is hysteresis_c beyond the
+margin, the cap is 1 (level 2, "hot"). Nothing running is ended for heat: the cap applies to
+admissions (a waiting interactive request may still preempt background sequences above the cap,
+kept and resumed later, as at any full batch). The level comes down only once the headroom is hysteresis_c beyond the
 level's threshold and the level has been held hold_s (no flapping at a boundary).
 
 Throttle temperatures, first found wins: thermal.throttle_c (every sensor); NVML's slowdown
