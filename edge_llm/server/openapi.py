@@ -35,7 +35,9 @@ _SAMPLING = {
     "model": {"type": ["string", "null"], "description": "the served id or an alias (model.aliases)"},
     "max_tokens": {"type": ["integer", "null"], "minimum": 1},
     "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-    "temperature": _num(0, 2, 1), "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+    # left out: the model's defaults (GET /api/sampling; SmolLM2: 0.2 and 0.9), not OpenAI's 1 and 1
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
     "top_k": {"type": ["integer", "null"], "minimum": 0}, "min_p": _num(0, 1, 0),
     "presence_penalty": _num(-2, 2, 0), "frequency_penalty": _num(-2, 2, 0),
     "logit_bias": {"type": ["object", "null"], "propertyNames": {"pattern": "^[0-9]+$"},
@@ -87,7 +89,10 @@ _JOB_PROPS = {
     "num_chars": {"type": "integer"}, "created": {"type": "number"}, "updated": {"type": "number"},
     "level": {"type": "integer"}, "energy_joules": {"type": ["number", "null"]},
     "progress": {"type": "object", "required": ["chunks_done", "chunks_total"],
-                 "properties": {"chunks_done": {"type": "integer"}, "chunks_total": {"type": "integer"}}}}
+                 "properties": {"chunks_done": {"type": "integer"}, "chunks_total": {"type": "integer"},
+                                "chunks_partial": {"type": "number", "minimum": 0, "description":
+                                                   "while running: parts' worth of work done by the parts "
+                                                   "in the engine (prompt read, summary written)"}}}}
 
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
