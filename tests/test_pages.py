@@ -63,7 +63,7 @@ def test_stop_cancels_the_request_on_the_server(page, server):
     engine = server.engine
     cancelled = engine.metrics.requests.labels("cancelled")._value.get()
     page.goto("/")
-    page.click(".system summary")
+    page.click("#settings summary")
     page.fill("#system", "You write very long stories.")
     page.dispatch_event("#system", "change")
     page.fill("#prompt", "Tell me a very long story about a lighthouse keeper and the sea.")
