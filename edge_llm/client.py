@@ -53,9 +53,12 @@ def chat(args) -> int:
     client = openai.OpenAI(base_url=args.url.rstrip("/") + "/v1", api_key=args.api_key or "none", max_retries=2)
     try:
         model = args.model_id or client.models.list().data[0].id
-    except (openai.APIConnectionError, openai.APIStatusError) as e:
+    except openai.APIConnectionError as e:
         print(f"edge-llm chat: no daemon answers at {args.url} ({_why(e)}); start one with `edge-llm serve`",
               file=sys.stderr)
+        return 1
+    except openai.APIStatusError as e:  # 503 while it loads or drains; 401 without the key
+        print(f"edge-llm chat: the daemon at {args.url} answered {e.status_code}: {_why(e)}", file=sys.stderr)
         return 1
     options = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                  ("max_tokens", args.max_tokens), ("seed", args.seed)) if v is not None}

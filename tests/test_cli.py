@@ -130,3 +130,31 @@ def test_summarize_waits_for_a_restarting_daemon(tmp_path):
     assert proc.returncode == 0, stderr[-2000:]
     assert out.strip() and "Traceback" not in stderr
     assert "waiting for it" in stderr and "elapsed" in stderr
+
+
+def test_a_loading_daemon_is_named_with_its_answer():
+    """A stand-in answering 503 as the daemon does while it loads: the chat says so and exits 1."""
+    import http.server
+    import json
+
+    class Loading(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"error": {"message": "the model is loading", "type": "unavailable_error",
+                                         "code": "loading"}}).encode()
+            self.send_response(503)
+            for k, v in (("Content-Type", "application/json"), ("Retry-After", "0"), ("Content-Length", len(body))):
+                self.send_header(k, str(v))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    stand_in = http.server.HTTPServer(("127.0.0.1", 0), Loading)
+    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
+    try:
+        r = edge_llm("chat", "--url", f"http://127.0.0.1:{stand_in.server_port}", stdin="hi\n")
+    finally:
+        stand_in.shutdown()
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "answered 503: the model is loading" in r.stderr
