@@ -250,7 +250,13 @@ class Twin:
             if self.nspawn.poll() is not None:
                 raise TwinError(f"systemd-nspawn exited {self.nspawn.returncode} during boot: "
                                 f"{self.console()[-2000:]}")
-            r = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
+            try:
+                r = self.sh("systemctl is-system-running --wait", check=False,
+                            timeout=max(1.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired as e:  # say what the boot waits for (a first boot that hangs)
+                jobs = self.sh("systemctl list-jobs --no-pager; ps -eo pid,etimes,args", check=False, timeout=30)
+                raise TwinError(f"the twin's boot did not finish in {timeout:.0f} s; waiting:\n"
+                                f"{jobs.stdout[-3000:]}") from e
             state = r.stdout.strip() or r.stderr.strip()
             if r.stdout.strip() in ("running", "degraded", "maintenance"):
                 return r.stdout.strip()
