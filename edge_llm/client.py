@@ -40,7 +40,7 @@ class Progress:
         left = f"~{_clock((total - done) / rate)} left" if rate > 0 and now - t0 >= 2 else "estimating…"
         filled = int(self.width * min(1.0, done / max(1, total)))
         stage = "parts" if level == 0 else f"combining, round {level}"
-        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {done:.1f}/{total} {stage} · "
+        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {round(done, 1):g}/{total} {stage} · "
                 f"{_clock(now - self.started)} elapsed · {left}")
 
     def show(self, done: float, total: int, level: int) -> None:

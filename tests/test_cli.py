@@ -87,7 +87,8 @@ def test_progress_line_has_elapsed_time_and_time_left():
     bar.started = 100.0
     assert "0:00 elapsed · estimating…" in bar.line(0.0, 8, 0, now=100.0)
     line = bar.line(2.0, 8, 0, now=110.0)  # 2 parts in 10 s: 6 more take 30 s
-    assert line.startswith("[#######") and "2.0/8 parts" in line and "0:10 elapsed" in line and "~0:30 left" in line
+    assert line.startswith("[#######") and "2/8 parts" in line and "0:10 elapsed" in line and "~0:30 left" in line
+    assert "2.3/8 parts" in bar.line(2.34, 8, 0, now=111.0)  # inside a part: tenths
     assert "estimating" in bar.line(0.0, 1, 1, now=111.0) and "combining, round 1" in bar.line(0.0, 1, 1, now=111.0)
 
 
