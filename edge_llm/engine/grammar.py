@@ -5,7 +5,8 @@ What a schema may cost is bounded before anything is converted or parsed: llama.
 parser recurses once per nested group, so {"type": "string", "maxLength": 30000} (30,000
 nested optionals) overflowed a thread's stack and killed the daemon, and an enum of 50,000
 strings made every sampled token check 50,000 alternatives. The bounds below are far above
-what a 135M-4B model's structured output needs, and far below what hurts."""
+what a 135M-4B model's structured output needs, and far below what hurts (measured on 2 busy
+cores: an enum of 256 cost 0.15 s per token at the enum, 64 cost 0.055 s, plain decoding 0.015 s)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ JSON_OBJECT_SCHEMA = {"type": "object"}
 
 MAX_SCHEMA_BYTES = 16_384  # the schema, as compact JSON
 MAX_SCHEMA_DEPTH = 24  # nested objects and arrays in the schema document
-MAX_SCHEMA_NODES = 1_024  # objects, arrays and values in the schema document
+MAX_SCHEMA_NODES = 512  # objects, arrays and values in the schema document (alternatives at once)
 MAX_REPEAT = 256  # minLength, maxItems, ... and {m,n} in a pattern: each unit is one nested group
-MAX_ENUM = 256  # values of one enum: each is an alternative checked at every token
+MAX_ENUM = 128  # values of one enum: each is an alternative checked against every candidate token
 MAX_PATTERN = 512  # characters of one pattern
 MAX_NUMBER = 1e15  # |minimum|, |maximum|, ...: the converter may spell bounds digit by digit
 MAX_GRAMMAR_BYTES = 65_536  # the GBNF text

@@ -18,6 +18,7 @@ MAP_PROMPT = "Summarize the following text in a few sentences. Keep names and nu
 REDUCE_PROMPT = "Combine these partial summaries of one document into one concise summary.\n\n{text}"
 PROMPT_OVERHEAD = 48  # tokens of instructions and chat template around a chunk
 MAX_LEVELS = 8
+POLL_S = 0.5  # a chunk's thread checks this often whether its job was deleted or the daemon stops
 PURGE_EVERY_S = 3600.0
 DAY_S = 86400.0
 
@@ -66,8 +67,11 @@ class Summarizer:
             self._in_flight.setdefault(job_id, set()).add(req)
         try:
             out = None
-            for output in self.engine.generate(req):
-                out = output
+            self.engine.submit(req)
+            # polled: a chunk thread must end when the daemon stops, even if its request was
+            # submitted after stop() cancelled the others (it waited forever on a stopped engine)
+            for output in self.engine.stream(req, POLL_S, lambda: self.is_cancelled(job_id)):
+                out = output if output is not None else out
         finally:
             with self._lock:
                 self._in_flight[job_id].discard(req)
@@ -75,6 +79,8 @@ class Summarizer:
                     del self._in_flight[job_id]
             if hasattr(self.engine, "energy"):  # issue 24: every chunk's joules, cancelled ones too
                 self.store.add_energy(job_id, self.engine.energy.joules(req))
+        if out is None:
+            return None  # cancelled before any output
         if out.error:
             raise SummaryError(out.error)
         return req.text.strip() if out.finish_reason in ("stop", "length") else None
