@@ -283,6 +283,8 @@ def phase_fuzz(d: Daemon, r: Report, quick: bool) -> None:
             r.fail("fuzzer", f"schemathesis exited {out.returncode}: {text[-300:]}")
         elif out.returncode == 1 and not r.counts["fuzzer"] and not r.counts["5xx"]:
             r.fail("fuzzer", "schemathesis reported failures: " + " | ".join(text.strip().splitlines()[-6:]))
+        if out.returncode:
+            print(text, file=sys.stderr)  # its own account of each failure
     if not d.alive:
         r.fail("crash", "fuzzing: the daemon died")
         d.start()
