@@ -269,6 +269,7 @@ def phase_fuzz(d: Daemon, r: Report, quick: bool) -> None:
                "--checks", "all", "--workers", "2", "--max-examples", "10" if quick else "40", "--seed", "1",
                "--phases", "examples,coverage,fuzzing,stateful", "--max-time", "60" if quick else "240",
                "--request-timeout", "60", "--suppress-health-check", "all", "--no-color",
+               "--generation-database", "none",
                "--report", "json", "--report-json-path", str(report)]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         text = out.stdout + out.stderr
