@@ -172,7 +172,11 @@ def summarize(args, name: str, data: bytes, kind: str) -> int:
     if status != 202:
         print(f"edge-llm summarize: {status}: {job.get('error', {}).get('message', job)}", file=sys.stderr)
         return 1
-    job = follow(daemon, job, Progress(), args.wait)
+    progress = Progress()
+    job = follow(daemon, job, progress, args.wait)
+    if job is not None and job.get("progress"):  # the last state, also when no event showed one (a quick job)
+        p = job["progress"]
+        progress.show(p["chunks_done"] + p.get("chunks_partial", 0), p["chunks_total"], job.get("level", 0))
     print(file=sys.stderr)
     if job is None:
         return 1

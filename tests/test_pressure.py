@@ -49,7 +49,9 @@ def limited_daemon():
         pytest.skip("cannot create a memory cgroup here (needs root and a writable cgroup fs)")
     cmd = (f"echo $$ > {cg}/cgroup.procs && exec {sys.executable} -m edge_llm serve --port 0 "
            "--set planner.reserve_mb=160 --set planner.low_water_mb=48 --set planner.critical_mb=24 "
-           "--set limits.max_queue=8 --set limits.max_output_len=64")
+           "--set limits.max_queue=8 --set limits.max_output_len=64 "
+           # memory, not measured speed, must bound the batch here: a cap above what memory allows
+           "--set limits.max_batch_size=8")
     proc = subprocess.Popen(["sh", "-c", cmd], stderr=subprocess.PIPE, text=True)
     log, port = [], None
     for line in proc.stderr:

@@ -317,7 +317,10 @@ class LlamaCppBackend:
     def time_decode(self, batch: int, ctx_len: int, unified: bool, steps: int = 8) -> float:
         """Seconds for a decode step (the fastest of `steps`) of `batch` sequences holding ctx_len
         tokens each, in a KV cache of one pool (unified) or a stream per sequence."""
-        with _ScratchContext(self, batch * ctx_len + 256 * batch, batch, min(batch * ctx_len, 2048), unified) as sc:
+        # only the cells the steps need (64 short sequences: 65 MB of KV here, not 424): one pool's
+        # size is rounded to 256, a stream per sequence gets 256 cells more than it holds
+        cells = -(-batch * (ctx_len + steps + 2) // 256) * 256 if unified else batch * (ctx_len + 256)
+        with _ScratchContext(self, cells, batch, min(batch * ctx_len, 2048), unified) as sc:
             tokens = [self._filler(ctx_len) for _ in range(batch)]
             sc.prefill([(t, p, s) for s in range(batch) for p, t in enumerate(tokens[s])])
             sc.decode([(tokens[s][-1], ctx_len, s) for s in range(batch)])  # first use: page-in, graph
