@@ -26,8 +26,8 @@ class Progress:
     """A progress line with elapsed time and an estimate of the time left in this round, from
     the pace since the round was first seen."""
 
-    def __init__(self, out=sys.stderr, width: int = 30):
-        self.out, self.width = out, width
+    def __init__(self, out=None, width: int = 30):
+        self.out, self.width = out or sys.stderr, width  # looked up now: a default bound at import outlives a redirect
         self.started = time.monotonic()
         self.mark: tuple[int, float, float] | None = None  # (level, time, done) when the round was first seen
 
