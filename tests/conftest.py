@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client as httplib
 import json as jsonlib
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -129,6 +130,45 @@ class Response:
 @pytest.fixture()
 def http(server) -> Http:
     return Http(server.daemon.port)
+
+
+# Pages run in Debian's headless Chromium through Playwright.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = os.environ.get("EDGE_LLM_SCREENSHOTS")  # a folder to keep screenshots in, for a person to look at
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    """A fresh browser context (empty localStorage) on the daemon; nothing may leave the device."""
+    ctx = browser.new_context(viewport={"width": 1024, "height": 600}, base_url=server.url)
+    pg = ctx.new_page()
+    external = []
+    pg.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
+    yield pg
+    ctx.close()
+    assert external == [], f"the page reached outside the device: {external}"
+
+
+@pytest.fixture()
+def shot():
+    """shot(page, name): a screenshot kept in $EDGE_LLM_SCREENSHOTS, when it is set."""
+    def take(page, name):
+        if SHOTS:
+            page.screenshot(path=os.path.join(SHOTS, name))
+    return take
 
 
 def pytest_configure(config):

@@ -3,40 +3,16 @@ model's sampling defaults (2), regenerate, edit, copy, history, stop, retry (4),
 progress, time left, Cancel and past results (5), the dashboard (7), axe-core and keyboard (9)."""
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_pages import ARGS, CHROMIUM, shot
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 MARKDOWN = ("Links, tables, quotes, lists:\n\nSee [the docs](https://example.org/docs).\n\n> a quote\n\n"
             "- one\n  - nested\n    1. deeper\n\n| name | value |\n|:-----|------:|\n| a | 1 |\n\n"
             "```python\ndef add(a, b):\n    return a + b  # the sum\n```\n")
 PAGES = ["/", "/summarize", "/dashboard"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def page(browser, server):
-    """A fresh browser context (empty localStorage) on the daemon; nothing may leave the device."""
-    ctx = browser.new_context(viewport={"width": 1024, "height": 600}, base_url=server.url)
-    pg = ctx.new_page()
-    external = []
-    pg.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
-    yield pg
-    ctx.close()
-    assert external == [], f"the page reached outside the device: {external}"
 
 
 def stored(page, messages, system=""):
@@ -63,7 +39,7 @@ def capture(page, bodies):
     page.route("**/v1/chat/completions", handle)
 
 
-def test_markdown_and_code_render_with_language_and_copy(page):
+def test_markdown_and_code_render_with_language_and_copy(page, shot):
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     stored(page, [{"role": "user", "content": "show me"}, {"role": "assistant", "content": MARKDOWN}])
     bubble = page.locator(".msg.assistant")
@@ -186,7 +162,7 @@ def long_document(tmp_path: Path, name: str, paragraphs: int) -> Path:
     return doc
 
 
-def test_summaries_show_time_left_and_cancel_ends_the_work(page, server, tmp_path):
+def test_summaries_show_time_left_and_cancel_ends_the_work(page, server, tmp_path, shot):
     page.goto("/summarize")
     page.set_input_files("#file", str(long_document(tmp_path, "long-visit.txt", 120)))
     page.wait_for_function("document.querySelector('#progress-text').textContent.includes('elapsed')",
@@ -207,7 +183,7 @@ def test_summaries_show_time_left_and_cancel_ends_the_work(page, server, tmp_pat
     assert "long-visit.txt" not in page.inner_text("#jobs")
 
 
-def test_dashboard_draws_the_daemons_own_data(page, http):
+def test_dashboard_draws_the_daemons_own_data(page, http, shot):
     page.goto("/dashboard")
     page.wait_for_function("document.querySelectorAll('#c-tps polyline').length > 0", timeout=10000)
     answers = []  # a visitor chats while the dashboard watches

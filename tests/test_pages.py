@@ -1,44 +1,11 @@
 """The pages in a real headless Chromium (Debian's /usr/bin/chromium through Playwright)."""
 
-import os
-import shutil
 import time
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-SHOTS = os.environ.get("EDGE_LLM_SCREENSHOTS")  # a folder to keep screenshots in, for a person to look at
 
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def page(browser, server):
-    ctx = browser.new_context(viewport={"width": 1024, "height": 600}, base_url=server.url)
-    pg = ctx.new_page()
-    external = []
-    pg.on("request", lambda r: external.append(r.url) if not r.url.startswith(server.url) else None)
-    yield pg
-    ctx.close()
-    assert external == [], f"the page reached outside the device: {external}"
-
-
-def shot(page, name):
-    if SHOTS:
-        page.screenshot(path=os.path.join(SHOTS, name))
-
-
-def test_chat_streams_a_reply_and_keeps_the_conversation(page, server):
+def test_chat_streams_a_reply_and_keeps_the_conversation(page, server, shot):
     page.goto("/")  # answers of at most 64 tokens (the page's Max tokens setting): quick on a busy machine
     page.evaluate("localStorage.setItem('edge-llm.chats', JSON.stringify({settings: {max_tokens: 64}, chats: {}}))")
     page.reload()
@@ -93,7 +60,7 @@ def test_model_output_cannot_inject_html(page):
     assert "<img" in bubble.inner_text()
 
 
-def test_keyboard_only_and_large_touch_targets(page):
+def test_keyboard_only_and_large_touch_targets(page, shot):
     page.goto("/")
     for sel in ("#send", "#stop", "#new", ".tab"):
         box = page.locator(sel).first.bounding_box()
@@ -104,7 +71,7 @@ def test_keyboard_only_and_large_touch_targets(page):
     shot(page, "chat-1920x1080.png")
 
 
-def test_summarize_page_shows_progress_and_result(page, tmp_path):
+def test_summarize_page_shows_progress_and_result(page, tmp_path, shot):
     doc = tmp_path / "visit.txt"
     doc.write_text("\n\n".join(f"Day {i}: the museum had {100 + i * 7} visitors and the cafe sold {30 + i} cakes."
                                for i in range(12)))
