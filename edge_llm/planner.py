@@ -101,28 +101,74 @@ def _pick(name: str, policy: Policy, default: int, why_default: str) -> tuple[in
 
 
 def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
+    """Every limit for this model in this memory, and why it binds; PlanError if it cannot run."""
     reasons: dict[str, str] = {}
-    on_gpu = policy.gpu_offload and snapshot.gpu_mem_total_bytes > 0 and not snapshot.unified_memory
-    if on_gpu:  # weights and KV in the discrete GPU's memory; swap cannot help there
-        memory = f"GPU {snapshot.gpu_name}".strip()
-        available, reserve = snapshot.gpu_mem_free_bytes, policy.gpu_reserve_bytes
-    else:  # RAM; on unified memory (Jetson) every GPU allocation is RAM too
-        memory = "unified RAM" if snapshot.unified_memory else "RAM"
-        available = snapshot.ram_available_bytes
-        reserve = policy.reserve_bytes - min(snapshot.swap_free_bytes, policy.reserve_bytes // 2)
+    memory, available, reserve = _memory(snapshot, policy)
+    chunk, batch_cap, why_batch = _speed_limits(policy, reasons)
+    slots = policy.prefix_cache_slots
+    workspace = estimate_workspace(profile, chunk + batch_cap, batch_cap + slots)
+    kv = _KvBudget(memory, _kv_budget_bytes(profile, available, reserve, workspace), profile.kv_bytes_per_token,
+                   policy.cap("kv_cache_tokens"))
+    seq = _max_seq_len(profile, policy, kv, reasons)
+    streams = batch_cap + slots
+    per_slot, reasons["kv_layout"] = _layout(policy, kv.limit >= streams * seq, streams, seq, memory)
+    if per_slot:
+        batch, seq, kv_tokens = _per_sequence(batch_cap, why_batch, seq, kv.limit, slots, memory, reasons)
+    else:
+        batch, kv_tokens = _unified(batch_cap, why_batch, seq, kv, reasons)
+    inp, out = _io_lens(policy, seq, reasons)
+    return Plan(
+        max_batch_size=batch, max_input_len=inp, max_output_len=out, max_seq_len=seq,
+        kv_cache_tokens=kv_tokens, prefill_chunk_tokens=min(chunk, inp), num_seqs=batch + slots,
+        memory=memory, kv_layout="per_slot" if per_slot else "unified",
+        available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
+        workspace_bytes=workspace, kv_bytes_per_token=kv.bytes_per_token, kv_budget_bytes=kv.budget_bytes,
+        recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons, calibration=policy.calibration)
+
+
+@dataclass(frozen=True)
+class _KvBudget:
+    memory: str  # which memory binds (Plan.memory)
+    budget_bytes: int  # left for the KV cache
+    bytes_per_token: int
+    cap: int  # user cap kv_cache_tokens; 0 = none
+
+    @property
+    def fit(self) -> int:  # tokens the budget holds
+        return self.budget_bytes // self.bytes_per_token
+
+    @property
+    def limit(self) -> int:  # tokens the KV cache may have: the fit, or the user cap below it
+        return min(self.fit, self.cap) if self.cap else self.fit
+
+
+def _memory(snapshot: Snapshot, policy: Policy) -> tuple[str, int, int]:
+    """Which memory binds, the bytes free in it, and the reserve left for everything else."""
+    if policy.gpu_offload and snapshot.gpu_mem_total_bytes > 0 and not snapshot.unified_memory:
+        # weights and KV in the discrete GPU's memory; swap cannot help there
+        return f"GPU {snapshot.gpu_name}".strip(), snapshot.gpu_mem_free_bytes, policy.gpu_reserve_bytes
+    # RAM; on unified memory (Jetson) every GPU allocation is RAM too
+    reserve = policy.reserve_bytes - min(snapshot.swap_free_bytes, policy.reserve_bytes // 2)
+    return "unified RAM" if snapshot.unified_memory else "RAM", snapshot.ram_available_bytes, reserve
+
+
+def _speed_limits(policy: Policy, reasons: dict[str, str]) -> tuple[int, int, str]:
+    """The prefill chunk (its reason recorded), the batch ceiling and why: measured on this device
+    (calibration) or the policy's defaults, a user cap winning over either."""
     speed = policy.speed
-    if speed:  # measured on this device (calibration)
+    if speed:
         chunk, reasons["prefill_chunk_tokens"] = _pick("prefill_chunk_tokens", policy, speed.prefill_chunk_tokens,
                                                        speed.reasons["prefill_chunk_tokens"])
-        batch_cap, why_batch = _pick("max_batch_size", policy, speed.max_batch_size, speed.reasons["max_batch_size"])
-    else:
-        chunk, reasons["prefill_chunk_tokens"] = _pick(
-            "prefill_chunk_tokens", policy, policy.default_prefill_chunk_tokens,
-            "policy default: bounds how long one step stalls running streams")
-        batch_cap, why_batch = _pick("max_batch_size", policy, policy.default_max_batch_size,
-                                     "policy default (compute, not memory, binds first)")
-    num_seqs = batch_cap + policy.prefix_cache_slots
-    workspace = estimate_workspace(profile, chunk + batch_cap, num_seqs)
+        return chunk, *_pick("max_batch_size", policy, speed.max_batch_size, speed.reasons["max_batch_size"])
+    chunk, reasons["prefill_chunk_tokens"] = _pick(
+        "prefill_chunk_tokens", policy, policy.default_prefill_chunk_tokens,
+        "policy default: bounds how long one step stalls running streams")
+    return chunk, *_pick("max_batch_size", policy, policy.default_max_batch_size,
+                         "policy default (compute, not memory, binds first)")
+
+
+def _kv_budget_bytes(profile: ModelProfile, available: int, reserve: int, workspace: int) -> int:
+    """What is left for the KV cache; PlanError when that is not even 64 tokens."""
     budget = available - reserve - profile.weights_bytes - workspace
     kvpt = profile.kv_bytes_per_token
     if budget < 64 * kvpt:
@@ -130,46 +176,19 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
             f"{profile.name} does not fit: {available / GiB:.2f} GiB available - {reserve / GiB:.2f} reserve"
             f" - {profile.weights_bytes / GiB:.2f} weights - {workspace / GiB:.2f} workspace leaves"
             f" {budget / MiB:.0f} MiB, less than 64 tokens of KV at {kvpt} B/token")
-    kv_fit = budget // kvpt
+    return budget
 
+
+def _max_seq_len(profile: ModelProfile, policy: Policy, kv: _KvBudget, reasons: dict[str, str]) -> int:
+    """The user cap or policy default, shortened to the trained context and to what the KV holds."""
     seq, reasons["max_seq_len"] = _pick("max_seq_len", policy, policy.default_max_seq_len, "policy default")
     if profile.n_ctx_train and seq > profile.n_ctx_train:
         seq, reasons["max_seq_len"] = profile.n_ctx_train, f"the model's trained context ({profile.n_ctx_train})"
-    kv_cap = policy.cap("kv_cache_tokens")
-    kv_limit = min(kv_fit, kv_cap) if kv_cap else kv_fit
-    if seq > kv_limit:
-        seq = kv_limit
-        reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv_cap}" if kv_cap and kv_cap < kv_fit
-                                  else f"{memory}: the KV budget holds only {kv_fit} tokens")
-    per_slot, reasons["kv_layout"] = _layout(policy, kv_limit >= (batch_cap + policy.prefix_cache_slots) * seq,
-                                             batch_cap + policy.prefix_cache_slots, seq, memory)
-    if per_slot:
-        batch, seq, kv_tokens = _per_sequence(batch_cap, why_batch, seq, kv_limit, policy.prefix_cache_slots,
-                                              memory, reasons)
-    else:
-        # Admission reserves as requests grow, so short requests can share KV that one long
-        # one would fill; memory bounds the batch by short sequences only.
-        batch = min(batch_cap, max(1, kv_limit // MIN_USEFUL_SEQ))
-        reasons["max_batch_size"] = why_batch if batch == batch_cap else (
-            f"{memory}: {kv_limit} KV tokens hold {batch} sequences of {MIN_USEFUL_SEQ}")
-        kv_tokens = min(kv_limit, batch * seq)
-        reasons["kv_cache_tokens"] = (f"max_batch_size x max_seq_len = {batch} x {seq}" if kv_tokens == batch * seq
-                                      else f"user cap {kv_cap}" if kv_tokens == kv_cap
-                                      else f"{memory}: budget {budget // MiB} MiB / {kvpt} B per token")
-    inp, reasons["max_input_len"] = _pick("max_input_len", policy, seq - 1, "max_seq_len - 1")
-    if inp > seq - 1:
-        inp, reasons["max_input_len"] = seq - 1, "max_seq_len - 1"
-    out, reasons["max_output_len"] = _pick("max_output_len", policy, policy.default_max_output_len, "policy default")
-    if out > seq - 1:
-        out, reasons["max_output_len"] = seq - 1, "max_seq_len - 1"
-    chunk = min(chunk, inp)
-    return Plan(
-        max_batch_size=batch, max_input_len=inp, max_output_len=out, max_seq_len=seq,
-        kv_cache_tokens=kv_tokens, prefill_chunk_tokens=chunk, num_seqs=batch + policy.prefix_cache_slots,
-        memory=memory, kv_layout="per_slot" if per_slot else "unified",
-        available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
-        workspace_bytes=workspace, kv_bytes_per_token=kvpt, kv_budget_bytes=budget,
-        recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons, calibration=policy.calibration)
+    if seq > kv.limit:
+        seq = kv.limit
+        reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv.cap}" if kv.cap and kv.cap < kv.fit
+                                  else f"{kv.memory}: the KV budget holds only {kv.fit} tokens")
+    return seq
 
 
 def _layout(policy: Policy, fits: bool, slots: int, seq: int, memory: str) -> tuple[bool, str]:
@@ -197,6 +216,31 @@ def _per_sequence(batch_cap: int, why_batch: str, seq: int, kv_limit: int, slots
         f"{memory}: {kv_limit} KV tokens hold {batch + slots} streams of {seq} ({slots} for the prefix cache)")
     reasons["kv_cache_tokens"] = f"one stream of max_seq_len per slot: ({batch} + {slots}) x {seq}"
     return batch, seq, (batch + slots) * seq
+
+
+def _unified(batch_cap: int, why_batch: str, seq: int, kv: _KvBudget, reasons: dict[str, str]) -> tuple[int, int]:
+    """One KV pool for all sequences. Admission reserves as requests grow, so short requests can
+    share KV that one long one would fill; memory bounds the batch by short sequences only."""
+    batch = min(batch_cap, max(1, kv.limit // MIN_USEFUL_SEQ))
+    reasons["max_batch_size"] = why_batch if batch == batch_cap else (
+        f"{kv.memory}: {kv.limit} KV tokens hold {batch} sequences of {MIN_USEFUL_SEQ}")
+    kv_tokens = min(kv.limit, batch * seq)
+    reasons["kv_cache_tokens"] = (
+        f"max_batch_size x max_seq_len = {batch} x {seq}" if kv_tokens == batch * seq
+        else f"user cap {kv.cap}" if kv_tokens == kv.cap
+        else f"{kv.memory}: budget {kv.budget_bytes // MiB} MiB / {kv.bytes_per_token} B per token")
+    return batch, kv_tokens
+
+
+def _io_lens(policy: Policy, seq: int, reasons: dict[str, str]) -> tuple[int, int]:
+    """Prompt and output lengths: user caps or defaults, each at most max_seq_len - 1."""
+    inp, reasons["max_input_len"] = _pick("max_input_len", policy, seq - 1, "max_seq_len - 1")
+    if inp > seq - 1:
+        inp, reasons["max_input_len"] = seq - 1, "max_seq_len - 1"
+    out, reasons["max_output_len"] = _pick("max_output_len", policy, policy.default_max_output_len, "policy default")
+    if out > seq - 1:
+        out, reasons["max_output_len"] = seq - 1, "max_seq_len - 1"
+    return inp, out
 
 
 def recommend_swap(snapshot: Snapshot) -> int:
