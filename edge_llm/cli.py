@@ -179,6 +179,9 @@ def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
 def cmd_bench(args) -> int:
     """Prefill/decode rates and tokens per joule here, per nvpmodel mode on a Jetson (issue 24)."""
     from edge_llm import bench
+    if args.energy_s:
+        from edge_llm import bench_energy
+        return bench_energy.run(_load(args), args.batch, args.energy_s, args.decode_tokens, args.json)
     return bench.run(_load(args), args.batch, args.prompt_tokens, args.decode_tokens, args.power_modes,
                      args.nvpmodel_conf, args.settle_s, args.json)
 
@@ -193,6 +196,9 @@ def _bench_parser(sub) -> None:
     p.add_argument("--nvpmodel-conf", default="/etc/nvpmodel.conf")
     p.add_argument("--settle-s", type=float, default=5.0, help="wait after each power mode change")
     p.add_argument("--json", default="", metavar="FILE", help="write the results here")
+    p.add_argument("--energy-s", type=float, default=0.0, metavar="S",
+                   help="instead: keep --batch streams busy for S seconds and compare the per-request joules "
+                        "with NVML's energy counter (issue 24's check on an NVIDIA GPU)")
     p.set_defaults(fn=cmd_bench)
 
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge_llm import bench
+from edge_llm import bench, bench_energy
 from edge_llm.engine.kv_cache import KVCacheManager
 from edge_llm.engine.metrics import EngineMetrics
 from edge_llm.engine.request import Priority, Request, SamplingParams
@@ -504,6 +504,91 @@ def test_nvml_energy_counter_or_power_when_the_counter_is_not_supported(fake_nvm
     fake_nvml.energy_supported = False
     src = NvmlSource()
     assert src.name == "nvml-power" and src.read().power_w == 300.0
+
+
+# -- bench --energy-s: the meter against NVML's counter, over a FAKE libnvidia-ml ---------------
+class DrawingFakeLibNvml(FakeLibNvml):
+    """FAKE libnvidia-ml of a GPU drawing `watts` all the time. nvidia-ml-py's wrappers (pynvml.py,
+    13.615.71) pass a c_uint64 for nvmlDeviceGetTotalEnergyConsumption ("c_millijoules": mJ since
+    the driver loaded) and a c_uint for nvmlDeviceGetPowerUsage (mW), and raise
+    NVMLError_NotSupported for NVML_ERROR_NOT_SUPPORTED (3). The counter moves in steps of
+    update_s, as a device's does (its real period is not known here: 20 ms assumed)."""
+
+    def __init__(self, watts: float = 250.0, update_s: float = 0.02):
+        super().__init__()
+        self.watts, self.update_s = watts, update_s
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle, ref):
+        if not self.energy_supported:
+            return self.nvml.NVML_ERROR_NOT_SUPPORTED
+        t = time.monotonic() // self.update_s * self.update_s
+        ref._obj.value = int(self.watts * t * 1000)  # mJ
+        return 0
+
+    def nvmlDeviceGetPowerUsage(self, handle, ref):
+        ref._obj.value = int(self.watts * 1000)  # mW
+        return 0
+
+
+@pytest.fixture()
+def drawing_nvml(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+    lib = DrawingFakeLibNvml()
+    monkeypatch.setattr(pynvml, "nvmlLib", lib)
+    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer_cache", {})
+    return lib
+
+
+def test_energy_check_compares_the_per_request_sum_with_the_nvml_counter(server, drawing_nvml):
+    from edge_llm.telemetry.energy import NvmlSource
+    reference, why = bench_energy.open_reference()
+    assert why is None and reference.name == "nvml-energy"
+    meter = server.engine.energy
+    old = meter.source
+    meter.use(NvmlSource())  # the meter on the same (fake) GPU, as heat.attach_energy picks on a real one
+    try:
+        r = bench_energy.check(server.engine, reference, batch=2, duration_s=2.0, max_tokens=12)
+    finally:
+        meter.use(old)
+    print(bench_energy.report(r))
+    assert r["within_10_percent"] and abs(r["ratio"] - 1) <= 0.10, r
+    assert r["nvml_counter_joules"] == pytest.approx(250.0 * r["wall_s"], abs=250.0 * 0.05)  # mJ -> J
+    assert r["idle_power_w"] == 250.0 and r["requests"] >= 2 and r["generated_tokens_per_joule"] > 0
+    assert "NVML energy counter difference" in bench_energy.report(r)
+
+
+def test_energy_check_figures():
+    assert bench_energy.compare(95.0, 100.0) == {"per_request_joules": 95.0, "nvml_counter_joules": 100.0,
+                                                 "ratio": 0.95, "within_10_percent": True, "status": "within 10%"}
+    assert bench_energy.compare(111.0, 100.0)["status"] == "NOT within 10%"
+    assert bench_energy.compare(1.0, 0.0)["ratio"] is None
+
+
+def test_energy_check_says_why_it_cannot_run(drawing_nvml, monkeypatch):
+    assert "NVMLError_InvalidArgument" in bench_energy.open_reference(3)[1]  # no such GPU
+    drawing_nvml.energy_supported = False  # before Volta
+    assert "NVMLError_NotSupported" in bench_energy.open_reference()[1]
+    monkeypatch.setattr(drawing_nvml, "nvmlInitWithFlags", lambda flags: drawing_nvml.nvml.NVML_ERROR_DRIVER_NOT_LOADED)
+    drawing_nvml.nvml._nvmlGetFunctionPointer_cache.clear()  # pynvml keeps the entry points it found
+    assert "NVMLError_DriverNotLoaded" in bench_energy.open_reference()[1]
+
+
+def test_energy_check_without_pynvml_writes_why(monkeypatch, tmp_path):
+    from edge_llm import config as config_mod
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    out = tmp_path / "energy.json"
+    assert bench_energy.run(config_mod.load(env={}), 4, 1.0, 8, str(out)) == 1
+    import json
+    assert json.loads(out.read_text())["result"]["status"].startswith("not run: no pynvml")
+
+
+def test_bench_energy_command_line(monkeypatch, tmp_path):
+    from edge_llm import cli
+    got = {}
+    monkeypatch.setattr(bench_energy, "run", lambda cfg, *a: got.setdefault("args", a) and 0)
+    assert cli.main(["bench", "--energy-s", "30", "--batch", "16", "--decode-tokens", "256",
+                     "--json", str(tmp_path / "e.json")]) == 0
+    assert got["args"] == (16, 30.0, 256, str(tmp_path / "e.json"))
 
 
 # -- bench: the nvpmodel mode walk against a stand-in ------------------------------------------

@@ -10,7 +10,10 @@
 #                    tools/gpu_bench.sh test            tests/test_gpu.py against the CUDA build
 #                    tools/gpu_bench.sh bench [ROUNDS]  tools/bench.py, ours vs llama-server, 1/4/16 streams
 #                    tools/gpu_bench.sh mixed [ROUNDS]  tools/mixed_bench.py, ours vs llama-server -ngl 99
-# Results: $OUT (or .gpu/results) as JSON, for docs/measurements/ with the date and the GPU.
+#                    tools/gpu_bench.sh energy [SECONDS] edge-llm bench --energy-s: per-request joules summed
+#                                       against NVML's energy counter over the run (issue 24); exit 1 if not within 10%
+# Results: $OUT (or .gpu/results) as JSON, for docs/measurements/ with the date and the GPU
+# (energy's file is named so already: energy-gpu-DATE.json).
 # .gpu/ is for carrying, never committed (add it to .git/info/exclude). A call carries at most 64
 # MiB, so the 98 MB model travels in parts: carry the parts in separate calls to a warm machine.
 set -euo pipefail
@@ -83,5 +86,9 @@ case ${1:-} in
     env_there
     "$PY" "$SRC/tools/mixed_bench.py" --llama-server "$B/server/bin/llama-server" --llama-args "-ngl 99" \
       --rounds "${2:-3}" --json "$RESULTS/mixed-gpu.json" ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  energy)  # energy [SECONDS] [STREAMS]: in process (the daemon's engine and meter); pynvml must import
+    env_there
+    "$PY" -m edge_llm bench --energy-s "${2:-30}" --batch "${3:-16}" --decode-tokens 256 \
+      --set daemon.state_dir="$PWD/$B/state" --json "$RESULTS/energy-gpu-$(date -u +%F).json" ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -97,7 +97,9 @@ class RaplSource:
 
 
 class NvmlSource:
-    """NVML's total energy counter (mJ) or, where the GPU does not support it, its power (mW)."""
+    """NVML's total energy counter (mJ) or, where the GPU does not support it, its power (mW).
+    nvidia-ml-py's pynvml: nvmlDeviceGetTotalEnergyConsumption returns a c_uint64 of mJ since the
+    driver loaded, raising NVMLError_NotSupported before Volta; nvmlDeviceGetPowerUsage a c_uint of mW."""
 
     def __init__(self, index: int = 0):
         import pynvml  # nvidia-ml-py; ImportError without it
@@ -117,6 +119,9 @@ class NvmlSource:
         if self.name == "nvml-energy":
             return Reading(time.monotonic(), energy_j=n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000)
         return Reading(time.monotonic(), power_w=n.nvmlDeviceGetPowerUsage(h) / 1000)
+
+    def power_w(self) -> float:
+        return self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000
 
 
 class SnapshotPowerSource:
@@ -164,6 +169,7 @@ class EnergyMeter:
         self._window: collections.deque = collections.deque()  # (time, tokens, joules) per step
         self._window_tokens, self._window_j = 0, 0.0  # their sums, kept as steps come and go
         self.total_j = 0.0
+        self.metered_s = 0.0  # time inside metered steps (with the gaps carried into them)
         self.unattributed_j = 0.0  # steps with no sequence in them (KV copies only)
         self.disabled: str | None = None  # why this engine is not metered at all
         self.use(source)
@@ -219,6 +225,7 @@ class EnergyMeter:
         if joules is None:
             return None
         self.total_j += joules
+        self.metered_s += end.time_s - start.time_s
         split = share_by_tokens(joules, shares)
         if not split:
             self.unattributed_j += joules
