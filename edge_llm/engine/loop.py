@@ -173,6 +173,7 @@ class Engine:
         except Exception as e:
             self._fail_batch(out, str(e))
             raise
+        self.scheduler.observe_step(out, time.perf_counter() - t0)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
         if not all(c.done for c in out.chunks):

@@ -10,6 +10,7 @@ from collections import deque
 from edge_llm.engine.batch import SampledToken, ScheduledChunk, SchedulerOutput, TokenLogprob  # noqa: F401
 from edge_llm.engine.kv_cache import KVCacheManager, MemoryOp
 from edge_llm.engine.request import Priority, Request, RequestStatus
+from edge_llm.engine.share import BackgroundShare
 
 
 class QueueFull(Exception):
@@ -24,7 +25,9 @@ class Scheduler:
     Within a class, the shortest remaining prompt (aged) is admitted and prefilled first, and an
     interactive prompt still prefilling yields its slot to a shorter one that waits (its KV
     kept, it resumes where it was), so nothing needs marking for a question to pass a document.
-    Background work is never starved: it runs whenever no interactive request waits. A step of
+    Background work is never starved, nor does it slow a visitor's stream past chat_slowdown
+    times its pace alone: beside a visitor's decode it rides along in the steps that measured
+    step times allow (engine/share.py), prefill included. A step of
     background work alone is abortable: an interactive request arriving mid-step stops it
     (Backend.interrupt), and its unfinished chunks are scheduled again."""
 
@@ -35,7 +38,8 @@ class Scheduler:
     # behind someone else's 12,000 tokens of prefill.
     AGING_TOKENS_PER_S = 100.0
 
-    def __init__(self, kv: KVCacheManager, max_batch_size: int, prefill_chunk_tokens: int, max_queue: int):
+    def __init__(self, kv: KVCacheManager, max_batch_size: int, prefill_chunk_tokens: int, max_queue: int,
+                 chat_slowdown: float = 1.8):
         self.kv = kv
         self.max_batch_size = max_batch_size
         self.prefill_chunk_tokens = prefill_chunk_tokens
@@ -49,6 +53,7 @@ class Scheduler:
         self._preempted: list[Request] = []  # since the last take_events() (for metrics)
         self._num_resumed = 0
         self._ops: list[MemoryOp] = []  # frees decided between steps
+        self.share = BackgroundShare(chat_slowdown)  # background work beside a visitor's decode
 
     @property
     def has_work(self) -> bool:
@@ -110,30 +115,49 @@ class Scheduler:
         self._make_room_for_interactive()
         out.memory_ops.extend(self._ops)
         self._ops = []
-        budget = self.prefill_chunk_tokens
-        for req in self.running:
-            if not req.is_prefilling:
-                out.chunks.append(ScheduledChunk(req, [req.output_tokens[-1]], req.num_computed, True))
-                if req.priority == Priority.INTERACTIVE:
-                    # a visitor's stream is decoding: half a chunk of prefill per step, since a chunk
-                    # late in a long prompt attends over more cells and took ~1.75x a lone chunk's step
-                    budget = self.prefill_chunk_tokens // 2
-        for cls in Priority:  # interactive prefill and admissions first
-            if cls == Priority.BACKGROUND and any(r.priority == Priority.INTERACTIVE for r in self.running):
-                break  # interactive sequences run: steps stay short (background still decodes)
-            budget = self._prefill_class(cls, out, budget)
+        num_visitors = sum(1 for r in self.running if r.priority == Priority.INTERACTIVE and not r.is_prefilling)
+        # a visitor's stream is decoding: half a chunk of prefill per step, since a chunk late in a
+        # long prompt attends over more cells and took ~1.75x a lone chunk's step
+        budget = self.prefill_chunk_tokens // 2 if num_visitors else self.prefill_chunk_tokens
+        self._add_decodes(out, Priority.INTERACTIVE)
+        budget = self._prefill_class(Priority.INTERACTIVE, out, budget)
+        visitor_prefill = len(out.chunks) > num_visitors  # the chunks so far: visitors' decodes, then prefill
+        if visitor_prefill or self.share.allows_background(num_visitors):
+            self._add_decodes(out, Priority.BACKGROUND)
+            if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):
+                self._prefill_class(Priority.BACKGROUND, out, budget)  # a prompt still prefilling keeps its turn
+        elif any(r.priority == Priority.BACKGROUND for r in self.running):
+            self.share.held()
+        out.chunks.sort(key=lambda c: c.start_pos < c.request.prefill_len)  # decodes first, then prefill
         out.abortable = (any(c.request.is_prefilling for c in out.chunks)
                          and all(c.request.priority == Priority.BACKGROUND for c in out.chunks))
         return out
+
+    def _add_decodes(self, out: SchedulerOutput, cls: Priority) -> None:
+        for req in self.running:
+            if req.priority == cls and not req.is_prefilling:
+                out.chunks.append(ScheduledChunk(req, [req.output_tokens[-1]], req.num_computed, True))
+
+    def observe_step(self, out: SchedulerOutput, seconds: float) -> None:
+        """The engine ran out in seconds: a step that decoded visitors and prefilled none is a
+        measure of what background work beside them costs."""
+        if any(c.request.priority == Priority.INTERACTIVE and c.start_pos < c.request.prefill_len
+               for c in out.chunks):
+            return
+        num_visitors = sum(1 for c in out.chunks if c.request.priority == Priority.INTERACTIVE)
+        had_background = any(c.request.priority == Priority.BACKGROUND for c in out.chunks)
+        self.share.observe(num_visitors, had_background, seconds)
 
     def _prefill_class(self, cls: Priority, out: SchedulerOutput, budget: int) -> int:
         """Spend the prefill budget on this class, most urgent first, running or waiting: a short
         prompt that waits is admitted before a long one that runs gets more of the step."""
         running = sorted((r for r in self.running if r.priority == cls and r.is_prefilling), key=self._urgency)
+        order = self._admission_order(cls)
         while budget > 0:
-            waiting = self._next_admissible(cls)
+            waiting = self._next_admissible(order)
             if waiting is not None and (not running or self._urgency(waiting) < self._urgency(running[0])):
                 self._admit(waiting, out)
+                order.remove(waiting)
                 req = waiting
             elif running:
                 req = running.pop(0)
@@ -158,21 +182,23 @@ class Scheduler:
         remaining = req.prefill_len - req.num_computed if req.status == RequestStatus.RUNNING else req.num_tokens
         return remaining - self.AGING_TOKENS_PER_S * (time.monotonic() - req.arrival_time)
 
-    def _next_admissible(self, cls: Priority) -> Request | None:
-        """The most urgent waiting request of this class that fits now (shortest prompt, aged);
-        none passes a request that has waited STARVATION_S for room and still does not fit."""
+    def _admission_order(self, cls: Priority) -> list[Request]:
+        """This class's waiting requests, most urgent first (shortest prompt, aged)."""
+        if cls == Priority.BACKGROUND and self.defer_background:
+            return []
+        return sorted((r for r in self.waiting if r.priority == cls), key=self._urgency)
+
+    def _next_admissible(self, order: list[Request]) -> Request | None:
+        """The first request in order that fits now; none passes an older one that has waited
+        STARVATION_S for room and still does not fit."""
         if self.admission_paused or len(self.running) >= self.max_batch_size:
             return None
-        if cls == Priority.BACKGROUND and self.defer_background:
-            return None
         now = time.monotonic()
-        for req in sorted((r for r in self.waiting if r.priority == cls), key=self._urgency):
-            if self.kv.can_allocate(req):
-                if any(now - w.arrival_time > self.STARVATION_S and not self.kv.can_allocate(w)
-                       for w in self.waiting if w.priority == cls and w.arrival_time < req.arrival_time):
-                    return None  # an older one waits for room; no one passes it any more
-                return req
-        return None
+        blocked_since = min((w.arrival_time for w in order
+                             if now - w.arrival_time > self.STARVATION_S and not self.kv.can_allocate(w)),
+                            default=float("inf"))
+        req = next((r for r in order if self.kv.can_allocate(r)), None)
+        return req if req is not None and req.arrival_time <= blocked_since else None
 
     def _make_room_for_interactive(self) -> None:
         """Preempt while the most urgent interactive request waits and could run if they were

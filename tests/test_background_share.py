@@ -1,0 +1,106 @@
+"""Background work beside a visitor's stream, without a model: steps are timed by a made-up
+cost (seconds per step from its chunks), the way the engine times real ones."""
+
+import pytest
+
+from edge_llm.engine.kv_cache import KVCacheManager
+from edge_llm.engine.request import Priority, Request, SamplingParams
+from edge_llm.engine.scheduler import SampledToken, Scheduler
+from edge_llm.engine.share import BackgroundShare
+
+
+def simulate(share: BackgroundShare, solo_s: float, mixed_s: float, steps: int) -> tuple[float, float]:
+    """A visitor decodes throughout; returns (mean visitor step, share of steps with background)."""
+    total = shared = 0
+    for _ in range(steps):
+        mixed = share.allows_background(1)
+        seconds = mixed_s if mixed else solo_s
+        share.observe(1, mixed, seconds)
+        total += seconds
+        shared += mixed
+    return total / steps, shared / steps
+
+
+def test_costly_background_is_held_to_the_slowdown():
+    # 2 CPU cores: the visitor's token took 10 ms alone, 40 ms beside seven long summary parts
+    mean, shared = simulate(BackgroundShare(1.8), 0.010, 0.040, 1000)
+    assert mean <= 0.018 * 1.01
+    assert 0.22 <= shared <= 0.27  # 40f + 10(1-f) <= 18: at most 8/30 of the steps carry it
+
+
+def test_cheap_background_rides_along_nearly_always():
+    # a GPU: decoding 8 sequences costs little more than one
+    mean, shared = simulate(BackgroundShare(1.8), 0.0016, 0.0020, 1000)
+    assert shared >= 1 - 2 / BackgroundShare.PROBE_EVERY  # only the probes go without it
+    assert mean < 0.0020
+
+
+def test_the_visitor_alone_is_measured_first_and_again_as_it_changes():
+    share = BackgroundShare(1.8)
+    assert not share.allows_background(1)  # nothing known yet: this step measures the visitor alone
+    share.observe(1, False, 0.010)
+    assert share.allows_background(1)
+    assert not share.allows_background(2)  # two visitors: their step alone is not known yet
+    for _ in range(40):
+        share.observe(1, False, 0.020)  # the visitor's context grew
+    assert share.solo_s[1] == pytest.approx(0.020, rel=0.01)
+
+
+def test_no_visitor_decoding_means_no_limit_and_slowdown_is_checked():
+    assert BackgroundShare(1.8).allows_background(0)
+    assert BackgroundShare(float("inf")).allows_background(3)
+    with pytest.raises(ValueError, match="at least 1.0"):
+        BackgroundShare(0.5)
+
+
+def make_scheduler(chunk=64):
+    return Scheduler(KVCacheManager(4, 100_000, max_cached=0, streams=True), 4, chunk, 16, chat_slowdown=1.8)
+
+
+def request(n, priority, max_tokens=10_000):
+    return Request(list(range(1000, 1000 + n)), SamplingParams(max_tokens=max_tokens), priority=priority)
+
+
+def step(s: Scheduler, cost) -> tuple[list, float]:
+    """One step: scheduled, timed by cost, observed and applied like the engine does."""
+    out = s.schedule()
+    seconds = cost(out)
+    s.observe_step(out, seconds)
+    s.postprocess(out, {c.request.seq_id: SampledToken(7, b"x", False) for c in out.chunks if c.sample})
+    return out.chunks, seconds
+
+
+def cpu_cost(out) -> float:
+    """10 ms a visitor's decode alone; each background sequence adds 5 ms, each prompt token 1 ms."""
+    bg = [c for c in out.chunks if c.request.priority == Priority.BACKGROUND]
+    return 0.010 + 0.005 * len(bg) + 0.001 * sum(len(c.tokens) for c in out.chunks if len(c.tokens) > 1)
+
+
+def test_summaries_progress_beside_a_steady_chat_and_the_chat_keeps_its_pace():
+    s = make_scheduler()
+    visitor = request(8, Priority.INTERACTIVE)
+    s.add(visitor)
+    step(s, cpu_cost)  # its prompt
+    parts = [request(300, Priority.BACKGROUND) for _ in range(3)]
+    for p in parts:
+        s.add(p)
+    visitor_steps = []
+    for _ in range(600):
+        visitor_steps.append(step(s, cpu_cost)[1])
+    # the parts were prefilled and decode while the visitor never stopped decoding
+    assert all(not p.is_prefilling and len(p.output_tokens) > 20 for p in parts)
+    assert sum(visitor_steps) / len(visitor_steps) <= 0.018 * 1.05
+    assert s.share.num_held > 0 and s.share.num_shared > 0
+
+
+def test_a_visitor_prefill_step_carries_background_decodes_but_no_background_prefill():
+    s = make_scheduler()
+    part = request(40, Priority.BACKGROUND)
+    s.add(part)
+    step(s, cpu_cost)  # the part's prompt; it decodes from here on
+    late = request(300, Priority.BACKGROUND)
+    s.add(late)
+    s.add(request(20, Priority.INTERACTIVE))
+    chunks, _ = step(s, cpu_cost)
+    kinds = sorted((c.request.priority.name, len(c.tokens)) for c in chunks)
+    assert kinds == [("BACKGROUND", 1), ("INTERACTIVE", 20)]
