@@ -32,45 +32,60 @@ def _hostname(host_header: str) -> str:
 
 
 def init_app(app: Flask, cfg: Config) -> None:
+    """Cross-site requests are checked first, then the key and the Host; answers to the
+    configured origins get CORS headers."""
+    cors = {o.rstrip("/").lower() for o in cfg.server.cors_origins}
+    allowed = _allowed_hosts(cfg)
+    key = cfg.server.api_key
+    app.before_request(lambda: _check_origin(cors))
+    app.after_request(lambda resp: _cors_headers(resp, cors))
+    app.before_request(lambda: _guard(key, allowed))
+
+
+def _allowed_hosts(cfg: Config) -> set[str]:
     allowed = LOOPBACK_NAMES | {h.lower() for h in cfg.server.allowed_hosts}
     if cfg.server.host not in ("0.0.0.0", "::"):
         allowed.add(cfg.server.host.lower().strip("[]"))
-    key = cfg.server.api_key
-    cors = {o.rstrip("/").lower() for o in cfg.server.cors_origins}
+    return allowed
 
-    def same_origin(origin: str) -> bool:
-        """The page was served by this server: its origin names the Host the request went to."""
-        parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()
 
-    @app.before_request
-    def check_origin():
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return None  # not from a browser page (curl, SDKs), or a same-origin GET
-        allowed = origin.rstrip("/").lower() in cors or same_origin(origin)
-        if request.method == "OPTIONS" and allowed and origin.rstrip("/").lower() in cors:
-            return "", 204, {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **CORS_HEADERS}
-        if request.method not in SAFE_METHODS and not allowed:
-            raise APIError(403, f"cross-site request from {origin} refused (server.cors_origins)", "origin_not_allowed")
+def _same_origin(origin: str) -> bool:
+    """The page was served by this server: its origin names the Host the request went to."""
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()
+
+
+def _check_origin(cors: set[str]):
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None  # not from a browser page (curl, SDKs), or a same-origin GET
+    listed = origin.rstrip("/").lower() in cors
+    allowed = listed or _same_origin(origin)
+    if request.method == "OPTIONS" and listed:
+        return "", 204, {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **CORS_HEADERS}
+    if request.method not in SAFE_METHODS and not allowed:
+        raise APIError(403, f"cross-site request from {origin} refused (server.cors_origins)", "origin_not_allowed")
+    return None
+
+
+def _cors_headers(resp, cors: set[str]):
+    origin = request.headers.get("Origin", "")
+    if origin.rstrip("/").lower() in cors:
+        resp.headers["Access-Control-Allow-Origin"] = origin
+        resp.headers["Vary"] = "Origin"
+    return resp
+
+
+def _has_key(key: str) -> bool:
+    auth = request.headers.get("Authorization", "")
+    return bool(key) and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), key.encode())
+
+
+def _guard(key: str, allowed: set[str]):
+    if _has_key(key):
         return None
-
-    @app.after_request
-    def cors_headers(resp):
-        origin = request.headers.get("Origin", "")
-        if origin.rstrip("/").lower() in cors:
-            resp.headers["Access-Control-Allow-Origin"] = origin
-            resp.headers["Vary"] = "Origin"
-        return resp
-
-    @app.before_request
-    def guard():
-        auth = request.headers.get("Authorization", "")
-        has_key = bool(key) and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), key.encode())
-        if has_key:
-            return None
-        if key and not is_loopback(request.remote_addr or "") and not request.path.startswith(OPEN_PATHS):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
-        if _hostname(request.host) not in allowed:
-            raise APIError(403, f"Host '{request.host}' is not allowed (server.allowed_hosts)", "host_not_allowed")
-        return None
+    if key and not is_loopback(request.remote_addr or "") and not request.path.startswith(OPEN_PATHS):
+        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+    if _hostname(request.host) not in allowed:
+        raise APIError(403, f"Host '{request.host}' is not allowed (server.allowed_hosts)", "host_not_allowed")
+    return None
