@@ -261,54 +261,81 @@ def is_loopback(host: str) -> bool:
 
 
 def validate(cfg: Config) -> None:
-    s, m, lim, p, d = cfg.server, cfg.model, cfg.limits, cfg.planner, cfg.daemon
+    """Every value the daemon cannot use is a ConfigError naming its key; the model must exist."""
+    _validate_server(cfg.server)
+    _validate_model(cfg.model)
+    _validate_limits(cfg.limits)
+    _validate_planner(cfg.planner)
+    _validate_daemon(cfg.daemon)
+    _validate_sampling(cfg.sampling)
+    _validate_summarize(cfg.summarize)
+    _validate_model_files(cfg)
+
+
+def _at_least(section: str, values: object, names: typing.Iterable[str], lo: int, note: str = "") -> None:
+    for name in names:
+        if getattr(values, name) < lo:
+            raise ConfigError(f"{section}.{name} must be >= {lo}{note}, got {getattr(values, name)}")
+
+
+def _validate_server(s: ServerConfig) -> None:
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"server.port must be 0..65535, got {s.port}")
     if not is_loopback(s.host) and not s.api_key:
         raise ConfigError(
             f"server.host={s.host} is not loopback: set server.api_key (EDGE_LLM_SERVER_API_KEY) "
             "so that only clients with the key can use the model")
-    for name in ("max_body_bytes", "max_document_bytes"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"server.{name} must be >= 1, got {getattr(s, name)}")
-    for name in ("threads", "connection_limit"):
-        if getattr(s, name) < 0:
-            raise ConfigError(f"server.{name} must be >= 0 (0 = sized automatically), got {getattr(s, name)}")
+    _at_least("server", s, ("max_body_bytes", "max_document_bytes"), 1)
+    _at_least("server", s, ("threads", "connection_limit"), 0, " (0 = sized automatically)")
     if s.channel_timeout_s <= 0 or s.queue_timeout_s <= 0:
         raise ConfigError("server.channel_timeout_s and server.queue_timeout_s must be > 0")
+
+
+def _validate_model(m: ModelConfig) -> None:
     if m.backend not in ("llamacpp", "trtllm"):
         raise ConfigError(f"model.backend must be 'llamacpp' or 'trtllm', got {m.backend!r}")
     if m.n_gpu_layers < -1:
         raise ConfigError(f"model.n_gpu_layers must be -1 (all) or >= 0, got {m.n_gpu_layers}")
-    if m.n_threads < 0:
-        raise ConfigError(f"model.n_threads must be >= 0, got {m.n_threads}")
-    for f in dataclasses.fields(lim):
-        if getattr(lim, f.name) < 0:
-            raise ConfigError(f"limits.{f.name} must be >= 0, got {getattr(lim, f.name)}")
+    _at_least("model", m, ("n_threads",), 0)
+
+
+def _validate_limits(lim: LimitsConfig) -> None:
+    _at_least("limits", lim, (f.name for f in dataclasses.fields(lim)), 0)
     if lim.max_queue < 1:
         raise ConfigError("limits.max_queue must be >= 1")
-    for f in dataclasses.fields(p):
-        value = getattr(p, f.name)
-        if isinstance(value, int | float) and value < 0:
-            raise ConfigError(f"planner.{f.name} must be >= 0, got {value}")
-    if p.max_step_ms < 1:
-        raise ConfigError(f"planner.max_step_ms must be >= 1, got {p.max_step_ms}")
+
+
+def _validate_planner(p: PlannerConfig) -> None:
+    numbers = (f.name for f in dataclasses.fields(p) if isinstance(getattr(p, f.name), int | float))
+    _at_least("planner", p, numbers, 0)
+    _at_least("planner", p, ("max_step_ms",), 1)
     if p.default_max_batch_size < 1 or p.default_max_seq_len < 16:
         raise ConfigError("planner.default_max_batch_size must be >= 1 and default_max_seq_len >= 16")
+
+
+def _validate_daemon(d: DaemonConfig) -> None:
     if d.log_format not in ("auto", "text", "journal"):
         raise ConfigError(f"daemon.log_format must be auto, text or journal, got {d.log_format!r}")
     if d.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"daemon.log_level must be debug, info, warning or error, got {d.log_level!r}")
-    sp = cfg.sampling
+    if d.drain_timeout_s < 0 or d.telemetry_interval_s <= 0:
+        raise ConfigError("daemon.drain_timeout_s must be >= 0 and telemetry_interval_s > 0")
+
+
+def _validate_sampling(sp: SamplingConfig) -> None:
     if sp.temperature > 2 or sp.top_p > 1 or sp.top_p == 0:
         raise ConfigError(f"sampling.temperature must be <= 2 and top_p in (0, 1] (negative = the model's own), "
                           f"got {sp.temperature} and {sp.top_p}")
-    sm = cfg.summarize
+
+
+def _validate_summarize(sm: SummarizeConfig) -> None:
     if sm.chunk_tokens < 0 or sm.summary_tokens < 8 or sm.parallel < 0 or sm.max_jobs < 1 or sm.max_chunks < 0:
         raise ConfigError("summarize.chunk_tokens, parallel and max_chunks must be >= 0, summary_tokens >= 8, "
                           "max_jobs >= 1")
-    if d.drain_timeout_s < 0 or d.telemetry_interval_s <= 0:
-        raise ConfigError("daemon.drain_timeout_s must be >= 0 and telemetry_interval_s > 0")
+
+
+def _validate_model_files(cfg: Config) -> None:
+    m = cfg.model
     if m.backend == "llamacpp":
         path = cfg.model_path
         if not path.is_file():
