@@ -121,6 +121,16 @@ def generation(body: dict, endpoint: str = "chat", defaults: SamplingDefaults | 
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad("model", "must be a string")
+    _refuse_unsupported(body)
+    max_tokens = _int(body, "max_completion_tokens", lo=1)
+    if max_tokens is None:
+        max_tokens = _int(body, "max_tokens", lo=1)
+    stream, include_usage = _stream(body)
+    params = _sampling_params(body, endpoint, d)
+    return GenerationRequest(model, params, max_tokens, stream, include_usage, _features(params), _priority(body))
+
+
+def _refuse_unsupported(body: dict) -> None:
     n = _int(body, "n", lo=1)
     if n not in (None, 1):
         raise bad("n", f"only n=1 is supported, got {n}")
@@ -129,19 +139,24 @@ def generation(body: dict, endpoint: str = "chat", defaults: SamplingDefaults | 
     for name in ("tools", "functions", "suffix"):
         if body.get(name):
             raise bad(name, "is not supported by this server (no tool calling)")
-    max_tokens = _int(body, "max_completion_tokens", lo=1)
-    if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", lo=1)
+
+
+def _stream(body: dict) -> tuple[bool, bool]:
+    """stream, and whether the last chunk carries usage (stream_options.include_usage)."""
     stream = _flag(body, "stream")
     opts = body.get("stream_options")
     if opts is not None and (not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool)):
         raise bad("stream_options", "must be an object like {\"include_usage\": true}")
     if opts is not None and not stream:
         raise bad("stream_options", "is only allowed with stream: true")
+    return stream, bool(opts and opts.get("include_usage"))
+
+
+def _sampling_params(body: dict, endpoint: str, d: SamplingDefaults) -> SamplingParams:
     seed = _int(body, "seed")
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise bad("seed", f"must fit in 64 bits ({SEED_RANGE[0]} to {SEED_RANGE[1]}), got {seed}")
-    params = SamplingParams(
+    return SamplingParams(
         temperature=_number(body, "temperature", d.temperature, 0.0, 2.0),
         top_p=_number(body, "top_p", d.top_p, 0.0, 1.0, lo_open=True),
         top_k=d.top_k if body.get("top_k") is None else _int(body, "top_k", lo=0),
@@ -150,12 +165,14 @@ def generation(body: dict, endpoint: str = "chat", defaults: SamplingDefaults | 
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         logit_bias=_logit_bias(body), grammar=_response_format(body), logprobs=_logprobs(body, endpoint),
         seed=seed, stop=_stops(body))
-    features = frozenset(name for name, used in (
+
+
+def _features(params: SamplingParams) -> frozenset[str]:
+    """The optional features a request uses (a backend may not have them all)."""
+    return frozenset(name for name, used in (
         ("min_p", params.min_p), ("presence_penalty", params.presence_penalty),
         ("frequency_penalty", params.frequency_penalty), ("logit_bias", params.logit_bias),
         ("response_format", params.grammar), ("logprobs", params.logprobs is not None)) if used)
-    return GenerationRequest(model, params, max_tokens, stream, bool(opts and opts.get("include_usage")), features,
-                             _priority(body))
 
 
 def _running_defaults() -> SamplingDefaults:
