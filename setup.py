@@ -28,7 +28,7 @@ setup(
         "jetson": ["jetson-stats==4.2.12"],
         "systemd": ["systemd-python>=234"],  # jammy's python3-systemd is 234
         "nvml": ["nvidia-ml-py>=12"],
-        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff>=0.6",
+        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff==0.17.6",
                  "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23",
                  # a real tokenizer for the TensorRT-LLM detokenizer test, from the embedded GGUF's
                  # vocabulary (gguf_file=); 5.x needs torch even for that
