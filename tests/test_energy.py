@@ -4,6 +4,7 @@ admission (with the FAKE jtop of tests/fakes and a FAKE libnvidia-ml under the r
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -717,3 +718,100 @@ def test_thermal_settings_are_configurable_and_a_sighup_change_is_named_for_a_re
     assert (new.thermal.margin_c, new.thermal.throttle_c) == (6.0, 85.0)
     applied, restart = apply_reload(old, new, None)
     assert "thermal.margin_c" in restart and "thermal.throttle_c" in restart and not applied
+
+
+# -- the kiosk's pages: energy and heat in a real headless Chromium (conftest's page) -----------
+class FakeSensor:
+    """FAKE temperature sensor and power reading laid over the daemon's real telemetry source
+    (this VM has neither): what a Jetson's jtop or a GPU's NVML would add to each snapshot."""
+
+    name = "fake-sensor"
+
+    def __init__(self, real, temp_c: float = 60.0, power_mw: float = 12_000.0):
+        self.real, self.temp_c, self.power_mw = real, temp_c, power_mw
+
+    def read(self) -> Snapshot:
+        from dataclasses import replace
+        return replace(self.real.read(), temperatures_c={"FAKE cpu": self.temp_c}, power_total_mw=self.power_mw)
+
+
+@pytest.fixture()
+def heated(server):
+    """The session daemon's sampler reads a FAKE sensor whose throttle temperature is 95 C; the
+    thermal guard comes back down after 0.5 s (10 s in the daemon's defaults)."""
+    rt = server.daemon.runtime
+    sampler, guard = rt.telemetry, rt.extensions["thermal"]
+    sensor = FakeSensor(sampler.sources[0])
+    saved = (guard.throttle_c, guard.enabled, guard.rule)
+    guard.throttle_c, guard.enabled, guard.rule = {"FAKE cpu": 95.0}, True, thermal.Rule(10.0, 5.0, 0.5)
+    sampler.sources.insert(0, sensor)
+    yield sensor
+    sampler.sources.remove(sensor)
+    guard.throttle_c, guard.enabled, guard.rule = saved
+    guard.state = thermal.State(thermal.NORMAL, time.monotonic())
+    guard._apply()
+
+
+def _axe_serious(page) -> list:
+    from axe_playwright_python import sync_playwright as axe_module
+    page.evaluate((Path(axe_module.__file__).parent / "axe.min.js").read_text())
+    found = page.evaluate("axe.run().then(r => r.violations.map(v => ({id: v.id, impact: v.impact, "
+                          "nodes: v.nodes.map(n => n.target.join(' '))})))")
+    return [v for v in found if v["impact"] in ("serious", "critical")]
+
+
+def test_dashboard_shows_energy_temperatures_and_the_thermal_guard(page, server, http, metered, heated, shot):
+    guard = server.daemon.runtime.extensions["thermal"]
+    heated.temp_c = 88.0  # 7 C below its limit: warm, batch cap halved, background deferred
+    _wait(lambda: guard.state.level == thermal.WARM, 10)
+    page.goto("/dashboard")
+    r = http.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Tell me about lighthouses."}],
+                                           "max_tokens": 24, "temperature": 0})
+    assert r.status_code == 200 and float(r.headers["x-energy-joules"]) > 0
+    page.wait_for_function("document.querySelector('#energy').textContent.includes('made-up-counter')")
+    page.wait_for_function("parseFloat(document.querySelector('#energy tr:nth-child(2) td:nth-child(2)')"
+                           "?.textContent) > 0", timeout=10000)  # the interactive joules, from /metrics
+    energy = {row.split("\t")[0]: row.split("\t")[1] for row in page.locator("#energy tr").all_inner_texts()}
+    assert energy["Source"] == "made-up-counter" and energy["Interactive requests"].endswith("tokens")
+    assert "Background requests" in energy and "Tokens per joule, last minute" in energy
+    page.wait_for_function("document.querySelector('#v-energy').textContent.includes('tokens/J')", timeout=10000)
+    page.wait_for_function("document.querySelectorAll('#c-energy polyline').length === 2", timeout=10000)
+    thermal_text = page.inner_text("#thermal")
+    assert "warm, 7.00 °C below the nearest throttle point" in thermal_text
+    assert f"Batch cap lowered to {guard.cap} of {guard.planned_batch}; background work deferred" in thermal_text
+    temps = page.locator("#temps tr").all_inner_texts()
+    assert temps[0].split("\t") == ["FAKE cpu", "88.0 °C", "95.0 °C", "7.00 °C"]
+    assert temps[-1].split("\t")[:2] == ["Power", "12.0 W"]
+    assert _axe_serious(page) == []
+    shot(page, "dashboard-energy-1024x600.png")
+    page.locator("#temps").scroll_into_view_if_needed()
+    shot(page, "dashboard-energy-tables-1024x600.png")
+    heated.temp_c = 60.0  # cool: the guard steps down (hold 0.5 s per level) and the page says so
+    page.wait_for_function("document.querySelector('#thermal').textContent.includes('normal')", timeout=15000)
+    assert f"Batch cap {guard.planned_batch} (the plan's); background work admitted" in page.inner_text("#thermal")
+
+
+def test_dashboard_says_what_this_machine_cannot_measure(page, server):
+    assert not server.engine.energy.is_available  # no RAPL, NVML or jtop power, and no sensor, on this VM
+    page.goto("/dashboard")
+    page.wait_for_function("document.querySelector('#energy tr') && document.querySelector('#temps tr')")
+    assert page.inner_text("#energy").startswith("Source\tunavailable: no NVML energy counter")
+    assert page.inner_text("#v-energy") == "unavailable"
+    assert page.locator("#temps tr").first.inner_text().startswith("no temperature sensor")
+    page.wait_for_function("document.querySelector('#thermal').textContent.includes('off')")
+    assert "no throttle temperature known for any sensor" in page.inner_text("#thermal")
+
+
+def test_summaries_page_and_dashboard_show_a_jobs_energy(page, metered, tmp_path):
+    doc = tmp_path / "harbour.txt"
+    doc.write_text("The harbour was quiet. Boats came in at dusk with their catch, and the keeper lit the lamp.")
+    page.goto("/summarize")
+    page.set_input_files("#file", str(doc))
+    page.wait_for_function("document.querySelector('#progress-text').textContent === 'done'", timeout=120000)
+    assert re.fullmatch(r"Energy used: [0-9.]+ J", page.inner_text("#job-energy"))
+    page.wait_for_function("document.querySelector('#jobs li:first-child').textContent.endsWith(' J')")
+    page.goto("/dashboard")
+    page.wait_for_function("document.querySelector('#jobs tr td') && "
+                           "document.querySelector('#jobs tr').textContent.includes('harbour.txt')")
+    cells = page.locator("#jobs tr").first.locator("td").all_inner_texts()
+    assert cells[0] == "harbour.txt" and cells[1] == "done" and re.fullmatch(r"[0-9.]+ J", cells[3])

@@ -1,20 +1,27 @@
 "use strict";
 // The dashboard: the daemon's own data (/metrics, /api/telemetry, /api/plan, /api/summaries),
 // polled every 2 s and drawn as SVG line charts of the last 5 minutes. Nothing leaves the device.
+// Energy and heat (issue 24): joules by priority, tokens per joule and the thermal admission state
+// from /metrics; each temperature from /api/telemetry with its throttle limit from /api/plan.
 const $ = (id) => document.getElementById(id);
 const POINTS = 150;
 const COLORS = ["#5cb3ff", "#ffb454", "#7ee787", "#ff7b72", "#d2a8ff", "#f2cc60"];
 const series = {};  // chart id -> {name -> [values]}
 let prev = null;  // the last /metrics reading, for rates
+let plan = null;  // the last /api/plan: the planned batch and the thermal rule's limits
+const PRIORITIES = ["interactive", "background"];
+const J = (m, p) => m[`edge_llm_energy_joules_total{priority="${p}"}`];
 const SVG = "http://www.w3.org/2000/svg";
 
-// Prometheus text format -> {name: total over every label set}
+// Prometheus text format -> {name: total over every label set, 'name{labels}': that series}
 function parseMetrics(text) {
   const out = {};
   for (const line of text.split("\n")) {
     if (!line || line.startsWith("#")) continue;
     const m = line.match(/^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/);
-    if (m) out[m[1]] = (out[m[1]] || 0) + Number(m[3]);
+    if (!m) continue;
+    out[m[1]] = (out[m[1]] || 0) + Number(m[3]);
+    if (m[2]) out[m[1] + m[2]] = Number(m[3]);
   }
   return out;
 }
@@ -90,8 +97,11 @@ async function pollMetrics() {
     if (ttft !== null) $("v-ttft").textContent = `${fmt(ttft)} s`;
     draw("tps", " tokens/s");
     draw("ttft", " s");
+    energyRates(m, dt);
   }
   prev = { m, t };
+  energyTable(m);
+  thermalState(m);
   const budget = m.edge_llm_kv_tokens_budget || 0;
   push("kv", "reserved", m.edge_llm_kv_tokens_reserved || 0);
   push("kv", "prefix cache", m.edge_llm_kv_tokens_cached || 0);
@@ -119,6 +129,60 @@ async function pollTelemetry() {
   $("v-heat").textContent = [hottest !== null ? `${fmt(hottest)} °C` : "no temperature sensor",
     s.power_total_mw != null ? `${fmt(s.power_total_mw / 1000)} W` : "no power reading"].join(", ");
   draw("heat", "");
+  temperatureTable(temps, s.power_total_mw);
+}
+
+function energySource(m) {
+  const key = Object.keys(m).find((k) => k.startsWith("edge_llm_energy_source_info{") && m[k] === 1);
+  return key ? key.match(/source="([^"]*)"/)[1] : "unavailable";
+}
+
+// Power of the engine's steps by priority: the change of each priority's joules over the poll.
+function energyRates(m, dt) {
+  if (energySource(m) === "unavailable") return;
+  for (const p of PRIORITIES) push("energy", `${p} W`, ((J(m, p) || 0) - (J(prev.m, p) || 0)) / dt);
+  draw("energy", " W");
+}
+
+function energyTable(m) {
+  const source = energySource(m), tpj = m.edge_llm_tokens_per_joule;
+  if (source === "unavailable") {
+    $("v-energy").textContent = "unavailable";
+    $("energy").replaceChildren(row(["Source", "unavailable: no NVML energy counter, readable RAPL or jtop power here"]));
+    return;
+  }
+  const tokens = (p) => m[`edge_llm_energy_tokens_total{priority="${p}"}`] || 0;
+  $("v-energy").textContent = tpj > 0 ? `${fmt(tpj)} tokens/J` : "idle";
+  $("energy").replaceChildren(row(["Source", source]),
+    ...PRIORITIES.map((p) => row([`${p[0].toUpperCase()}${p.slice(1)} requests`,
+      `${fmt(J(m, p) || 0)} J, ${Math.round(tokens(p))} tokens`])),
+    row(["Steps with no request (KV copies)", `${fmt(m.edge_llm_energy_unattributed_joules_total || 0)} J`]),
+    row(["Tokens per joule, last minute", tpj > 0 ? fmt(tpj) : "– (no step in the last minute)"]));
+}
+
+const LEVELS = ["normal", "warm", "hot"];
+function thermalState(m) {
+  const el = $("thermal"), th = plan && plan.thermal;
+  if (th && !th.enabled) { el.textContent = `Thermal admission: off (${th.why})`; el.className = "thermal"; return; }
+  const level = LEVELS[m.edge_llm_thermal_level] || "normal", cap = m.edge_llm_thermal_batch_cap;
+  const planned = plan ? plan.max_batch_size : cap, headroom = m.edge_llm_thermal_headroom_celsius;
+  const near = Number.isFinite(headroom) ? `${fmt(headroom)} °C below the nearest throttle point` : "no reading yet";
+  el.className = `thermal ${level}`;
+  el.textContent = `Thermal admission: ${level}, ${near}. ` + (level === "normal"
+    ? `Batch cap ${cap} (the plan's); background work admitted.`
+    : `Batch cap lowered to ${cap} of ${planned}; background work deferred until it cools.`);
+}
+
+function temperatureTable(temps, power) {
+  const limits = (plan && plan.thermal && plan.thermal.throttle_c) || {};
+  const rows = temps.map(([name, c]) => {
+    const limit = limits[name] ?? limits["*"];
+    return row([name, `${fmt(c)} °C`, limit != null ? `${fmt(limit)} °C` : "not known",
+      limit != null ? `${fmt(limit - c)} °C` : "–"]);
+  });
+  if (!temps.length) rows.push(row(["no temperature sensor", "", "", ""]));
+  rows.push(row(["Power", power != null ? `${fmt(power / 1000)} W` : "no power reading", "", ""]));
+  $("temps").replaceChildren(...rows);
 }
 
 function row(cells) {
@@ -132,15 +196,18 @@ async function pollJobs() {
   if (!j) return;
   $("jobs").replaceChildren(...j.data.map((job) => {
     const p = job.progress;
+    const finished = job.status === "done" || job.status === "error";
     return row([job.filename, job.status, p.chunks_total ? `${p.chunks_done} of ${p.chunks_total} parts, round ${job.level}` : "–",
+      job.energy_joules != null ? `${fmt(job.energy_joules)} J` : finished ? "unavailable" : "–",
       new Date(job.created * 1000).toLocaleTimeString()]);
   }));
-  if (!j.data.length) $("jobs").replaceChildren(row(["no summary jobs", "", "", ""]));
+  if (!j.data.length) $("jobs").replaceChildren(row(["no summary jobs", "", "", "", ""]));
 }
 
 async function pollPlan() {
   const p = await json("/api/plan");
   if (!p) return;
+  plan = p;
   $("plan").replaceChildren(...Object.entries(p.reasons || {}).map(([k, why]) => row([k, String(p[k]), why])));
   $("plan-memory").textContent = `Planned for ${fmt(mib(p.available_bytes))} MiB available (${p.memory}):` +
     ` ${fmt(mib(p.weights_bytes))} MiB weights, ${fmt(mib(p.kv_cache_bytes))} MiB KV cache, ` +

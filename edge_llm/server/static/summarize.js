@@ -18,6 +18,12 @@ async function upload(file) {
   list();
 }
 
+// A job's energy (issue 24): the joules of every request run for it, or why there is no figure.
+function energy(job) {
+  if (job.energy_joules != null) return `${job.energy_joules >= 100 ? job.energy_joules.toFixed(0) : job.energy_joules.toPrecision(3)} J`;
+  return job.status === "done" || job.status === "error" ? "energy unavailable on this device" : "";
+}
+
 const clock = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
 
 // Time left in this round, from the pace since it was first seen running (null until known).
@@ -50,6 +56,10 @@ function show(job) {
   $("progress").value = job.status === "done" ? $("progress").max : p.chunks_done + (p.chunks_partial || 0);
   $("progress-text").textContent = describe(job);
   $("cancel").hidden = job.status === "done" || job.status === "error";
+  const used = energy(job);
+  $("job-energy").hidden = !used;
+  const finished = job.status === "done" || job.status === "error";
+  $("job-energy").textContent = job.energy_joules == null ? used : `${finished ? "Energy used" : "Energy so far"}: ${used}`;
   $("result").textContent = job.result || "";
   $("result").hidden = !job.result;
   $("copy").hidden = !job.result;
@@ -90,7 +100,7 @@ function jobItem(job) {
   if (job.status === "done" || job.status === "error") {  // the result opens in place
     const d = document.createElement("details");
     const s = document.createElement("summary");
-    s.textContent = `${job.filename} — ${job.status} · ${when}`;
+    s.textContent = `${job.filename} — ${job.status} · ${when}` + (job.energy_joules != null ? ` · ${energy(job)}` : "");
     const body = document.createElement("div");
     body.className = "result";
     d.append(s, body);
