@@ -17,6 +17,7 @@ setup(
         "psutil>=5.9",
         "prometheus-client>=0.20",
         "pypdf>=4.0",
+        'tomli>=1.1; python_version < "3.11"',  # JetPack 6.1 has Python 3.10 (config is TOML)
         # the chat page's Markdown, rendered on the server: parser, code colours, sanitizer
         "markdown-it-py>=3,<5", "pygments>=2.17", "nh3>=0.2.17",
         LLAMA_CPP,
@@ -28,7 +29,7 @@ setup(
         "jetson": ["jetson-stats==4.2.12"],
         "systemd": ["systemd-python>=234"],  # jammy's python3-systemd is 234
         "nvml": ["nvidia-ml-py>=12"],
-        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff==0.17.6",
+        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff==0.17.6", "vermin==1.9.2",
                  "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23",
                  # a real tokenizer for the TensorRT-LLM detokenizer test, from the embedded GGUF's
                  # vocabulary (gguf_file=); 5.x needs torch even for that

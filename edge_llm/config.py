@@ -15,7 +15,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib  # novermin: tomli below on 3.10
+except ModuleNotFoundError:  # Python 3.10: JetPack 6.1's (Ubuntu 22.04); tomllib is tomli, renamed
+    import tomli as tomllib
 
 ENV_PREFIX = "EDGE_LLM_"
 # Variables of the same prefix that are not configuration: the config file's path, and the

@@ -68,3 +68,10 @@ def test_configured_origins_get_cors():
     assert r.status_code != 403 and r.headers["Access-Control-Allow-Origin"] == "http://dashboard.local:3000"
     other = app.post("/v1/chat/completions", json={"messages": []}, headers={**h, "Origin": "http://x.example"})
     assert other.status_code == 403 and "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_a_malformed_origin_is_refused_not_a_server_error():
+    app = create_app(Runtime(config.load(env={}))).test_client()
+    h = {"Host": "localhost:8000", "Origin": "http://[bad"}  # urlsplit raises ValueError on it
+    assert app.post("/v1/chat/completions", json={"messages": []}, headers=h).status_code == 403
+    assert app.get("/v1/models", headers=h).status_code == 200

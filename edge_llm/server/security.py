@@ -51,7 +51,10 @@ def _allowed_hosts(cfg: Config) -> set[str]:
 
 def _same_origin(origin: str) -> bool:
     """The page was served by this server: its origin names the Host the request went to."""
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # "http://[bad": not an origin at all, so not ours (it was a 500)
+        return False
     return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()
 
 
