@@ -507,6 +507,35 @@ def test_nvml_energy_counter_or_power_when_the_counter_is_not_supported(fake_nvm
     assert src.name == "nvml-power" and src.read().power_w == 300.0
 
 
+def test_nvml_is_read_off_the_engine_thread_and_the_counter_never_runs_backwards(fake_nvml, monkeypatch):
+    import threading
+
+    from edge_llm.telemetry.energy import NvmlSource
+    callers = []
+    read_counter = fake_nvml.nvmlDeviceGetTotalEnergyConsumption
+
+    def rising(handle, ref):  # 300 W: the counter gains 300 mJ per ms of wall time
+        callers.append(threading.current_thread().name)
+        fake_nvml.energy_mj = 5_000_000 + int((time.monotonic() - t0) * 300_000)
+        return read_counter(handle, ref)
+
+    t0 = time.monotonic()
+    monkeypatch.setattr(fake_nvml, "nvmlDeviceGetTotalEnergyConsumption", rising)
+    src = NvmlSource()
+    at_init = len(callers)
+    readings = []
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        readings.append(src.read().energy_j)
+        time.sleep(0.001)
+    src.close()
+    assert callers[:at_init] == [threading.current_thread().name] * at_init
+    assert set(callers[at_init:]) == {"nvml-energy"} and len(callers) - at_init >= 5
+    assert all(b >= a for a, b in zip(readings, readings[1:]))
+    true_j = 5_000 + (time.monotonic() - t0) * 300
+    assert readings[-1] == pytest.approx(true_j, abs=300 * 3 * NvmlSource.SAMPLE_S)
+
+
 # -- bench --energy-s: the meter against NVML's counter, over a FAKE libnvidia-ml ---------------
 class DrawingFakeLibNvml(FakeLibNvml):
     """FAKE libnvidia-ml of a GPU drawing `watts` all the time. nvidia-ml-py's wrappers (pynvml.py,

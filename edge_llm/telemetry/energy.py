@@ -99,7 +99,15 @@ class RaplSource:
 class NvmlSource:
     """NVML's total energy counter (mJ) or, where the GPU does not support it, its power (mW).
     nvidia-ml-py's pynvml: nvmlDeviceGetTotalEnergyConsumption returns a c_uint64 of mJ since the
-    driver loaded, raising NVMLError_NotSupported before Volta; nvmlDeviceGetPowerUsage a c_uint of mW."""
+    driver loaded, raising NVMLError_NotSupported before Volta; nvmlDeviceGetPowerUsage a c_uint of mW.
+
+    NVML is read by a thread of its own every SAMPLE_S, never by the engine thread: a driver call
+    per step was read beside every 2 ms decode step on an H200. read() extrapolates the counter
+    from its newest sample at the recent power, never backwards, so the steps' joules still add
+    up to the counter's difference (within one sample's worth of extrapolation)."""
+
+    SAMPLE_S = 0.02
+    SLOPE_S = 0.1  # the recent power is the counter's rise over at least this long
 
     def __init__(self, index: int = 0):
         import pynvml  # nvidia-ml-py; ImportError without it
@@ -113,12 +121,43 @@ class NvmlSource:
         except pynvml.NVMLError_NotSupported:
             pynvml.nvmlDeviceGetPowerUsage(self._handle)
             self.name = "nvml-power"
+        self._samples: collections.deque = collections.deque([self._sample()], maxlen=16)  # (time, J or W)
+        self._last_j = self._samples[-1][1]
+        self._failed: Exception | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="nvml-energy", daemon=True).start()
 
-    def read(self) -> Reading:
+    def _sample(self) -> tuple[float, float]:
         n, h = self._nvml, self._handle
         if self.name == "nvml-energy":
-            return Reading(time.monotonic(), energy_j=n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000)
-        return Reading(time.monotonic(), power_w=n.nvmlDeviceGetPowerUsage(h) / 1000)
+            return time.monotonic(), n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000
+        return time.monotonic(), n.nvmlDeviceGetPowerUsage(h) / 1000
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            try:
+                self._samples.append(self._sample())
+            except Exception as e:  # handed to the engine thread's next read (the meter stops)
+                self._failed = e
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def read(self) -> Reading:
+        if self._failed is not None:
+            raise self._failed
+        now = time.monotonic()
+        t1, v1 = self._samples[-1]
+        if self.name == "nvml-power":
+            return Reading(now, power_w=v1)
+        self._last_j = max(self._last_j, v1 + self._power(t1, v1) * (now - t1))
+        return Reading(now, energy_j=self._last_j)
+
+    def _power(self, t1: float, v1: float) -> float:
+        older = [(t, v) for t, v in list(self._samples) if t1 - t >= self.SLOPE_S] or [self._samples[0]]
+        t0, v0 = older[-1]
+        return (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
 
     def power_w(self) -> float:
         return self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000
