@@ -73,6 +73,9 @@ class LimitsConfig:
     prefill_chunk_tokens: int = 0  # prompt tokens fed per engine step
     max_queue: int = 64  # requests waiting for admission before 429
     prefix_cache_slots: int = 4  # finished sequences kept for prefix reuse
+    # while background work (summaries) runs, a visitor's stream keeps at least 1/this of its pace
+    # alone (measured step times, engine/share.py); 0 = background always rides along
+    chat_slowdown: float = 1.8
 
 
 @dataclass
@@ -306,6 +309,8 @@ def _validate_limits(lim: LimitsConfig) -> None:
     _at_least("limits", lim, (f.name for f in dataclasses.fields(lim)), 0)
     if lim.max_queue < 1:
         raise ConfigError("limits.max_queue must be >= 1")
+    if 0 < lim.chat_slowdown < 1 or lim.chat_slowdown != lim.chat_slowdown:
+        raise ConfigError(f"limits.chat_slowdown must be 0 (off) or >= 1, got {lim.chat_slowdown}")
 
 
 def _validate_planner(p: PlannerConfig) -> None:

@@ -38,6 +38,8 @@ def test_config_file_from_environment(tmp_path: Path):
     ('server = 3\n', "'server' must be a [table]"),
     ('[server\n', "is not valid TOML"),
     ('[limits]\nmax_batch_size = -1\n', "limits.max_batch_size must be >= 0"),
+    ('[limits]\nchat_slowdown = 0.5\n', "limits.chat_slowdown must be 0 (off) or >= 1"),
+    ('[limits]\nchat_slowdown = nan\n', "limits.chat_slowdown must be 0 (off) or >= 1"),
 ])
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str):
     f = tmp_path / "bad.toml"
