@@ -126,8 +126,9 @@ async function pollTelemetry() {
   for (const [name, c] of temps.slice(0, 4)) push("heat", `${name} °C`, c);
   if (s.power_total_mw !== null && s.power_total_mw !== undefined) push("heat", "power W", s.power_total_mw / 1000);
   const hottest = temps.length ? Math.max(...temps.map(([, c]) => c)) : null;
-  $("v-heat").textContent = [hottest !== null ? `${fmt(hottest)} °C` : "no temperature sensor",
-    s.power_total_mw != null ? `${fmt(s.power_total_mw / 1000)} W` : "no power reading"].join(", ");
+  const power = s.power_total_mw != null ? `${fmt(s.power_total_mw / 1000)} W` : null;
+  $("v-heat").textContent = hottest === null && power === null ? "no sensor here"
+    : [hottest !== null ? `${fmt(hottest)} °C` : "no temperature sensor", power || "no power reading"].join(", ");
   draw("heat", "");
   temperatureTable(temps, s.power_total_mw);
 }
@@ -148,6 +149,7 @@ function energyTable(m) {
   const source = energySource(m), tpj = m.edge_llm_tokens_per_joule;
   if (source === "unavailable") {
     $("v-energy").textContent = "unavailable";
+    draw("energy", " W");  // an empty chart: the card keeps its shape
     $("energy").replaceChildren(row(["Source", "unavailable: no NVML energy counter, readable RAPL or jtop power here"]));
     return;
   }
