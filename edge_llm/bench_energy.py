@@ -3,8 +3,9 @@ kept busy for S seconds, then the sum of every request's joules (the engine's me
 tokens) against NVML's total energy counter read by this module before and after the run.
 
 The reference is nvidia-ml-py's pynvml.nvmlDeviceGetTotalEnergyConsumption (a c_uint64 of mJ
-since the driver loaded; NVMLError_NotSupported before Volta), read here, apart from the meter's
-own reads around each step. What the meter leaves out is the time the engine was not in a step
+since the driver loaded; NVMLError_NotSupported before Volta), read here directly at the run's
+two ends (NvmlCounter), apart from the meter's source (which samples the counter on a thread of
+its own and extrapolates between samples). What the meter leaves out is the time the engine was not in a step
 (idle gaps of more than energy.CARRY_S, the run's first and last moments): `metered_s` against
 `wall_s` and the idle power (nvmlDeviceGetPowerUsage, mW) say how much that can be."""
 
@@ -15,22 +16,39 @@ import threading
 import time
 
 from edge_llm.engine.request import Priority, SamplingParams
-from edge_llm.telemetry.energy import NvmlSource
+from edge_llm.telemetry.energy import Reading
 
 TOLERANCE = 0.10  # issue 24's goal: within 10%
 
 
-def open_reference(index: int = 0) -> tuple[NvmlSource | None, str | None]:
+class NvmlCounter:
+    """NVML's total energy counter of one GPU, read when asked: no thread, no extrapolation."""
+
+    def __init__(self, index: int = 0):
+        import pynvml  # nvidia-ml-py; ImportError without it
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.read()  # NVMLError_NotSupported before Volta
+
+    def read(self) -> Reading:
+        return Reading(time.monotonic(), energy_j=self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000)
+
+    def power_w(self) -> float:
+        return self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000  # mW
+
+
+def open_reference(index: int = 0) -> tuple[NvmlCounter | None, str | None]:
     """NVML's energy counter of GPU `index`, or (None, why not)."""
     try:
-        src = NvmlSource(index)
+        return NvmlCounter(index), None
     except ImportError:
         return None, "no pynvml here (pip install nvidia-ml-py)"
-    except Exception as e:  # NVMLError_LibraryNotFound, _DriverNotLoaded, _InvalidArgument (no such GPU)
+    except Exception as e:  # NVMLError_NotSupported, _LibraryNotFound, _DriverNotLoaded, _InvalidArgument
+        if type(e).__name__ == "NVMLError_NotSupported":
+            return None, "nvmlDeviceGetTotalEnergyConsumption: NVMLError_NotSupported on this GPU (before Volta)"
         return None, f"NVML unavailable: {type(e).__name__}: {e}"
-    if src.name != "nvml-energy":
-        return None, "nvmlDeviceGetTotalEnergyConsumption: NVMLError_NotSupported on this GPU (before Volta)"
-    return src, None
 
 
 def compare(per_request_j: float, reference_j: float) -> dict:

@@ -572,14 +572,15 @@ def drawing_nvml(monkeypatch):
 def test_energy_check_compares_the_per_request_sum_with_the_nvml_counter(server, drawing_nvml):
     from edge_llm.telemetry.energy import NvmlSource
     reference, why = bench_energy.open_reference()
-    assert why is None and reference.name == "nvml-energy"
+    assert why is None and reference.read().energy_j > 0
     meter = server.engine.energy
-    old = meter.source
-    meter.use(NvmlSource())  # the meter on the same (fake) GPU, as heat.attach_energy picks on a real one
+    old, src = meter.source, NvmlSource()
+    meter.use(src)  # the meter on the same (fake) GPU, as heat.attach_energy picks on a real one
     try:
         r = bench_energy.check(server.engine, reference, batch=2, duration_s=2.0, max_tokens=12)
     finally:
         meter.use(old)
+        src.close()
     print(bench_energy.report(r))
     assert r["within_10_percent"] and abs(r["ratio"] - 1) <= 0.10, r
     assert r["nvml_counter_joules"] == pytest.approx(250.0 * r["wall_s"], abs=250.0 * 0.05)  # mJ -> J
