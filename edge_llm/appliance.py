@@ -11,8 +11,9 @@ from edge_llm import calibration, planner, pressure
 from edge_llm import config as config_mod
 from edge_llm.config import Config
 from edge_llm.engine.backends.base import ContextShape
-from edge_llm.engine.loop import Engine
+from edge_llm.engine.front import EngineFront
 from edge_llm.engine.request import SamplingParams
+from edge_llm.engine.step_engine import StepEngine
 from edge_llm.telemetry.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,13 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     log_plan(plan)
     on_step(f"allocating {plan.kv_cache_tokens} KV tokens")
     if cfg.model.backend == "trtllm":
-        from edge_llm.engine.backends.trtllm import TrtLlmEngine
+        from edge_llm.engine.trt_engine import TrtLlmEngine
         backend.load(plan)  # maps the engine file (use_mmap) and sizes the paged KV cache
         engine = TrtLlmEngine(backend, plan, cfg.limits.max_queue)
     else:
         backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens,
                                             plan.kv_layout == "unified"))
-        engine = Engine(backend, plan, cfg.limits.max_queue)
+        engine = StepEngine(backend, plan, cfg.limits.max_queue)
     engine.start()
     if cfg.model.warmup:
         on_step("warming up")
@@ -103,7 +104,7 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     return backend, plan, engine
 
 
-def warm_up(engine: Engine) -> None:
+def warm_up(engine: EngineFront) -> None:
     """One short generation so the first user does not pay for first-touch page faults."""
     tokens = engine.backend.tokenize("Hello", True)
     req, _ = engine.make_request(tokens, SamplingParams(temperature=0.0), 4)

@@ -260,7 +260,7 @@ def apply_reload(old: Config, new: Config, engine) -> tuple[list[str], list[str]
     if "daemon.log_level" in applied:
         logging.getLogger().setLevel(old.daemon.log_level.upper())
     if "limits.max_queue" in applied and engine is not None:
-        engine.max_queue = engine.scheduler.max_queue = old.limits.max_queue
+        engine.max_queue = old.limits.max_queue  # the front alone bounds the queue
     return applied, restart
 
 

@@ -21,7 +21,7 @@ class Runtime:
     config: Config
     phase: Phase = Phase.LOADING
     status: str = "starting"  # one line: what the daemon is doing
-    engine: object | None = None  # edge_llm.engine.loop.Engine once loaded
+    engine: object | None = None  # an edge_llm.engine.front.EngineFront once loaded
     backend: object | None = None
     plan: object | None = None  # edge_llm.planner.Plan
     telemetry: object | None = None  # edge_llm.telemetry.Sampler

@@ -7,9 +7,9 @@ import llama_cpp as L
 import pytest
 
 from edge_llm.engine.backends.base import BackendError
+from edge_llm.engine.front import EngineBusy
 from edge_llm.engine.kv_cache import KVCacheManager
-from edge_llm.engine.loop import EngineBusy
-from edge_llm.engine.request import Request, SamplingParams
+from edge_llm.engine.request import Priority, Request, SamplingParams
 from edge_llm.engine.scheduler import Scheduler
 
 
@@ -67,12 +67,87 @@ def test_a_call_the_engine_thread_cannot_run_in_time_is_an_engine_busy_error(ser
     assert isinstance(EngineBusy("x"), TimeoutError)
 
 
+def _running(engine, req, deadline_s: float = 120) -> None:
+    """Wait for a state: req has generated a token and still runs."""
+    deadline = time.monotonic() + deadline_s
+    while not req.output_tokens:
+        assert time.monotonic() < deadline and not req.is_finished, engine.stats()
+        time.sleep(0.01)
+
+
+def test_a_sampler_failing_for_one_sequence_ends_only_its_request(server):
+    """The grammar sampler is built on the engine thread at the request's first sample; when
+    llama.cpp cannot make it, that request ends with the error and a request decoding in the
+    same step goes on (the BackendError ended every request in the step)."""
+    engine, backend = server.engine, server.engine.backend
+    steady, _ = engine.make_request(backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"),
+                                    SamplingParams(temperature=0), 400)
+    engine.submit(steady)
+    try:
+        _running(engine, steady)
+        bad = Request(backend.tokenize("Hi"), SamplingParams(temperature=0.7, max_tokens=8,
+                                                             grammar='root ::= "unterminated'))
+        outs = list(engine.generate(bad))  # the HTTP layer checks grammars first: made by hand here
+        assert outs[-1].finish_reason == "error" and "grammar" in outs[-1].error
+        assert not steady.is_finished, steady.finish_reason  # it decoded in the step that failed
+    finally:
+        engine.cancel(steady)
+    assert list(engine.stream(steady))[-1].finish_reason == "cancelled"
+
+
+def test_a_request_the_front_let_in_is_not_refused_when_preemption_refills_the_queue(server):
+    """Between a submit and the engine thread's add, memory pressure preempted a sequence back
+    into the waiting queue: the scheduler's own bound, counting it, ended the request that the
+    front had accepted with an error (not a 429). Now the front alone bounds the queue."""
+    import threading
+    engine, backend = server.engine, server.engine.backend
+    bg, _ = engine.make_request(backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"),
+                                SamplingParams(temperature=0), 400, Priority.BACKGROUND)
+    engine.submit(bg)
+    blocking, submitted, preempted = threading.Event(), threading.Event(), []
+
+    def preempt_after_the_submit():  # on the engine thread, before it takes the new request
+        blocking.set()
+        submitted.wait(30)
+        if bg in engine.scheduler.running:
+            engine.scheduler.preempt(bg)  # what the pressure rule does to background work
+            preempted.append(bg)
+
+    old = engine.max_queue
+    try:
+        _running(engine, bg)
+        engine.max_queue = engine.scheduler.max_queue = 1  # as a SIGHUP reload set both
+        caller = threading.Thread(target=engine.call, args=(preempt_after_the_submit, 60))
+        caller.start()
+        assert blocking.wait(60)
+        req, _ = engine.make_request(backend.tokenize("Hello"), SamplingParams(temperature=0), 4)
+        engine.submit(req)  # nothing waits yet: accepted
+        submitted.set()
+        caller.join(60)
+        assert preempted, "the background request was not running: nothing shown"
+        outs = list(engine.stream(req))
+        assert outs[-1].finish_reason == "length" and outs[-1].error is None, outs[-1]
+    finally:
+        engine.max_queue = engine.scheduler.max_queue = old
+        submitted.set()
+        engine.cancel(bg)
+
+
+def test_a_call_past_its_timeout_is_a_503_with_retry_after(server):
+    """EngineBusy reaches a client as 503 engine_busy, never a 500."""
+    from edge_llm.server import create_app
+    app = create_app(server.daemon.runtime)
+    app.add_url_rule("/test-busy", "test_busy", lambda: server.engine.call(lambda: time.sleep(0.5), timeout=0.05))
+    r = app.test_client().get("/test-busy", headers={"Host": "127.0.0.1"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.get_json()["error"]["code"] == "engine_busy"
+
+
 from test_trtllm import fake_trtllm, make_engine_dir, start_engine  # noqa: E402,F401 (the fixture too)
 
 
 def test_memory_pressure_on_the_executor_engine_generates_nothing_twice(fake_trtllm, tmp_path):  # noqa: F811
     """Against the FAKE tensorrt_llm: pressure while a background request runs in the executor."""
-    from edge_llm.engine.request import Priority
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
     try:
         req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 60)
@@ -83,6 +158,6 @@ def test_memory_pressure_on_the_executor_engine_generates_nothing_twice(fake_trt
                 engine.preempt_newest(1, "available RAM below critical (test)")
             outs.append(out)
         assert len(req.output_tokens) == 60 and outs[-1].finish_reason == "length"
-        assert engine.call(lambda: (engine._by_id, engine.scheduler.has_work)) == ({}, False)
+        assert engine.call(lambda: (engine._by_id, engine.has_work)) == ({}, False)
     finally:
         engine.stop()

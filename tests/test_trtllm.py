@@ -474,3 +474,24 @@ def test_real_tokenizer_text_survives_token_by_token_streaming(fake_trtllm_real_
         assert not any("\ufffd" in t for t in deltas)
     finally:
         engine.stop()
+
+
+def test_the_executor_engine_meters_energy_per_request(fake_trtllm, tmp_path):
+    """Each read of the executor's responses is a metered step (jtop's power on a Jetson, here a
+    jtop-shaped snapshot): its joules are shared by the tokens each request took meanwhile."""
+    from edge_llm.telemetry import heat
+    from edge_llm.telemetry.snapshot import Snapshot
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        meter = heat.attach_energy(engine, backend, Snapshot("jtop", 1, 1, 0, power_total_mw=15_000))
+        assert meter.source_name == "jtop-power" and meter.disabled is None
+        reqs = [engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 40)[0]
+                for i in range(2)]
+        for r in reqs:
+            engine.submit(r)
+        for r in reqs:
+            assert list(engine.stream(r))[-1].finish_reason == "length"
+        joules = [meter.joules(r) for r in reqs]
+        assert all(j > 0 for j in joules) and sum(joules) <= meter.total_j + 1e-9, (joules, meter.total_j)
+    finally:
+        engine.stop()

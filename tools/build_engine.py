@@ -36,8 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_llm import planner, profiles  # noqa: E402
-from edge_llm.engine.backends.base import ModelProfile  # noqa: E402
 from edge_llm.engine.backends.trtllm import MANIFEST  # noqa: E402
+from edge_llm.profile import ModelProfile  # noqa: E402
 
 GPU_ARCH = "sm_87"  # Jetson Orin
 INT4_SHARE = 0.3  # INT4 engine bytes per fp16 checkpoint byte (INT4 linears, fp16 embeddings)

@@ -17,6 +17,7 @@ class ScheduledChunk:
     start_pos: int  # position of tokens[0] in the sequence
     sample: bool  # sample a token from the logits of the last token
     done: bool = True  # False: the backend stopped the step before this chunk (nothing of it kept)
+    error: str | None = None  # the backend failed this sequence alone (e.g. its sampler); others stand
 
 
 @dataclass

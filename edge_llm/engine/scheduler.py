@@ -13,10 +13,6 @@ from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.share import BackgroundShare
 
 
-class QueueFull(Exception):
-    """The waiting queue is at its bound; the caller should retry later (HTTP 429)."""
-
-
 class Scheduler:
     """Who runs this step. Interactive requests come first: they are admitted and get prefill
     budget before background ones, and when the batch or the KV budget is full, running
@@ -61,8 +57,8 @@ class Scheduler:
             self.defer_background and all(r.priority == Priority.BACKGROUND for r in self.waiting))))
 
     def add(self, req: Request) -> None:
-        if len(self.waiting) >= self.max_queue:
-            raise QueueFull(f"{len(self.waiting)} requests are already waiting")
+        """Never refused: the engine front alone bounds the queue (a bound here also counted the
+        preempted requests and ended a request the front had let in)."""
         self._enqueue(req, front_of_class=False)
 
     def _enqueue(self, req: Request, front_of_class: bool) -> None:

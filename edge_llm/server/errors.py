@@ -7,6 +7,8 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from edge_llm.engine.front import EngineBusy
+
 log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -49,6 +51,11 @@ def init_app(app: Flask) -> None:
             message = f"request body exceeds the limit of {request.max_content_length} bytes"
         allow = {k: v for k, v in e.get_headers() if k.lower() == "allow"}  # a 405 names the methods
         return error_response(APIError(e.code or 500, message, code, headers=allow))
+
+    @app.errorhandler(EngineBusy)
+    def engine_busy(e: EngineBusy):  # a long step or a hung backend: try again, not a server fault
+        return error_response(APIError(503, f"the engine is busy: {e}; retry later", "engine_busy",
+                                       headers={"Retry-After": "1"}))
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception):

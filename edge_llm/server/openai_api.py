@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterator
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from edge_llm.engine.chat_template import ChatTemplateError
-from edge_llm.engine.loop import PromptTooLong
+from edge_llm.engine.front import PromptTooLong, QueueFull
 from edge_llm.engine.request import Request, RequestOutput
-from edge_llm.engine.scheduler import QueueFull
 from edge_llm.runtime import Runtime
 from edge_llm.server import validation
 from edge_llm.server.errors import APIError, error_body

@@ -11,11 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def attach_energy(engine, backend, snapshot) -> energy.EnergyMeter:
-    meter = engine.energy
-    if _is_trtllm(backend):  # its executor batches inside TensorRT-LLM: no step hook shares its energy yet
-        meter.disable("not metered on the TensorRT-LLM engine (its executor batches inside TensorRT-LLM)")
-        log.info("energy per request: unavailable (%s)", meter.disabled)
-        return meter
+    meter = engine.energy  # each engine meters its own steps (the executor engine: each read of its responses)
     meter.use(energy.open_source(bool(getattr(backend, "gpu_offload", False)), snapshot))
     log.info("energy per request: %s", meter.source_name if meter.is_available else
              "unavailable (no NVML energy counter, readable RAPL or jtop power on this machine)")
@@ -45,7 +41,3 @@ def wire(runtime, sampler, *also):
             fn(s)
 
     return on_snapshot
-
-
-def _is_trtllm(backend) -> bool:
-    return type(backend).__name__ == "TrtLlmBackend"

@@ -10,7 +10,8 @@ from edge_llm.profile import ModelProfile  # noqa: F401 (where backends and tool
 
 
 class BackendError(RuntimeError):
-    """The backend failed to run a batch (the requests in it end with an error)."""
+    """The backend failed to run a batch (the requests in it end with an error), or, caught
+    within the backend, one sequence's own work (its chunk's error: that request alone ends)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class Backend(Protocol):
 
     def execute(self, out: SchedulerOutput) -> dict[int, SampledToken]:
         """Apply out.memory_ops, run the batch, and sample a token for each chunk that
-        asks for one; results are keyed by seq_id."""
+        asks for one; results are keyed by seq_id. A failure of one sequence's own (its
+        sampler) sets that chunk's error and the rest stand; raise only when the batch failed."""
         ...
 
     def interrupt(self, requested: bool) -> None:

@@ -15,10 +15,11 @@ from pathlib import Path
 import llama_cpp as L
 import numpy as np  # after llama_cpp: the other order segfaults in some CUDA images
 
-from edge_llm.engine.backends.base import BackendError, ContextShape, ModelProfile
+from edge_llm.engine.backends.base import BackendError, ContextShape
 from edge_llm.engine.batch import SampledToken, SchedulerOutput, TokenLogprob
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.request import SamplingParams
+from edge_llm.profile import ModelProfile
 
 log = logging.getLogger(__name__)
 
@@ -210,25 +211,33 @@ class LlamaCppBackend:
     def _sample(self, outputs: list) -> dict[int, SampledToken]:
         """Plain greedy rows: one argmax over a zero-copy view of every output row (the C
         sampler would build a candidate array of the whole vocabulary per row). Other rows:
-        the request's own C sampler chain (bias, penalties, grammar, filters, seeded)."""
+        the request's own C sampler chain (bias, penalties, grammar, filters, seeded). A row
+        whose own sampler fails marks its chunk's error; the other rows' tokens stand."""
         result = {}
         logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
-        greedy = [(row, req) for row, (_, req) in enumerate(outputs) if req.params.is_plain_greedy]
+        greedy = [(row, chunk.request) for row, (_, chunk) in enumerate(outputs)
+                  if chunk.request.params.is_plain_greedy]
         if greedy:
             best = logits[[row for row, _ in greedy]].argmax(axis=1)
             for (_, req), token in zip(greedy, best.tolist(), strict=True):
                 result[req.seq_id] = self.sampled(token)
-        for row, (index, req) in enumerate(outputs):
-            if req.params.logprobs is not None:  # from the raw logits, before the sampler reads them
-                logprobs = _log_softmax(logits[row])
-            if not req.params.is_plain_greedy:
-                token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), self.ctx, index)
-                result[req.seq_id] = self.sampled(token)
-            if req.params.logprobs is not None:
-                s = result[req.seq_id]
-                result[req.seq_id] = SampledToken(s.token, s.piece, s.is_eog,
-                                                  self._token_logprob(logprobs, s.token, req.params.logprobs))
+        for row, (index, chunk) in enumerate(outputs):
+            try:
+                self._sample_row(result, logits[row], index, chunk.request)
+            except BackendError as e:
+                chunk.error = str(e)
         return result
+
+    def _sample_row(self, result: dict, row_logits: np.ndarray, index: int, req) -> None:
+        if req.params.logprobs is not None:  # from the raw logits, before the sampler reads them
+            logprobs = _log_softmax(row_logits)
+        if not req.params.is_plain_greedy:
+            token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), self.ctx, index)
+            result[req.seq_id] = self.sampled(token)
+        if req.params.logprobs is not None:
+            s = result[req.seq_id]
+            result[req.seq_id] = SampledToken(s.token, s.piece, s.is_eog,
+                                              self._token_logprob(logprobs, s.token, req.params.logprobs))
 
     def _token_logprob(self, logprobs: np.ndarray, token: int, top_n: int) -> TokenLogprob:
         top = ()
@@ -252,7 +261,7 @@ class LlamaCppBackend:
                 p += 1
             if chunk.sample:
                 logits[i - 1] = 1
-                outputs.append((i - 1, chunk.request))
+                outputs.append((i - 1, chunk))
         b.n_tokens = i
         return outputs
 

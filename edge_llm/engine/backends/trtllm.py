@@ -1,5 +1,5 @@
 """TensorRT-LLM 0.12.0-jetson: a memory-mapped INT4 engine served by TensorRT-LLM's own
-in-flight batching (its Executor schedules; our loop only feeds it and streams back).
+in-flight batching (its Executor schedules; engine/trt_engine.py only feeds it and streams back).
 
 Written from the v0.12.0-jetson sources as summarized in JETSON.md (ModelRunnerCpp.from_dir
 and the Executor it wraps). NOT RUN on a Jetson by its authors: the tests drive it with a
@@ -7,7 +7,7 @@ fake tensorrt_llm (tests/fakes) that carries the branch's checks. What the branc
 - from_dir asserts max_input_len + max_output_len <= the engine's max_seq_len: we pass a
   pair that sums to the plan's max_seq_len; the per-request output cap stays our own.
 - the Executor is built without a batch size and schedules up to the engine's build-time
-  batch: a smaller planned batch is enforced by our admission (TrtLlmEngine.step).
+  batch: a smaller planned batch is enforced by our admission (trt_engine.TrtLlmEngine).
 - the paged KV pool is min(max_tokens, fraction x free memory), fraction 0.9 by default:
   we pass both, the fraction computed from the plan, so the pool is what the plan says.
 - EOS is not in output_token_ids and Result has no finish reason: "stop" vs "length" is
@@ -24,21 +24,17 @@ Imported only when model.backend = "trtllm".
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 from pathlib import Path
 
-from edge_llm.engine.backends.base import BackendError, ModelProfile
+from edge_llm.engine.backends.base import BackendError
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.detokenizer import IncrementalDetokenizer
-from edge_llm.engine.loop import Engine
-from edge_llm.engine.request import Priority, Request, RequestStatus
+from edge_llm.profile import ModelProfile
 
 log = logging.getLogger(__name__)
 MANIFEST = "edge-llm-manifest.json"
-AWAIT_S = 0.02  # how long one loop iteration waits for executor responses
-UINT64 = 1 << 64
 MAX_KV_FRACTION = 0.95  # never ask the executor for all of the free memory
 
 
@@ -211,102 +207,3 @@ class TrtLlmBackend:
         if self.runner is not None:
             self.executor.shutdown()
             self.runner = None
-
-
-class TrtLlmEngine(Engine):
-    """Our Engine's surface (submit, cancel, stream, metrics) over TensorRT-LLM's Executor."""
-
-    def __init__(self, backend: TrtLlmBackend, plan, max_queue: int = 64, metrics=None):
-        super().__init__(backend, plan, max_queue, metrics)
-        from tensorrt_llm.bindings import executor as trtllm
-        self.trtllm = trtllm
-        self._by_id: dict[int, Request] = {}
-        self._detok: dict[int, IncrementalDetokenizer] = {}
-
-    def step(self) -> None:
-        s = self.scheduler
-        # the executor would run up to the engine's build-time batch: the plan's is ours to keep;
-        # its KV cannot be grown or preempted by us, so each request reserves all it may need
-        while s.waiting and not s.admission_paused and len(s.running) < s.max_batch_size and \
-                not (s.defer_background and s.waiting[0].priority == Priority.BACKGROUND) and \
-                s.kv.num_reserved + s.kv.full_reservation(s.waiting[0]) <= s.kv.kv_cache_tokens:
-            self._enqueue(s.waiting.popleft())
-        if not self._by_id:
-            return
-        for resp in self.backend.executor.await_responses(timeout=datetime.timedelta(seconds=AWAIT_S)):
-            self._apply(resp)
-        self.num_steps += 1
-        self._update_gauges()
-
-    def _enqueue(self, req: Request) -> None:
-        p, t = req.params, self.trtllm
-        seed = None if p.seed is None else p.seed % UINT64  # uint64 in the bindings; negatives wrap
-        sampling = t.SamplingConfig(beam_width=1, top_k=1 if p.is_greedy else (p.top_k or None),
-                                    top_p=None if p.is_greedy else p.top_p,
-                                    temperature=None if p.is_greedy else p.temperature, random_seed=seed,
-                                    presence_penalty=p.presence_penalty or None,
-                                    frequency_penalty=p.frequency_penalty or None)
-        rid = self.backend.executor.enqueue_request(t.Request(
-            input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
-            sampling_config=sampling, **self.backend.request_kwargs()))
-        req.seq_id, req.status = rid, RequestStatus.RUNNING
-        self._detok[rid] = self.backend.detokenizer(req.prompt_tokens)
-        self.scheduler.kv.reserve(req, self.scheduler.kv.full_reservation(req))
-        self.scheduler.running.append(req)
-        self._by_id[rid] = req
-        self.metrics.prompt_tokens.inc(req.num_prompt_tokens)
-
-    def _apply(self, resp) -> None:
-        req = self._by_id.get(resp.request_id)
-        if req is None:
-            return
-        if resp.has_error():  # error_msg raises on a response without one
-            self._finish(req, RequestStatus.FINISHED_ERROR, resp.error_msg)
-            return
-        result, detok = resp.result, self._detok[resp.request_id]
-        for token in result.output_token_ids[0]:  # streaming: only the new tokens; never end_id
-            if token in self.backend.end_ids:  # another end id, sent as a stop word: it ends the text
-                req.finish(RequestStatus.FINISHED_STOPPED)
-                break
-            req.append_token(token, detok.step(token).encode())
-            self.metrics.generated_tokens.inc()
-            if req.is_finished:
-                break
-        if req.is_finished and not result.is_final:  # a stop string matched: stop the executor too
-            self.backend.executor.cancel_request(resp.request_id)
-        if result.is_final and not req.is_finished:  # no finish reason in Result: count the tokens
-            full = len(req.output_tokens) >= req.params.max_tokens
-            req.finish(RequestStatus.FINISHED_LENGTH if full else RequestStatus.FINISHED_STOPPED)
-        if req.is_finished:
-            self._finish(req, req.status)
-        else:
-            req.publish()
-
-    def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
-        self._by_id.pop(req.seq_id, None)
-        self._detok.pop(req.seq_id, None)
-        self.scheduler.kv.unreserve(req)
-        if req in self.scheduler.running:
-            self.scheduler.running.remove(req)
-        req.finish(status)
-        self._finished(req)
-        req.publish(error)
-
-    def _end(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
-        """Cancel (client gone, pressure): the executor drops the request and frees its KV blocks."""
-        if req.is_finished:
-            return
-        if req.seq_id in self._by_id:
-            self.backend.executor.cancel_request(req.seq_id)
-            self._finish(req, status, error)
-        else:  # still waiting in our queue
-            super()._end(req, status, error)
-
-    def clear_prefix_cache(self) -> None:
-        pass  # block reuse lives inside TensorRT-LLM's KV cache manager
-
-    def _relieve_pressure(self, n: int, message: str) -> None:
-        """The executor owns its requests' KV (a pool sized at load): our scheduler cannot
-        preempt them (the step engine's rule freed an executor id as if it were a slot and
-        enqueued the request again: it generated twice). Admission is paused; nothing ends."""
-        log.warning("%s; %d executor requests keep running, admission paused", message, len(self._by_id))

@@ -1,0 +1,140 @@
+"""The llama.cpp step engine: each step the scheduler picks the work (prefill chunks and one
+decode token per running sequence), the backend runs it, the scheduler applies the tokens."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from edge_llm.engine.backends.base import Backend
+from edge_llm.engine.batch import SampledToken, SchedulerOutput
+from edge_llm.engine.front import EngineFront
+from edge_llm.engine.kv_cache import KVCacheManager
+from edge_llm.engine.metrics import EngineMetrics
+from edge_llm.engine.request import Priority, Request, RequestStatus
+from edge_llm.engine.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class StepEngine(EngineFront):
+    def __init__(self, backend: Backend, plan, max_queue: int = 64, metrics: EngineMetrics | None = None):
+        super().__init__(backend, plan, max_queue, metrics)
+        kv = KVCacheManager(plan.num_seqs, plan.kv_cache_tokens, max_cached=plan.num_seqs - plan.max_batch_size,
+                            streams=plan.kv_layout == "per_slot")
+        self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue)
+        self._num_preempted = 0  # preempted requests in the waiting queue (counted on the engine thread)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    @property
+    def num_queued(self) -> int:
+        return max(0, len(self.scheduler.waiting) - self._num_preempted)  # between updates: about right
+
+    @property
+    def num_preempted(self) -> int:
+        return self._num_preempted
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    # -- the engine thread ------------------------------------------------------------------
+    def step(self) -> None:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            self._count_admissions(out)
+            return
+        t0 = time.perf_counter()
+        self.energy.start()
+        try:
+            sampled = self.backend.execute(out)
+        except Exception as e:  # the batch failed as a whole (llama_decode): every request in it ends
+            self._fail_batch(out, str(e))
+            raise
+        self.scheduler.observe_step(out, time.perf_counter() - t0)
+        self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
+        self._count_admissions(out)
+        self._apply(out, sampled)
+        self.num_steps += 1
+        self.metrics.step_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_tokens.observe(out.num_tokens)
+        self._update_gauges()
+
+    def _apply(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> None:
+        """End the requests whose own part failed (the others' tokens stand), then apply the rest."""
+        for chunk in out.chunks:
+            if chunk.error is not None:
+                self._end(chunk.request, RequestStatus.FINISHED_ERROR, f"engine error: {chunk.error}")
+        if not all(c.done for c in out.chunks):
+            self.metrics.interrupted_steps.inc()
+        changed = self.scheduler.postprocess(out, sampled)
+        for req in changed:
+            if req.is_finished:  # counted before the client can see its end
+                self._finished(req)
+            req.publish()
+        self.metrics.generated_tokens.inc(len(changed))
+
+    def _count_admissions(self, out: SchedulerOutput) -> None:
+        m = self.metrics
+        preempted, num_resumed = self.scheduler.take_events()
+        for req in preempted:
+            m.preemptions.labels(req.priority.name.lower()).inc()
+        if num_resumed:
+            m.resumptions.inc(num_resumed)
+        for chunk in out.chunks:  # after the batch ran, before postprocess moves num_computed
+            req = chunk.request
+            if (chunk.done and chunk.start_pos == req.num_reused and req.is_prefilling
+                    and not req.num_preemptions):  # first chunk
+                m.prompt_tokens.inc(req.num_prompt_tokens)
+                m.reused_tokens.inc(req.num_reused)
+                m.queue_time.labels(req.priority.name.lower()).observe(req.admitted_time - req.arrival_time)
+
+    def clear_prefix_cache(self) -> None:
+        """Engine thread only (use call()): drop every cached prefix now."""
+        self.scheduler.clear_prefix_cache()
+        self.step()
+
+    def _fail_batch(self, out: SchedulerOutput, message: str) -> None:
+        for chunk in out.chunks:
+            self._end(chunk.request, RequestStatus.FINISHED_ERROR, f"engine error: {message}")
+
+    # -- the front's hooks (engine thread) --------------------------------------------------------
+    def _add(self, req: Request) -> None:
+        self.scheduler.add(req)
+
+    def _end(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
+        if self.scheduler.abort(req, status):
+            self._finished(req)
+            req.publish(error)
+
+    def _pause(self, paused: bool) -> None:
+        self.scheduler.admission_paused = paused
+
+    def _relieve_pressure(self, n: int, message: str) -> None:
+        """Memory pressure: give back the newest background sequences. llama.cpp's KV cache is
+        allocated with the context, so ending an interactive request would free no memory, only
+        lose its work; admission is already paused (low water)."""
+        for req in self.scheduler.newest_running(n):
+            if req.priority == Priority.BACKGROUND:
+                self.scheduler.preempt(req)  # resumed when admission reopens (counted by the next step)
+            else:
+                log.warning("%s; %s keeps running (ending it would free no memory)", message, req.request_id)
+
+    def _update_gauges(self) -> None:
+        m, s = self.metrics, self.scheduler
+        self._num_preempted = sum(1 for r in s.waiting if r.status == RequestStatus.PREEMPTED)
+        m.running.set(len(s.running))
+        m.waiting.set(self.num_waiting)
+        m.kv_used.set(s.kv.num_reserved)
+        m.kv_cached.set(s.kv.num_cached_tokens)
+
+    def stats(self) -> dict:
+        kv = self.scheduler.kv
+        return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.num_steps,
+                "kv_tokens_reserved": kv.num_reserved, "kv_tokens_reserved_peak": kv.peak_reserved,
+                "kv_tokens_cached": kv.num_cached_tokens,
+                "kv_cache_tokens": kv.kv_cache_tokens, "admission_paused": self.scheduler.admission_paused,
+                "preemptions": self.scheduler.num_preemptions, "resumptions": self.scheduler.num_resumptions}
