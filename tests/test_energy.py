@@ -846,3 +846,13 @@ def test_summaries_page_and_dashboard_show_a_jobs_energy(page, metered, tmp_path
                            "document.querySelector('#jobs tr').textContent.includes('harbour.txt')")
     cells = page.locator("#jobs tr").first.locator("td").all_inner_texts()
     assert cells[0] == "harbour.txt" and cells[1] == "done" and re.fullmatch(r"[0-9.]+ J", cells[3])
+
+
+def test_bench_check_against_nvmls_counter_read_directly():
+    meter = SimpleNamespace(is_available=True, source_name="jtop-power")  # not a counter itself
+    c = bench.energy_check([{"counter_j": 10.0, "per_request_j": 9.7}], meter, "NVML energy counter")
+    assert c["status"] == "within 10%" and c["reference"] == "NVML energy counter"
+    text = bench.report({"batch": 1, "prefill_tok_s": 1, "prefill_tokens": 2, "decode_tok_s": 3, "decode_tokens": 4,
+                         "energy_source": "nvml-energy", "prefill_joules": 1.0, "prefill_tokens_per_joule": 2.0,
+                         "decode_joules": 2.0, "decode_tokens_per_joule": 2.0, "check": c})
+    assert "per-request sum 9.7 J vs NVML energy counter difference 10.0 J (ratio 0.97)" in text
