@@ -104,6 +104,18 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     return backend, plan, engine
 
 
+def open_summaries(cfg: Config, backend, plan: planner.Plan, engine: EngineFront, path: Path | None = None):
+    """The summary service over a running engine, its store open and its runner started: the
+    daemon's store is in the state directory (jobs survive restarts), `edge-llm summarize
+    --in-process` gives one of its own."""
+    from edge_llm.summarize.jobs import JobStore
+    from edge_llm.summarize.pipeline import SummaryService
+    store = JobStore(path or config_mod.state_dir(cfg) / "summaries.sqlite3")
+    service = SummaryService(engine, backend, store, plan, cfg.summarize)
+    service.start()
+    return service
+
+
 def warm_up(engine: EngineFront) -> None:
     """One short generation so the first user does not pay for first-touch page faults."""
     tokens = engine.backend.tokenize("Hello", True)

@@ -6,7 +6,6 @@ import argparse
 import errno
 import json
 import sys
-import threading
 from pathlib import Path
 
 from edge_llm import config as config_mod
@@ -132,48 +131,46 @@ def _summarize_remote(args, path, data: bytes, kind: str) -> int:
 
 
 def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
+    """The daemon's summary service over an engine of this process, with a job store of its own."""
     import tempfile
 
     from edge_llm import appliance
-    from edge_llm.client import Progress
     from edge_llm.summarize import extract
-    from edge_llm.summarize.jobs import JobStore
-    from edge_llm.summarize.pipeline import SummaryService, run_job
     from edge_llm.telemetry.host import HostSource
     cfg = _load(args)
-    bar = Progress()
     backend, plan, engine = appliance.build_engine(cfg, HostSource().read())
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            store = JobStore(Path(tmp) / "jobs.sqlite3")
-            service = SummaryService(engine, backend, store, plan, cfg.summarize)
+            service = appliance.open_summaries(cfg, backend, plan, engine, Path(tmp) / "jobs.sqlite3")
             try:
-                job = service.create(path.name, data, kind)
+                job = _follow_job(service, service.create(path.name, data, kind))
             except extract.ExtractError as e:
                 print(f"edge-llm summarize: {e}", file=sys.stderr)
                 return 1
-            done = threading.Event()
-
-            def work():  # a failing job ends as the job's error: done is always set
-                try:
-                    run_job(service.summarizer, job.id)
-                finally:
-                    done.set()
-
-            threading.Thread(target=work, name="summarize", daemon=True).start()
-            while not done.wait(0.5):
-                j = store.get(job.id)
-                bar.show(j.chunks_done, j.chunks_total, j.level)
-            j = store.get(job.id)
-            store.close()
-        print(file=sys.stderr)
-        if j.status != "done":
-            print(f"edge-llm summarize: the job failed: {j.error}", file=sys.stderr)
-            return 1
-        print(j.result)
-        return 0
+            finally:
+                service.stop()
     finally:
         engine.stop()
+    if job.status != "done":
+        print(f"edge-llm summarize: the job failed: {job.error}", file=sys.stderr)
+        return 1
+    print(job.result)
+    return 0
+
+
+def _follow_job(service, job):
+    """Show the job's progress line until it ends (done or error); returns it as it ended."""
+    import time
+
+    from edge_llm.client import Progress
+    bar = Progress()
+    while True:
+        job = service.store.get(job.id)
+        bar.show(job.chunks_done, job.chunks_total, job.level)
+        if job.status in ("done", "error"):
+            print(file=sys.stderr)
+            return job
+        time.sleep(0.5)
 
 
 def cmd_bench(args) -> int:

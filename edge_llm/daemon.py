@@ -19,8 +19,6 @@ from edge_llm.notify import Notifier
 from edge_llm.pressure import PressureGuard
 from edge_llm.runtime import Phase, Runtime
 from edge_llm.server import create_app, wsgi
-from edge_llm.summarize.jobs import JobStore
-from edge_llm.summarize.pipeline import SummaryService
 from edge_llm.telemetry import heat
 
 log = logging.getLogger("edge_llm.daemon")
@@ -146,10 +144,7 @@ class Daemon:
             loaded.set()
         self.runtime.backend, self.runtime.plan, self.runtime.engine = backend, plan, engine
         self._step("resuming summary jobs")
-        store = JobStore(config_mod.state_dir(self.cfg) / "summaries.sqlite3")
-        service = SummaryService(engine, backend, store, plan, self.cfg.summarize)
-        service.start()
-        self.runtime.extensions["summaries"] = service
+        self.runtime.extensions["summaries"] = appliance.open_summaries(self.cfg, backend, plan, engine)
 
     def _serve_until_stopped(self) -> None:
         wd_interval = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else None
