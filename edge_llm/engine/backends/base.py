@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge_llm.engine.batch import SampledToken, SchedulerOutput
-from edge_llm.profile import ModelProfile  # noqa: F401 (where backends and tools have imported it from)
+from edge_llm.profile import ModelProfile
 
 
 class BackendError(RuntimeError):
