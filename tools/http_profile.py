@@ -20,7 +20,7 @@ import bench  # noqa: E402
 def role(frames: list[str]) -> str:
     """Which thread a stack belongs to, from the frames near its root."""
     text = " ".join(frames)
-    if "Engine._run (" in text:
+    if "EngineFront._run (" in text:  # the engine thread (engine/front.py)
         return "engine thread"
     if "waitress/task.py" in text or "handler_thread" in text:
         return "HTTP worker threads"

@@ -1,5 +1,5 @@
 """Where one engine step's time goes, with N sequences decoding: schedule, fill the batch,
-llama_decode, sample, postprocess + publish. Runs the engine loop's step() on this thread
+llama_decode, sample, postprocess + publish. Runs the step engine's step() on this thread
 (no HTTP, no consumer threads) and reports mean microseconds per phase and a cProfile.
     python tools/profile_step.py [--seqs 16] [--steps 200]"""
 
