@@ -166,6 +166,7 @@ const LEVELS = ["normal", "warm", "hot"];
 function thermalState(m) {
   const el = $("thermal"), th = plan && plan.thermal;
   if (th && !th.enabled) { el.textContent = `Thermal admission: off (${th.why})`; el.className = "thermal"; return; }
+  if (m.edge_llm_thermal_batch_cap === undefined) { el.textContent = "Thermal admission: no engine yet"; return; }
   const level = LEVELS[m.edge_llm_thermal_level] || "normal", cap = m.edge_llm_thermal_batch_cap;
   const planned = plan ? plan.max_batch_size : cap, headroom = m.edge_llm_thermal_headroom_celsius;
   const near = Number.isFinite(headroom) ? `${fmt(headroom)} °C below the nearest throttle point` : "no reading yet";
