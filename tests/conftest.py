@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import fakes
 import pytest
 
 from edge_llm import config as config_mod
@@ -27,8 +28,19 @@ TEST_LIMITS = {"planner.calibration_file": str(CALIBRATION_FILE),
                "limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
                "limits.max_output_len": 512, "limits.prefill_chunk_tokens": 64, "limits.max_queue": 128,
                "summarize.chunk_tokens": 160, "summarize.summary_tokens": 32, "model.aliases": ["gpt-4o-mini"]}
+NO_EOS = {"0": -100, "2": -100, "4": -100}  # SmolLM2's end-of-generation tokens: a request runs to max_tokens
 if os.environ.get("EDGE_LLM_TEST_CALIBRATE") == "0":  # a developer's loaded machine, never CI: planner defaults
     TEST_LIMITS["planner.calibrate"] = False
+
+
+def wait_until(condition, timeout: float = 120, what: str = "the state"):
+    """Poll condition() until it is true: tests wait for a state (with a generous deadline for a
+    loaded machine), never for a time."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.02)
+    return value
 
 
 def make_config(**overrides) -> config_mod.Config:
@@ -169,6 +181,13 @@ def shot():
         if SHOTS:
             page.screenshot(path=os.path.join(SHOTS, name))
     return take
+
+
+@pytest.fixture()
+def fake_jtop(monkeypatch):
+    """The FAKE jtop module (tests/fakes/jtop), with its service up and our user in group jtop."""
+    with fakes.imported("jtop", monkeypatch) as jtop:
+        yield jtop
 
 
 def pytest_configure(config):

@@ -3,6 +3,7 @@ admission (with the FAKE jtop of tests/fakes and a FAKE libnvidia-ml under the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import wait_until
 
 from edge_llm import bench, bench_energy
 from edge_llm.engine.kv_cache import KVCacheManager
@@ -28,8 +30,6 @@ from edge_llm.telemetry.energy import (
     step_joules,
 )
 from edge_llm.telemetry.snapshot import Snapshot
-
-FAKES = Path(__file__).parent / "fakes"
 
 
 class ScriptedCounter:
@@ -302,23 +302,32 @@ def _engine_stub(planned_batch: int = 4):
     return SimpleNamespace(scheduler=Scheduler(kv, planned_batch, 64, 16), metrics=EngineMetrics())
 
 
-def _wait(cond, timeout: float) -> float:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "condition not met in time"
-        time.sleep(0.01)
-    return time.monotonic() - t0
+@contextlib.contextmanager
+def _heat(src, guard, engine, sensor: str, period: float, set_temp):
+    """ThermalGuard fed by a real Sampler over src. Yields heat(temp, n=1): set the sensor to
+    temp, wait for n readings of it (a state, however loaded the machine) and return the batch
+    cap once each was applied."""
+    seen = []  # (reading of sensor, cap once that reading was applied), one per telemetry period
 
+    def on_snapshot(snap):
+        guard(snap)
+        seen.append((snap.temperatures_c[sensor], engine.scheduler.max_batch_size))
 
-@pytest.fixture()
-def fake_jtop(monkeypatch):
-    """The FAKE jtop module (tests/fakes/jtop), its service up and our user in group jtop."""
-    monkeypatch.syspath_prepend(str(FAKES))
-    sys.modules.pop("jtop", None)
-    import jtop
-    jtop.SERVICE.reset()
-    yield jtop
-    sys.modules.pop("jtop", None)
+    def heat(temp: float, n: int = 1) -> list[int]:
+        mark = len(seen)
+        set_temp(temp)
+
+        def caps():
+            return [cap for t, cap in seen[mark:] if t == temp]
+        wait_until(lambda: len(caps()) >= n, what=f"{n} readings of {temp} C")
+        return caps()[:n]
+
+    sampler = Sampler([src], period, on_snapshot=on_snapshot)
+    sampler.start()
+    try:
+        yield heat
+    finally:
+        sampler.stop()
 
 
 def test_jtop_heat_lowers_the_cap_within_one_period_and_it_returns_after_the_hysteresis(fake_jtop):
@@ -330,32 +339,18 @@ def test_jtop_heat_lowers_the_cap_within_one_period_and_it_returns_after_the_hys
     per_sensor, default_c, where = thermal.default_throttle_c(src.read(), 0.0)
     assert default_c == thermal.JETSON_DEFAULT_C and where.startswith("device profile")
     guard = thermal.ThermalGuard(engine, 4, thermal.Rule(10.0, 5.0, hold_s=0.5), per_sensor, default_c, where)
-    seen = []  # (CPU reading, cap once that reading was applied), one per telemetry period
-
-    def on_snapshot(snap):
-        guard(snap)
-        seen.append((snap.temperatures_c["CPU"], engine.scheduler.max_batch_size))
-
-    sampler = Sampler([src], period, on_snapshot=on_snapshot)
-    sampler.start()
-    try:
-        temps["CPU"]["temp"] = 92.0  # 7 C below 99: warm
-        _wait(lambda: any(t == 92.0 for t, _ in seen), 10 * period)
-        assert [cap for t, cap in seen if t == 92.0][0] == 2  # lowered in the period of the first warm reading
+    with _heat(src, guard, engine, "CPU", period, lambda c: temps["CPU"].update(temp=c)) as heat:
+        assert heat(92.0) == [2]  # 7 C below 99, warm: lowered in the period of the first warm reading
         assert engine.scheduler.defer_background and guard.to_dict()["sensor"] == "CPU"
-        temps["CPU"]["temp"] = 95.5  # hot: one sequence
-        _wait(lambda: engine.scheduler.max_batch_size == 1, 10 * period)
+        heat(95.5)  # hot: one sequence
+        wait_until(lambda: engine.scheduler.max_batch_size == 1, what="the hot cap")
         assert 'edge_llm_thermal_level 2.0' in _metrics_text(engine.metrics)
-        temps["CPU"]["temp"] = 92.0  # cooler, still inside hot + hysteresis: the cap stays
-        time.sleep(4 * period)
-        assert engine.scheduler.max_batch_size == 1
-        temps["CPU"]["temp"] = 80.0  # 19 C below: past every band; down one level per hold
+        assert heat(92.0, n=4) == [1] * 4  # cooler, still inside hot + hysteresis: the cap stays
         t0 = time.monotonic()
-        _wait(lambda: engine.scheduler.max_batch_size == 4, 10 * period)
+        heat(80.0)  # 19 C below: past every band; down one level per hold
+        wait_until(lambda: engine.scheduler.max_batch_size == 4, what="the cap back")
         assert time.monotonic() - t0 >= 0.5  # two holds of 0.5 s (hot -> warm -> normal), less one period
         assert not engine.scheduler.defer_background
-    finally:
-        sampler.stop()
 
 
 def test_deferred_background_waits_and_nothing_running_is_ended():
@@ -476,26 +471,12 @@ def test_nvml_heat_lowers_the_cap_within_one_period_and_it_returns(fake_nvml, mo
     assert per_sensor == {"gpu": 89.0} and default_c is None and where == "NVML slowdown threshold"
     engine = _engine_stub(8)
     guard = thermal.ThermalGuard(engine, 8, thermal.Rule(10.0, 5.0, hold_s=0.3), per_sensor, default_c, where)
-    seen = []
-
-    def on_snapshot(snap):
-        guard(snap)
-        seen.append((snap.temperatures_c["gpu"], engine.scheduler.max_batch_size))
-
-    sampler = Sampler([src], period, on_snapshot=on_snapshot)
-    sampler.start()
-    try:
-        fake_nvml.temp_c = 81  # 8 C below the slowdown temperature
-        _wait(lambda: any(t == 81 for t, _ in seen), 10 * period)
-        assert [cap for t, cap in seen if t == 81][0] == 4  # lowered in the period of the first warm reading
+    with _heat(src, guard, engine, "gpu", period, lambda c: setattr(fake_nvml, "temp_c", c)) as heat:
+        assert heat(81) == [4]  # 8 C below the slowdown temperature: lowered with the first warm reading
         assert guard.to_dict()["headroom_c"] == 8.0
-        fake_nvml.temp_c = 76  # 13 C below: out of the margin, not past the hysteresis
-        time.sleep(3 * period)
-        assert engine.scheduler.max_batch_size == 4
-        fake_nvml.temp_c = 70
-        _wait(lambda: engine.scheduler.max_batch_size == 8, 10 * period)
-    finally:
-        sampler.stop()
+        assert heat(76, n=3) == [4] * 3  # 13 C below: out of the margin, not past the hysteresis
+        heat(70)
+        wait_until(lambda: engine.scheduler.max_batch_size == 8, what="the cap back")
 
 
 def test_nvml_energy_counter_or_power_when_the_counter_is_not_supported(fake_nvml):
@@ -794,7 +775,7 @@ def _axe_serious(page) -> list:
 def test_dashboard_shows_energy_temperatures_and_the_thermal_guard(page, server, http, metered, heated, shot):
     guard = server.daemon.runtime.extensions["thermal"]
     heated.temp_c = 88.0  # 7 C below its limit: warm, batch cap halved, background deferred
-    _wait(lambda: guard.state.level == thermal.WARM, 10)
+    wait_until(lambda: guard.state.level == thermal.WARM, what="the warm level")
     page.goto("/dashboard")
     r = http.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Tell me about lighthouses."}],
                                            "max_tokens": 24, "temperature": 0})

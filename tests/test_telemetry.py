@@ -3,26 +3,12 @@ exactly the structures jetson-stats documents (memory in KB, power in mW, temper
 
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from edge_llm.telemetry import Sampler, open_sources
 from edge_llm.telemetry.host import HostSource
 from edge_llm.telemetry.jtop import JtopSource, snapshot_from_jtop
-
-FAKES = Path(__file__).parent / "fakes"
-
-
-@pytest.fixture()
-def fake_jtop(monkeypatch):
-    """The FAKE jtop module (tests/fakes/jtop), with its service up and our user in group jtop."""
-    monkeypatch.syspath_prepend(str(FAKES))
-    sys.modules.pop("jtop", None)
-    import jtop
-    jtop.SERVICE.reset()
-    yield jtop
-    sys.modules.pop("jtop", None)
 
 
 def test_jtop_snapshot_maps_units(fake_jtop):
