@@ -1,5 +1,6 @@
-"""Live memory pressure: pause admission below the low-water mark, end the newest
-sequences below the critical mark, rather than let the kernel OOM-kill the daemon.
+"""Live memory pressure: pause admission below the low-water mark; below the critical mark ask
+the engine to give back what it can show freed (the step engine preempts background work; an
+engine with nothing to free ends nothing), rather than let the kernel OOM-kill the daemon.
 
 The thresholds follow the memory the plan sees: absolute defaults (a 1 GiB reserve, 512 MiB
 low water) stopped start-up in a 600 MiB cgroup, or paused admission for good once the plan
@@ -54,10 +55,10 @@ class PressureGuard:
         self.engine.metrics.swap_used.set(snap.swap_used_bytes)
         if avail < self.critical_bytes and self.engine.num_running:
             self.num_preemptions += 1
-            log.error("available RAM %d MiB < critical %d MiB: ending the newest sequence",
-                      avail // MiB, self.critical_bytes // MiB)
-            self.engine.preempt_newest(1, f"ended to protect the device: available memory {avail // MiB} MiB "
-                                          f"fell below {self.critical_bytes // MiB} MiB")
+            log.error("available RAM %d MiB < critical %d MiB: the engine gives back the newest sequence "
+                      "if that frees memory", avail // MiB, self.critical_bytes // MiB)
+            self.engine.preempt_newest(1, f"available memory {avail // MiB} MiB fell below "
+                                          f"{self.critical_bytes // MiB} MiB")
         if not self.paused and avail < self.low_water_bytes:
             self.paused = True
             self.num_pauses += 1

@@ -7,7 +7,8 @@ step engine's slot and runs the request again later; here it would free nothing 
 owns the request's KV blocks, in a pool sized at load) and the executor would go on generating
 while the request was enqueued again (once: 117 tokens for max_tokens 60). Under memory pressure
 it pauses admission and ends nothing: cancelling returns blocks to the executor's pool, not
-memory to the device, so there is no freed memory to show for the work lost."""
+memory to the device (KvCacheConfig sizes the pool once, when the Executor is built: JETSON.md),
+so there is no freed memory to show for the work lost."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ class TrtLlmEngine(EngineFront):
         """Cancel (client gone, drain): the executor drops the request and frees its KV blocks."""
         if req.is_finished:
             return
-        if req.seq_id in self._by_id:
+        if self._by_id.get(req.seq_id) is req:
             self.backend.executor.cancel_request(req.seq_id)
             self._finish(req, status, error)
         elif self.scheduler.abort(req, status):  # still waiting in our queue
