@@ -1,10 +1,13 @@
-"""The benchmark tools' own arithmetic (tools/mixed_bench.py): how rounds are paired and pooled.
-The benchmarks themselves are run by hand, never timed in tests."""
+"""The benchmark tools' own arithmetic (tools/mixed_bench.py): how rounds are paired and pooled;
+tools/kiosk_bench.py run end to end on a tiny job. The benchmarks' numbers are taken by hand,
+never judged in tests."""
 
+import json
 import math
 
 import pytest
 
+from tools import kiosk_bench
 from tools.mixed_bench import pooled, round_ratios
 
 
@@ -29,3 +32,44 @@ def test_pooled_ratio_is_the_geometric_mean_inside_its_interval_and_reads_the_sa
     assert pooled([1.1] * 4)["ci95"] == pytest.approx((1.1, 1.1))
     with pytest.raises(ValueError, match="no complete rounds"):
         pooled([])
+
+
+def kiosk_round(ttfts: list[float | None], rates: list[float | None], idle: float, alone: float, together: float):
+    chats = [{"ttft_s": t, "decode_tok_s": r} for t, r in zip(ttfts, rates, strict=True)]
+    return kiosk_bench.round_result({"decode_tok_s": idle}, {"wall_s": alone}, {"wall_s": together, "chats": chats})
+
+
+def test_kiosk_goals_are_judged_on_the_worst_round_and_a_round_without_chats_meets_none():
+    good = kiosk_round([0.2, 0.4], [60.0, 50.0], 80.0, 100.0, 110.0)
+    slow = kiosk_round([0.9, 0.3], [30.0, None], 80.0, 100.0, 125.0)
+    assert (good["ttft_worst_s"], good["decode_ratio"], good["wall_ratio"]) == (0.4, 0.625, 1.1)
+    s = kiosk_bench.judge([good, slow])
+    assert (s["ttft_worst_s"], s["decode_ratio_min"], s["wall_ratio_max"]) == (0.9, 0.375, 1.25)
+    assert s["met"] == {"ttft_worst_s": True, "decode_ratio_min": False, "wall_ratio_max": False}
+    assert kiosk_bench.judge([good])["met"] == dict.fromkeys(kiosk_bench.GOALS, True)
+    failed = kiosk_round([None], [None], 80.0, 100.0, 100.0)  # the one question got no answer
+    assert failed["chat_errors"] == 1 and not any(kiosk_bench.judge([good, failed])["met"].values())
+
+
+def test_kiosk_bench_runs_a_whole_job_with_the_visitor_against_the_daemon(server, tmp_path):
+    """The tool end to end on a tiny job (2 parts of the session daemon's 160-token chunks, sized by
+    the tool's trial uploads) and 4-token questions: every number is there and plausible (on 2 idle
+    cores, seconds; minutes on a machine shared by several test runs)."""
+    pytest.importorskip("openai")
+    out = tmp_path / "kiosk.json"
+    kiosk_bench.main(["--url", server.url, "--parts", "2", "--tokens", "4", "--idle-chats", "1",
+                      "--out", str(out)])
+    r = json.loads(out.read_text())
+    (rnd,) = r["rounds"]
+    assert r["settings"]["parts_fitted"] in (2, 3) and rnd["alone"]["parts"] == rnd["together"]["parts"] >= 2
+    assert rnd["alone"]["levels"] >= 2 and rnd["alone"]["wall_s"] > 0 and rnd["together"]["wall_s"] > 0
+    assert len(rnd["idle"]["chats"]) == 1 and rnd["idle"]["decode_tok_s"] > 0
+    chats = rnd["together"]["chats"]
+    assert chats and rnd["chat_errors"] == 0 and all(0 < c["ttft_s"] < 120 and c["tokens"] >= 1 for c in chats)
+    assert [c["t_s"] for c in chats] == sorted(c["t_s"] for c in chats) and chats[0]["t_s"] >= 1
+    assert rnd["decode_ratio"] == pytest.approx(rnd["decode_slowest_tok_s"] / rnd["idle"]["decode_tok_s"], abs=1e-3)
+    assert rnd["wall_ratio"] == pytest.approx(rnd["together"]["wall_s"] / rnd["alone"]["wall_s"], abs=1e-3)
+    assert r["summary"]["rounds"] == 1 and set(r["summary"]["met"]) == set(kiosk_bench.GOALS)
+    assert server.engine.num_running == 0 and not server.engine.num_waiting  # it cleaned up behind it
+    jobs = json.loads(kiosk_bench.requests.get(server.url + "/api/summaries?limit=500", timeout=10).text)["data"]
+    assert not [j for j in jobs if j["filename"] == "kiosk-bench.txt"]  # and deleted its jobs
