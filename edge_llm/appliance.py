@@ -96,7 +96,7 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     else:
         backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens,
                                             plan.kv_layout == "unified"))
-        engine = StepEngine(backend, plan, cfg.limits.max_queue)
+        engine = StepEngine(backend, plan, cfg.limits.max_queue, chat_slowdown=cfg.limits.chat_slowdown)
     engine.start()
     if cfg.model.warmup:
         on_step("warming up")

@@ -2,6 +2,7 @@
 cost (seconds per step from its chunks), the way the engine times real ones."""
 
 import pytest
+from conftest import wait_until
 
 from edge_llm.engine.kv_cache import KVCacheManager
 from edge_llm.engine.request import Priority, Request, SamplingParams
@@ -104,3 +105,31 @@ def test_a_visitor_prefill_step_carries_background_decodes_but_no_background_pre
     chunks, _ = step(s, cpu_cost)
     kinds = sorted((c.request.priority.name, len(c.tokens)) for c in chunks)
     assert kinds == [("BACKGROUND", 1), ("INTERACTIVE", 20)]
+
+
+def test_the_daemon_shares_steps_between_a_chat_and_background_work(server, client, http):
+    """Real model, real HTTP: a background request decodes while a visitor streams; the engine
+    measured the visitor's step alone, gave background some steps and held it back from others,
+    and the background request still ran to its length."""
+    import threading
+
+    from conftest import NO_EOS
+    server.wait_idle()
+    before = server.engine.stats()
+    result: dict = {}
+    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 240,
+            "temperature": 0, "logit_bias": NO_EOS, "priority": "background"}
+    bg = threading.Thread(target=lambda: result.update(http.post("/v1/chat/completions", body).json()))
+    bg.start()
+    wait_until(lambda: server.engine.num_running, what="the background request to run")
+    stream = client.chat.completions.create(model=server.model_id, messages=[{"role": "user", "content": "Hi!"}],
+                                            max_tokens=48, temperature=0, logit_bias=NO_EOS, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    bg.join(300)
+    after = server.engine.stats()
+    assert text and result["usage"]["completion_tokens"] == 240
+    assert "1" in {str(k) for k in after["visitor_step_ms"]}
+    shared = after["background_shared_steps"] - before["background_shared_steps"]
+    held = after["background_held_steps"] - before["background_held_steps"]
+    assert shared + held >= 40  # each of the visitor's decode steps either carried background or held it
+    assert held >= 1  # at least the step that measured the visitor alone

@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class StepEngine(EngineFront):
-    def __init__(self, backend: Backend, plan, max_queue: int = 64, metrics: EngineMetrics | None = None):
+    def __init__(self, backend: Backend, plan, max_queue: int = 64, metrics: EngineMetrics | None = None,
+                 chat_slowdown: float = 1.8):
         super().__init__(backend, plan, max_queue, metrics)
         kv = KVCacheManager(plan.num_seqs, plan.kv_cache_tokens, max_cached=plan.num_seqs - plan.max_batch_size,
                             streams=plan.kv_layout == "per_slot")
-        self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue)
+        self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue,
+                                   chat_slowdown=chat_slowdown or float("inf"))  # 0: background always rides along
         self._num_preempted = 0  # preempted requests in the waiting queue (counted on the engine thread)
 
     @property
@@ -137,4 +139,5 @@ class StepEngine(EngineFront):
                 "kv_tokens_reserved": kv.num_reserved, "kv_tokens_reserved_peak": kv.peak_reserved,
                 "kv_tokens_cached": kv.num_cached_tokens,
                 "kv_cache_tokens": kv.kv_cache_tokens, "admission_paused": self.scheduler.admission_paused,
-                "preemptions": self.scheduler.num_preemptions, "resumptions": self.scheduler.num_resumptions}
+                "preemptions": self.scheduler.num_preemptions, "resumptions": self.scheduler.num_resumptions,
+                **self.scheduler.share.to_dict()}
