@@ -495,3 +495,21 @@ def test_the_executor_engine_meters_energy_per_request(fake_trtllm, tmp_path):
         assert all(j > 0 for j in joules) and sum(joules) <= meter.total_j + 1e-9, (joules, meter.total_j)
     finally:
         engine.stop()
+
+
+def test_a_request_the_executor_refuses_ends_alone_and_the_engine_goes_on(fake_trtllm, tmp_path):
+    """SamplingConfig's checks (checkTopP) refuse a top_p past 1 when the request is built: that
+    request ends with the error, where it was lost (popped from the queue, never ended)."""
+    from edge_llm.engine.request import Request
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        bad = Request(backend.tokenize("hi"), SamplingParams(temperature=0.7, top_p=1.5, max_tokens=5))
+        engine.submit(bad)
+        deadline = time.monotonic() + 30  # it was never ended: a deadline, not a hang
+        outs = [o for o in engine.stream(bad, 0.05, lambda: time.monotonic() > deadline) if o is not None]
+        assert outs and outs[-1].finish_reason == "error" and "topP" in outs[-1].error, outs
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 3)
+        assert list(engine.generate(req))[-1].finish_reason == "length"
+        assert engine.num_running == 0 and engine.scheduler.kv.num_reserved == 0
+    finally:
+        engine.stop()

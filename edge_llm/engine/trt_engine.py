@@ -53,7 +53,11 @@ class TrtLlmEngine(EngineFront):
     # -- the engine thread ------------------------------------------------------------------
     def step(self) -> None:
         while self._can_admit():
-            self._enqueue(self.scheduler.waiting.popleft())
+            req = self.scheduler.waiting.popleft()
+            try:
+                self._enqueue(req)
+            except Exception as e:  # the bindings' or the executor's checks refused this request alone
+                self._finish(req, RequestStatus.FINISHED_ERROR, f"engine error: {e}")
         if not self._by_id:
             return
         self.energy.start()
