@@ -5,6 +5,7 @@ import time
 
 import llama_cpp as L
 import pytest
+from conftest import NO_EOS
 
 from edge_llm.engine.backends.base import BackendError
 from edge_llm.engine.front import EngineBusy
@@ -67,6 +68,9 @@ def test_a_call_the_engine_thread_cannot_run_in_time_is_an_engine_busy_error(ser
     assert isinstance(EngineBusy("x"), TimeoutError)
 
 
+RUNS_ON = tuple((int(t), float(b)) for t, b in NO_EOS.items())  # logit_bias: no end token, max_tokens ends it
+
+
 def _running(engine, req, deadline_s: float = 120) -> None:
     """Wait for a state: req has generated a token and still runs."""
     deadline = time.monotonic() + deadline_s
@@ -81,7 +85,7 @@ def test_a_sampler_failing_for_one_sequence_ends_only_its_request(server):
     same step goes on (the BackendError ended every request in the step)."""
     engine, backend = server.engine, server.engine.backend
     steady, _ = engine.make_request(backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"),
-                                    SamplingParams(temperature=0), 400)
+                                    SamplingParams(temperature=0, logit_bias=RUNS_ON), 400)
     engine.submit(steady)
     try:
         _running(engine, steady)
@@ -102,7 +106,7 @@ def test_a_request_the_front_let_in_is_not_refused_when_preemption_refills_the_q
     import threading
     engine, backend = server.engine, server.engine.backend
     bg, _ = engine.make_request(backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"),
-                                SamplingParams(temperature=0), 400, Priority.BACKGROUND)
+                                SamplingParams(temperature=0, logit_bias=RUNS_ON), 400, Priority.BACKGROUND)
     engine.submit(bg)
     blocking, submitted, preempted = threading.Event(), threading.Event(), []
 
