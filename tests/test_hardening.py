@@ -15,14 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import openai
 import pytest
-from conftest import Http, RunningDaemon, make_config
+from conftest import NO_EOS, Http, RunningDaemon, make_config
 from test_daemon import spawn
 
 from edge_llm.server.openapi import document
 from edge_llm.summarize.jobs import JobStore
 
 HI = [{"role": "user", "content": "Hi"}]
-NO_EOS = {"0": -100, "2": -100, "4": -100}  # SmolLM2's end-of-generation tokens: a request runs to max_tokens
 
 
 def chat(http, **fields):
@@ -403,46 +402,15 @@ def test_default_thresholds_scale_to_a_small_memory(tmp_path):
     assert big == 1024 << 20  # a 64 GB Orin keeps the old absolute reserve
 
 
-def test_default_thresholds_start_and_serve_in_a_600_mib_cgroup(tmp_path, monkeypatch):
+def test_default_thresholds_start_and_serve_in_a_600_mib_cgroup(tmp_path):
     """The attack run's cgroup: the old 1 GiB reserve stopped start-up there."""
-    import re
-    import subprocess
-    import sys
-
     import test_pressure
-    monkeypatch.setattr(test_pressure, "LIMIT", 600 << 20)
-    cg = test_pressure.make_cgroup(f"edge-llm-600-{os.getpid()}")
-    if cg is None:
-        pytest.skip("cannot create a memory cgroup here (needs root and a writable cgroup fs)")
-    cmd = (f"echo $$ > {cg}/cgroup.procs && exec {sys.executable} -m edge_llm serve --port 0 "
-           f"--set daemon.state_dir={tmp_path} --set planner.calibrate=false")
-    proc = subprocess.Popen(["sh", "-c", cmd], stderr=subprocess.PIPE, text=True)
-    try:
-        log, port = [], None
-        for line in proc.stderr:
-            log.append(line)
-            m = re.search(r"ready: http://127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        assert port, "".join(log[-15:])
-        threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
-        http = Http(port)
+    with test_pressure.daemon_in_cgroup(f"edge-llm-600-{os.getpid()}", 600 << 20, f"daemon.state_dir={tmp_path}",
+                                        "planner.calibrate=false") as (proc, http, cg, log):
         assert chat(http, max_tokens=8).status_code == 200
         h = http.get("/health").json()
         assert h["status"] == "ready" and not h["admission_paused"]
         assert test_pressure.oom_kills(cg) == 0
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        deadline = time.monotonic() + 30
-        while cg.exists():
-            try:
-                cg.rmdir()
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
 
 # -- 7. health, OpenAPI, disconnects -------------------------------------------------------------------
