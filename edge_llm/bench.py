@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 
+from edge_llm.bench_energy import chat_tokens
 from edge_llm.engine.request import Priority, SamplingParams
 
 POWER_MODEL_RE = re.compile(r"<\s*POWER_MODEL\s+ID=(?P<id>\d+)\s+NAME=(?P<name>[^\s>]+)\s*>")
@@ -141,16 +142,11 @@ def _prompts(engine, n: int, num_tokens: int, tag: str) -> list[list[int]]:
     return out
 
 
-def _chat(backend, text: str) -> list[int]:
-    rendered = backend.render_chat([{"role": "user", "content": text}])
-    return backend.tokenize(rendered, backend.chat_add_special(rendered))
-
-
 def measure(engine, batch: int, prompt_tokens: int, decode_tokens: int, reference=None) -> dict:
     """reference: a counter read at each phase's ends instead of the meter's source (NvmlCounter)."""
     meter = engine.energy
     pre = _phase(engine, meter, _prompts(engine, batch, prompt_tokens, "Log"), 1, reference)
-    dec = _phase(engine, meter, [_chat(engine.backend, f"Story {i}: write a long story about a lighthouse keeper "
+    dec = _phase(engine, meter, [chat_tokens(engine.backend, f"Story {i}: write a long story about a lighthouse keeper "
                                                        "and the ships he saw, in many chapters.")
                                  for i in range(batch)], decode_tokens, reference)
     n_prompt = sum(r.num_prompt_tokens for r in pre["reqs"])

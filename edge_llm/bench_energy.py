@@ -18,6 +18,12 @@ import time
 from edge_llm.engine.request import Priority, SamplingParams
 from edge_llm.telemetry.energy import Reading
 
+
+def chat_tokens(backend, text: str) -> list[int]:
+    """A user message as the model's chat template renders it, tokenized."""
+    rendered = backend.render_chat([{"role": "user", "content": text}])
+    return backend.tokenize(rendered, backend.chat_add_special(rendered))
+
 TOLERANCE = 0.10  # issue 24's goal: within 10%
 
 
@@ -89,9 +95,8 @@ def sustained(engine, prompts, max_tokens: int, duration_s: float) -> list:
 
 def check(engine, reference, batch: int, duration_s: float, max_tokens: int) -> dict:
     """The sustained run, with the reference counter read just before and just after it."""
-    from edge_llm.bench import _chat
     meter = engine.energy
-    prompts = [[_chat(engine.backend, f"Story {i}.{k}: write a long story about a lighthouse keeper and the "
+    prompts = [[chat_tokens(engine.backend, f"Story {i}.{k}: write a long story about a lighthouse keeper and the "
                                       "ships he saw, in many chapters.") for k in range(4)] for i in range(batch)]
     idle_w = reference.power_w()
     total0, metered0 = meter.total_j, meter.metered_s
