@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (benchmar
 # One calibration per test session (the first daemon measures, the others read it), as one device
 # would keep it across restarts.
 CALIBRATION_FILE = Path(tempfile.mkdtemp(prefix="edge-llm-calibration-")) / "calibration.json"
-# Small enough to start fast, large enough for the batching tests.
+# Small enough to start fast, large enough for the batching tests. The KV cap holds a stream of
+# max_seq_len for every slot (8 running + 4 prefix cache), so the layout is the one `auto` picks
+# (measured, on CI), not one pool forced by a cap too small for per-slot streams.
 TEST_LIMITS = {"planner.calibration_file": str(CALIBRATION_FILE),
-               "limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 16384,
+               "limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 12 * 2048,
                "limits.max_output_len": 512, "limits.prefill_chunk_tokens": 64, "limits.max_queue": 128,
                "summarize.chunk_tokens": 160, "summarize.summary_tokens": 32, "model.aliases": ["gpt-4o-mini"]}
 NO_EOS = {"0": -100, "2": -100, "4": -100}  # SmolLM2's end-of-generation tokens: a request runs to max_tokens
