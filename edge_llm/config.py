@@ -74,7 +74,7 @@ class LimitsConfig:
     max_queue: int = 64  # requests waiting for admission before 429
     prefix_cache_slots: int = 4  # finished sequences kept for prefix reuse
     # while background work (summaries) runs, a visitor's stream keeps at least 1/this of its pace
-    # alone (measured step times, engine/share.py); 0 = background always rides along
+    # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits
     chat_slowdown: float = 1.8
 
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -489,8 +490,6 @@ def test_nvml_energy_counter_or_power_when_the_counter_is_not_supported(fake_nvm
 
 
 def test_nvml_is_read_off_the_engine_thread_and_the_counter_never_runs_backwards(fake_nvml, monkeypatch):
-    import threading
-
     from edge_llm.telemetry.energy import NvmlSource
     callers = []
     read_counter = fake_nvml.nvmlDeviceGetTotalEnergyConsumption
@@ -515,6 +514,28 @@ def test_nvml_is_read_off_the_engine_thread_and_the_counter_never_runs_backwards
     assert all(b >= a for a, b in zip(readings, readings[1:], strict=False))
     true_j = 5_000 + (time.monotonic() - t0) * 300
     assert readings[-1] == pytest.approx(true_j, abs=300 * 3 * NvmlSource.SAMPLE_S)
+
+
+def test_a_dropped_nvml_source_stops_its_sampler_and_a_stale_one_is_not_extrapolated(fake_nvml, monkeypatch):
+    from edge_llm.telemetry.energy import EnergyMeter, NvmlSource
+    read_counter, t0 = fake_nvml.nvmlDeviceGetTotalEnergyConsumption, time.monotonic()
+
+    def rising(handle, ref):  # 300 W
+        fake_nvml.energy_mj = 5_000_000 + int((time.monotonic() - t0) * 300_000)
+        return read_counter(handle, ref)
+
+    monkeypatch.setattr(fake_nvml, "nvmlDeviceGetTotalEnergyConsumption", rising)
+    src = NvmlSource()
+    meter = EnergyMeter(source=src)
+    time.sleep(3 * NvmlSource.SLOPE_S)  # samples enough to know the power
+    assert src.sampler.is_alive()
+    meter.use(None)  # as the engine's stop() does
+    src.sampler.join(2)
+    assert not src.sampler.is_alive()
+    first = src.read().energy_j
+    time.sleep(4 * NvmlSource.STALE_S)
+    # extrapolated at 300 W for at most STALE_S past the last sample, not for ever
+    assert first <= src.read().energy_j <= first + 300 * NvmlSource.STALE_S * 1.5
 
 
 # -- bench --energy-s: the meter against NVML's counter, over a FAKE libnvidia-ml ---------------

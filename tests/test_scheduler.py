@@ -333,3 +333,27 @@ def test_only_background_prefill_steps_are_abortable_and_an_unfinished_chunk_run
     out = s.schedule()
     assert not out.abortable  # nothing to prefill
     assert s.kv.num_reserved == 0
+
+
+def test_the_preempted_count_follows_every_change_of_the_waiting_queue():
+    """The front bounds the queue by waiting requests that are not preempted ones; the count is
+    kept as the queue changes (it was recounted only after some steps: a stale count gave a 429
+    with nothing new waiting)."""
+    s = create_scheduler(num_slots=4, max_batch=2, cached=2)
+    a, b, c = create_requests(3, max_tokens=50)
+    for r in (a, b):
+        s.add(r)
+    run_step(s)
+
+    def true_count():
+        return sum(1 for r in s.waiting if r.status == RequestStatus.PREEMPTED)
+
+    s.preempt(a)
+    assert s.num_preempted_waiting == true_count() == 1
+    s.add(c)
+    s.preempt(b)
+    assert s.num_preempted_waiting == true_count() == 2
+    s.abort(b)
+    assert s.num_preempted_waiting == true_count() == 1
+    run_step(s)  # a resumes (and c is admitted)
+    assert s.num_preempted_waiting == true_count() == 0

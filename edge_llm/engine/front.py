@@ -71,6 +71,7 @@ class EngineFront:
         self._inbox.put(("wake", None))
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.energy.use(None)  # a source's own thread (NVML's sampler) stops with the engine
 
     @property
     def is_alive(self) -> bool:

@@ -45,6 +45,7 @@ class Scheduler:
         self.admission_paused = False  # memory pressure or draining: keep requests waiting
         self.defer_background = False  # near the throttle temperature: background waits (telemetry/thermal.py)
         self.num_preemptions = 0
+        self.num_preempted_waiting = 0  # of self.waiting, the preempted ones (any thread may read it)
         self.num_resumptions = 0
         self._preempted: list[Request] = []  # since the last take_events() (for metrics)
         self._num_resumed = 0
@@ -77,6 +78,7 @@ class Scheduler:
         elif req in self.waiting:
             self.waiting.remove(req)
             if req.status == RequestStatus.PREEMPTED:
+                self.num_preempted_waiting -= 1
                 self.kv.unpin(req)  # its kept prefix is an ordinary cached one now, evictable
         req.finish(status)
         return True
@@ -89,6 +91,7 @@ class Scheduler:
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions += 1
+        self.num_preempted_waiting += 1  # before it is seen waiting: a reader may over-count, never let in more
         self._preempted.append(req)
         self._enqueue(req, front_of_class=True)
 
@@ -118,10 +121,13 @@ class Scheduler:
         self._add_decodes(out, Priority.INTERACTIVE)
         budget = self._prefill_class(Priority.INTERACTIVE, out, budget)
         visitor_prefill = len(out.chunks) > num_visitors  # the chunks so far: visitors' decodes, then prefill
-        if visitor_prefill or self.share.allows_background(num_visitors):
+        wants_prefill = any(r.priority == Priority.BACKGROUND for r in self.waiting) or any(
+            r.priority == Priority.BACKGROUND and r.is_prefilling for r in self.running)
+        if visitor_prefill or self.share.allows_background(num_visitors, wants_prefill):
             self._add_decodes(out, Priority.BACKGROUND)
             if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):
-                self._prefill_class(Priority.BACKGROUND, out, budget)  # a prompt still prefilling keeps its turn
+                # a prompt still prefilling keeps its turn; beside a decoding visitor, what the credit pays for
+                self._prefill_class(Priority.BACKGROUND, out, min(budget, self.share.prefill_tokens(num_visitors)))
         elif any(r.priority == Priority.BACKGROUND for r in self.running):
             self.share.held()
         out.chunks.sort(key=lambda c: c.start_pos < c.request.prefill_len)  # decodes first, then prefill
@@ -141,8 +147,9 @@ class Scheduler:
                for c in out.chunks):
             return
         num_visitors = sum(1 for c in out.chunks if c.request.priority == Priority.INTERACTIVE)
-        had_background = any(c.request.priority == Priority.BACKGROUND for c in out.chunks)
-        self.share.observe(num_visitors, had_background, seconds)
+        background = [c for c in out.chunks if c.request.priority == Priority.BACKGROUND]
+        prefill = sum(len(c.tokens) for c in background if c.start_pos < c.request.prefill_len)
+        self.share.observe(num_visitors, bool(background), seconds, prefill)
 
     def _prefill_class(self, cls: Priority, out: SchedulerOutput, budget: int) -> int:
         """Spend the prefill budget on this class, most urgent first, running or waiting: a short
@@ -165,6 +172,7 @@ class Scheduler:
     def _admit(self, req: Request, out: SchedulerOutput) -> None:
         self.waiting.remove(req)
         if req.status == RequestStatus.PREEMPTED:
+            self.num_preempted_waiting -= 1
             self.num_resumptions += 1
             self._num_resumed += 1
         self.kv.allocate(req, out.memory_ops)

@@ -15,33 +15,51 @@ from __future__ import annotations
 class BackgroundShare:
     ALPHA = 0.2  # weight of the newest step in the moving average of a visitor-alone step
     PROBE_EVERY = 32  # at most this many steps with background before one without (to measure)
-    CREDIT_STEPS = 2.0  # unspent allowance kept, in visitor-alone steps (no bursts after a pause)
+    CREDIT_STEPS = 8.0  # unspent allowance kept, in visitor-alone steps: the longest a shared step may be
+    MIN_PREFILL = 16  # background prefill rides in chunks of at least this many tokens (a first one measures)
 
     def __init__(self, slowdown: float):
-        if slowdown < 1.0:
+        if not slowdown >= 1.0:  # NaN too; 1.0 itself: background never rides beside a visitor
             raise ValueError(f"slowdown must be at least 1.0, not {slowdown}")
         self.slowdown = slowdown
         self.solo_s: dict[int, float] = {}  # seconds of a step decoding n interactive sequences alone
         self.credit_s = 0.0  # time the visitor's steps may still lose to background work
         self.num_shared = 0  # steps that carried background work beside a visitor's decode
         self.num_held = 0  # steps that held background work back for a visitor
+        self.prefill_token_s: float | None = None  # what a background prompt token adds to a shared step
         self._since_probe = 0
 
-    def allows_background(self, num_decoding: int) -> bool:
-        """May this step, decoding num_decoding interactive sequences, carry background work?"""
+    def allows_background(self, num_decoding: int, wants_prefill: bool = False) -> bool:
+        """May this step, decoding num_decoding interactive sequences, carry background work?
+        With background prompts to prefill, credit is saved up for a chunk worth its step (else
+        background decodes would spend each bit of credit as it came, and prompts would starve)."""
         if num_decoding == 0 or self.slowdown == float("inf"):
             return True
         if num_decoding not in self.solo_s or self._since_probe >= self.PROBE_EVERY:
             return False  # measure the visitor's step alone first
+        if wants_prefill and self.prefill_token_s is not None:
+            return self.credit_s >= self.MIN_PREFILL * self.prefill_token_s
         return self.credit_s > 0
 
-    def observe(self, num_decoding: int, had_background: bool, seconds: float) -> None:
-        """A step that decoded num_decoding interactive sequences (and no interactive prefill) ran."""
+    def prefill_tokens(self, num_decoding: int) -> int:
+        """Background prompt tokens this step may carry: what the credit pays for at the measured
+        cost per token, so one shared step never stalls a visitor for a whole prefill chunk."""
+        if num_decoding == 0 or self.slowdown == float("inf"):
+            return 1 << 30
+        if self.prefill_token_s is None:
+            return self.MIN_PREFILL
+        n = int(self.credit_s / self.prefill_token_s) if self.credit_s > 0 else 0
+        return n if n >= self.MIN_PREFILL else 0
+
+    def observe(self, num_decoding: int, had_background: bool, seconds: float, prefill_tokens: int = 0) -> None:
+        """A step that decoded num_decoding interactive sequences (and no interactive prefill) ran,
+        with prefill_tokens of background prompt in it."""
         if num_decoding == 0:
             return
         if had_background:
             self._since_probe += 1
             self.num_shared += 1
+            self._observe_prefill(num_decoding, seconds, prefill_tokens)
         else:
             old = self.solo_s.get(num_decoding, seconds)
             self.solo_s[num_decoding] = old + self.ALPHA * (seconds - old)
@@ -50,6 +68,14 @@ class BackgroundShare:
         if solo is not None:
             cap = self.CREDIT_STEPS * solo
             self.credit_s = min(self.credit_s + self.slowdown * solo - seconds, cap)
+
+    def _observe_prefill(self, num_decoding: int, seconds: float, tokens: int) -> None:
+        solo = self.solo_s.get(num_decoding)
+        if solo is None or tokens < self.MIN_PREFILL:
+            return
+        per_token = max(0.0, seconds - solo) / tokens  # background decodes in the step counted too: errs short
+        old = self.prefill_token_s if self.prefill_token_s is not None else per_token
+        self.prefill_token_s = old + self.ALPHA * (per_token - old)
 
     def held(self) -> None:
         self.num_held += 1

@@ -25,7 +25,6 @@ class StepEngine(EngineFront):
                             streams=plan.kv_layout == "per_slot")
         self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue,
                                    chat_slowdown=chat_slowdown or float("inf"))  # 0: background always rides along
-        self._num_preempted = 0  # preempted requests in the waiting queue (counted on the engine thread)
 
     @property
     def has_work(self) -> bool:
@@ -33,11 +32,11 @@ class StepEngine(EngineFront):
 
     @property
     def num_queued(self) -> int:
-        return max(0, len(self.scheduler.waiting) - self._num_preempted)  # between updates: about right
+        return max(0, len(self.scheduler.waiting) - self.scheduler.num_preempted_waiting)
 
     @property
     def num_preempted(self) -> int:
-        return self._num_preempted
+        return self.scheduler.num_preempted_waiting
 
     @property
     def num_running(self) -> int:
@@ -127,7 +126,6 @@ class StepEngine(EngineFront):
 
     def _update_gauges(self) -> None:
         m, s = self.metrics, self.scheduler
-        self._num_preempted = sum(1 for r in s.waiting if r.status == RequestStatus.PREEMPTED)
         m.running.set(len(s.running))
         m.waiting.set(self.num_waiting)
         m.kv_used.set(s.kv.num_reserved)

@@ -108,6 +108,7 @@ class NvmlSource:
 
     SAMPLE_S = 0.02
     SLOPE_S = 0.1  # the recent power is the counter's rise over at least this long
+    STALE_S = 5 * SAMPLE_S  # the longest a reading is extrapolated past the newest sample
 
     def __init__(self, index: int = 0):
         import pynvml  # nvidia-ml-py; ImportError without it
@@ -125,7 +126,8 @@ class NvmlSource:
         self._last_j = self._samples[-1][1]
         self._failed: Exception | None = None
         self._stop = threading.Event()
-        threading.Thread(target=self._run, name="nvml-energy", daemon=True).start()
+        self.sampler = threading.Thread(target=self._run, name="nvml-energy", daemon=True)
+        self.sampler.start()
 
     def _sample(self) -> tuple[float, float]:
         n, h = self._nvml, self._handle
@@ -151,7 +153,8 @@ class NvmlSource:
         t1, v1 = self._samples[-1]
         if self.name == "nvml-power":
             return Reading(now, power_w=v1)
-        self._last_j = max(self._last_j, v1 + self._power(t1, v1) * (now - t1))
+        ahead = min(now - t1, self.STALE_S)  # a stopped or stuck sampler is not extrapolated for ever
+        self._last_j = max(self._last_j, v1 + self._power(t1, v1) * ahead)
         return Reading(now, energy_j=self._last_j)
 
     def _power(self, t1: float, v1: float) -> float:
@@ -226,6 +229,9 @@ class EnergyMeter:
         return self.source is not None
 
     def use(self, source) -> None:
+        old = self.source
+        if old is not None and old is not source and hasattr(old, "close"):
+            old.close()  # NVML's sampler thread ends with it
         self.source, self._start, self._last_end = source, None, None
         if self.metrics is not None:
             self.metrics.set_energy_source(self.source_name)
