@@ -513,3 +513,148 @@ def test_a_request_the_executor_refuses_ends_alone_and_the_engine_goes_on(fake_t
         assert engine.num_running == 0 and engine.scheduler.kv.num_reserved == 0
     finally:
         engine.stop()
+
+
+def _slowed(executor, monkeypatch, seconds: float, empty_reads: int = 0):
+    """The fake executor's reads take `seconds`; the first `empty_reads` bring no response (a
+    prompt's context phase: the executor works and says nothing)."""
+    real, calls = executor.await_responses, []
+
+    def await_responses(timeout=None):
+        time.sleep(seconds)
+        calls.append(1)
+        return [] if len(calls) <= empty_reads else real(timeout)
+
+    monkeypatch.setattr(executor, "await_responses", await_responses)
+
+
+def test_an_executor_request_streaming_past_the_queue_timeout_is_not_cut(fake_trtllm, tmp_path, monkeypatch):
+    """The HTTP Watch ends a request not admitted within server.queue_timeout_s: the executor
+    engine never set admitted_time, so every reply longer than it was cut mid-stream."""
+    import types
+
+    from edge_llm.server import openai_api
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        monkeypatch.setattr(openai_api, "POLL_S", 0.02)
+        _slowed(backend.executor, monkeypatch, 0.005)
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 60)
+        engine.submit(req)
+        rt = types.SimpleNamespace(cut_off=types.SimpleNamespace(is_set=lambda: False),
+                                   config=types.SimpleNamespace(server=types.SimpleNamespace(queue_timeout_s=0.1)))
+        watch = openai_api.Watch(rt, req, {})
+        outs = [o for o in openai_api._outputs(engine, req, watch) if o is not None]
+        assert watch.reason is None and outs[-1].finish_reason == "length" and len(req.output_tokens) == 60
+        assert req.finish_time - req.arrival_time > 0.1  # it did run past the timeout
+        assert req.arrival_time <= req.admitted_time <= req.first_token_time
+        queued = engine.metrics.registry.get_sample_value("edge_llm_queue_seconds_count", {"priority": "interactive"})
+        assert queued == 1
+    finally:
+        engine.stop()
+
+
+class _Drawing:
+    """A made-up energy counter of a device drawing 100 W all the time."""
+
+    name = "made-up-counter"
+
+    def read(self):
+        from edge_llm.telemetry.energy import Reading
+        now = time.monotonic()
+        return Reading(now, energy_j=100.0 * now)
+
+
+def test_a_prefill_the_executor_says_nothing_about_is_charged_to_its_request(fake_trtllm, tmp_path, monkeypatch):
+    """Reads with no response (the context phase) were metered as steps of no tokens: their
+    joules went to nobody. Every joule metered is some request's, whatever the reads bring."""
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        engine.energy.use(_Drawing())
+        _slowed(backend.executor, monkeypatch, 0.02, empty_reads=15)  # 0.3 s of prefill at 100 W
+        reqs = [engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 5)[0]
+                for i in range(2)]
+        for r in reqs:
+            engine.submit(r)
+        for r in reqs:
+            assert list(engine.stream(r))[-1].finish_reason == "length"
+        cancelled, _ = engine.make_request(backend.tokenize("never mind"), SamplingParams(temperature=0), 50)
+        _slowed(backend.executor, monkeypatch, 0.02, empty_reads=10**6)  # its prefill never ends
+        engine.submit(cancelled)
+        time.sleep(0.2)
+        engine.cancel(cancelled)
+        assert list(engine.stream(cancelled))[-1].finish_reason == "cancelled"
+        meter = engine.energy
+        joules = [meter.joules(r) for r in (*reqs, cancelled)]
+        assert meter.unattributed_j == 0 and sum(joules) == pytest.approx(meter.total_j, abs=1e-6), joules
+        assert sum(joules[:2]) >= 100 * 0.3 * 0.9 and joules[2] >= 100 * 0.2 * 0.9, joules
+    finally:
+        engine.stop()
+
+
+def test_a_response_that_fails_to_apply_ends_its_request_alone(fake_trtllm, tmp_path, monkeypatch):
+    """The executor delivers each response once: a failure applying one (here the detokenizer)
+    dropped the rest of the read, so a request whose final response was lost hung for ever."""
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    real = backend.detokenizer
+
+    class Broken:
+        def step(self, token):
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "test")
+
+    try:
+        bad, _ = engine.make_request(backend.tokenize("bad"), SamplingParams(temperature=0), 5)
+        good, _ = engine.make_request(backend.tokenize("good"), SamplingParams(temperature=0), 5)
+        monkeypatch.setattr(backend, "detokenizer", lambda prompt: Broken() if prompt == bad.prompt_tokens
+                            else real(prompt))
+        for r in (bad, good):  # bad's responses come first in each read
+            engine.submit(r)
+        deadline = time.monotonic() + 10  # a deadline, not a hang
+        outs = {r: [o for o in engine.stream(r, 0.05, lambda: time.monotonic() > deadline) if o is not None]
+                for r in (bad, good)}
+        assert outs[bad][-1].finish_reason == "error" and "engine error" in outs[bad][-1].error, outs[bad]
+        assert outs[good][-1].finish_reason == "length" and len(good.output_tokens) == 5
+        assert bad.seq_id in backend.executor.cancelled
+        assert engine.call(lambda: (engine._by_id, engine.scheduler.kv.num_reserved)) == ({}, 0)
+    finally:
+        engine.stop()
+
+
+def test_a_failing_energy_meter_loses_no_response(fake_trtllm, tmp_path, monkeypatch):
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+    try:
+        engine.energy.use(_Drawing())
+
+        def finish(shares):
+            raise ZeroDivisionError("meter")
+
+        monkeypatch.setattr(engine.energy, "finish", finish)
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 5)
+        engine.submit(req)
+        deadline = time.monotonic() + 10
+        outs = [o for o in engine.stream(req, 0.05, lambda: time.monotonic() > deadline) if o is not None]
+        assert outs and outs[-1].finish_reason == "length" and len(req.output_tokens) == 5, outs
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("broken", ["detokenizer", "reserve"])
+def test_a_request_failing_after_the_executor_took_it_is_cancelled_there(fake_trtllm, tmp_path, monkeypatch, broken):
+    """enqueue_request succeeded, then our side failed: the executor generated for nobody."""
+    backend, plan, engine = start_engine(make_engine_dir(tmp_path))
+
+    def fail(*args):
+        raise RuntimeError(f"{broken} failed")
+
+    try:
+        monkeypatch.setattr(*((backend, "detokenizer") if broken == "detokenizer" else
+                              (engine.scheduler.kv, "reserve")), fail)
+        req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 5)
+        deadline = time.monotonic() + 10
+        engine.submit(req)
+        outs = [o for o in engine.stream(req, 0.05, lambda: time.monotonic() > deadline) if o is not None]
+        assert outs[-1].finish_reason == "error" and f"{broken} failed" in outs[-1].error
+        ex = backend.executor
+        assert len(ex.enqueued) == 1 and ex.cancelled == [1] and not ex._active  # the fake's first id
+        assert engine.call(lambda: (engine._by_id, engine.scheduler.kv.num_reserved)) == ({}, 0)
+    finally:
+        engine.stop()

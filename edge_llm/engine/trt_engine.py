@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 
 from edge_llm.engine.front import EngineFront
 from edge_llm.engine.kv_cache import KVCacheManager
 from edge_llm.engine.metrics import EngineMetrics
-from edge_llm.engine.request import Priority, Request, RequestStatus
+from edge_llm.engine.request import Priority, Request, RequestOutput, RequestStatus
 from edge_llm.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class TrtLlmEngine(EngineFront):
         self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue)
         self._by_id: dict[int, Request] = {}  # executor request id -> request
         self._detok: dict[int, object] = {}  # executor request id -> its IncrementalDetokenizer
+        self._metering = False  # the energy meter's step is open (reads with no tokens carry it on)
 
     @property
     def has_work(self) -> bool:
@@ -60,11 +62,19 @@ class TrtLlmEngine(EngineFront):
                 self._finish(req, RequestStatus.FINISHED_ERROR, f"engine error: {e}")
         if not self._by_id:
             return
-        self.energy.start()
+        if not self._metering:
+            self.energy.start()
+            self._metering = True
         responses = self.backend.executor.await_responses(timeout=datetime.timedelta(seconds=AWAIT_S))
-        self.energy.finish(self._shares(responses))  # before any is applied: a finished request's energy is final
-        for resp in responses:
-            self._apply(resp)
+        self._meter(responses)  # before any is applied: a finished request's energy is final
+        for resp in responses:  # each is delivered once: one that fails to apply ends its request alone
+            req = self._by_id.get(resp.request_id)
+            try:
+                self._apply(resp)
+            except Exception as e:
+                log.exception("executor response for request %s could not be applied", resp.request_id)
+                if req is not None:
+                    self._fail(req, resp.request_id, f"engine error: {e}")
         self.num_steps += 1
         self._update_gauges()
 
@@ -81,12 +91,26 @@ class TrtLlmEngine(EngineFront):
 
     def _enqueue(self, req: Request) -> None:
         rid = self.backend.executor.enqueue_request(self._executor_request(req))
+        try:
+            detok = self.backend.detokenizer(req.prompt_tokens)
+            self.scheduler.kv.reserve(req, self.scheduler.kv.full_reservation(req))
+        except Exception:  # else the executor generates for a request nobody tracks
+            self._cancel_quietly(rid)
+            raise  # the caller ends req (and returns any reservation)
         req.seq_id, req.status = rid, RequestStatus.RUNNING
-        self._detok[rid] = self.backend.detokenizer(req.prompt_tokens)
-        self.scheduler.kv.reserve(req, self.scheduler.kv.full_reservation(req))
+        self._detok[rid] = detok
         self.scheduler.running.append(req)
         self._by_id[rid] = req
+        if req.admitted_time is None:  # admitted: the HTTP Watch's queue timeout no longer applies
+            req.admitted_time = time.monotonic()
+            self.metrics.queue_time.labels(req.priority.name.lower()).observe(req.admitted_time - req.arrival_time)
         self.metrics.prompt_tokens.inc(req.num_prompt_tokens)
+
+    def _cancel_quietly(self, rid: int) -> None:
+        try:
+            self.backend.executor.cancel_request(rid)
+        except Exception:
+            log.exception("cancelling executor request %s failed", rid)
 
     def _executor_request(self, req: Request):
         p, t = req.params, self.trtllm
@@ -98,6 +122,35 @@ class TrtLlmEngine(EngineFront):
                                     frequency_penalty=p.frequency_penalty or None)
         return t.Request(input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
                          sampling_config=sampling, **self.backend.request_kwargs())
+
+    def _meter(self, responses) -> None:
+        """Close the meter's step when a read brings responses; a read with none (a prompt's
+        prefill under way) leaves it open, so the next read with tokens is charged for it too.
+        A step closed without tokens to share (errors only) is shared by the work in flight."""
+        if not self._metering or not any(r.request_id in self._by_id for r in responses):
+            return
+        try:
+            shares = self._shares(responses)
+        except Exception:
+            log.exception("sharing a read's energy failed; shared by the work in flight")
+            shares = []
+        self._close_meter(shares)
+
+    def _close_meter(self, shares: list[tuple[Request, int]]) -> None:
+        if not self._metering:
+            return
+        self._metering = False
+        if sum(n for _, n in shares) <= 0:
+            shares = self._outstanding()
+        try:
+            self.energy.finish(shares)
+        except Exception:  # the meter is not worth a request: its responses are applied regardless
+            log.exception("energy meter failed")
+
+    def _outstanding(self) -> list[tuple[Request, int]]:
+        """The requests in flight by the work they hold in the executor: a prompt still
+        prefilling, else the one token of the iteration under way."""
+        return [(req, req.num_prompt_tokens if not req.output_tokens else 1) for req in self._by_id.values()]
 
     def _shares(self, responses) -> list[tuple[Request, int]]:
         """Tokens each request took of the executor's work since the last read: the new output
@@ -147,8 +200,25 @@ class TrtLlmEngine(EngineFront):
         if req in self.scheduler.running:
             self.scheduler.running.remove(req)
         req.finish(status)
-        self._finished(req)
+        try:
+            self._finished(req)
+        except Exception:  # its client waits for this end whatever failed
+            log.exception("counting the end of request %s failed", req.request_id)
         req.publish(error)
+
+    def _fail(self, req: Request, rid: int, error: str) -> None:
+        """A response of req's could not be applied: the executor sends each response once, so
+        req is ended here (an error to its client, its slot back, the executor told to stop)."""
+        self._cancel_quietly(rid)
+        try:
+            self._finish(req, RequestStatus.FINISHED_ERROR, error)
+        except Exception:  # nothing was published (_finish publishes last)
+            log.exception("ending request %s failed; its client is sent the error", req.request_id)
+            self._by_id.pop(rid, None)
+            self._detok.pop(rid, None)
+            req.finish(RequestStatus.FINISHED_ERROR)
+            req.outputs.put(RequestOutput("", req.num_prompt_tokens, len(req.output_tokens), req.finish_reason,
+                                          error, None))
 
     # -- the front's hooks (engine thread) --------------------------------------------------------
     def _add(self, req: Request) -> None:
@@ -159,6 +229,7 @@ class TrtLlmEngine(EngineFront):
         if req.is_finished:
             return
         if self._by_id.get(req.seq_id) is req:
+            self._close_meter([])  # its energy is final before its end is published
             self.backend.executor.cancel_request(req.seq_id)
             self._finish(req, status, error)
         elif self.scheduler.abort(req, status):  # still waiting in our queue
