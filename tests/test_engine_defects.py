@@ -165,3 +165,55 @@ def test_memory_pressure_on_the_executor_engine_generates_nothing_twice(fake_trt
         assert engine.call(lambda: (engine._by_id, engine.has_work)) == ({}, False)
     finally:
         engine.stop()
+
+
+def _two_finishing(monkeypatch=None):
+    """A step engine (no model) with one step scheduled in which two requests finish."""
+    import types
+
+    from edge_llm.engine.step_engine import StepEngine
+    plan = types.SimpleNamespace(num_seqs=4, kv_cache_tokens=4096, max_batch_size=4, prefill_chunk_tokens=64,
+                                 kv_layout="unified")
+    engine = StepEngine(types.SimpleNamespace(release=lambda rid: None, interrupt=lambda r: None), plan)
+    reqs = [Request([1, 2, 3, i], SamplingParams(temperature=0, max_tokens=1)) for i in (4, 5)]
+    for r in reqs:
+        engine._add(r)
+    out = engine.scheduler.schedule()
+    assert [c.request for c in out.chunks] == reqs and all(c.sample for c in out.chunks)
+    return engine, reqs, out
+
+
+def _ends(req) -> list:
+    outs = []
+    while not req.outputs.empty():
+        outs.append(req.outputs.get_nowait())
+    return [o.finish_reason for o in outs if o.finish_reason is not None]
+
+
+def test_a_failure_counting_one_end_publishes_every_end(monkeypatch):
+    """_finished() raising for the first finished request left the second finished and never
+    published: its client waited for ever (cancel() ignores finished requests)."""
+    from edge_llm.engine.batch import SampledToken
+    engine, reqs, out = _two_finishing()
+    sampled = {c.request.seq_id: SampledToken(7, b"x", False) for c in out.chunks}
+    real = engine._finished
+
+    def finished(req):
+        if req is reqs[0]:
+            raise RuntimeError("release failed")
+        real(req)
+
+    monkeypatch.setattr(engine, "_finished", finished)
+    with pytest.raises(RuntimeError, match="release failed"):  # still raised: the loop logs it
+        engine._apply(out, sampled)
+    assert [_ends(r) for r in reqs] == [["length"], ["length"]]
+
+
+def test_requests_postprocess_finished_before_it_failed_are_published():
+    from edge_llm.engine.batch import SampledToken
+    engine, reqs, out = _two_finishing()
+    sampled = {reqs[0].seq_id: SampledToken(7, b"x", False)}  # the second's token is missing: KeyError
+    with pytest.raises(KeyError):
+        engine._apply(out, sampled)
+    assert reqs[0].is_finished and _ends(reqs[0]) == ["length"]
+    assert not reqs[1].is_finished and _ends(reqs[1]) == []

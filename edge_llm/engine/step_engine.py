@@ -71,12 +71,32 @@ class StepEngine(EngineFront):
                 self._end(chunk.request, RequestStatus.FINISHED_ERROR, f"engine error: {chunk.error}")
         if not all(c.done for c in out.chunks):
             self.metrics.interrupted_steps.inc()
-        changed = self.scheduler.postprocess(out, sampled)
-        for req in changed:
-            if req.is_finished:  # counted before the client can see its end
-                self._finished(req)
-            req.publish()
+        ended = {id(c.request) for c in out.chunks if c.request.is_finished}  # published already
+        try:
+            changed = self.scheduler.postprocess(out, sampled)
+        except Exception:  # the requests it finished before it failed still reach their clients
+            self._publish({id(c.request): c.request for c in out.chunks
+                           if c.request.is_finished and id(c.request) not in ended}.values())
+            raise
+        self._publish(changed)
         self.metrics.generated_tokens.inc(len(changed))
+
+    def _publish(self, reqs) -> None:
+        """Publish every request, each end counted first; a failure for one stops none of the
+        others (a finished request not published waits for ever), then is raised."""
+        error = None
+        for req in reqs:
+            try:
+                if req.is_finished:  # counted before the client can see its end
+                    self._finished(req)
+            except Exception as e:
+                error = error or e
+            try:
+                req.publish()
+            except Exception as e:
+                error = error or e
+        if error is not None:
+            raise error
 
     def _count_admissions(self, out: SchedulerOutput) -> None:
         m = self.metrics
