@@ -158,19 +158,35 @@ def _summarize_in_process(args, path, data: bytes, kind: str) -> int:
     return 0
 
 
-def _follow_job(service, job):
-    """Show the job's progress line until it ends (done or error); returns it as it ended."""
+def _follow_job(service, job, poll_s: float = 0.5):
+    """Show the job's progress line until it ends (done or error); returns it as it ended. A
+    job whose thread ended without either (run() returns when stopped), or whose runner died
+    before running it, ends here as an error instead of being waited for for ever."""
+    import dataclasses
     import time
 
     from edge_llm.client import Progress
-    bar = Progress()
+    bar, runner, thread = Progress(), service.runner, None
     while True:
-        job = service.store.get(job.id)
+        current = service.store.get(job.id)
+        if current is None:
+            print(file=sys.stderr)
+            return dataclasses.replace(job, status="error", error="the job was deleted while it ran")
+        job = current
         bar.show(job.chunks_done, job.chunks_total, job.level)
         if job.status in ("done", "error"):
             print(file=sys.stderr)
             return job
-        time.sleep(0.5)
+        thread = thread or runner._jobs.get(job.id)  # the runner rebuilds _jobs: keep the thread seen
+        if (thread is not None and not thread.is_alive()) or (thread is None and not runner._thread.is_alive()):
+            job = service.store.get(job.id) or job  # it may have ended between the two reads
+            if job.status in ("done", "error"):
+                print(file=sys.stderr)
+                return job
+            print(file=sys.stderr)
+            why = "its thread ended" if thread is not None else "the summary runner stopped"
+            return dataclasses.replace(job, status="error", error=f"{why} before the job was done or failed")
+        time.sleep(poll_s)
 
 
 def cmd_bench(args) -> int:

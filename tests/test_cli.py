@@ -159,3 +159,64 @@ def test_a_loading_daemon_is_named_with_its_answer():
         stand_in.shutdown()
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "answered 503: the model is loading" in r.stderr
+
+
+class _Summarizer:
+    """What JobRunner needs of a Summarizer; run() is the test's."""
+
+    def __init__(self, store, run):
+        self.store, self.run = store, run
+        self.stopping = threading.Event()
+
+    def is_cancelled(self, job_id):
+        return self.stopping.is_set()
+
+    def stop(self):
+        self.stopping.set()
+
+
+@pytest.mark.parametrize("how", ["returns", "runner_dead", "done"])
+def test_summarize_in_process_stops_when_the_job_thread_ends_without_a_status(tmp_path, monkeypatch, capsys, how):
+    """`edge-llm summarize --in-process` waited only for the status done or error: a run()
+    that returned without one (its is_cancelled branch), or a runner that never ran the job,
+    left it waiting for ever. Now it says so and exits 1."""
+    import types
+
+    from edge_llm import appliance
+    from edge_llm.summarize.jobs import JobStore
+    from edge_llm.summarize.pipeline import JobRunner
+
+    def run(job_id):
+        if how == "done":
+            summarizer.store.set_status(job_id, "done", result="the summary")
+            return
+        summarizer.stopping.set()  # stopped while running: run() returns, no status written
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    summarizer = _Summarizer(store, run)
+    runner = JobRunner(summarizer)
+    if how != "runner_dead":
+        runner.start()
+
+    def create(name, data, kind):
+        job = store.create(name, data, kind, len(data))
+        runner.wake.set()
+        return job
+
+    service = types.SimpleNamespace(store=store, runner=runner, create=create, stop=lambda: runner.stop(1))
+    engine = types.SimpleNamespace(stop=lambda: None)
+    monkeypatch.setattr(appliance, "build_engine", lambda cfg, snap: (None, None, engine))
+    monkeypatch.setattr(appliance, "open_summaries", lambda *a: service)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text to summarize.")
+    result = []
+    t = threading.Thread(target=lambda: result.append(cli.main(["summarize", str(doc), "--in-process"])), daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "still waiting for a job nobody runs"
+    out, err = capsys.readouterr()
+    if how == "done":
+        assert result == [0] and out.strip() == "the summary"
+    else:
+        assert result == [1] and "the job failed" in err
+        assert ("summary runner stopped" if how == "runner_dead" else "its thread ended") in err, err
