@@ -38,8 +38,12 @@ def test_chunk_is_the_knee_of_the_cost_per_token_and_bounded_where_steps_cannot_
     cpu = {64: 0.20, 128: 0.30, 256: 0.56, 512: 1.2}  # per token: 3.1, 2.3, 2.2, 2.3 ms
     assert choose_chunk(cpu, 0.15, can_abort=True)[0] == 128  # abortable: the knee, though its step is long
     gpu = {64: 0.004, 128: 0.005, 256: 0.006, 512: 0.008, 1024: 0.013, 2048: 0.024}
-    assert choose_chunk(gpu, 0.15, can_abort=False)[0] == 1024  # 2048 is only 8% cheaper per token
+    # steps cannot stop: the largest efficient one (fewer steps: each costs as much again outside the chunk)
+    assert choose_chunk(gpu, 0.15, can_abort=False)[0] == 2048
     assert choose_chunk(gpu, 0.010, can_abort=False)[0] == 512  # the largest step that fits the stall bound
+    h200 = {64: 0.010, 128: 0.009, 256: 0.010, 512: 0.014, 1024: 0.020, 2048: 0.039}  # measured 2026-12-03
+    assert choose_chunk(h200, 0.15, can_abort=False)[0] == 2048
+    assert choose_chunk({64: 0.004, 128: 0.005, 256: 0.02}, 0.15, can_abort=False)[0] == 128  # 256 costs 2x per token
 
 
 def test_batch_is_the_smallest_near_the_best_throughput():
