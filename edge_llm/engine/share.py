@@ -38,8 +38,14 @@ class BackgroundShare:
         if num_decoding not in self.solo_s or self._since_probe >= self.PROBE_EVERY:
             return False  # measure the visitor's step alone first
         if wants_prefill and self.prefill_token_s is not None:
-            return self.credit_s >= self.MIN_PREFILL * self.prefill_token_s
+            return self.credit_s >= self._chunk_credit(num_decoding)
         return self.credit_s > 0
+
+    def _chunk_credit(self, num_decoding: int) -> float:
+        """Credit saved before a chunk rides: its cost, or nearly all the credit that can be kept
+        when one chunk costs more (a prompt token over a long context on 2 cores: ~5 ms), so
+        prompts still move at the visitor's pace rather than never."""
+        return min(self.MIN_PREFILL * self.prefill_token_s, 0.9 * self.CREDIT_STEPS * self.solo_s[num_decoding])
 
     def prefill_tokens(self, num_decoding: int) -> int:
         """Background prompt tokens this step may carry: what the credit pays for at the measured
@@ -48,8 +54,9 @@ class BackgroundShare:
             return 1 << 30
         if self.prefill_token_s is None:
             return self.MIN_PREFILL
-        n = int(self.credit_s / self.prefill_token_s) if self.credit_s > 0 else 0
-        return n if n >= self.MIN_PREFILL else 0
+        if self.credit_s <= 0:
+            return 0
+        return max(self.MIN_PREFILL, int(self.credit_s / self.prefill_token_s))  # the debt is paid back after
 
     def observe(self, num_decoding: int, had_background: bool, seconds: float, prefill_tokens: int = 0) -> None:
         """A step that decoded num_decoding interactive sequences (and no interactive prefill) ran,
