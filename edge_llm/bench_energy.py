@@ -24,6 +24,7 @@ def chat_tokens(backend, text: str) -> list[int]:
     rendered = backend.render_chat([{"role": "user", "content": text}])
     return backend.tokenize(rendered, backend.chat_add_special(rendered))
 
+
 TOLERANCE = 0.10  # issue 24's goal: within 10%
 
 
@@ -61,9 +62,13 @@ def compare(per_request_j: float, reference_j: float) -> dict:
     """The goal's figures: both sums, their ratio, and whether it is within 10%."""
     ratio = per_request_j / reference_j if reference_j > 0 else None
     ok = ratio is not None and abs(ratio - 1) <= TOLERANCE
-    return {"per_request_joules": round(per_request_j, 3), "nvml_counter_joules": round(reference_j, 3),
-            "ratio": None if ratio is None else round(ratio, 4), "within_10_percent": ok,
-            "status": "within 10%" if ok else "NOT within 10%"}
+    return {
+        "per_request_joules": round(per_request_j, 3),
+        "nvml_counter_joules": round(reference_j, 3),
+        "ratio": None if ratio is None else round(ratio, 4),
+        "within_10_percent": ok,
+        "status": "within 10%" if ok else "NOT within 10%",
+    }
 
 
 def sustained(engine, prompts, max_tokens: int, duration_s: float) -> list:
@@ -77,8 +82,9 @@ def sustained(engine, prompts, max_tokens: int, duration_s: float) -> list:
     def stream(i: int, mine: list[list[int]]) -> None:
         n, tokens = 0, max_tokens - i * max_tokens // (2 * len(prompts))
         while time.monotonic() < stop_at:
-            req = engine.make_request(mine[n % len(mine)], SamplingParams(temperature=0.0), tokens,
-                                      Priority.INTERACTIVE)[0]
+            req = engine.make_request(
+                mine[n % len(mine)], SamplingParams(temperature=0.0), tokens, Priority.INTERACTIVE
+            )[0]
             with lock:
                 reqs.append(req)
             for _ in engine.generate(req):
@@ -96,8 +102,16 @@ def sustained(engine, prompts, max_tokens: int, duration_s: float) -> list:
 def check(engine, reference, batch: int, duration_s: float, max_tokens: int) -> dict:
     """The sustained run, with the reference counter read just before and just after it."""
     meter = engine.energy
-    prompts = [[chat_tokens(engine.backend, f"Story {i}.{k}: write a long story about a lighthouse keeper and the "
-                                      "ships he saw, in many chapters.") for k in range(4)] for i in range(batch)]
+    prompts = [
+        [
+            chat_tokens(
+                engine.backend,
+                f"Story {i}.{k}: write a long story about a lighthouse keeper and the ships he saw, in many chapters.",
+            )
+            for k in range(4)
+        ]
+        for i in range(batch)
+    ]
     idle_w = reference.power_w()
     total0, metered0 = meter.total_j, meter.metered_s
     start = reference.read()
@@ -108,10 +122,16 @@ def check(engine, reference, batch: int, duration_s: float, max_tokens: int) -> 
         raise RuntimeError(f"energy check requests failed: {failed}")
     per_request = [meter.joules(r) for r in reqs]
     wall = end.time_s - start.time_s
-    out = {"batch": batch, "requests": len(reqs), "wall_s": round(wall, 3), "energy_source": meter.source_name,
-           "metered_s": round(meter.metered_s - metered0, 3), "metered_joules": round(meter.total_j - total0, 3),
-           "idle_power_w": round(idle_w, 1),
-           "generated_tokens": sum(len(r.output_tokens) for r in reqs)}
+    out = {
+        "batch": batch,
+        "requests": len(reqs),
+        "wall_s": round(wall, 3),
+        "energy_source": meter.source_name,
+        "metered_s": round(meter.metered_s - metered0, 3),
+        "metered_joules": round(meter.total_j - total0, 3),
+        "idle_power_w": round(idle_w, 1),
+        "generated_tokens": sum(len(r.output_tokens) for r in reqs),
+    }
     if None in per_request:
         return {**out, "status": f"not run: the meter has no source ({meter.disabled or 'unavailable'})"}
     reference_j = end.energy_j - start.energy_j
@@ -121,11 +141,15 @@ def check(engine, reference, batch: int, duration_s: float, max_tokens: int) -> 
 
 
 def report(r: dict) -> str:
-    lines = [f"  {r['requests']} requests in {r['wall_s']} s, {r['batch']} streams; meter ({r['energy_source']}) "
-             f"in steps {r['metered_s']} s; idle power {r['idle_power_w']} W before the run"]
+    lines = [
+        f"  {r['requests']} requests in {r['wall_s']} s, {r['batch']} streams; meter ({r['energy_source']}) "
+        f"in steps {r['metered_s']} s; idle power {r['idle_power_w']} W before the run"
+    ]
     if "ratio" in r:
-        lines.append(f"  per-request sum {r['per_request_joules']} J, NVML energy counter difference "
-                     f"{r['nvml_counter_joules']} J, ratio {r['ratio']}: {r['status']}")
+        lines.append(
+            f"  per-request sum {r['per_request_joules']} J, NVML energy counter difference "
+            f"{r['nvml_counter_joules']} J, ratio {r['ratio']}: {r['status']}"
+        )
     else:
         lines.append(f"  {r['status']}")
     return "\n".join(lines)
@@ -135,30 +159,44 @@ def run(cfg, batch: int, duration_s: float, max_tokens: int, json_path: str = ""
     """In process: the daemon's engine and meter; 0 only when the check ran and agreed within 10%."""
     from edge_llm import appliance, telemetry
     from edge_llm.telemetry import heat
+
     reference, why = open_reference(gpu_index)
     result: dict = {"status": f"not run: {why}"} if why else {}
     snap = None
     if reference is not None:
-        snap = telemetry.Sampler(telemetry.open_sources(cfg.daemon.telemetry_interval_s),
-                                 cfg.daemon.telemetry_interval_s).read()
+        snap = telemetry.Sampler(
+            telemetry.open_sources(cfg.daemon.telemetry_interval_s), cfg.daemon.telemetry_interval_s
+        ).read()
         backend, plan, engine = appliance.build_engine(cfg, snap)
         try:
             heat.attach_energy(engine, backend, snap)
             if not getattr(backend, "gpu_offload", False):
-                result = {"status": "not run: the model runs on the CPU (a CPU build of llama.cpp); NVML's "
-                                    "counter measures the GPU"}
+                result = {
+                    "status": "not run: the model runs on the CPU (a CPU build of llama.cpp); NVML's "
+                    "counter measures the GPU"
+                }
             else:
                 batch = min(batch, plan.max_batch_size)
-                print(f"edge-llm bench --energy-s {duration_s:g}: {cfg.model_id} on {snap.gpu_name}, batch {batch}, "
-                      f"meter {engine.energy.source_name}, reference NVML's total energy counter")
+                print(
+                    f"edge-llm bench --energy-s {duration_s:g}: {cfg.model_id} on {snap.gpu_name}, batch {batch}, "
+                    f"meter {engine.energy.source_name}, reference NVML's total energy counter"
+                )
                 result = check(engine, reference, batch, duration_s, max_tokens)
         finally:
             engine.stop()
     print(report(result) if "requests" in result else f"  energy check {result['status']}")
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"model": cfg.model_id, "device": getattr(snap, "gpu_name", None),
-                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "goal": "per-request "
-                       "joules summed within 10% of NVML's energy counter difference over the run (issue 24)",
-                       "result": result}, f, indent=1)
+            json.dump(
+                {
+                    "model": cfg.model_id,
+                    "device": getattr(snap, "gpu_name", None),
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "goal": "per-request "
+                    "joules summed within 10% of NVML's energy counter difference over the run (issue 24)",
+                    "result": result,
+                },
+                f,
+                indent=1,
+            )
     return 0 if result.get("within_10_percent") else 1

@@ -54,12 +54,19 @@ class Calibration:
     def from_json(cls, d: dict) -> Calibration:
         if d.get("version") != VERSION:
             raise ValueError(f"calibration version {d.get('version')} is not {VERSION}")
-        return cls(key=d["key"], prefill_s={int(k): v for k, v in d["prefill_s"].items()},
-                   decode_s={int(k): v for k, v in d["decode_s"].items()}, layout_s=dict(d["layout_s"]),
-                   layout_batch=int(d["layout_batch"]), layout_ctx=int(d["layout_ctx"]),
-                   can_abort=bool(d["can_abort"]),
-                   measured_s=float(d["measured_s"]), measured_at=float(d["measured_at"]),
-                   contended=bool(d.get("contended", False)), cpu_share=float(d.get("cpu_share", 0.0)))
+        return cls(
+            key=d["key"],
+            prefill_s={int(k): v for k, v in d["prefill_s"].items()},
+            decode_s={int(k): v for k, v in d["decode_s"].items()},
+            layout_s=dict(d["layout_s"]),
+            layout_batch=int(d["layout_batch"]),
+            layout_ctx=int(d["layout_ctx"]),
+            can_abort=bool(d["can_abort"]),
+            measured_s=float(d["measured_s"]),
+            measured_at=float(d["measured_at"]),
+            contended=bool(d.get("contended", False)),
+            cpu_share=float(d.get("cpu_share", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,19 @@ def choose_chunk(prefill_s: dict[int, float], max_step_s: float, can_abort: bool
     efficient = [c for c, v in per_token.items() if v <= best * EFFICIENT]
     figures = ", ".join(f"{c}: {1000 * t:.0f} ms" for c, t in sorted(prefill_s.items()))
     if can_abort:
-        return min(efficient), (f"calibrated: smallest chunk within {EFFICIENT - 1:.0%} of the best prefill cost "
-                                f"per token ({figures})")
-    fitting = [c for c in efficient if prefill_s[c] <= max_step_s] or [
-        c for c, t in prefill_s.items() if t <= max_step_s] or [min(prefill_s)]
-    return max(fitting), (f"calibrated: steps cannot be stopped here, so the largest chunk within "
-                          f"{EFFICIENT - 1:.0%} of the best prefill cost per token whose step takes <= "
-                          f"{1000 * max_step_s:.0f} ms ({figures})")
+        return min(efficient), (
+            f"calibrated: smallest chunk within {EFFICIENT - 1:.0%} of the best prefill cost per token ({figures})"
+        )
+    fitting = (
+        [c for c in efficient if prefill_s[c] <= max_step_s]
+        or [c for c, t in prefill_s.items() if t <= max_step_s]
+        or [min(prefill_s)]
+    )
+    return max(fitting), (
+        f"calibrated: steps cannot be stopped here, so the largest chunk within "
+        f"{EFFICIENT - 1:.0%} of the best prefill cost per token whose step takes <= "
+        f"{1000 * max_step_s:.0f} ms ({figures})"
+    )
 
 
 def choose_batch(decode_s: dict[int, float], max_step_s: float) -> tuple[int, str]:
@@ -101,8 +114,10 @@ def choose_batch(decode_s: dict[int, float], max_step_s: float) -> tuple[int, st
     best = max(fitting.values())
     batch = min(b for b, rate in fitting.items() if rate >= best * NEAR_BEST)
     figures = ", ".join(f"{b}: {b / t:.0f} tok/s" for b, t in sorted(decode_s.items()))
-    return batch, (f"calibrated: the smallest batch within {1 - NEAR_BEST:.0%} of the best decode throughput, "
-                   f"steps <= {1000 * max_step_s:.0f} ms ({figures})")
+    return batch, (
+        f"calibrated: the smallest batch within {1 - NEAR_BEST:.0%} of the best decode throughput, "
+        f"steps <= {1000 * max_step_s:.0f} ms ({figures})"
+    )
 
 
 def choose_layout(layout_s: dict[str, float], batch: int, ctx: int) -> tuple[bool, str]:
@@ -110,16 +125,22 @@ def choose_layout(layout_s: dict[str, float], batch: int, ctx: int) -> tuple[boo
     attends over its own cells only, which matters more as contexts grow."""
     per_slot, unified = layout_s["per_slot"], layout_s["unified"]
     use = per_slot <= unified * 1.05
-    return use, (f"calibrated: a decode step of {batch} sequences x {ctx} tokens took "
-                 f"{1000 * per_slot:.1f} ms with a stream per slot, {1000 * unified:.1f} ms in one pool")
+    return use, (
+        f"calibrated: a decode step of {batch} sequences x {ctx} tokens took "
+        f"{1000 * per_slot:.1f} ms with a stream per slot, {1000 * unified:.1f} ms in one pool"
+    )
 
 
 def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     chunk, why_chunk = choose_chunk(cal.prefill_s, max_step_s, cal.can_abort)
     batch, why_batch = choose_batch(cal.decode_s, max_step_s)
     per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch, cal.layout_ctx)
-    return SpeedChoices(chunk, batch, per_slot, {"prefill_chunk_tokens": why_chunk, "max_batch_size": why_batch,
-                                                 "kv_layout": why_layout})
+    return SpeedChoices(
+        chunk,
+        batch,
+        per_slot,
+        {"prefill_chunk_tokens": why_chunk, "max_batch_size": why_batch, "kv_layout": why_layout},
+    )
 
 
 # -- measuring (the backend does the device work) ----------------------------------------------------
@@ -137,8 +158,9 @@ def _cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def measure(backend, key: dict, max_batch: int, max_step_s: float,
-            contended: Callable[[float], bool] = cpus_contended) -> Calibration:
+def measure(
+    backend, key: dict, max_batch: int, max_step_s: float, contended: Callable[[float], bool] = cpus_contended
+) -> Calibration:
     """Time prefill chunks and decode batches (a series stops once a step takes 4x max_step_s,
     or, for chunks, once the cost per token stops falling: larger ones would not be chosen), then
     the two KV layouts at a middling batch."""
@@ -160,24 +182,43 @@ def measure(backend, key: dict, max_batch: int, max_step_s: float,
     ctx = LAYOUT_CTX[0]
     while ctx * 2 <= LAYOUT_CTX[1] and layout_batch * ctx * 2 <= rate * LAYOUT_FILL_S:
         ctx *= 2
-    layouts = {"unified": backend.time_decode(layout_batch, ctx, unified=True),
-               "per_slot": backend.time_decode(layout_batch, ctx, unified=False)}
+    layouts = {
+        "unified": backend.time_decode(layout_batch, ctx, unified=True),
+        "per_slot": backend.time_decode(layout_batch, ctx, unified=False),
+    }
     wall = time.perf_counter() - t0
     # on the CPU, ggml's threads run (or spin) for the whole of every step: less CPU time than
     # wall x threads means others had the cores; a GPU build's threads mostly wait, so no test there
     share = (_cpu_seconds() - cpu0) / (wall * backend.n_threads)
-    return Calibration(key, prefill, decode, layouts, layout_batch, ctx, can_abort=not backend.gpu_offload,
-                       measured_s=wall, contended=not backend.gpu_offload and contended(share),
-                       cpu_share=round(share, 3))
+    return Calibration(
+        key,
+        prefill,
+        decode,
+        layouts,
+        layout_batch,
+        ctx,
+        can_abort=not backend.gpu_offload,
+        measured_s=wall,
+        contended=not backend.gpu_offload and contended(share),
+        cpu_share=round(share, 3),
+    )
 
 
 def device_key(backend, model_path: Path, gpu_name: str, power_mode: str | None) -> dict:
     """What the figures depend on. The model by path, size and modification time (hashing a
     multi-GB file at every start would cost more than measuring)."""
     st = model_path.stat()
-    return {"model": str(model_path), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns,
-            "build": backend.build_id(), "threads": backend.n_threads, "cpu": _cpu_name(),
-            "cpus": len(os.sched_getaffinity(0)), "gpu": gpu_name or None, "power_mode": power_mode}
+    return {
+        "model": str(model_path),
+        "model_bytes": st.st_size,
+        "model_mtime_ns": st.st_mtime_ns,
+        "build": backend.build_id(),
+        "threads": backend.n_threads,
+        "cpu": _cpu_name(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "gpu": gpu_name or None,
+        "power_mode": power_mode,
+    }
 
 
 def _cpu_name() -> str:
@@ -190,8 +231,14 @@ def _cpu_name() -> str:
     return platform.machine()
 
 
-def load_or_measure(path: Path, backend, key: dict, max_batch: int, max_step_s: float,
-                    contended: Callable[[float], bool] = cpus_contended) -> Calibration:
+def load_or_measure(
+    path: Path,
+    backend,
+    key: dict,
+    max_batch: int,
+    max_step_s: float,
+    contended: Callable[[float], bool] = cpus_contended,
+) -> Calibration:
     """The cached calibration when its key matches (and it was not measured on busy CPUs),
     else a new measurement (saved)."""
     try:
@@ -199,16 +246,24 @@ def load_or_measure(path: Path, backend, key: dict, max_batch: int, max_step_s: 
         if cached.key == key and not cached.contended:
             return cached
         changed = sorted(k for k in key.keys() | cached.key.keys() if key.get(k) != cached.key.get(k))
-        log.info("calibration in %s %s: measuring again", path,
-                 f"is for another {', '.join(changed)}" if changed else "was measured on busy CPUs")
+        log.info(
+            "calibration in %s %s: measuring again",
+            path,
+            f"is for another {', '.join(changed)}" if changed else "was measured on busy CPUs",
+        )
     except FileNotFoundError:
         log.info("no calibration yet in %s: measuring this device's step costs", path)
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("calibration in %s unreadable (%s): measuring again", path, e)
     cal = measure(backend, key, max_batch, max_step_s, contended)
-    log.info("calibrated in %.1f s: prefill %s, decode %s, layouts %s%s", cal.measured_s, _ms(cal.prefill_s),
-             _ms(cal.decode_s), _ms(cal.layout_s), " (CPUs busy: measured again at the next start)"
-             if cal.contended else "")
+    log.info(
+        "calibrated in %.1f s: prefill %s, decode %s, layouts %s%s",
+        cal.measured_s,
+        _ms(cal.prefill_s),
+        _ms(cal.decode_s),
+        _ms(cal.layout_s),
+        " (CPUs busy: measured again at the next start)" if cal.contended else "",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(cal.to_json(), indent=1))

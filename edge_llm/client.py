@@ -40,8 +40,10 @@ class Progress:
         left = f"~{_clock((total - done) / rate)} left" if rate > 0 and now - t0 >= 2 else "estimating…"
         filled = int(self.width * min(1.0, done / max(1, total)))
         stage = "parts" if level == 0 else f"combining, round {level}"
-        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {round(done, 1):g}/{total} {stage} · "
-                f"{_clock(now - self.started)} elapsed · {left}")
+        return (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {round(done, 1):g}/{total} {stage} · "
+            f"{_clock(now - self.started)} elapsed · {left}"
+        )
 
     def show(self, done: float, total: int, level: int) -> None:
         print(f"\r{self.line(done, total, level)}   ", end="", file=self.out, flush=True)
@@ -50,18 +52,29 @@ class Progress:
 def chat(args) -> int:
     """Lines from stdin as questions; the answers stream to stdout."""
     import openai
+
     client = openai.OpenAI(base_url=args.url.rstrip("/") + "/v1", api_key=args.api_key or "none", max_retries=2)
     try:
         model = args.model_id or client.models.list().data[0].id
     except openai.APIConnectionError as e:
-        print(f"edge-llm chat: no daemon answers at {args.url} ({_why(e)}); start one with `edge-llm serve`",
-              file=sys.stderr)
+        print(
+            f"edge-llm chat: no daemon answers at {args.url} ({_why(e)}); start one with `edge-llm serve`",
+            file=sys.stderr,
+        )
         return 1
     except openai.APIStatusError as e:  # 503 while it loads or drains; 401 without the key
         print(f"edge-llm chat: the daemon at {args.url} answered {e.status_code}: {_why(e)}", file=sys.stderr)
         return 1
-    options = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
-                                 ("max_tokens", args.max_tokens), ("seed", args.seed)) if v is not None}
+    options = {
+        k: v
+        for k, v in (
+            ("temperature", args.temperature),
+            ("top_p", args.top_p),
+            ("max_tokens", args.max_tokens),
+            ("seed", args.seed),
+        )
+        if v is not None
+    }
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("edge-llm chat: an empty line or Ctrl-D ends, Ctrl-C stops an answer", file=sys.stderr)
     for line in sys.stdin:
@@ -163,11 +176,15 @@ class Daemon:
 def summarize(args, name: str, data: bytes, kind: str) -> int:
     daemon = Daemon(args.url, args.api_key)
     try:
-        status, job = daemon.request("POST", f"/api/summaries?filename={urllib.parse.quote(name)}", data,
-                                     {"Content-Type": kind})
+        status, job = daemon.request(
+            "POST", f"/api/summaries?filename={urllib.parse.quote(name)}", data, {"Content-Type": kind}
+        )
     except Unreachable as e:
-        print(f"edge-llm summarize: no daemon answers at {args.url} ({e}); start one with `edge-llm serve`, "
-              "or use --in-process", file=sys.stderr)
+        print(
+            f"edge-llm summarize: no daemon answers at {args.url} ({e}); start one with `edge-llm serve`, "
+            "or use --in-process",
+            file=sys.stderr,
+        )
         return 1
     if status != 202:
         print(f"edge-llm summarize: {status}: {job.get('error', {}).get('message', job)}", file=sys.stderr)
@@ -208,8 +225,11 @@ def follow(daemon: Daemon, job: dict, progress: Progress, wait_s: float) -> dict
         except Unreachable as e:
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > wait_s:
-                print(f"\nedge-llm summarize: the daemon has not answered for {wait_s:.0f} s ({e}); the job "
-                      f"{job['id']} goes on when it is back: GET /api/summaries/{job['id']}", file=sys.stderr)
+                print(
+                    f"\nedge-llm summarize: the daemon has not answered for {wait_s:.0f} s ({e}); the job "
+                    f"{job['id']} goes on when it is back: GET /api/summaries/{job['id']}",
+                    file=sys.stderr,
+                )
                 return None
             print(f"\r[the daemon is not answering ({e}); waiting for it]   ", end="", file=sys.stderr, flush=True)
             time.sleep(RETRY_S)

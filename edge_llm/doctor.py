@@ -63,11 +63,13 @@ def llama_cpu_features() -> str | None:
     """The instruction sets llama.cpp was compiled with, as it reports them itself."""
     try:
         import llama_cpp
+
         info = llama_cpp.llama_print_system_info().decode()
     except Exception:
         return None
-    feats = [part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|")
-             if part.strip().endswith("= 1")]
+    feats = [
+        part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|") if part.strip().endswith("= 1")
+    ]
     return " ".join(feats) or info.strip()
 
 
@@ -77,6 +79,7 @@ def checks() -> dict[str, str | None]:
     llama_gpu = None
     try:
         import llama_cpp
+
         llama_gpu = bool(llama_cpp.llama_supports_gpu_offload())
     except Exception:
         pass
@@ -106,28 +109,41 @@ def advice(c: dict[str, str | None]) -> list[str]:
     out = []
     jetson = c["l4t_release"] is not None
     if not jetson:
-        out.append("not a Jetson: the daemon runs llama.cpp" + (" on the GPU" if c["llama_cpp_gpu_offload"] == "true"
-                                                                 else " on the CPU") + " with psutil telemetry")
+        out.append(
+            "not a Jetson: the daemon runs llama.cpp"
+            + (" on the GPU" if c["llama_cpp_gpu_offload"] == "true" else " on the CPU")
+            + " with psutil telemetry"
+        )
     else:
         if "R36" not in c["l4t_release"] or "REVISION: 4." not in c["l4t_release"]:
             out.append("TensorRT-LLM 0.12.0-jetson needs JetPack 6.1 (L4T R36.4)")
         if not c["nvidia_jetpack"]:
             out.append("no CUDA/TensorRT (a flashed BSP has none): sudo apt install nvidia-jetpack")
         if not c["tensorrt_llm"]:
-            out.append("for the trtllm backend: jetpack/install.sh --trtllm-wheel <tensorrt_llm-0.12.0 wheel> "
-                       "--torch-wheel <NVIDIA's CUDA torch wheel for JetPack 6.1>")
+            out.append(
+                "for the trtllm backend: jetpack/install.sh --trtllm-wheel <tensorrt_llm-0.12.0 wheel> "
+                "--torch-wheel <NVIDIA's CUDA torch wheel for JetPack 6.1>"
+            )
         if not c["cusparselt"]:
-            out.append("cuSPARSELt missing (TensorRT-LLM needs it, README4Jetson 1.2): CUDA_VERSION=12.6 bash "
-                       "TensorRT-LLM/docker/common/install_cusparselt.sh")
+            out.append(
+                "cuSPARSELt missing (TensorRT-LLM needs it, README4Jetson 1.2): CUDA_VERSION=12.6 bash "
+                "TensorRT-LLM/docker/common/install_cusparselt.sh"
+            )
         if not c["torch_cuda"] or not c["torch_cuda"].endswith("True"):
-            out.append("no CUDA build of torch (PyPI's aarch64 torch is CPU-only): install NVIDIA's torch wheel for "
-                       "JetPack 6.1 (jetpack/install.sh --torch-wheel W)")
+            out.append(
+                "no CUDA build of torch (PyPI's aarch64 torch is CPU-only): install NVIDIA's torch wheel for "
+                "JetPack 6.1 (jetpack/install.sh --torch-wheel W)"
+            )
         if not c["jetson_stats"] or not c["jtop_service"]:
-            out.append(f"jtop service not running: sudo pip3 install jetson-stats=={JETSON_STATS} (installs and starts "
-                       "jtop.service; telemetry falls back to psutil meanwhile)")
+            out.append(
+                f"jtop service not running: sudo pip3 install jetson-stats=={JETSON_STATS} (installs and starts "
+                "jtop.service; telemetry falls back to psutil meanwhile)"
+            )
         if c["jtop_group"] != "yes":
-            out.append(f"the {DAEMON_USER} user cannot read jtop (/run/jtop.sock is 0660 root:jtop): sudo usermod "
-                       f"-aG jtop {DAEMON_USER} && sudo systemctl restart edge-llm")
+            out.append(
+                f"the {DAEMON_USER} user cannot read jtop (/run/jtop.sock is 0660 root:jtop): sudo usermod "
+                f"-aG jtop {DAEMON_USER} && sudo systemctl restart edge-llm"
+            )
         if not c["swap"]:
             out.append("no swap: see `edge-llm plan` for the recommended size (jetpack/install.sh sets it up)")
     if not c["llama_cpp"]:

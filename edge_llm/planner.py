@@ -17,8 +17,7 @@ from edge_llm.telemetry.snapshot import Snapshot
 MiB = 1 << 20
 GiB = 1 << 30
 MIN_USEFUL_SEQ = 256  # memory bounds the batch by sequences this short: admission reserves the rest
-LIMITS = ("max_batch_size", "max_seq_len", "max_input_len", "max_output_len", "kv_cache_tokens",
-          "prefill_chunk_tokens")
+LIMITS = ("max_batch_size", "max_seq_len", "max_input_len", "max_output_len", "kv_cache_tokens", "prefill_chunk_tokens")
 
 
 class PlanError(ValueError):
@@ -81,8 +80,11 @@ class Plan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(kv_cache_bytes=self.kv_cache_bytes, max_batch_tokens=self.max_batch_tokens,
-                 predicted_resident_bytes=self.predicted_resident_bytes)
+        d.update(
+            kv_cache_bytes=self.kv_cache_bytes,
+            max_batch_tokens=self.max_batch_tokens,
+            predicted_resident_bytes=self.predicted_resident_bytes,
+        )
         return d
 
 
@@ -107,8 +109,12 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     chunk, batch_cap, why_batch = _speed_limits(policy, reasons)
     slots = policy.prefix_cache_slots
     workspace = estimate_workspace(profile, chunk + batch_cap, batch_cap + slots)
-    kv = _KvBudget(memory, _kv_budget_bytes(profile, available, reserve, workspace), profile.kv_bytes_per_token,
-                   policy.cap("kv_cache_tokens"))
+    kv = _KvBudget(
+        memory,
+        _kv_budget_bytes(profile, available, reserve, workspace),
+        profile.kv_bytes_per_token,
+        policy.cap("kv_cache_tokens"),
+    )
     seq = _max_seq_len(profile, policy, kv, reasons)
     streams = batch_cap + slots
     per_slot, reasons["kv_layout"] = _layout(policy, kv.limit >= streams * seq, streams, seq, memory)
@@ -118,12 +124,25 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         batch, kv_tokens = _unified(batch_cap, why_batch, seq, kv, reasons)
     inp, out = _io_lens(policy, seq, reasons)
     return Plan(
-        max_batch_size=batch, max_input_len=inp, max_output_len=out, max_seq_len=seq,
-        kv_cache_tokens=kv_tokens, prefill_chunk_tokens=min(chunk, inp), num_seqs=batch + slots,
-        memory=memory, kv_layout="per_slot" if per_slot else "unified",
-        available_bytes=available, reserve_bytes=reserve, weights_bytes=profile.weights_bytes,
-        workspace_bytes=workspace, kv_bytes_per_token=kv.bytes_per_token, kv_budget_bytes=kv.budget_bytes,
-        recommended_swap_bytes=recommend_swap(snapshot), reasons=reasons, calibration=policy.calibration)
+        max_batch_size=batch,
+        max_input_len=inp,
+        max_output_len=out,
+        max_seq_len=seq,
+        kv_cache_tokens=kv_tokens,
+        prefill_chunk_tokens=min(chunk, inp),
+        num_seqs=batch + slots,
+        memory=memory,
+        kv_layout="per_slot" if per_slot else "unified",
+        available_bytes=available,
+        reserve_bytes=reserve,
+        weights_bytes=profile.weights_bytes,
+        workspace_bytes=workspace,
+        kv_bytes_per_token=kv.bytes_per_token,
+        kv_budget_bytes=kv.budget_bytes,
+        recommended_swap_bytes=recommend_swap(snapshot),
+        reasons=reasons,
+        calibration=policy.calibration,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,14 +176,19 @@ def _speed_limits(policy: Policy, reasons: dict[str, str]) -> tuple[int, int, st
     (calibration) or the policy's defaults, a user cap winning over either."""
     speed = policy.speed
     if speed:
-        chunk, reasons["prefill_chunk_tokens"] = _pick("prefill_chunk_tokens", policy, speed.prefill_chunk_tokens,
-                                                       speed.reasons["prefill_chunk_tokens"])
+        chunk, reasons["prefill_chunk_tokens"] = _pick(
+            "prefill_chunk_tokens", policy, speed.prefill_chunk_tokens, speed.reasons["prefill_chunk_tokens"]
+        )
         return chunk, *_pick("max_batch_size", policy, speed.max_batch_size, speed.reasons["max_batch_size"])
     chunk, reasons["prefill_chunk_tokens"] = _pick(
-        "prefill_chunk_tokens", policy, policy.default_prefill_chunk_tokens,
-        "policy default: bounds how long one step stalls running streams")
-    return chunk, *_pick("max_batch_size", policy, policy.default_max_batch_size,
-                         "policy default (compute, not memory, binds first)")
+        "prefill_chunk_tokens",
+        policy,
+        policy.default_prefill_chunk_tokens,
+        "policy default: bounds how long one step stalls running streams",
+    )
+    return chunk, *_pick(
+        "max_batch_size", policy, policy.default_max_batch_size, "policy default (compute, not memory, binds first)"
+    )
 
 
 def _kv_budget_bytes(profile: ModelProfile, available: int, reserve: int, workspace: int) -> int:
@@ -175,7 +199,8 @@ def _kv_budget_bytes(profile: ModelProfile, available: int, reserve: int, worksp
         raise PlanError(
             f"{profile.name} does not fit: {available / GiB:.2f} GiB available - {reserve / GiB:.2f} reserve"
             f" - {profile.weights_bytes / GiB:.2f} weights - {workspace / GiB:.2f} workspace leaves"
-            f" {budget / MiB:.0f} MiB, less than 64 tokens of KV at {kvpt} B/token")
+            f" {budget / MiB:.0f} MiB, less than 64 tokens of KV at {kvpt} B/token"
+        )
     return budget
 
 
@@ -186,8 +211,11 @@ def _max_seq_len(profile: ModelProfile, policy: Policy, kv: _KvBudget, reasons: 
         seq, reasons["max_seq_len"] = profile.n_ctx_train, f"the model's trained context ({profile.n_ctx_train})"
     if seq > kv.limit:
         seq = kv.limit
-        reasons["max_seq_len"] = (f"user cap kv_cache_tokens={kv.cap}" if kv.cap and kv.cap < kv.fit
-                                  else f"{kv.memory}: the KV budget holds only {kv.fit} tokens")
+        reasons["max_seq_len"] = (
+            f"user cap kv_cache_tokens={kv.cap}"
+            if kv.cap and kv.cap < kv.fit
+            else f"{kv.memory}: the KV budget holds only {kv.fit} tokens"
+        )
     return seq
 
 
@@ -200,20 +228,27 @@ def _layout(policy: Policy, fits: bool, slots: int, seq: int, memory: str) -> tu
         return False, f"{memory} cannot hold {slots} streams of {seq} tokens: one pool shared by all"
     if policy.speed and not policy.speed.per_slot:
         return False, policy.speed.reasons["kv_layout"]
-    return True, (policy.speed.reasons["kv_layout"] if policy.speed else
-                  "no calibration: a stream per slot, since memory holds every slot") + f"; {slots} streams fit"
+    return True, (
+        policy.speed.reasons["kv_layout"]
+        if policy.speed
+        else "no calibration: a stream per slot, since memory holds every slot"
+    ) + f"; {slots} streams fit"
 
 
-def _per_sequence(batch_cap: int, why_batch: str, seq: int, kv_limit: int, slots: int, memory: str,
-                  reasons: dict[str, str]) -> tuple[int, int, int]:
+def _per_sequence(
+    batch_cap: int, why_batch: str, seq: int, kv_limit: int, slots: int, memory: str, reasons: dict[str, str]
+) -> tuple[int, int, int]:
     """A KV stream of max_seq_len for every slot (running + prefix cache). The length is kept
     (shortened only if even one running slot would not fit) and the batch is what is left."""
     if kv_limit // (1 + slots) < seq:
         seq = max(1, kv_limit // (1 + slots))
         reasons["max_seq_len"] = f"{memory}: {kv_limit} KV tokens hold {1 + slots} streams of {seq} (one per slot)"
     batch = min(batch_cap, kv_limit // seq - slots)
-    reasons["max_batch_size"] = why_batch if batch == batch_cap else (
-        f"{memory}: {kv_limit} KV tokens hold {batch + slots} streams of {seq} ({slots} for the prefix cache)")
+    reasons["max_batch_size"] = (
+        why_batch
+        if batch == batch_cap
+        else (f"{memory}: {kv_limit} KV tokens hold {batch + slots} streams of {seq} ({slots} for the prefix cache)")
+    )
     reasons["kv_cache_tokens"] = f"one stream of max_seq_len per slot: ({batch} + {slots}) x {seq}"
     return batch, seq, (batch + slots) * seq
 
@@ -222,13 +257,19 @@ def _unified(batch_cap: int, why_batch: str, seq: int, kv: _KvBudget, reasons: d
     """One KV pool for all sequences. Admission reserves as requests grow, so short requests can
     share KV that one long one would fill; memory bounds the batch by short sequences only."""
     batch = min(batch_cap, max(1, kv.limit // MIN_USEFUL_SEQ))
-    reasons["max_batch_size"] = why_batch if batch == batch_cap else (
-        f"{kv.memory}: {kv.limit} KV tokens hold {batch} sequences of {MIN_USEFUL_SEQ}")
+    reasons["max_batch_size"] = (
+        why_batch
+        if batch == batch_cap
+        else (f"{kv.memory}: {kv.limit} KV tokens hold {batch} sequences of {MIN_USEFUL_SEQ}")
+    )
     kv_tokens = min(kv.limit, batch * seq)
     reasons["kv_cache_tokens"] = (
-        f"max_batch_size x max_seq_len = {batch} x {seq}" if kv_tokens == batch * seq
-        else f"user cap {kv.cap}" if kv_tokens == kv.cap
-        else f"{kv.memory}: budget {kv.budget_bytes // MiB} MiB / {kv.bytes_per_token} B per token")
+        f"max_batch_size x max_seq_len = {batch} x {seq}"
+        if kv_tokens == batch * seq
+        else f"user cap {kv.cap}"
+        if kv_tokens == kv.cap
+        else f"{kv.memory}: budget {kv.budget_bytes // MiB} MiB / {kv.bytes_per_token} B per token"
+    )
     return batch, kv_tokens
 
 
@@ -250,5 +291,7 @@ def recommend_swap(snapshot: Snapshot) -> int:
     return int(min(16 * GiB, max(4 * GiB, snapshot.ram_total_bytes // 2)))
 
 
-SWAP_REASON = ("swap cannot hold the KV cache or the engine (unified memory is pinned RAM); it lets other "
-               "processes page out so the reserve can shrink by up to half, and gives engine builds headroom")
+SWAP_REASON = (
+    "swap cannot hold the KV cache or the engine (unified memory is pinned RAM); it lets other "
+    "processes page out so the reserve can shrink by up to half, and gives engine builds headroom"
+)

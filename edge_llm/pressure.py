@@ -55,15 +55,21 @@ class PressureGuard:
         self.engine.metrics.swap_used.set(snap.swap_used_bytes)
         if avail < self.critical_bytes and self.engine.num_running:
             self.num_preemptions += 1
-            log.error("available RAM %d MiB < critical %d MiB: the engine gives back the newest sequence "
-                      "if that frees memory", avail // MiB, self.critical_bytes // MiB)
-            self.engine.preempt_newest(1, f"available memory {avail // MiB} MiB fell below "
-                                          f"{self.critical_bytes // MiB} MiB")
+            log.error(
+                "available RAM %d MiB < critical %d MiB: the engine gives back the newest sequence "
+                "if that frees memory",
+                avail // MiB,
+                self.critical_bytes // MiB,
+            )
+            self.engine.preempt_newest(
+                1, f"available memory {avail // MiB} MiB fell below {self.critical_bytes // MiB} MiB"
+            )
         if not self.paused and avail < self.low_water_bytes:
             self.paused = True
             self.num_pauses += 1
-            log.warning("available RAM %d MiB < low water %d MiB: admission paused",
-                        avail // MiB, self.low_water_bytes // MiB)
+            log.warning(
+                "available RAM %d MiB < low water %d MiB: admission paused", avail // MiB, self.low_water_bytes // MiB
+            )
             self.engine.set_admission_paused(True)
         elif self.paused and avail > self.low_water_bytes * RESUME_FACTOR:
             self.paused = False

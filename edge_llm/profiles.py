@@ -13,8 +13,14 @@ MiB = 1 << 20
 
 def _jetson(name: str, total_gib: float, os_gib: float) -> Snapshot:
     total = int(total_gib * GiB)
-    return Snapshot(source=f"profile:{name}", ram_total_bytes=total, ram_available_bytes=total - int(os_gib * GiB),
-                    ram_used_bytes=int(os_gib * GiB), unified_memory=True, gpu_name=name)
+    return Snapshot(
+        source=f"profile:{name}",
+        ram_total_bytes=total,
+        ram_available_bytes=total - int(os_gib * GiB),
+        ram_used_bytes=int(os_gib * GiB),
+        unified_memory=True,
+        gpu_name=name,
+    )
 
 
 DEVICES = {
@@ -27,10 +33,34 @@ DEVICES = {
 }
 
 MODELS = {
-    "smollm2-135m-q4_1": ModelProfile("SmolLM2-135M-Instruct Q4_1", n_layers=30, n_kv_heads=3, head_dim=64,
-                                      n_ctx_train=8192, weights_bytes=96_576_768, n_embd=576, n_vocab=49152),
-    "llama-2-7b-int4": ModelProfile("Llama-2-7B INT4", n_layers=32, n_kv_heads=32, head_dim=128,
-                                    n_ctx_train=4096, weights_bytes=int(3.9 * GiB), n_embd=4096, n_vocab=32000),
-    "llama-3-8b-int4": ModelProfile("Llama-3-8B INT4", n_layers=32, n_kv_heads=8, head_dim=128,
-                                    n_ctx_train=8192, weights_bytes=int(5.6 * GiB), n_embd=4096, n_vocab=128256),
+    "smollm2-135m-q4_1": ModelProfile(
+        "SmolLM2-135M-Instruct Q4_1",
+        n_layers=30,
+        n_kv_heads=3,
+        head_dim=64,
+        n_ctx_train=8192,
+        weights_bytes=96_576_768,
+        n_embd=576,
+        n_vocab=49152,
+    ),
+    "llama-2-7b-int4": ModelProfile(
+        "Llama-2-7B INT4",
+        n_layers=32,
+        n_kv_heads=32,
+        head_dim=128,
+        n_ctx_train=4096,
+        weights_bytes=int(3.9 * GiB),
+        n_embd=4096,
+        n_vocab=32000,
+    ),
+    "llama-3-8b-int4": ModelProfile(
+        "Llama-3-8B INT4",
+        n_layers=32,
+        n_kv_heads=8,
+        head_dim=128,
+        n_ctx_train=8192,
+        weights_bytes=int(5.6 * GiB),
+        n_embd=4096,
+        n_vocab=128256,
+    ),
 }

@@ -26,10 +26,18 @@ CALIBRATION_FILE = Path(tempfile.mkdtemp(prefix="edge-llm-calibration-")) / "cal
 # Small enough to start fast, large enough for the batching tests. The KV cap holds a stream of
 # max_seq_len for every slot (8 running + 4 prefix cache), so the layout is the one `auto` picks
 # (measured, on CI), not one pool forced by a cap too small for per-slot streams.
-TEST_LIMITS = {"planner.calibration_file": str(CALIBRATION_FILE),
-               "limits.max_batch_size": 8, "limits.max_seq_len": 2048, "limits.kv_cache_tokens": 12 * 2048,
-               "limits.max_output_len": 512, "limits.prefill_chunk_tokens": 64, "limits.max_queue": 128,
-               "summarize.chunk_tokens": 160, "summarize.summary_tokens": 32, "model.aliases": ["gpt-4o-mini"]}
+TEST_LIMITS = {
+    "planner.calibration_file": str(CALIBRATION_FILE),
+    "limits.max_batch_size": 8,
+    "limits.max_seq_len": 2048,
+    "limits.kv_cache_tokens": 12 * 2048,
+    "limits.max_output_len": 512,
+    "limits.prefill_chunk_tokens": 64,
+    "limits.max_queue": 128,
+    "summarize.chunk_tokens": 160,
+    "summarize.summary_tokens": 32,
+    "model.aliases": ["gpt-4o-mini"],
+}
 NO_EOS = {"0": -100, "2": -100, "4": -100}  # SmolLM2's end-of-generation tokens: a request runs to max_tokens
 if os.environ.get("EDGE_LLM_TEST_CALIBRATE") == "0":  # a developer's loaded machine, never CI: planner defaults
     TEST_LIMITS["planner.calibrate"] = False
@@ -98,6 +106,7 @@ def server(tmp_path_factory):
 @pytest.fixture()
 def client(server):
     import openai  # imported here: the GPU machine's tests run without it
+
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
@@ -107,8 +116,9 @@ class Http:
     def __init__(self, port: int):
         self.port = port
 
-    def request(self, method: str, path: str, body: bytes | str | dict | None = None,
-                headers: dict[str, str] | None = None):
+    def request(
+        self, method: str, path: str, body: bytes | str | dict | None = None, headers: dict[str, str] | None = None
+    ):
         headers = dict(headers or {})
         if isinstance(body, dict):
             body = jsonlib.dumps(body)
@@ -148,8 +158,15 @@ def http(server) -> Http:
 
 # Pages run in Debian's headless Chromium through Playwright.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = os.environ.get("EDGE_LLM_SCREENSHOTS")  # a folder to keep screenshots in, for a person to look at
 
 
@@ -158,6 +175,7 @@ def browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed")
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
@@ -179,9 +197,11 @@ def page(browser, server):
 @pytest.fixture()
 def shot():
     """shot(page, name): a screenshot kept in $EDGE_LLM_SCREENSHOTS, when it is set."""
+
     def take(page, name):
         if SHOTS:
             page.screenshot(path=os.path.join(SHOTS, name))
+
     return take
 
 

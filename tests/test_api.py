@@ -30,8 +30,11 @@ def test_chat_non_stream(client, server):
 
 def test_chat_stream_matches_non_stream_and_reports_usage(client, server):
     whole = client.chat.completions.create(model=server.model_id, messages=HELLO, **GREEDY)
-    chunks = list(client.chat.completions.create(model=server.model_id, messages=HELLO, stream=True,
-                                                 stream_options={"include_usage": True}, **GREEDY))
+    chunks = list(
+        client.chat.completions.create(
+            model=server.model_id, messages=HELLO, stream=True, stream_options={"include_usage": True}, **GREEDY
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -44,29 +47,40 @@ def test_sse_wire_format_ends_with_done(http, server):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = [line for line in r.text.split("\n\n") if line]
     assert events[-1] == "data: [DONE]"
-    first = json.loads(events[0][len("data: "):])
+    first = json.loads(events[0][len("data: ") :])
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
 
 
 def test_greedy_is_deterministic(client, server):
     def once():
         return client.chat.completions.create(model=server.model_id, messages=HELLO, **GREEDY)
+
     a, b = server.from_empty_cache(once), server.from_empty_cache(once)
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
 def test_seed_makes_sampling_repeatable(client, server):
-    kw = {"model": server.model_id, "messages": HELLO, "temperature": 1.0, "top_p": 0.9,
-          "extra_body": {"top_k": 40}, "max_tokens": 16, "seed": 1234}
+    kw = {
+        "model": server.model_id,
+        "messages": HELLO,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "extra_body": {"top_k": 40},
+        "max_tokens": 16,
+        "seed": 1234,
+    }
     a = server.from_empty_cache(lambda: client.chat.completions.create(**kw)).choices[0].message.content
     b = server.from_empty_cache(lambda: client.chat.completions.create(**kw)).choices[0].message.content
     assert a == b
 
 
 def test_system_and_assistant_turns_go_through_the_template(client, server):
-    msgs = [{"role": "system", "content": "You answer with one word."},
-            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "What is 2+2?"}]
+    msgs = [
+        {"role": "system", "content": "You answer with one word."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
     r = client.chat.completions.create(model=server.model_id, messages=msgs, **GREEDY)
     # chatml turns: 4 messages, each wrapped in <|im_start|>role ... <|im_end|>
     prompt = server.daemon.runtime.backend.render_chat(msgs)
@@ -78,15 +92,19 @@ def test_stop_string_ends_generation_and_is_not_returned(client, server):
     free = client.completions.create(model=server.model_id, prompt="1, 2, 3, 4,", temperature=0, max_tokens=20)
     text = free.choices[0].text
     assert " 6" in text  # the model counts on
-    r = client.completions.create(model=server.model_id, prompt="1, 2, 3, 4,", temperature=0, max_tokens=20,
-                                  stop=[" 6"])
+    r = client.completions.create(
+        model=server.model_id, prompt="1, 2, 3, 4,", temperature=0, max_tokens=20, stop=[" 6"]
+    )
     assert r.choices[0].finish_reason == "stop"
-    assert r.choices[0].text == text[:text.index(" 6")]
+    assert r.choices[0].text == text[: text.index(" 6")]
 
 
 def test_completions_stream(client, server):
-    chunks = list(client.completions.create(model=server.model_id, prompt="The capital of France is",
-                                            stream=True, temperature=0, max_tokens=8))
+    chunks = list(
+        client.completions.create(
+            model=server.model_id, prompt="The capital of France is", stream=True, temperature=0, max_tokens=8
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks)
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
@@ -98,8 +116,9 @@ def test_max_tokens_gives_length(client, server):
 
 def test_max_tokens_above_plan_is_capped_and_said_in_a_header(http, server):
     limit = server.engine.plan.max_output_len
-    r = http.post("/v1/completions", {"model": server.model_id, "prompt": "Hi", "max_tokens": limit + 100,
-                                      "temperature": 0})
+    r = http.post(
+        "/v1/completions", {"model": server.model_id, "prompt": "Hi", "max_tokens": limit + 100, "temperature": 0}
+    )
     assert r.status_code == 200
     assert r.headers["x-max-tokens-capped"] == str(limit)
     assert r.json()["usage"]["completion_tokens"] <= limit
@@ -110,8 +129,7 @@ def test_generation_past_the_context_stops_with_length(http, server):
     words = " ".join(["apple"] * (plan.max_seq_len - 8))
     tokens = server.daemon.runtime.backend.tokenize(words, True)
     assert plan.max_seq_len - len(tokens) < 20
-    r = http.post("/v1/completions", {"model": server.model_id, "prompt": words, "max_tokens": 100,
-                                      "temperature": 0})
+    r = http.post("/v1/completions", {"model": server.model_id, "prompt": words, "max_tokens": 100, "temperature": 0})
     body = r.json()
     assert r.status_code == 200, body
     assert body["choices"][0]["finish_reason"] in ("length", "stop")
@@ -120,6 +138,7 @@ def test_generation_past_the_context_stops_with_length(http, server):
 
 # -- errors: OpenAI's shape, honest codes, and the server keeps serving --------------------------
 
+
 def error_of(r, status):
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -127,39 +146,48 @@ def error_of(r, status):
     return err
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
-    ({"messages": HELLO, "temperature": "hot"}, "temperature"),
-    ({"messages": HELLO, "temperature": 3}, "temperature"),
-    ({"messages": HELLO, "top_p": 0}, "top_p"),
-    ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
-    ({"messages": HELLO, "max_tokens": True}, "max_tokens"),
-    ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"messages": HELLO, "stop": [""]}, "stop"),
-    ({"messages": HELLO, "n": 2}, "n"),
-    ({"messages": HELLO, "stream": "yes"}, "stream"),
-    ({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"messages": HELLO, "logprobs": "yes"}, "logprobs"),
-    ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs"),
-    ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ({"messages": HELLO, "seed": 2**64}, "seed"),
-    ({"messages": HELLO, "presence_penalty": 2.5}, "presence_penalty"),
-    ({"messages": HELLO, "min_p": -0.1}, "min_p"),
-    ({"messages": HELLO, "logit_bias": {"abc": 1}}, "logit_bias"),
-    ({"messages": HELLO, "logit_bias": {"5": 101}}, "logit_bias"),
-    ({"messages": HELLO, "logit_bias": {"99999999": 1}}, "logit_bias"),
-    ({"messages": HELLO, "response_format": {"type": "xml"}}, "response_format"),
-    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-     "response_format.json_schema.schema"),
-    ({"messages": HELLO, "response_format": {"type": "json_schema",
-                                             "json_schema": {"name": "x", "schema": {"type": "wizard"}}}},
-     "response_format.json_schema.schema"),
-    ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
+        ({"messages": HELLO, "temperature": "hot"}, "temperature"),
+        ({"messages": HELLO, "temperature": 3}, "temperature"),
+        ({"messages": HELLO, "top_p": 0}, "top_p"),
+        ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"messages": HELLO, "max_tokens": True}, "max_tokens"),
+        ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": HELLO, "stop": [""]}, "stop"),
+        ({"messages": HELLO, "n": 2}, "n"),
+        ({"messages": HELLO, "stream": "yes"}, "stream"),
+        ({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": HELLO, "logprobs": "yes"}, "logprobs"),
+        ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"messages": HELLO, "seed": 2**64}, "seed"),
+        ({"messages": HELLO, "presence_penalty": 2.5}, "presence_penalty"),
+        ({"messages": HELLO, "min_p": -0.1}, "min_p"),
+        ({"messages": HELLO, "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"messages": HELLO, "logit_bias": {"5": 101}}, "logit_bias"),
+        ({"messages": HELLO, "logit_bias": {"99999999": 1}}, "logit_bias"),
+        ({"messages": HELLO, "response_format": {"type": "xml"}}, "response_format"),
+        (
+            {"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {
+                "messages": HELLO,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wizard"}}},
+            },
+            "response_format.json_schema.schema",
+        ),
+        ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    ],
+)
 def test_invalid_fields_are_400_naming_the_field(http, server, body, param):
     err = error_of(http.post("/v1/chat/completions", {"model": server.model_id, **body}), 400)
     assert err["param"] == param and err["type"] == "invalid_request_error"

@@ -117,16 +117,28 @@ def test_the_daemon_shares_steps_between_a_chat_and_background_work(server, clie
     import threading
 
     from conftest import NO_EOS
+
     server.wait_idle()
     before = server.engine.stats()
     result: dict = {}
-    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 240,
-            "temperature": 0, "logit_bias": NO_EOS, "priority": "background"}
+    body = {
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+        "max_tokens": 240,
+        "temperature": 0,
+        "logit_bias": NO_EOS,
+        "priority": "background",
+    }
     bg = threading.Thread(target=lambda: result.update(http.post("/v1/chat/completions", body).json()))
     bg.start()
     wait_until(lambda: server.engine.num_running, what="the background request to run")
-    stream = client.chat.completions.create(model=server.model_id, messages=[{"role": "user", "content": "Hi!"}],
-                                            max_tokens=48, temperature=0, logit_bias=NO_EOS, stream=True)
+    stream = client.chat.completions.create(
+        model=server.model_id,
+        messages=[{"role": "user", "content": "Hi!"}],
+        max_tokens=48,
+        temperature=0,
+        logit_bias=NO_EOS,
+        stream=True,
+    )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     bg.join(300)
     after = server.engine.stats()

@@ -8,15 +8,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 from conftest import NO_EOS, wait_until
 
-PROMPTS = ["Write a haiku about rain.", "List five fruits.", "What is a CPU?", "Say hello in French.",
-           "Describe a cat.", "Count to ten.", "What is the sun?", "Name a famous painter."]
+PROMPTS = [
+    "Write a haiku about rain.",
+    "List five fruits.",
+    "What is a CPU?",
+    "Say hello in French.",
+    "Describe a cat.",
+    "Count to ten.",
+    "What is the sun?",
+    "Name a famous painter.",
+]
 
 
 def stream_chat(client, model, content, **kw):
     """Returns (text, finish_reason, arrival times of the content chunks)."""
     text, finish, times = "", None, []
-    for c in client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
-                                            stream=True, **kw):
+    for c in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], stream=True, **kw
+    ):
         if c.choices and c.choices[0].delta.content:
             text += c.choices[0].delta.content
             times.append(time.monotonic())
@@ -51,8 +60,9 @@ def _buckets(histogram) -> dict[str, float]:
 def test_batch_really_runs_sequences_together(client, server):
     before = _buckets(server.engine.metrics.batch_tokens)
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: stream_chat(client, server.model_id, PROMPTS[i], temperature=0, max_tokens=40),
-                      range(4)))
+        list(
+            pool.map(lambda i: stream_chat(client, server.model_id, PROMPTS[i], temperature=0, max_tokens=40), range(4))
+        )
     after = _buckets(server.engine.metrics.batch_tokens)
     # steps of 3 or 4 tokens: decode steps that carried 3-4 streams at once
     assert (after["4.0"] - after["2.0"]) - (before["4.0"] - before["2.0"]) >= 10
@@ -65,10 +75,12 @@ def test_greedy_output_alone_agrees_with_output_inside_a_mixed_batch(server):
     the first divergence, never before token 2. The bound tested: the first two tokens always
     agree, and on average at least a third of the tokens come before any divergence."""
     from tools.batch_agreement import agreement
+
     max_tokens = 32
-    agree = [agreement(server.engine, server.daemon.runtime.backend, p, max_tokens)
-             for p in ("Why do birds migrate?", "Describe the moon.", "How do magnets work?",
-                       "What does a compiler do?")]
+    agree = [
+        agreement(server.engine, server.daemon.runtime.backend, p, max_tokens)
+        for p in ("Why do birds migrate?", "Describe the moon.", "How do magnets work?", "What does a compiler do?")
+    ]
     assert min(agree) >= 2, agree
     assert sum(agree) / len(agree) >= max_tokens / 3, agree
 
@@ -82,12 +94,21 @@ def test_a_prefix_copied_between_kv_streams_gives_the_tokens_computed_from_scrat
     from conftest import RunningDaemon, make_config
 
     from edge_llm.engine.request import Priority, SamplingParams
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path / "state"), "limits.max_batch_size": 1,
-                                     "model.kv_layout": "per_slot", "planner.calibrate": False}))
+
+    d = RunningDaemon(
+        make_config(
+            **{
+                "daemon.state_dir": str(tmp_path / "state"),
+                "limits.max_batch_size": 1,
+                "model.kv_layout": "per_slot",
+                "planner.calibrate": False,
+            }
+        )
+    )
     try:
         engine, tokenize = d.engine, d.daemon.runtime.backend.tokenize
         chunk = engine.plan.prefill_chunk_tokens
-        shared = tokenize(" ".join(f"Gate {i} opened at {i % 12} o'clock." for i in range(60)))[:2 * chunk]
+        shared = tokenize(" ".join(f"Gate {i} opened at {i % 12} o'clock." for i in range(60)))[: 2 * chunk]
         a_prompt = shared + tokenize(" The north gate report, in full:")
         b_prompt = shared + tokenize(" Question: which gate opened last? Answer:")
         assert a_prompt[2 * chunk] != b_prompt[2 * chunk]
@@ -115,11 +136,21 @@ def test_a_prefix_copied_between_kv_streams_gives_the_tokens_computed_from_scrat
 
 
 def _disconnecting_client(port: int, model: str, i: int) -> bool:
-    body = json.dumps({"model": model, "stream": True, "max_tokens": 400, "temperature": 0.8, "seed": i,
-                       "messages": [{"role": "user", "content": f"Tell me a long story number {i}."}]}).encode()
+    body = json.dumps(
+        {
+            "model": model,
+            "stream": True,
+            "max_tokens": 400,
+            "temperature": 0.8,
+            "seed": i,
+            "messages": [{"role": "user", "content": f"Tell me a long story number {i}."}],
+        }
+    ).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     got = b""
     while got.count(b"data: ") < 3:  # the role chunk and two content chunks
         data = s.recv(4096)
@@ -171,8 +202,13 @@ def test_a_long_prompt_arriving_mid_stream_stalls_others_by_at_most_a_chunk(clie
 
     def streamer():
         for c in client.chat.completions.create(
-                model=server.model_id, messages=[{"role": "user", "content": "Write a long poem about mountains."}],
-                stream=True, temperature=0, max_tokens=2 * num_chunks + 40, logit_bias=NO_EOS):
+            model=server.model_id,
+            messages=[{"role": "user", "content": "Write a long poem about mountains."}],
+            stream=True,
+            temperature=0,
+            max_tokens=2 * num_chunks + 40,
+            logit_bias=NO_EOS,
+        ):
             if c.choices and c.choices[0].delta.content:
                 arrivals.append(c)
 
@@ -195,8 +231,12 @@ def test_shared_system_prompt_is_reused_not_recomputed(client, server):
     metrics = server.engine.metrics
     for question in ("When do you open?", "Is there a cafe?"):
         before = metrics.reused_tokens._value.get()
-        r = client.chat.completions.create(model=server.model_id, temperature=0, max_tokens=4, messages=[
-            {"role": "system", "content": system}, {"role": "user", "content": question}])
+        r = client.chat.completions.create(
+            model=server.model_id,
+            temperature=0,
+            max_tokens=4,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        )
         reused = metrics.reused_tokens._value.get() - before
     # the second conversation took the whole system prompt from the prefix cache
     assert reused >= r.usage.prompt_tokens - 12, (reused, r.usage.prompt_tokens)
@@ -205,9 +245,15 @@ def test_shared_system_prompt_is_reused_not_recomputed(client, server):
 def test_metrics_endpoint_and_dashboard_use_the_same_names(http):
     import re
     from pathlib import Path
+
     text = http.get("/metrics").text
-    for name in ("edge_llm_time_to_first_token_seconds_bucket", "edge_llm_generated_tokens_total",
-                 "edge_llm_kv_tokens_budget", "edge_llm_requests_running", 'edge_llm_requests_finished_total{reason="'):
+    for name in (
+        "edge_llm_time_to_first_token_seconds_bucket",
+        "edge_llm_generated_tokens_total",
+        "edge_llm_kv_tokens_budget",
+        "edge_llm_requests_running",
+        'edge_llm_requests_finished_total{reason="',
+    ):
         assert name in text
     dashboard = json.loads((Path(__file__).parents[1] / "tools/grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
@@ -224,22 +270,41 @@ def test_a_chat_stops_a_background_prefill_step_whose_work_is_redone_exactly(tmp
     nothing else touches its numbers."""
     import openai
     from conftest import Http, RunningDaemon, make_config
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path / "state"), "limits.max_batch_size": 4,
-                                     "limits.prefill_chunk_tokens": 256, "limits.max_seq_len": 4096,
-                                     "limits.kv_cache_tokens": 32768, "model.kv_layout": "per_slot",
-                                     # background waits while the chat runs (engine/share.py off), so its
-                                     # prefill is cut into the same chunks as uninterrupted: llama.cpp's
-                                     # numbers depend on the chunking, and this test is of the redo alone
-                                     "limits.chat_slowdown": 1.0}))
+
+    d = RunningDaemon(
+        make_config(
+            **{
+                "daemon.state_dir": str(tmp_path / "state"),
+                "limits.max_batch_size": 4,
+                "limits.prefill_chunk_tokens": 256,
+                "limits.max_seq_len": 4096,
+                "limits.kv_cache_tokens": 32768,
+                "model.kv_layout": "per_slot",
+                # background waits while the chat runs (engine/share.py off), so its
+                # prefill is cut into the same chunks as uninterrupted: llama.cpp's
+                # numbers depend on the chunking, and this test is of the redo alone
+                "limits.chat_slowdown": 1.0,
+            }
+        )
+    )
     try:
         http, client = Http(d.daemon.port), openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
         document = " ".join(f"At {i} o'clock gate {i % 9} let {i * 13 % 70} cars through." for i in range(100))
-        body = {"messages": [{"role": "user", "content": "Summarize:\n\n" + document}], "max_tokens": 24,
-                "temperature": 0, "priority": "background"}
+        body = {
+            "messages": [{"role": "user", "content": "Summarize:\n\n" + document}],
+            "max_tokens": 24,
+            "temperature": 0,
+            "priority": "background",
+        }
 
         def interrupted() -> float:
-            return float(next(x for x in http.get("/metrics").text.splitlines()
-                              if x.startswith("edge_llm_interrupted_steps_total")).split()[-1])
+            return float(
+                next(
+                    x
+                    for x in http.get("/metrics").text.splitlines()
+                    if x.startswith("edge_llm_interrupted_steps_total")
+                ).split()[-1]
+            )
 
         reference = d.from_empty_cache(lambda: http.post("/v1/chat/completions", body).json())
         prompt_tokens = reference["usage"]["prompt_tokens"]
@@ -252,11 +317,18 @@ def test_a_chat_stops_a_background_prefill_step_whose_work_is_redone_exactly(tmp
             bg = threading.Thread(target=lambda out=result: out.update(http.post("/v1/chat/completions", body).json()))
             bg.start()
             # a prefill under way (its first chunk in the cache, more to come): the next step is one
-            wait_until(lambda: 0 < max(d.kv_lengths().values(), default=0) < prompt_tokens - 256,
-                       what="the background prefill under way")
+            wait_until(
+                lambda: 0 < max(d.kv_lengths().values(), default=0) < prompt_tokens - 256,
+                what="the background prefill under way",
+            )
             t0 = time.monotonic()
-            stream = client.chat.completions.create(model=d.model_id, messages=[{"role": "user", "content": "Hi!"}],
-                                                    max_tokens=4, temperature=0, stream=True)
+            stream = client.chat.completions.create(
+                model=d.model_id,
+                messages=[{"role": "user", "content": "Hi!"}],
+                max_tokens=4,
+                temperature=0,
+                stream=True,
+            )
             ttfts.append(next(time.monotonic() - t0 for c in stream if c.choices and c.choices[0].delta.content))
             list(stream)
             bg.join(120)

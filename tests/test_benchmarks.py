@@ -16,9 +16,13 @@ def result(round_: int, target: str, wall: float) -> dict:
 
 
 def test_rounds_pair_by_number_whichever_target_ran_first_and_an_incomplete_round_is_skipped():
-    results = [result(1, "edge-llm", 80.0), result(1, "llama-server", 100.0),
-               result(2, "llama-server", 50.0), result(2, "edge-llm (model.kv_layout=unified)", 60.0),
-               result(3, "edge-llm", 70.0)]  # round 3 was cut short: llama-server never ran
+    results = [
+        result(1, "edge-llm", 80.0),
+        result(1, "llama-server", 100.0),
+        result(2, "llama-server", 50.0),
+        result(2, "edge-llm (model.kv_layout=unified)", 60.0),
+        result(3, "edge-llm", 70.0),
+    ]  # round 3 was cut short: llama-server never ran
     assert round_ratios(results) == [0.8, 1.2]
 
 
@@ -57,8 +61,7 @@ def test_kiosk_bench_runs_a_whole_job_with_the_visitor_against_the_daemon(server
     cores, seconds; minutes on a machine shared by several test runs)."""
     pytest.importorskip("openai")
     out = tmp_path / "kiosk.json"
-    kiosk_bench.main(["--url", server.url, "--parts", "2", "--tokens", "4", "--idle-chats", "1",
-                      "--out", str(out)])
+    kiosk_bench.main(["--url", server.url, "--parts", "2", "--tokens", "4", "--idle-chats", "1", "--out", str(out)])
     r = json.loads(out.read_text())
     (rnd,) = r["rounds"]
     assert r["settings"]["parts_fitted"] in (2, 3) and rnd["alone"]["parts"] == rnd["together"]["parts"] >= 2

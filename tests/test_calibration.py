@@ -10,18 +10,41 @@ from edge_llm.calibration import Calibration, choose, choose_batch, choose_chunk
 from edge_llm.planner import GiB, Policy, plan
 from edge_llm.telemetry.snapshot import Snapshot
 
-KEY = {"model": "m.gguf", "model_bytes": 1, "model_mtime_ns": 1, "build": "b", "threads": 2, "cpu": "c", "cpus": 2,
-       "gpu": None, "power_mode": None}
+KEY = {
+    "model": "m.gguf",
+    "model_bytes": 1,
+    "model_mtime_ns": 1,
+    "build": "b",
+    "threads": 2,
+    "cpu": "c",
+    "cpus": 2,
+    "gpu": None,
+    "power_mode": None,
+}
 
 
 def cal(layout=(10.0, 10.0), prefill=None, decode=None, can_abort=True) -> Calibration:
-    return Calibration(KEY, prefill or {64: 0.1, 128: 0.15, 256: 0.3}, decode or {1: 0.01, 2: 0.011, 4: 0.013},
-                       {"per_slot": layout[0] / 1000, "unified": layout[1] / 1000}, 4, 256, can_abort, 1.0)
+    return Calibration(
+        KEY,
+        prefill or {64: 0.1, 128: 0.15, 256: 0.3},
+        decode or {1: 0.01, 2: 0.011, 4: 0.013},
+        {"per_slot": layout[0] / 1000, "unified": layout[1] / 1000},
+        4,
+        256,
+        can_abort,
+        1.0,
+    )
 
 
 def roomy() -> Snapshot:
-    return Snapshot(source="test", ram_total_bytes=64 * GiB, ram_available_bytes=60 * GiB, ram_used_bytes=0,
-                    swap_total_bytes=0, swap_used_bytes=0)
+    return Snapshot(
+        source="test",
+        ram_total_bytes=64 * GiB,
+        ram_available_bytes=60 * GiB,
+        ram_used_bytes=0,
+        swap_total_bytes=0,
+        swap_used_bytes=0,
+    )
 
 
 def test_the_cheaper_layout_wins():
@@ -129,6 +152,7 @@ def test_figures_from_busy_cpus_are_reported_but_not_followed():
 
     from edge_llm import config
     from edge_llm.appliance import policy_from_config
+
     cfg = config.load(env={})
     busy = replace(cal(layout=(30, 10)), contended=True)
     assert policy_from_config(cfg, cal=busy).speed is None

@@ -15,8 +15,9 @@ from edge_llm.client import Progress
 
 
 def edge_llm(*args, stdin="", timeout=120):
-    return subprocess.run([sys.executable, "-m", "edge_llm", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_llm", *args], input=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def free_port() -> int:
@@ -42,8 +43,13 @@ def test_version_and_help_describe_every_command(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert capsys.readouterr().out.startswith("edge-llm ")
-    for cmd, words in [("serve", "503 while the model loads"), ("chat", "Ctrl-C stops an answer"),
-                       ("summarize", "time left"), ("plan", "which limit binds"), ("doctor", "command that fixes")]:
+    for cmd, words in [
+        ("serve", "503 while the model loads"),
+        ("chat", "Ctrl-C stops an answer"),
+        ("summarize", "time left"),
+        ("plan", "which limit binds"),
+        ("doctor", "command that fixes"),
+    ]:
         with pytest.raises(SystemExit):
             cli.main([cmd, "--help"])
         out = capsys.readouterr().out
@@ -58,7 +64,10 @@ def test_no_daemon_is_a_message_not_a_traceback(tmp_path):
     port = free_port()
     doc = tmp_path / "note.txt"
     doc.write_text("A short note.")
-    for args in (["chat", "--url", f"http://127.0.0.1:{port}"], ["summarize", str(doc), "--url", f"http://127.0.0.1:{port}"]):
+    for args in (
+        ["chat", "--url", f"http://127.0.0.1:{port}"],
+        ["summarize", str(doc), "--url", f"http://127.0.0.1:{port}"],
+    ):
         r = edge_llm(*args, stdin="hello\n")
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert f"no daemon answers at http://127.0.0.1:{port}" in r.stderr and "edge-llm serve" in r.stderr
@@ -69,15 +78,33 @@ def test_a_port_in_use_is_a_message_not_a_traceback(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = edge_llm("serve", "--port", str(port), "--set", f"daemon.state_dir={tmp_path}", "--set",
-                     "planner.calibrate=false", timeout=180)
+        r = edge_llm(
+            "serve",
+            "--port",
+            str(port),
+            "--set",
+            f"daemon.state_dir={tmp_path}",
+            "--set",
+            "planner.calibrate=false",
+            timeout=180,
+        )
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr and "--port" in r.stderr
 
 
 def test_chat_with_options_against_the_daemon(server):
-    r = edge_llm("chat", "--url", server.url, "--temperature", "0", "--max-tokens", "8", "--system", "Be brief.",
-                 stdin="Name a fruit.\nAnd a colour?\n")
+    r = edge_llm(
+        "chat",
+        "--url",
+        server.url,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "--system",
+        "Be brief.",
+        stdin="Name a fruit.\nAnd a colour?\n",
+    )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert len([line for line in r.stdout.splitlines() if line.strip()]) >= 2  # two answers
 
@@ -96,14 +123,26 @@ def test_summarize_waits_for_a_restarting_daemon(tmp_path):
     """The daemon stops mid-job and comes back on the same port: the job resumes from its
     last finished part, and `edge-llm summarize` keeps waiting and prints the summary."""
     port, state = free_port(), tmp_path / "state"
-    cfg = make_config(**{"server.port": port, "daemon.state_dir": str(state), "summarize.chunk_tokens": 96,
-                         "summarize.parallel": 2, "daemon.drain_timeout_s": 4})
+    cfg = make_config(
+        **{
+            "server.port": port,
+            "daemon.state_dir": str(state),
+            "summarize.chunk_tokens": 96,
+            "summarize.parallel": 2,
+            "daemon.drain_timeout_s": 4,
+        }
+    )
     doc = tmp_path / "log.txt"
-    doc.write_text("\n\n".join(f"Entry {i}: the ferry carried {40 + i} cars and {200 + 3 * i} people across."
-                               for i in range(16)))
+    doc.write_text(
+        "\n\n".join(f"Entry {i}: the ferry carried {40 + i} cars and {200 + 3 * i} people across." for i in range(16))
+    )
     first = RunningDaemon(cfg)
-    proc = subprocess.Popen([sys.executable, "-m", "edge_llm", "summarize", str(doc), "--url", first.url,
-                             "--wait", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_llm", "summarize", str(doc), "--url", first.url, "--wait", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err = []
     threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True).start()
     try:
@@ -140,8 +179,9 @@ def test_a_loading_daemon_is_named_with_its_answer():
 
     class Loading(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"error": {"message": "the model is loading", "type": "unavailable_error",
-                                         "code": "loading"}}).encode()
+            body = json.dumps(
+                {"error": {"message": "the model is loading", "type": "unavailable_error", "code": "loading"}}
+            ).encode()
             self.send_response(503)
             for k, v in (("Content-Type", "application/json"), ("Retry-After", "0"), ("Content-Length", len(body))):
                 self.send_header(k, str(v))

@@ -16,9 +16,10 @@ def test_defaults_use_the_embedded_model():
 
 def test_toml_then_env_then_cli(tmp_path: Path):
     f = tmp_path / "edge.toml"
-    f.write_text('[server]\nport = 9000\nthreads = 4\n[limits]\nmax_batch_size = 2\n')
-    cfg = load(f, env={"EDGE_LLM_SERVER_PORT": "9100", "EDGE_LLM_LIMITS_MAX_QUEUE": "7"},
-               overrides=[("server.port", "9200")])
+    f.write_text("[server]\nport = 9000\nthreads = 4\n[limits]\nmax_batch_size = 2\n")
+    cfg = load(
+        f, env={"EDGE_LLM_SERVER_PORT": "9100", "EDGE_LLM_LIMITS_MAX_QUEUE": "7"}, overrides=[("server.port", "9200")]
+    )
     assert (cfg.server.port, cfg.server.threads) == (9200, 4)
     assert (cfg.limits.max_batch_size, cfg.limits.max_queue) == (2, 7)
 
@@ -29,18 +30,21 @@ def test_config_file_from_environment(tmp_path: Path):
     assert load(env={"EDGE_LLM_CONFIG": str(f)}).daemon.log_level == "debug"
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[server]\nprot = 1\n', "unknown key 'prot' (did you mean 'port'?)"),
-    ('[sever]\nport = 1\n', "unknown key 'sever' (did you mean 'server'?)"),
-    ('[server]\nport = "80"\n', "server.port: expected int, got '80'"),
-    ('[model]\nwarmup = 1\n', "model.warmup: expected bool, got 1"),
-    ('[server]\nallowed_hosts = "x"\n', "server.allowed_hosts: expected list"),
-    ('server = 3\n', "'server' must be a [table]"),
-    ('[server\n', "is not valid TOML"),
-    ('[limits]\nmax_batch_size = -1\n', "limits.max_batch_size must be >= 0"),
-    ('[limits]\nchat_slowdown = 0.5\n', "limits.chat_slowdown must be 0 (off) or >= 1"),
-    ('[limits]\nchat_slowdown = nan\n', "limits.chat_slowdown must be 0 (off) or >= 1"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[server]\nprot = 1\n", "unknown key 'prot' (did you mean 'port'?)"),
+        ("[sever]\nport = 1\n", "unknown key 'sever' (did you mean 'server'?)"),
+        ('[server]\nport = "80"\n', "server.port: expected int, got '80'"),
+        ("[model]\nwarmup = 1\n", "model.warmup: expected bool, got 1"),
+        ('[server]\nallowed_hosts = "x"\n', "server.allowed_hosts: expected list"),
+        ("server = 3\n", "'server' must be a [table]"),
+        ("[server\n", "is not valid TOML"),
+        ("[limits]\nmax_batch_size = -1\n", "limits.max_batch_size must be >= 0"),
+        ("[limits]\nchat_slowdown = 0.5\n", "limits.chat_slowdown must be 0 (off) or >= 1"),
+        ("[limits]\nchat_slowdown = nan\n", "limits.chat_slowdown must be 0 (off) or >= 1"),
+    ],
+)
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str):
     f = tmp_path / "bad.toml"
     f.write_text(text)

@@ -60,12 +60,22 @@ class NotifyListener:
 def spawn(tmp_path, *args):
     """The daemon as a child process: (proc, http, notify listener, its log lines so far)."""
     listener = NotifyListener(tmp_path / "notify.sock")
-    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000",
-               EDGE_LLM_DAEMON_DEBUG_HOOKS="true", EDGE_LLM_DAEMON_DRAIN_TIMEOUT_S="60", PYTHONUNBUFFERED="1",
-               EDGE_LLM_DAEMON_STATE_DIR=str(tmp_path / "state"))
+    env = dict(
+        os.environ,
+        NOTIFY_SOCKET=str(tmp_path / "notify.sock"),
+        WATCHDOG_USEC="1000000",
+        EDGE_LLM_DAEMON_DEBUG_HOOKS="true",
+        EDGE_LLM_DAEMON_DRAIN_TIMEOUT_S="60",
+        PYTHONUNBUFFERED="1",
+        EDGE_LLM_DAEMON_STATE_DIR=str(tmp_path / "state"),
+    )
     sets = [f"--set={k}={v}" for k, v in TEST_LIMITS.items()]
-    proc = subprocess.Popen([sys.executable, "-m", "edge_llm", "serve", "--port", "0", *sets, *args], env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_llm", "serve", "--port", "0", *sets, *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log, port, deadline = [], None, time.monotonic() + 60
     for line in proc.stderr:  # the daemon logs its port once bound
         log.append(line)
@@ -112,8 +122,11 @@ def test_notify_protocol_ready_status_watchdog_and_drain(daemon_proc):
     assert 0.3 < gaps[len(gaps) // 2] < 0.8, gaps
 
     # SIGTERM with a stream in flight: STOPPING=1, the stream still completes, exit 0
-    stream = StreamReader(http.port, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 150,
-                                                         "temperature": 0, "stream": True, "logit_bias": NO_EOS})
+    stream = StreamReader(
+        http.port,
+        "/v1/completions",
+        {"prompt": "Once upon a time", "max_tokens": 150, "temperature": 0, "stream": True, "logit_bias": NO_EOS},
+    )
     wait_until(lambda: stream.num_events >= 2 or stream.done_at, what="the stream's first tokens")
     proc.send_signal(signal.SIGTERM)
     stopping_at = notify.wait_for("STOPPING", "1", timeout=30)
@@ -179,13 +192,19 @@ def test_units_verify_and_exposure_is_at_most_2_5(tmp_path):
         r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
         problems = [line for line in r.stderr.splitlines() if line and "is not executable" not in line]
         assert problems == [], (unit.name, problems)
-    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd/edge-llm.service")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd/edge-llm.service")],
+        capture_output=True,
+        text=True,
+    )
     m = re.search(r"Overall exposure level for edge-llm.service: ([\d.]+)", r.stdout)
     assert m, r.stdout + r.stderr
     assert float(m.group(1)) <= 2.5
-    settings = [line.split("=")[0] for line in (ROOT / "systemd/edge-llm.service").read_text().splitlines()
-                if line and not line.startswith("#")]
+    settings = [
+        line.split("=")[0]
+        for line in (ROOT / "systemd/edge-llm.service").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     # PrivateDevices hides the GPU nodes, MemoryDenyWriteExecute breaks CUDA's JIT; on systemd < 252
     # (JetPack 6.1 has 249) ProtectClock implies DeviceAllow=char-rtc, which closes the GPU nodes
     for forbidden in ("PrivateDevices", "MemoryDenyWriteExecute", "ProtectClock", "DeviceAllow", "DevicePolicy"):

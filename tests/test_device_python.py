@@ -15,8 +15,13 @@ ON_DEVICE = ["edge_llm", "tools/build_engine.py", "jetpack/trtllm_needs.py"]  # 
 
 def vermin(*args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("vermin", path=str(Path(sys.executable).parent)) or pytest.skip("vermin is not installed")
-    return subprocess.run([exe, "-q", "-t=3.10-", "--violations", "--eval-annotations", "--no-tips", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [exe, "-q", "-t=3.10-", "--violations", "--eval-annotations", "--no-tips", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_code_a_jetson_runs_needs_no_newer_python_than_3_10():

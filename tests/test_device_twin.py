@@ -51,13 +51,17 @@ def curl(twin, path: str, *args: str, check: bool = True) -> str:
 def client(twin, code: str, timeout: float = 180, popen: bool = False):
     """The official openai client of this machine, run in the twin's network namespace; the
     code sees `c` (the client) and `MODEL` (the daemon's model id)."""
-    prog = (f"from openai import OpenAI\nc = OpenAI(base_url='{API}/v1', api_key='none')\n"
-            "MODEL = c.models.list().data[0].id\n") + textwrap.dedent(code)
+    prog = (
+        f"from openai import OpenAI\nc = OpenAI(base_url='{API}/v1', api_key='none')\n"
+        "MODEL = c.models.list().data[0].id\n"
+    ) + textwrap.dedent(code)
     if popen:
-        return subprocess.Popen(twin.netns_argv([sys.executable, "-c", prog]), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    return subprocess.run(twin.netns_argv([sys.executable, "-c", prog]), capture_output=True, text=True,
-                          timeout=timeout)
+        return subprocess.Popen(
+            twin.netns_argv([sys.executable, "-c", prog]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(
+        twin.netns_argv([sys.executable, "-c", prog]), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def standin_calls(twin) -> list[str]:
@@ -155,8 +159,7 @@ def test_kiosk_opens_its_wayland_socket_under_real_cage(twin):
     # (pam_systemd keeps the session's processes in a logind scope, outside the unit's cgroup)
     twin.sh("systemctl restart edge-llm", timeout=300)
     wait_for(lambda: twin.sh(f"test -S {sock}", check=False).returncode == 0, 300, "the kiosk after a restart")
-    wait_for(lambda: twin.sh("pgrep -c -u edge-llm-kiosk -x cog", check=False).stdout.strip() == "1", 30,
-             "one browser")
+    wait_for(lambda: twin.sh("pgrep -c -u edge-llm-kiosk -x cog", check=False).stdout.strip() == "1", 30, "one browser")
     assert show(twin, "edge-llm-kiosk", "MainPID")["MainPID"] != pid
     # cog paints in software here, most of a CPU core: off for the rest of this boot
     twin.sh("systemctl mask --runtime edge-llm-kiosk && systemctl stop edge-llm-kiosk")
@@ -172,10 +175,14 @@ def test_mpi4py_initializes_under_the_units_sandbox(twin):
     service = unit.split("[Service]", 1)[1].split("[Install]", 1)[0]
     skip = ("Type=", "NotifyAccess=", "ExecStart=", "ExecReload=", "WatchdogSec=", "Restart", "TimeoutStartSec=")
     keep = [line for line in service.splitlines() if line.strip() and not line.startswith(("#", *skip))]
-    probe = ("from mpi4py import MPI; c = MPI.COMM_WORLD; h = c.Split_type(9); "
-             "print('MPI', c.Get_rank(), c.Get_size(), h.Get_size(), flush=True)")
-    twin.sh("cat > /run/systemd/system/edge-llm-mpi-probe.service", input="\n".join(
-        ["[Service]", "Type=oneshot", f'ExecStart=/usr/bin/python3 -c "{probe}"', *keep]) + "\n")
+    probe = (
+        "from mpi4py import MPI; c = MPI.COMM_WORLD; h = c.Split_type(9); "
+        "print('MPI', c.Get_rank(), c.Get_size(), h.Get_size(), flush=True)"
+    )
+    twin.sh(
+        "cat > /run/systemd/system/edge-llm-mpi-probe.service",
+        input="\n".join(["[Service]", "Type=oneshot", f'ExecStart=/usr/bin/python3 -c "{probe}"', *keep]) + "\n",
+    )
     try:
         twin.sh("systemctl daemon-reload")
         r = twin.sh("systemctl start edge-llm-mpi-probe", check=False, timeout=120)
@@ -189,8 +196,14 @@ def test_mpi4py_initializes_under_the_units_sandbox(twin):
 def test_install_sh_is_idempotent(twin):
     before = twin.sh("md5sum /etc/edge-llm/edge-llm.toml /etc/systemd/system/*.service /etc/fstab").stdout
     out = twin.sh(INSTALL + " 2>&1", timeout=600).stdout
-    for acted in ("creating the system user", "installing apt packages", "creating /opt/edge-llm/venv",
-                  "writing /etc/edge-llm", "swap file /var/swap-edge-llm of", "adding edge-llm to group jtop"):
+    for acted in (
+        "creating the system user",
+        "installing apt packages",
+        "creating /opt/edge-llm/venv",
+        "writing /etc/edge-llm",
+        "swap file /var/swap-edge-llm of",
+        "adding edge-llm to group jtop",
+    ):
         assert acted not in out, (acted, out)
     assert twin.sh("md5sum /etc/edge-llm/edge-llm.toml /etc/systemd/system/*.service /etc/fstab").stdout == before
     assert twin.sh("systemctl is-active edge-llm").stdout.strip() == "active"
@@ -215,11 +228,14 @@ def test_start_returns_only_when_ready_and_the_sandbox_holds(twin):
 
 
 def test_chat_completion_and_structured_journal_fields(twin):
-    r = client(twin, """
+    r = client(
+        twin,
+        """
         r = c.chat.completions.create(model=MODEL, temperature=0, max_tokens=12,
                                       messages=[{"role": "user", "content": "Say hello."}])
         print(r.model_dump_json())
-    """)
+    """,
+    )
     assert r.returncode == 0, r.stderr
     resp = json.loads(r.stdout)
     assert resp["choices"][0]["message"]["content"].strip() and resp["usage"]["completion_tokens"] > 0
@@ -234,11 +250,20 @@ def test_reload_applies_safe_keys_and_names_the_rest(twin):
     twin.sh("cp /etc/edge-llm/edge-llm.toml /root/edge-llm.toml.orig")
     pid = show(twin, "edge-llm", "MainPID")["MainPID"]
     try:
-        twin.sh("printf '\\n[limits]\\nmax_queue = 77\\n' >> /etc/edge-llm/edge-llm.toml && "
-                "sed -i 's/^host = \"127.0.0.1\"/host = \"127.0.0.1\"\\nport = 8001/' /etc/edge-llm/edge-llm.toml")
+        twin.sh(
+            "printf '\\n[limits]\\nmax_queue = 77\\n' >> /etc/edge-llm/edge-llm.toml && "
+            'sed -i \'s/^host = "127.0.0.1"/host = "127.0.0.1"\\nport = 8001/\' /etc/edge-llm/edge-llm.toml'
+        )
         twin.sh("systemctl reload edge-llm")
-        line = wait_for(lambda: [e["MESSAGE"] for e in journal(twin, "edge-llm", "-n 50")
-                                 if str(e.get("MESSAGE", "")).startswith("SIGHUP:")], 20, "the reload's log line")
+        line = wait_for(
+            lambda: [
+                e["MESSAGE"]
+                for e in journal(twin, "edge-llm", "-n 50")
+                if str(e.get("MESSAGE", "")).startswith("SIGHUP:")
+            ],
+            20,
+            "the reload's log line",
+        )
         assert line[-1] == "SIGHUP: applied limits.max_queue; needs a restart: server.port", line
         assert show(twin, "edge-llm", "MainPID")["MainPID"] == pid  # reloaded in place
         assert json.loads(curl(twin, "/health"))["status"] == "ready"  # still on the old port
@@ -247,7 +272,9 @@ def test_reload_applies_safe_keys_and_names_the_rest(twin):
 
 
 def test_stop_drains_an_in_flight_stream_and_exits_0(twin):
-    proc = client(twin, """
+    proc = client(
+        twin,
+        """
         import sys
         s = c.chat.completions.create(model=MODEL, temperature=0, max_tokens=150, stream=True,
                                       messages=[{"role": "user", "content": "Write a long story about a lighthouse."}])
@@ -260,7 +287,9 @@ def test_stop_drains_an_in_flight_stream_and_exits_0(twin):
             if ch.choices and ch.choices[0].finish_reason:
                 finish = ch.choices[0].finish_reason
         print("DONE", n, finish, flush=True)
-    """, popen=True)
+    """,
+        popen=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "FIRST"
         twin.sh("systemctl stop edge-llm", timeout=120)
@@ -276,19 +305,32 @@ def test_stop_drains_an_in_flight_stream_and_exits_0(twin):
 
 def _enable_test_settings(twin) -> None:
     """Small summary chunks (a job of several steps in seconds) and the hang hook; a restart."""
-    twin.sh("grep -q debug_hooks /etc/edge-llm/edge-llm.toml || printf '\\n[daemon]\\ndebug_hooks = true\\n"
-            "\\n[summarize]\\nchunk_tokens = 160\\nsummary_tokens = 24\\n' >> /etc/edge-llm/edge-llm.toml")
+    twin.sh(
+        "grep -q debug_hooks /etc/edge-llm/edge-llm.toml || printf '\\n[daemon]\\ndebug_hooks = true\\n"
+        "\\n[summarize]\\nchunk_tokens = 160\\nsummary_tokens = 24\\n' >> /etc/edge-llm/edge-llm.toml"
+    )
     twin.sh("systemctl restart edge-llm", timeout=300)
 
 
 def test_kill_9_is_restarted_and_summary_jobs_resume(twin):
     _enable_test_settings(twin)
     restarts = int(show(twin, "edge-llm", "NRestarts")["NRestarts"])
-    doc = " ".join(f"Section {i}. The harbour of Brightwater handled {100 + i} ships in year {1900 + i}; "
-                   f"the keeper logged storms, repairs and the price of oil." for i in range(60))
+    doc = " ".join(
+        f"Section {i}. The harbour of Brightwater handled {100 + i} ships in year {1900 + i}; "
+        f"the keeper logged storms, repairs and the price of oil."
+        for i in range(60)
+    )
     twin.sh("cat > /root/doc.txt", input=doc)
-    job = json.loads(curl(twin, "/api/summaries?filename=doc.txt", "-X POST", "-H 'Content-Type: text/plain'",
-                          "--data-binary @/root/doc.txt"))
+    job = json.loads(
+        curl(
+            twin,
+            "/api/summaries?filename=doc.txt",
+            "-X POST",
+            "-H 'Content-Type: text/plain'",
+            "--data-binary @/root/doc.txt",
+        )
+    )
+
     def progress():
         p = json.loads(curl(twin, f"/api/summaries/{job['id']}"))["progress"]
         return p if p["chunks_done"] >= 1 else None
@@ -300,14 +342,20 @@ def test_kill_9_is_restarted_and_summary_jobs_resume(twin):
     wait_for(lambda: int(show(twin, "edge-llm", "NRestarts")["NRestarts"]) > restarts, 60, "Restart=on-failure")
     twin.sh("systemctl start edge-llm", timeout=300)  # waits for the restarted daemon's READY=1
     assert show(twin, "edge-llm", "MainPID")["MainPID"] != pid
-    done = wait_for(lambda: (j := json.loads(curl(twin, f"/api/summaries/{job['id']}")))["status"] in (
-        "done", "failed") and j, 600, "the job to finish after the restart", every=2)
+    done = wait_for(
+        lambda: (j := json.loads(curl(twin, f"/api/summaries/{job['id']}")))["status"] in ("done", "failed") and j,
+        600,
+        "the job to finish after the restart",
+        every=2,
+    )
     assert done["status"] == "done" and done["result"].strip(), done
     # every chunk of every level summarized exactly once: the chunks done before the kill were kept
-    q = ("import json, sqlite3, sys; db = sqlite3.connect('/var/lib/edge-llm/summaries.sqlite3'); print(json.dumps("
-         "db.execute('SELECT level, COUNT(*), MIN(completions), MAX(completions) FROM chunks WHERE job_id = ? "
-         "GROUP BY level ORDER BY level', (sys.argv[1],)).fetchall()))")
-    levels = json.loads(twin.sh(f"python3 -c \"{q}\" {job['id']}").stdout)
+    q = (
+        "import json, sqlite3, sys; db = sqlite3.connect('/var/lib/edge-llm/summaries.sqlite3'); print(json.dumps("
+        "db.execute('SELECT level, COUNT(*), MIN(completions), MAX(completions) FROM chunks WHERE job_id = ? "
+        "GROUP BY level ORDER BY level', (sys.argv[1],)).fetchall()))"
+    )
+    levels = json.loads(twin.sh(f'python3 -c "{q}" {job["id"]}').stdout)
     assert levels[0][:2] == [0, total["chunks_total"]], levels
     assert all(lo == hi == 1 for _, _, lo, hi in levels), levels
 
@@ -315,15 +363,20 @@ def test_kill_9_is_restarted_and_summary_jobs_resume(twin):
 def test_watchdog_restarts_a_hung_engine(twin):
     # A drop-in shortens WatchdogSec= for the test (60 s in the unit); it lives in /run, so it
     # is gone at the next boot. The daemon pings every WatchdogSec/2 while the engine progresses.
-    twin.sh("mkdir -p /run/systemd/system/edge-llm.service.d && printf '[Service]\\nWatchdogSec=8\\n' > "
-            "/run/systemd/system/edge-llm.service.d/twin-watchdog.conf && systemctl daemon-reload")
+    twin.sh(
+        "mkdir -p /run/systemd/system/edge-llm.service.d && printf '[Service]\\nWatchdogSec=8\\n' > "
+        "/run/systemd/system/edge-llm.service.d/twin-watchdog.conf && systemctl daemon-reload"
+    )
     try:
         twin.sh("systemctl restart edge-llm", timeout=300)
         restarts = int(show(twin, "edge-llm", "NRestarts")["NRestarts"])
         pid = show(twin, "edge-llm", "MainPID")["MainPID"]
         assert json.loads(curl(twin, "/debug/hang?seconds=600", "-X POST"))
-        wait_for(lambda: int(show(twin, "edge-llm", "NRestarts")["NRestarts"]) > restarts, 90,
-                 "the watchdog to restart the unit")
+        wait_for(
+            lambda: int(show(twin, "edge-llm", "NRestarts")["NRestarts"]) > restarts,
+            90,
+            "the watchdog to restart the unit",
+        )
         twin.sh("systemctl start edge-llm", timeout=300)
         assert show(twin, "edge-llm", "MainPID")["MainPID"] != pid
         assert json.loads(curl(twin, "/health"))["status"] == "ready"
@@ -343,8 +396,11 @@ def test_after_a_reboot_first_boot_does_not_run_again_and_the_appliance_starts(t
     # multi-user.target: a cycle, and systemd dropped one of the two start jobs at boot
     assert "ordering cycle" not in twin.console().lower(), twin.console()[-3000:]
     assert twin.sh("systemctl is-active edge-llm jtop").stdout.split() == ["active", "active"]  # enabled: at boot
-    wait_for(lambda: twin.sh("test -S /run/edge-llm-kiosk/wayland-0", check=False).returncode == 0, 120,
-             "the kiosk after the reboot")
+    wait_for(
+        lambda: twin.sh("test -S /run/edge-llm-kiosk/wayland-0", check=False).returncode == 0,
+        120,
+        "the kiosk after the reboot",
+    )
     assert json.loads(curl(twin, "/health"))["status"] == "ready"
     assert standin_calls(twin).count("nvpmodel -m 0") == nvpmodel_calls  # install.sh did not run again
     assert standin_calls(twin).count("jetson_clocks ") == clocks_calls + 1  # edge-llm-clocks.service, every boot

@@ -113,8 +113,9 @@ def test_meter_shares_each_step_by_tokens_and_counts_by_priority():
     chat, doc = _req(), _req(Priority.BACKGROUND, 60)
     meter = EnergyMeter(m, ScriptedCounter([(0.0, 100.0), (0.05, 106.4), (1.0, 106.4), (1.04, 106.8)]))
     meter.start()
-    meter.finish_step(SchedulerOutput([ScheduledChunk(chat, [1], 4, True), ScheduledChunk(doc, list(range(63)), 0,
-                                                                                         False)]))
+    meter.finish_step(
+        SchedulerOutput([ScheduledChunk(chat, [1], 4, True), ScheduledChunk(doc, list(range(63)), 0, False)])
+    )
     assert meter.joules(chat) == pytest.approx(0.1) and meter.joules(doc) == pytest.approx(6.3)
     meter.start()  # 0.95 s later: the engine was idle, a fresh reading (idle energy is no one's)
     meter.finish_step(SchedulerOutput([ScheduledChunk(chat, [2], 5, True)]))
@@ -197,6 +198,7 @@ def _metric(text: str, series: str) -> float:
 
 def _metrics_text(m: EngineMetrics) -> str:
     from prometheus_client import generate_latest
+
     return generate_latest(m.registry).decode()
 
 
@@ -320,6 +322,7 @@ def _heat(src, guard, engine, sensor: str, period: float, set_temp):
 
         def caps():
             return [cap for t, cap in seen[mark:] if t == temp]
+
         wait_until(lambda: len(caps()) >= n, what=f"{n} readings of {temp} C")
         return caps()[:n]
 
@@ -333,6 +336,7 @@ def _heat(src, guard, engine, sensor: str, period: float, set_temp):
 
 def test_jtop_heat_lowers_the_cap_within_one_period_and_it_returns_after_the_hysteresis(fake_jtop):
     from edge_llm.telemetry.jtop import JtopSource
+
     period = 0.2
     src = JtopSource(period)
     temps = src._jetson.temperature  # jetson-stats 4.2.12 shape: {name: {"temp": C, "online": bool}}
@@ -345,7 +349,7 @@ def test_jtop_heat_lowers_the_cap_within_one_period_and_it_returns_after_the_hys
         assert engine.scheduler.defer_background and guard.to_dict()["sensor"] == "CPU"
         heat(95.5)  # hot: one sequence
         wait_until(lambda: engine.scheduler.max_batch_size == 1, what="the hot cap")
-        assert 'edge_llm_thermal_level 2.0' in _metrics_text(engine.metrics)
+        assert "edge_llm_thermal_level 2.0" in _metrics_text(engine.metrics)
         assert heat(92.0, n=4) == [1] * 4  # cooler, still inside hot + hysteresis: the cap stays
         t0 = time.monotonic()
         heat(80.0)  # 19 C below: past every band; down one level per hold
@@ -400,6 +404,7 @@ class FakeLibNvml:
 
     def __init__(self, temp_c=60, energy_supported=True):
         import pynvml
+
         self.nvml = pynvml
         self.temp_c = temp_c
         self.energy_mj = 5_000_000
@@ -436,8 +441,11 @@ class FakeLibNvml:
 
     def nvmlDeviceGetTemperatureThreshold(self, handle, threshold, ref):
         n = self.nvml
-        values = {n.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: 92, n.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: 89,
-                  n.NVML_TEMPERATURE_THRESHOLD_GPU_MAX: 87}
+        values = {
+            n.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: 92,
+            n.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: 89,
+            n.NVML_TEMPERATURE_THRESHOLD_GPU_MAX: 87,
+        }
         if threshold.value not in values:
             return n.NVML_ERROR_NOT_SUPPORTED
         ref._obj.value = values[threshold.value]
@@ -465,6 +473,7 @@ def fake_nvml(monkeypatch):
 
 def test_nvml_heat_lowers_the_cap_within_one_period_and_it_returns(fake_nvml, monkeypatch):
     from edge_llm.telemetry.nvml import NvmlSource
+
     monkeypatch.setattr(thermal, "host_limits", lambda: {})  # only the GPU's own limit here
     period = 0.2
     src = NvmlSource()
@@ -482,6 +491,7 @@ def test_nvml_heat_lowers_the_cap_within_one_period_and_it_returns(fake_nvml, mo
 
 def test_nvml_energy_counter_or_power_when_the_counter_is_not_supported(fake_nvml):
     from edge_llm.telemetry.energy import NvmlSource
+
     src = NvmlSource()
     assert src.name == "nvml-energy" and src.read().energy_j == 5_000.0
     fake_nvml.energy_supported = False
@@ -491,6 +501,7 @@ def test_nvml_energy_counter_or_power_when_the_counter_is_not_supported(fake_nvm
 
 def test_nvml_is_read_off_the_engine_thread_and_the_counter_never_runs_backwards(fake_nvml, monkeypatch):
     from edge_llm.telemetry.energy import NvmlSource
+
     callers = []
     read_counter = fake_nvml.nvmlDeviceGetTotalEnergyConsumption
 
@@ -518,6 +529,7 @@ def test_nvml_is_read_off_the_engine_thread_and_the_counter_never_runs_backwards
 
 def test_a_dropped_nvml_source_stops_its_sampler_and_a_stale_one_is_not_extrapolated(fake_nvml, monkeypatch):
     from edge_llm.telemetry.energy import EnergyMeter, NvmlSource
+
     read_counter, t0 = fake_nvml.nvmlDeviceGetTotalEnergyConsumption, time.monotonic()
 
     def rising(handle, ref):  # 300 W
@@ -573,6 +585,7 @@ def drawing_nvml(monkeypatch):
 
 def test_energy_check_compares_the_per_request_sum_with_the_nvml_counter(server, drawing_nvml):
     from edge_llm.telemetry.energy import NvmlSource
+
     reference, why = bench_energy.open_reference()
     assert why is None and reference.read().energy_j > 0
     meter = server.engine.energy
@@ -591,8 +604,13 @@ def test_energy_check_compares_the_per_request_sum_with_the_nvml_counter(server,
 
 
 def test_energy_check_figures():
-    assert bench_energy.compare(95.0, 100.0) == {"per_request_joules": 95.0, "nvml_counter_joules": 100.0,
-                                                 "ratio": 0.95, "within_10_percent": True, "status": "within 10%"}
+    assert bench_energy.compare(95.0, 100.0) == {
+        "per_request_joules": 95.0,
+        "nvml_counter_joules": 100.0,
+        "ratio": 0.95,
+        "within_10_percent": True,
+        "status": "within 10%",
+    }
     assert bench_energy.compare(111.0, 100.0)["status"] == "NOT within 10%"
     assert bench_energy.compare(1.0, 0.0)["ratio"] is None
 
@@ -608,19 +626,26 @@ def test_energy_check_says_why_it_cannot_run(drawing_nvml, monkeypatch):
 
 def test_energy_check_without_pynvml_writes_why(monkeypatch, tmp_path):
     from edge_llm import config as config_mod
+
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
     out = tmp_path / "energy.json"
     assert bench_energy.run(config_mod.load(env={}), 4, 1.0, 8, str(out)) == 1
     import json
+
     assert json.loads(out.read_text())["result"]["status"].startswith("not run: no pynvml")
 
 
 def test_bench_energy_command_line(monkeypatch, tmp_path):
     from edge_llm import cli
+
     got = {}
     monkeypatch.setattr(bench_energy, "run", lambda cfg, *a: got.setdefault("args", a) and 0)
-    assert cli.main(["bench", "--energy-s", "30", "--batch", "16", "--decode-tokens", "256",
-                     "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        cli.main(
+            ["bench", "--energy-s", "30", "--batch", "16", "--decode-tokens", "256", "--json", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
     assert got["args"] == (16, 30.0, 256, str(tmp_path / "e.json"))
 
 
@@ -721,21 +746,35 @@ def test_bench_walks_the_power_modes_and_restores_the_first(nvpmodel):
 
 def test_bench_check_reports_both_sums():
     meter = SimpleNamespace(is_available=True, source_name="rapl")
-    ok = bench.energy_check([{"counter_j": 10.0, "per_request_j": 9.5}, {"counter_j": 5.0, "per_request_j": 4.8}],
-                            meter)
+    ok = bench.energy_check(
+        [{"counter_j": 10.0, "per_request_j": 9.5}, {"counter_j": 5.0, "per_request_j": 4.8}], meter
+    )
     assert ok == {"counter_joules": 15.0, "per_request_joules": 14.3, "ratio": 0.9533, "status": "within 10%"}
     bad = bench.energy_check([{"counter_j": 10.0, "per_request_j": 8.0}], meter)
     assert bad["status"] == "NOT within 10%"
     none = bench.energy_check([], SimpleNamespace(is_available=False))
     assert none["status"].startswith("not run")
-    text = bench.report({"batch": 2, "prefill_tok_s": 1, "prefill_tokens": 2, "decode_tok_s": 3, "decode_tokens": 4,
-                         "energy_source": "rapl", "prefill_joules": 1.0, "prefill_tokens_per_joule": 2.0,
-                         "decode_joules": 2.0, "decode_tokens_per_joule": 2.0, "check": ok})
+    text = bench.report(
+        {
+            "batch": 2,
+            "prefill_tok_s": 1,
+            "prefill_tokens": 2,
+            "decode_tok_s": 3,
+            "decode_tokens": 4,
+            "energy_source": "rapl",
+            "prefill_joules": 1.0,
+            "prefill_tokens_per_joule": 2.0,
+            "decode_joules": 2.0,
+            "decode_tokens_per_joule": 2.0,
+            "check": ok,
+        }
+    )
     assert "per-request sum 14.3 J vs source difference 15.0 J" in text
 
 
 def test_bench_command_line(monkeypatch, tmp_path):
     from edge_llm import cli
+
     got = {}
     monkeypatch.setattr(bench, "run", lambda cfg, *a: got.setdefault("args", a) and 0)
     assert cli.main(["bench", "--batch", "2", "--power-modes", "all", "--json", str(tmp_path / "b.json")]) == 0
@@ -745,6 +784,7 @@ def test_bench_command_line(monkeypatch, tmp_path):
 def test_thermal_settings_are_configurable_and_a_sighup_change_is_named_for_a_restart():
     from edge_llm import config as config_mod
     from edge_llm.daemon import apply_reload
+
     old = config_mod.load(env={})
     new = config_mod.load(env={"EDGE_LLM_THERMAL_MARGIN_C": "6"}, overrides=[("thermal.throttle_c", 85.0)])
     assert (new.thermal.margin_c, new.thermal.throttle_c) == (6.0, 85.0)
@@ -764,6 +804,7 @@ class FakeSensor:
 
     def read(self) -> Snapshot:
         from dataclasses import replace
+
         return replace(self.real.read(), temperatures_c={"FAKE cpu": self.temp_c}, power_total_mw=self.power_mw)
 
 
@@ -787,9 +828,12 @@ def heated(server):
 
 def _axe_serious(page) -> list:
     from axe_playwright_python import sync_playwright as axe_module
+
     page.evaluate((Path(axe_module.__file__).parent / "axe.min.js").read_text())
-    found = page.evaluate("axe.run().then(r => r.violations.map(v => ({id: v.id, impact: v.impact, "
-                          "nodes: v.nodes.map(n => n.target.join(' '))})))")
+    found = page.evaluate(
+        "axe.run().then(r => r.violations.map(v => ({id: v.id, impact: v.impact, "
+        "nodes: v.nodes.map(n => n.target.join(' '))})))"
+    )
     return [v for v in found if v["impact"] in ("serious", "critical")]
 
 
@@ -798,12 +842,15 @@ def test_dashboard_shows_energy_temperatures_and_the_thermal_guard(page, server,
     heated.temp_c = 88.0  # 7 C below its limit: warm, batch cap halved, background deferred
     wait_until(lambda: guard.state.level == thermal.WARM, what="the warm level")
     page.goto("/dashboard")
-    r = http.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Tell me about lighthouses."}],
-                                           "max_tokens": 24, "temperature": 0})
+    r = http.post(
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Tell me about lighthouses."}], "max_tokens": 24, "temperature": 0},
+    )
     assert r.status_code == 200 and float(r.headers["x-energy-joules"]) > 0
     page.wait_for_function("document.querySelector('#energy').textContent.includes('made-up-counter')")
-    page.wait_for_function("parseFloat(document.querySelector('#energy tr:nth-child(2) td:nth-child(2)')"
-                           "?.textContent) > 0", timeout=10000)  # the interactive joules, from /metrics
+    page.wait_for_function(
+        "parseFloat(document.querySelector('#energy tr:nth-child(2) td:nth-child(2)')?.textContent) > 0", timeout=10000
+    )  # the interactive joules, from /metrics
     energy = {row.split("\t")[0]: row.split("\t")[1] for row in page.locator("#energy tr").all_inner_texts()}
     assert energy["Source"] == "made-up-counter" and energy["Interactive requests"].endswith("tokens")
     assert "Background requests" in energy and "Tokens per joule, last minute" in energy
@@ -844,8 +891,10 @@ def test_summaries_page_and_dashboard_show_a_jobs_energy(page, metered, tmp_path
     assert re.fullmatch(r"Energy used: [0-9.]+ J", page.inner_text("#job-energy"))
     page.wait_for_function("document.querySelector('#jobs li:first-child').textContent.endsWith(' J')")
     page.goto("/dashboard")
-    page.wait_for_function("document.querySelector('#jobs tr td') && "
-                           "document.querySelector('#jobs tr').textContent.includes('harbour.txt')")
+    page.wait_for_function(
+        "document.querySelector('#jobs tr td') && "
+        "document.querySelector('#jobs tr').textContent.includes('harbour.txt')"
+    )
     cells = page.locator("#jobs tr").first.locator("td").all_inner_texts()
     assert cells[0] == "harbour.txt" and cells[1] == "done" and re.fullmatch(r"[0-9.]+ J", cells[3])
 
@@ -854,7 +903,19 @@ def test_bench_check_against_nvmls_counter_read_directly():
     meter = SimpleNamespace(is_available=True, source_name="jtop-power")  # not a counter itself
     c = bench.energy_check([{"counter_j": 10.0, "per_request_j": 9.7}], meter, "NVML energy counter")
     assert c["status"] == "within 10%" and c["reference"] == "NVML energy counter"
-    text = bench.report({"batch": 1, "prefill_tok_s": 1, "prefill_tokens": 2, "decode_tok_s": 3, "decode_tokens": 4,
-                         "energy_source": "nvml-energy", "prefill_joules": 1.0, "prefill_tokens_per_joule": 2.0,
-                         "decode_joules": 2.0, "decode_tokens_per_joule": 2.0, "check": c})
+    text = bench.report(
+        {
+            "batch": 1,
+            "prefill_tok_s": 1,
+            "prefill_tokens": 2,
+            "decode_tok_s": 3,
+            "decode_tokens": 4,
+            "energy_source": "nvml-energy",
+            "prefill_joules": 1.0,
+            "prefill_tokens_per_joule": 2.0,
+            "decode_joules": 2.0,
+            "decode_tokens_per_joule": 2.0,
+            "check": c,
+        }
+    )
     assert "per-request sum 9.7 J vs NVML energy counter difference 10.0 J (ratio 0.97)" in text

@@ -43,11 +43,11 @@ def test_a_failing_grammar_leaks_no_sampler_made_before_it(server):
 
 def test_memory_pressure_does_not_end_an_interactive_request_for_nothing(server, http):
     import threading
+
     result = {}
 
     def ask():
-        result["r"] = http.post("/v1/completions", {"prompt": "Count: one, two,", "max_tokens": 48,
-                                                    "temperature": 0})
+        result["r"] = http.post("/v1/completions", {"prompt": "Count: one, two,", "max_tokens": 48, "temperature": 0})
 
     t = threading.Thread(target=ask)
     t.start()
@@ -84,13 +84,15 @@ def test_a_sampler_failing_for_one_sequence_ends_only_its_request(server):
     llama.cpp cannot make it, that request ends with the error and a request decoding in the
     same step goes on (the BackendError ended every request in the step)."""
     engine, backend = server.engine, server.engine.backend
-    steady, _ = engine.make_request(backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"),
-                                    SamplingParams(temperature=0, logit_bias=RUNS_ON), 400)
+    steady, _ = engine.make_request(
+        backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"), SamplingParams(temperature=0, logit_bias=RUNS_ON), 400
+    )
     engine.submit(steady)
     try:
         _running(engine, steady)
-        bad = Request(backend.tokenize("Hi"), SamplingParams(temperature=0.7, max_tokens=8,
-                                                             grammar='root ::= "unterminated'))
+        bad = Request(
+            backend.tokenize("Hi"), SamplingParams(temperature=0.7, max_tokens=8, grammar='root ::= "unterminated')
+        )
         outs = list(engine.generate(bad))  # the HTTP layer checks grammars first: made by hand here
         assert outs[-1].finish_reason == "error" and "grammar" in outs[-1].error
         assert not steady.is_finished, steady.finish_reason  # it decoded in the step that failed
@@ -104,9 +106,14 @@ def test_a_request_the_front_let_in_is_not_refused_when_preemption_refills_the_q
     into the waiting queue: the scheduler's own bound, counting it, ended the request that the
     front had accepted with an error (not a 429). Now the front alone bounds the queue."""
     import threading
+
     engine, backend = server.engine, server.engine.backend
-    bg, _ = engine.make_request(backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"),
-                                SamplingParams(temperature=0, logit_bias=RUNS_ON), 400, Priority.BACKGROUND)
+    bg, _ = engine.make_request(
+        backend.tokenize("Count from 1 to 500: 1, 2, 3, 4,"),
+        SamplingParams(temperature=0, logit_bias=RUNS_ON),
+        400,
+        Priority.BACKGROUND,
+    )
     engine.submit(bg)
     blocking, submitted, preempted = threading.Event(), threading.Event(), []
 
@@ -140,6 +147,7 @@ def test_a_request_the_front_let_in_is_not_refused_when_preemption_refills_the_q
 def test_a_call_past_its_timeout_is_a_503_with_retry_after(server):
     """EngineBusy reaches a client as 503 engine_busy, never a 500."""
     from edge_llm.server import create_app
+
     app = create_app(server.daemon.runtime)
     app.add_url_rule("/test-busy", "test_busy", lambda: server.engine.call(lambda: time.sleep(0.5), timeout=0.05))
     r = app.test_client().get("/test-busy", headers={"Host": "127.0.0.1"})
@@ -172,8 +180,10 @@ def _two_finishing(monkeypatch=None):
     import types
 
     from edge_llm.engine.step_engine import StepEngine
-    plan = types.SimpleNamespace(num_seqs=4, kv_cache_tokens=4096, max_batch_size=4, prefill_chunk_tokens=64,
-                                 kv_layout="unified")
+
+    plan = types.SimpleNamespace(
+        num_seqs=4, kv_cache_tokens=4096, max_batch_size=4, prefill_chunk_tokens=64, kv_layout="unified"
+    )
     engine = StepEngine(types.SimpleNamespace(release=lambda rid: None, interrupt=lambda r: None), plan)
     reqs = [Request([1, 2, 3, i], SamplingParams(temperature=0, max_tokens=1)) for i in (4, 5)]
     for r in reqs:
@@ -194,6 +204,7 @@ def test_a_failure_counting_one_end_publishes_every_end(monkeypatch):
     """_finished() raising for the first finished request left the second finished and never
     published: its client waited for ever (cancel() ignores finished requests)."""
     from edge_llm.engine.batch import SampledToken
+
     engine, reqs, out = _two_finishing()
     sampled = {c.request.seq_id: SampledToken(7, b"x", False) for c in out.chunks}
     real = engine._finished
@@ -211,6 +222,7 @@ def test_a_failure_counting_one_end_publishes_every_end(monkeypatch):
 
 def test_requests_postprocess_finished_before_it_failed_are_published():
     from edge_llm.engine.batch import SampledToken
+
     engine, reqs, out = _two_finishing()
     sampled = {reqs[0].seq_id: SampledToken(7, b"x", False)}  # the second's token is missing: KeyError
     with pytest.raises(KeyError):

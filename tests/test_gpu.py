@@ -9,19 +9,30 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 try:
     import pynvml
+
     pynvml.nvmlInit()
     HAS_GPU = pynvml.nvmlDeviceGetCount() > 0
 except Exception:
     HAS_GPU = False
-pytestmark = pytest.mark.skipif(not (HAS_GPU and llama_cpp.llama_supports_gpu_offload()),
-                                reason="needs a CUDA build of llama.cpp and an NVIDIA GPU (not on CI)")
+pytestmark = pytest.mark.skipif(
+    not (HAS_GPU and llama_cpp.llama_supports_gpu_offload()),
+    reason="needs a CUDA build of llama.cpp and an NVIDIA GPU (not on CI)",
+)
 
 
 @pytest.fixture(scope="module")
 def gpu_daemon(tmp_path_factory):
     from conftest import RunningDaemon, make_config
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path_factory.mktemp("state")),
-                                     "limits.max_batch_size": 16, "limits.kv_cache_tokens": 32768}))
+
+    d = RunningDaemon(
+        make_config(
+            **{
+                "daemon.state_dir": str(tmp_path_factory.mktemp("state")),
+                "limits.max_batch_size": 16,
+                "limits.kv_cache_tokens": 32768,
+            }
+        )
+    )
     yield d
     d.stop()
 
@@ -38,8 +49,7 @@ def test_generation_on_the_gpu_batched(gpu_daemon, http):
     results = []
 
     def one(i):
-        r = http.post("/v1/completions", {"prompt": f"Story {i}: once upon a time", "max_tokens": 64,
-                                          "temperature": 0})
+        r = http.post("/v1/completions", {"prompt": f"Story {i}: once upon a time", "max_tokens": 64, "temperature": 0})
         results.append((r.status_code, r.json()))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
@@ -52,12 +62,26 @@ def test_generation_on_the_gpu_batched(gpu_daemon, http):
 def test_telemetry_endpoint_has_nvml_readings(http):
     body = http.get("/api/telemetry").json()
     assert body["source"] == "nvml+psutil" and body["gpu_mem_used_bytes"] > 0 and body["power_total_mw"] > 0
-    print("\nGPU telemetry:", json.dumps({k: body[k] for k in ("gpu_name", "gpu_mem_total_bytes",
-                                                              "gpu_mem_used_bytes", "gpu_load_percent",
-                                                              "power_total_mw", "temperatures_c")}))
+    print(
+        "\nGPU telemetry:",
+        json.dumps(
+            {
+                k: body[k]
+                for k in (
+                    "gpu_name",
+                    "gpu_mem_total_bytes",
+                    "gpu_mem_used_bytes",
+                    "gpu_load_percent",
+                    "power_total_mw",
+                    "temperatures_c",
+                )
+            }
+        ),
+    )
 
 
 @pytest.fixture()
 def http(gpu_daemon):
     from conftest import Http
+
     return Http(gpu_daemon.daemon.port)

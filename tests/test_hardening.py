@@ -47,13 +47,18 @@ def child(tmp_path_factory):
 
 # -- 1. what a schema may cost ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("schema", [
-    {"type": "string", "maxLength": 30000},  # segfaulted llama.cpp's recursive parser
-    {"enum": [f"v{i}" for i in range(50_000)]},  # 20+ s per token on the engine thread
-    {"type": "array", "items": {"type": "string"}, "minItems": 1_000_000},
-    {"type": "integer", "minimum": 1e308},
-    {"type": "string", "pattern": "^a{0,30000}$"},
-], ids=["maxLength", "enum", "minItems", "minimum", "pattern"])
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "maxLength": 30000},  # segfaulted llama.cpp's recursive parser
+        {"enum": [f"v{i}" for i in range(50_000)]},  # 20+ s per token on the engine thread
+        {"type": "array", "items": {"type": "string"}, "minItems": 1_000_000},
+        {"type": "integer", "minimum": 1e308},
+        {"type": "string", "pattern": "^a{0,30000}$"},
+    ],
+    ids=["maxLength", "enum", "minItems", "minimum", "pattern"],
+)
 def test_a_schema_over_the_bounds_is_a_quick_400_and_the_daemon_lives(child, schema):
     proc, http, _ = child
     t0 = time.monotonic()
@@ -64,12 +69,20 @@ def test_a_schema_over_the_bounds_is_a_quick_400_and_the_daemon_lives(child, sch
 
 
 def test_a_schema_at_the_bounds_still_constrains_the_output(http):
-    schema = {"type": "object", "properties": {"tag": {"enum": [f"t{i}" for i in range(128)]},
-                                               "note": {"type": "string", "maxLength": 256}},
-              "required": ["tag", "note"]}
-    r = http.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Tag this: hello"}],
-                                           "max_tokens": 60, "temperature": 0,
-                                           "response_format": schema_format(schema)})
+    schema = {
+        "type": "object",
+        "properties": {"tag": {"enum": [f"t{i}" for i in range(128)]}, "note": {"type": "string", "maxLength": 256}},
+        "required": ["tag", "note"],
+    }
+    r = http.post(
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Tag this: hello"}],
+            "max_tokens": 60,
+            "temperature": 0,
+            "response_format": schema_format(schema),
+        },
+    )
     assert r.status_code == 200
     out = r.json()["choices"][0]
     if out["finish_reason"] == "stop":
@@ -84,8 +97,13 @@ def test_the_grammar_is_parsed_off_the_engine_thread(child):
     assert http.post("/debug/hang?seconds=4").status_code == 200
     time.sleep(0.3)
     t0 = time.monotonic()
-    r = http.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 5000}],
-                                           "response_format": schema_format({"type": "object"})})
+    r = http.post(
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "word " * 5000}],
+            "response_format": schema_format({"type": "object"}),
+        },
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     assert time.monotonic() - t0 < 2
     time.sleep(4)
@@ -93,12 +111,17 @@ def test_the_grammar_is_parsed_off_the_engine_thread(child):
 
 # -- 4. 500s and NaN -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw", [
-    b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError
-    b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',  # lone surrogate
-    b'{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"\xc2\xb2": 1}}',  # "2" superscript
-    b'{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"' + b"9" * 5000 + b'": 1}}',
-], ids=["deep", "surrogate", "superscript-key", "5000-digit-key"])
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError
+        b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',  # lone surrogate
+        b'{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"\xc2\xb2": 1}}',  # "2" superscript
+        b'{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"' + b"9" * 5000 + b'": 1}}',
+    ],
+    ids=["deep", "surrogate", "superscript-key", "5000-digit-key"],
+)
 def test_hostile_bodies_are_400_not_500(http, raw):
     r = http.post("/v1/chat/completions", raw, {"Content-Type": "application/json"})
     assert r.status_code == 400, r.text[:300]
@@ -126,12 +149,16 @@ def raw_exchange(port: int, data: bytes) -> tuple[int, dict, bytes]:
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
 
 
-@pytest.mark.parametrize("data,status", [
-    (b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n", 431),
-    (b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999\r\n\r\n", 413),
-    (b"GET /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-    (b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: nope\r\n\r\n", 400),
-], ids=["431", "413", "501", "400"])
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n", 431),
+        (b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999\r\n\r\n", 413),
+        (b"GET /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: nope\r\n\r\n", 400),
+    ],
+    ids=["431", "413", "501", "400"],
+)
 def test_waitress_own_errors_are_openai_shaped(server, data, status):
     code, headers, body = raw_exchange(server.daemon.port, data)
     assert code == status and headers["content-type"].startswith("application/json")
@@ -145,6 +172,7 @@ def test_405_names_the_allowed_methods(http):
 
 
 # -- 2. summary jobs: delete mid-job -------------------------------------------------------------
+
 
 def test_a_failed_transaction_is_rolled_back_and_the_store_goes_on(tmp_path):
     store = JobStore(tmp_path / "s.sqlite3")
@@ -160,16 +188,24 @@ def test_a_failed_transaction_is_rolled_back_and_the_store_goes_on(tmp_path):
 @pytest.fixture(scope="module")
 def jobs_daemon(tmp_path_factory):
     """Summaries with long chunk summaries, so a job's requests are in the engine for a while."""
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path_factory.mktemp("jobs")),
-                                     "summarize.summary_tokens": 200, "summarize.chunk_tokens": 420,
-                                     "summarize.parallel": 4}))
+    d = RunningDaemon(
+        make_config(
+            **{
+                "daemon.state_dir": str(tmp_path_factory.mktemp("jobs")),
+                "summarize.summary_tokens": 200,
+                "summarize.chunk_tokens": 420,
+                "summarize.parallel": 4,
+            }
+        )
+    )
     yield d
     d.stop()
 
 
 def report(n: int) -> bytes:
-    return " ".join(f"Section {i}: the pump at station {i % 7} ran at {i % 90} percent for {i} hours."
-                    for i in range(n)).encode()
+    return " ".join(
+        f"Section {i}: the pump at station {i % 7} ran at {i % 90} percent for {i} hours." for i in range(n)
+    ).encode()
 
 
 def wait_job(http: Http, job_id: str, timeout: float = 120) -> dict:
@@ -195,8 +231,9 @@ def test_delete_mid_job_cancels_its_requests_and_later_jobs_run(jobs_daemon):
     while engine.num_running or engine.num_waiting:
         assert time.monotonic() - t0 < 1.5, f"the deleted job's chunks still run: {engine.stats()}"
         time.sleep(0.02)
-    later = http.post("/api/summaries?filename=b.txt", b"The ferry leaves at 9. It returns at 5.",
-                      {"Content-Type": "text/plain"}).json()
+    later = http.post(
+        "/api/summaries?filename=b.txt", b"The ferry leaves at 9. It returns at 5.", {"Content-Type": "text/plain"}
+    ).json()
     assert wait_job(http, later["id"])["status"] == "done"
 
 
@@ -204,8 +241,9 @@ def test_jobs_interleave_so_a_long_document_does_not_hold_a_short_one(jobs_daemo
     http = Http(jobs_daemon.daemon.port)
     long = http.post("/api/summaries?filename=long.txt", report(200), {"Content-Type": "text/plain"}).json()
     time.sleep(0.5)
-    short = http.post("/api/summaries?filename=short.txt", b"The ferry leaves at 9. It returns at 5.",
-                      {"Content-Type": "text/plain"}).json()
+    short = http.post(
+        "/api/summaries?filename=short.txt", b"The ferry leaves at 9. It returns at 5.", {"Content-Type": "text/plain"}
+    ).json()
     assert wait_job(http, short["id"], timeout=60)["status"] == "done"
     assert http.get(f"/api/summaries/{long['id']}").json()["status"] == "running"
     assert http.request("DELETE", f"/api/summaries/{long['id']}").status_code == 204
@@ -224,6 +262,7 @@ def test_a_document_of_more_parts_than_max_chunks_ends_with_an_error(tmp_path):
 
 def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(server):
     from edge_llm.daemon import Daemon
+
     second = Daemon(make_config(**{"daemon.state_dir": server.daemon.cfg.daemon.state_dir}))
     rc = []
     t = threading.Thread(target=lambda: rc.append(second.run()), daemon=True)
@@ -235,11 +274,19 @@ def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(server):
 
 # -- 3. a flood and slow clients ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def flood_daemon(tmp_path_factory):
     """The default queue (64) and batch (8): more than waitress's old 32 threads."""
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path_factory.mktemp("flood")),
-                                     "limits.max_queue": 64, "limits.max_batch_size": 8}))
+    d = RunningDaemon(
+        make_config(
+            **{
+                "daemon.state_dir": str(tmp_path_factory.mktemp("flood")),
+                "limits.max_queue": 64,
+                "limits.max_batch_size": 8,
+            }
+        )
+    )
     yield d
     d.stop()
 
@@ -271,8 +318,9 @@ def test_slow_connections_do_not_take_health_and_the_page_offline(flood_daemon):
 
 def test_a_flood_gets_429_quickly_while_health_and_the_page_answer(flood_daemon):
     port = flood_daemon.daemon.port
-    body = json.dumps({"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 300,
-                       "logit_bias": NO_EOS})
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 300, "logit_bias": NO_EOS}
+    )
     results, conns = [], []
     lock = threading.Lock()
 
@@ -314,6 +362,7 @@ def test_a_flood_gets_429_quickly_while_health_and_the_page_answer(flood_daemon)
 
 # -- 5. drain ---------------------------------------------------------------------------------------
 
+
 def test_drain_ends_streams_with_an_error_event_and_waiting_requests_with_503(tmp_path):
     proc, http, notify, _ = spawn(tmp_path, "--set=daemon.drain_timeout_s=3")
     try:
@@ -324,8 +373,9 @@ def test_drain_ends_streams_with_an_error_event_and_waiting_requests_with_503(tm
 
         def streaming():
             try:
-                for _ in client.chat.completions.create(model=model, messages=HI, max_tokens=500, stream=True,
-                                                        logit_bias=NO_EOS):
+                for _ in client.chat.completions.create(
+                    model=model, messages=HI, max_tokens=500, stream=True, logit_bias=NO_EOS
+                ):
                     pass
                 outcome["stream"] = "finished"
             except openai.APIError as e:
@@ -361,6 +411,7 @@ def test_drain_ends_streams_with_an_error_event_and_waiting_requests_with_503(tm
 
 # -- 6. memory pressure ----------------------------------------------------------------------------
 
+
 def test_requests_while_admission_is_paused_are_answered_not_held(server, http):
     server.engine.set_admission_paused(True)
     try:
@@ -374,8 +425,9 @@ def test_requests_while_admission_is_paused_are_answered_not_held(server, http):
 
 
 def test_a_request_not_admitted_in_time_gets_503(tmp_path):
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path), "limits.max_batch_size": 1,
-                                     "server.queue_timeout_s": 1.0}))
+    d = RunningDaemon(
+        make_config(**{"daemon.state_dir": str(tmp_path), "limits.max_batch_size": 1, "server.queue_timeout_s": 1.0})
+    )
     try:
         http = Http(d.daemon.port)
         first = threading.Thread(target=chat, args=(http,), kwargs={"max_tokens": 400, "logit_bias": NO_EOS})
@@ -393,6 +445,7 @@ def test_a_request_not_admitted_in_time_gets_503(tmp_path):
 def test_default_thresholds_scale_to_a_small_memory(tmp_path):
     from edge_llm import config as config_mod
     from edge_llm import pressure
+
     p = config_mod.load(env={}).planner
     total = 600 << 20  # the attack run's cgroup
     reserve = pressure.reserve_bytes(p, total)
@@ -405,8 +458,10 @@ def test_default_thresholds_scale_to_a_small_memory(tmp_path):
 def test_default_thresholds_start_and_serve_in_a_600_mib_cgroup(tmp_path):
     """The attack run's cgroup: the old 1 GiB reserve stopped start-up there."""
     import test_pressure
-    with test_pressure.daemon_in_cgroup(f"edge-llm-600-{os.getpid()}", 600 << 20, f"daemon.state_dir={tmp_path}",
-                                        "planner.calibrate=false") as (proc, http, cg, log):
+
+    with test_pressure.daemon_in_cgroup(
+        f"edge-llm-600-{os.getpid()}", 600 << 20, f"daemon.state_dir={tmp_path}", "planner.calibrate=false"
+    ) as (proc, http, cg, log):
         assert chat(http, max_tokens=8).status_code == 200
         h = http.get("/health").json()
         assert h["status"] == "ready" and not h["admission_paused"]
@@ -414,6 +469,7 @@ def test_default_thresholds_start_and_serve_in_a_600_mib_cgroup(tmp_path):
 
 
 # -- 7. health, OpenAPI, disconnects -------------------------------------------------------------------
+
 
 def test_health_is_503_while_the_engine_loop_makes_no_progress(child):
     _, http, _ = child
@@ -433,10 +489,13 @@ def request_schema(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}", "components": document()["components"]}
 
 
-@pytest.mark.parametrize("body", [
-    {"messages": [{"role": "user"}]},  # no content
-    {"messages": [{"role": "user", "content": None}]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user"}]},  # no content
+        {"messages": [{"role": "user", "content": None}]},
+    ],
+)
 def test_the_document_refuses_what_the_server_refuses(http, body):
     assert http.post("/v1/chat/completions", body).status_code == 400
     with pytest.raises(jsonschema.ValidationError):
@@ -456,8 +515,12 @@ def test_a_non_streaming_request_whose_client_leaves_is_cancelled(server, client
     server.wait_idle()
     slow = client.with_options(timeout=0.7)
     with pytest.raises(openai.APITimeoutError):
-        slow.chat.completions.create(model=server.model_id, messages=[{"role": "user", "content": "Tell a story."}],
-                                     max_tokens=500, logit_bias=NO_EOS)
+        slow.chat.completions.create(
+            model=server.model_id,
+            messages=[{"role": "user", "content": "Tell a story."}],
+            max_tokens=500,
+            logit_bias=NO_EOS,
+        )
     t0 = time.monotonic()
     while server.engine.num_running:
         assert time.monotonic() - t0 < 1.5, "the abandoned request still runs"
@@ -467,8 +530,21 @@ def test_a_non_streaming_request_whose_client_leaves_is_cancelled(server, client
 def test_the_attack_script_reports_clean_on_its_quick_request_phases(tmp_path):
     """tools/attack.py itself (the full run is by hand): its cheap phases, against its own daemon."""
     from tools import attack
+
     out = tmp_path / "attack.json"
-    assert attack.main(["--quick", "--phases", "schemas,bad_requests,cross_site", "--json", str(out),
-                        "--set", "planner.calibrate=false"]) == 0
+    assert (
+        attack.main(
+            [
+                "--quick",
+                "--phases",
+                "schemas,bad_requests,cross_site",
+                "--json",
+                str(out),
+                "--set",
+                "planner.calibrate=false",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["requests"] > 50 and not any(report["counts"].values()), report

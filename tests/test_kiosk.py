@@ -9,33 +9,41 @@ from pathlib import Path
 
 import pytest
 
-MARKDOWN = ("Links, tables, quotes, lists:\n\nSee [the docs](https://example.org/docs).\n\n> a quote\n\n"
-            "- one\n  - nested\n    1. deeper\n\n| name | value |\n|:-----|------:|\n| a | 1 |\n\n"
-            "```python\ndef add(a, b):\n    return a + b  # the sum\n```\n")
+MARKDOWN = (
+    "Links, tables, quotes, lists:\n\nSee [the docs](https://example.org/docs).\n\n> a quote\n\n"
+    "- one\n  - nested\n    1. deeper\n\n| name | value |\n|:-----|------:|\n| a | 1 |\n\n"
+    "```python\ndef add(a, b):\n    return a + b  # the sum\n```\n"
+)
 PAGES = ["/", "/summarize", "/dashboard"]
 
 
 def stored(page, messages, system=""):
     """A conversation as the page keeps it in localStorage, then the page reloaded."""
     page.goto("/")
-    page.evaluate("s => localStorage.setItem('edge-llm.chat', JSON.stringify(s))",
-                  {"system": system, "messages": messages})
+    page.evaluate(
+        "s => localStorage.setItem('edge-llm.chat', JSON.stringify(s))", {"system": system, "messages": messages}
+    )
     page.reload()
 
 
 def limit(page, max_tokens):
     """Short answers (the Max tokens setting, as kept by the page), so the tests run quickly."""
     page.goto("/")
-    page.evaluate("n => localStorage.setItem('edge-llm.chats', JSON.stringify({current: null, chats: {}, "
-                  "settings: {max_tokens: n}}))", max_tokens)
+    page.evaluate(
+        "n => localStorage.setItem('edge-llm.chats', JSON.stringify({current: null, chats: {}, "
+        "settings: {max_tokens: n}}))",
+        max_tokens,
+    )
     page.reload()
 
 
 def capture(page, bodies):
     """Record every chat request body the page sends, and let it through."""
+
     def handle(route):
         bodies.append(json.loads(route.request.post_data))
         route.continue_()
+
     page.route("**/v1/chat/completions", handle)
 
 
@@ -80,14 +88,18 @@ def test_settings_show_the_models_defaults_and_send_what_is_changed(page):
     assert page.input_value("#temperature") == "0.7"
     page.fill("#prompt", "Hello again")
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelectorAll('.msg.assistant').length === 2 && "
-                           "!document.querySelector('[aria-busy]')", timeout=60000)
+    page.wait_for_function(
+        "document.querySelectorAll('.msg.assistant').length === 2 && !document.querySelector('[aria-busy]')",
+        timeout=60000,
+    )
     assert "temperature" not in bodies[0] and "top_p" not in bodies[0]  # the server's defaults apply
     assert bodies[1]["temperature"] == 0.7 and bodies[1]["max_tokens"] == 8
     page.click("#settings summary")
     page.click("#defaults")
-    assert page.input_value("#temperature") == "" and page.evaluate(
-        "JSON.parse(localStorage.getItem('edge-llm.chats')).settings") == {}
+    assert (
+        page.input_value("#temperature") == ""
+        and page.evaluate("JSON.parse(localStorage.getItem('edge-llm.chats')).settings") == {}
+    )
 
 
 def test_regenerate_edit_and_copy(page):
@@ -122,15 +134,18 @@ def test_a_stopped_answer_is_kept_but_not_continued(page, server):
     limit(page, 64)
     page.fill("#prompt", "Tell me a very long story about a lighthouse keeper and the sea.")
     page.keyboard.press("Enter")
-    page.wait_for_function("(document.querySelector('.msg.assistant .body')||{}).textContent?.length > 20",
-                           timeout=60000)
+    page.wait_for_function(
+        "(document.querySelector('.msg.assistant .body')||{}).textContent?.length > 20", timeout=60000
+    )
     page.click("#stop")
     page.wait_for_selector(".msg.assistant.stopped")
     assert "stopped" in page.inner_text(".msg.assistant.stopped .actions")
     page.fill("#prompt", "What is 2 + 2?")
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelectorAll('.msg.assistant').length === 2 && "
-                           "!document.querySelector('[aria-busy]')", timeout=60000)
+    page.wait_for_function(
+        "document.querySelectorAll('.msg.assistant').length === 2 && !document.querySelector('[aria-busy]')",
+        timeout=60000,
+    )
     assert bodies[1]["messages"] == [{"role": "user", "content": "What is 2 + 2?"}]
     assert page.locator(".msg").count() == 4  # the stopped exchange stays on screen
 
@@ -157,20 +172,26 @@ def test_a_connection_error_offers_a_retry(page):
 
 def long_document(tmp_path: Path, name: str, paragraphs: int) -> Path:
     doc = tmp_path / name
-    doc.write_text("\n\n".join(f"Day {i}: the museum had {100 + i * 7} visitors, the cafe sold {30 + i} cakes and "
-                               f"the guide told the story of room {i % 9} twice." for i in range(paragraphs)))
+    doc.write_text(
+        "\n\n".join(
+            f"Day {i}: the museum had {100 + i * 7} visitors, the cafe sold {30 + i} cakes and "
+            f"the guide told the story of room {i % 9} twice."
+            for i in range(paragraphs)
+        )
+    )
     return doc
 
 
 def test_summaries_show_time_left_and_cancel_ends_the_work(page, server, tmp_path, shot):
     page.goto("/summarize")
     page.set_input_files("#file", str(long_document(tmp_path, "long-visit.txt", 120)))
-    page.wait_for_function("document.querySelector('#progress-text').textContent.includes('elapsed')",
-                           timeout=60000)
-    page.wait_for_function("/about \\d+:\\d\\d left/.test(document.querySelector('#progress-text').textContent)",
-                           timeout=60000)
-    assert page.evaluate("document.querySelector('#progress').value % 1 !== 0 || "
-                         "document.querySelector('#progress').value > 0")
+    page.wait_for_function("document.querySelector('#progress-text').textContent.includes('elapsed')", timeout=60000)
+    page.wait_for_function(
+        "/about \\d+:\\d\\d left/.test(document.querySelector('#progress-text').textContent)", timeout=60000
+    )
+    assert page.evaluate(
+        "document.querySelector('#progress').value % 1 !== 0 || document.querySelector('#progress').value > 0"
+    )
     shot(page, "summaries-1024x600.png")
     job_id = page.evaluate("current.id")
     page.click("#cancel")
@@ -187,9 +208,18 @@ def test_dashboard_draws_the_daemons_own_data(page, http, shot):
     page.goto("/dashboard")
     page.wait_for_function("document.querySelectorAll('#c-tps polyline').length > 0", timeout=10000)
     answers = []  # a visitor chats while the dashboard watches
-    chat = threading.Thread(target=lambda: answers.append(http.post("/v1/chat/completions", {
-        "messages": [{"role": "user", "content": "Tell me about lighthouses."}], "max_tokens": 48,
-        "temperature": 0}).status_code))
+    chat = threading.Thread(
+        target=lambda: answers.append(
+            http.post(
+                "/v1/chat/completions",
+                {
+                    "messages": [{"role": "user", "content": "Tell me about lighthouses."}],
+                    "max_tokens": 48,
+                    "temperature": 0,
+                },
+            ).status_code
+        )
+    )
     chat.start()
     page.wait_for_function("parseFloat(document.querySelector('#v-tps').textContent) > 0", timeout=120000)
     chat.join(120)
@@ -211,16 +241,25 @@ def test_dashboard_draws_the_daemons_own_data(page, http, shot):
 
 def axe(page) -> list:
     from axe_playwright_python import sync_playwright as axe_module
+
     page.evaluate((Path(axe_module.__file__).parent / "axe.min.js").read_text())
-    return page.evaluate("axe.run().then(r => r.violations.map(v => ({id: v.id, impact: v.impact, "
-                         "nodes: v.nodes.map(n => n.target.join(' '))})))")
+    return page.evaluate(
+        "axe.run().then(r => r.violations.map(v => ({id: v.id, impact: v.impact, "
+        "nodes: v.nodes.map(n => n.target.join(' '))})))"
+    )
 
 
 @pytest.mark.parametrize("width, height", [(1024, 600), (390, 844)])
 def test_axe_finds_nothing_serious_on_any_page(page, width, height):
     page.set_viewport_size({"width": width, "height": height})
-    stored(page, [{"role": "user", "content": "show me"}, {"role": "assistant", "content": MARKDOWN},
-                  {"role": "assistant", "content": "a stopped answer", "stopped": True}])
+    stored(
+        page,
+        [
+            {"role": "user", "content": "show me"},
+            {"role": "assistant", "content": MARKDOWN},
+            {"role": "assistant", "content": "a stopped answer", "stopped": True},
+        ],
+    )
     page.wait_for_selector(".code-head button")
     found = {}
     for path in PAGES:

@@ -21,8 +21,11 @@ def test_defaults_come_from_the_model_card_generation_config_gguf_or_configurati
     gen = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "eos_token_id": [1, 2]}
     d = sampling.resolve({**UNSET, "temperature": 0.7}, gen, {"temperature": 0.3}, "SmolLM2")
     assert (d.temperature, d.top_p, d.top_k) == (0.7, 0.95, 20)
-    assert d.sources == {"temperature": "configuration [sampling]", "top_p": "the model's generation_config.json",
-                         "top_k": "the model's generation_config.json"}
+    assert d.sources == {
+        "temperature": "configuration [sampling]",
+        "top_p": "the model's generation_config.json",
+        "top_k": "the model's generation_config.json",
+    }
     gguf = sampling.resolve(UNSET, {"temperature": "hot"}, {"temperature": 0.3}, "x")  # a bad value is skipped
     assert gguf.temperature == 0.3 and gguf.sources["temperature"] == "the model's GGUF metadata"
 
@@ -49,13 +52,20 @@ def test_sampling_configuration_is_validated():
 
 def test_a_request_without_temperature_is_sampled_with_the_models_defaults(server, http, monkeypatch):
     assert http.get("/api/sampling").json() == {
-        "temperature": 0.2, "top_p": 0.9, "top_k": 0,
-        "sources": {"temperature": "SmolLM2's model card", "top_p": "SmolLM2's model card",
-                    "top_k": "OpenAI's default"}}
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "top_k": 0,
+        "sources": {
+            "temperature": "SmolLM2's model card",
+            "top_p": "SmolLM2's model card",
+            "top_k": "OpenAI's default",
+        },
+    }
     seen = []
     make = server.engine.make_request
-    monkeypatch.setattr(server.engine, "make_request", lambda tokens, params, *a: seen.append(params) or make(
-        tokens, params, *a))
+    monkeypatch.setattr(
+        server.engine, "make_request", lambda tokens, params, *a: seen.append(params) or make(tokens, params, *a)
+    )
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     assert http.post("/v1/chat/completions", body).status_code == 200
     assert http.post("/v1/chat/completions", {**body, "temperature": 0.9}).status_code == 200
@@ -113,6 +123,7 @@ def test_favicon(http):
 def test_a_running_summary_reports_progress_inside_its_parts(server, http):
     """chunks_partial grows while parts are in the engine, before any part is done."""
     import time
+
     text = "\n\n".join(f"Paragraph {i}: the harbour counted {i * 13} boats and {i * 7} gulls today." for i in range(40))
     job = http.post("/api/summaries?filename=harbour.txt", text.encode(), {"Content-Type": "text/plain"}).json()
     partials, deadline = [], time.monotonic() + 120

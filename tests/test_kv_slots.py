@@ -10,8 +10,10 @@ from edge_llm.engine.scheduler import ScheduledChunk
 
 
 def make(n, num_tokens=10, first=100, max_tokens=5):
-    return [Request(list(range(first + i * 1000, first + i * 1000 + num_tokens)), SamplingParams(max_tokens=max_tokens))
-            for i in range(n)]
+    return [
+        Request(list(range(first + i * 1000, first + i * 1000 + num_tokens)), SamplingParams(max_tokens=max_tokens))
+        for i in range(n)
+    ]
 
 
 def runs_of_consecutive_ids(slots) -> int:
@@ -85,6 +87,7 @@ def test_streams_copy_a_pinned_prefix_only_when_it_is_worth_a_whole_stream():
 
 def test_backend_sends_per_slot_decodes_in_slot_order_and_each_chunk_alone():
     from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+
     be = LlamaCppBackend.__new__(LlamaCppBackend)
     be.shape = SimpleNamespace(kv_unified=False)
     reqs = make(4)

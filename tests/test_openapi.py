@@ -31,13 +31,31 @@ def test_document_is_valid_openapi_3_1_and_served(http):
     doc = http.get("/openapi.json").json()
     validate(doc)
     assert doc["openapi"] == "3.1.0" and doc == json.loads(json.dumps(document()))
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model}", "/health", "/metrics",
-            "/api/plan", "/api/telemetry", "/api/summaries", "/api/summaries/{job_id}"} <= set(doc["paths"])
+    assert {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/health",
+        "/metrics",
+        "/api/plan",
+        "/api/telemetry",
+        "/api/summaries",
+        "/api/summaries/{job_id}",
+    } <= set(doc["paths"])
 
 
 def test_real_responses_match_the_document(http, server):
-    chat = http.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
-                                              "temperature": 0, "logprobs": True, "top_logprobs": 2})
+    chat = http.post(
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 2,
+        },
+    )
     conforms("ChatCompletion", chat.json())
     text = http.post("/v1/completions", {"prompt": "Hello", "max_tokens": 4, "logprobs": 1})
     conforms("Completion", text.json())
@@ -50,9 +68,13 @@ def test_real_responses_match_the_document(http, server):
     conforms("SummaryJob", job.json())
     conforms("SummaryJob", http.get(f"/api/summaries/{job.json()['id']}").json())
     conforms("SummaryJobList", http.get("/api/summaries").json())
-    for r in (http.post("/v1/chat/completions", {"messages": []}), http.get("/v1/models/nope"),
-              http.post("/v1/chat/completions", b"x", {"Content-Type": "text/plain"}), http.get("/nope"),
-              http.post("/api/summaries?filename=a.png", b"x", {"Content-Type": "image/png"})):
+    for r in (
+        http.post("/v1/chat/completions", {"messages": []}),
+        http.get("/v1/models/nope"),
+        http.post("/v1/chat/completions", b"x", {"Content-Type": "text/plain"}),
+        http.get("/nope"),
+        http.post("/api/summaries?filename=a.png", b"x", {"Content-Type": "image/png"}),
+    ):
         assert r.status_code >= 400
         conforms("Error", r.json())
     with pytest.raises(jsonschema.ValidationError):  # the check can fail
@@ -62,9 +84,17 @@ def test_real_responses_match_the_document(http, server):
 @pytest.fixture(scope="module")
 def fuzz_daemon(tmp_path_factory):
     """Its own daemon with tiny generations, so thousands of fuzzed requests stay cheap."""
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path_factory.mktemp("fuzz")),
-                                     "limits.max_output_len": 8, "limits.max_seq_len": 512,
-                                     "limits.kv_cache_tokens": 4096, "summarize.summary_tokens": 8}))
+    d = RunningDaemon(
+        make_config(
+            **{
+                "daemon.state_dir": str(tmp_path_factory.mktemp("fuzz")),
+                "limits.max_output_len": 8,
+                "limits.max_seq_len": 512,
+                "limits.kv_cache_tokens": 4096,
+                "summarize.summary_tokens": 8,
+            }
+        )
+    )
     yield d
     d.stop()
 
@@ -75,8 +105,13 @@ def openai_shaped_error(ctx, response, case):
         conforms("Error", json.loads(response.content))
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          openai_shaped_error]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    openai_shaped_error,
+]
 
 
 def test_fuzzed_requests_get_no_5xx_and_openai_shaped_errors(fuzz_daemon):
@@ -87,6 +122,7 @@ def test_fuzzed_requests_get_no_5xx_and_openai_shaped_errors(fuzz_daemon):
     assert len(operations) >= 13
     calls = []
     for op in operations:
+
         @given(case=op.as_strategy())
         @settings(max_examples=FUZZ_CASES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def fuzz(case):

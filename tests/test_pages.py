@@ -35,8 +35,9 @@ def test_stop_cancels_the_request_on_the_server(page, server):
     page.dispatch_event("#system", "change")
     page.fill("#prompt", "Tell me a very long story about a lighthouse keeper and the sea.")
     page.click("#send")
-    page.wait_for_function("(document.querySelector('.msg.assistant:last-child')||{}).textContent?.length > 20",
-                           timeout=60000)
+    page.wait_for_function(
+        "(document.querySelector('.msg.assistant:last-child')||{}).textContent?.length > 20", timeout=60000
+    )
     page.click("#stop")
     page.wait_for_function("document.querySelector('#speed').textContent === 'stopped'")
     deadline = time.monotonic() + 10
@@ -73,8 +74,11 @@ def test_keyboard_only_and_large_touch_targets(page, shot):
 
 def test_summarize_page_shows_progress_and_result(page, tmp_path, shot):
     doc = tmp_path / "visit.txt"
-    doc.write_text("\n\n".join(f"Day {i}: the museum had {100 + i * 7} visitors and the cafe sold {30 + i} cakes."
-                               for i in range(12)))
+    doc.write_text(
+        "\n\n".join(
+            f"Day {i}: the museum had {100 + i * 7} visitors and the cafe sold {30 + i} cakes." for i in range(12)
+        )
+    )
     page.goto("/summarize")
     page.set_input_files("#file", str(doc))
     page.wait_for_selector("#job:not([hidden])")
@@ -104,14 +108,16 @@ def test_loading_and_busy_are_explained_then_retried(page, status, words):
     """The browser gets one 503/429 (as the daemon sends while loading or when its queue is
     full), shows it in words, retries after Retry-After, and the real reply arrives."""
     import json
+
     hits = []
 
     def first_refused(route):
         hits.append(route.request.url)
         if len(hits) == 1:
             body = {"error": {"message": "the model is loading", "type": "unavailable_error", "code": "loading"}}
-            route.fulfill(status=status, headers={"Retry-After": "1", "Content-Type": "application/json"},
-                          body=json.dumps(body))
+            route.fulfill(
+                status=status, headers={"Retry-After": "1", "Content-Type": "application/json"}, body=json.dumps(body)
+            )
         else:
             route.continue_()
 
@@ -130,8 +136,11 @@ def test_stop_cancels_a_pending_retry(page):
 
     def always_loading(route):
         hits.append(1)
-        route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/json"},
-                      body='{"error": {"message": "loading", "type": "unavailable_error", "code": "loading"}}')
+        route.fulfill(
+            status=503,
+            headers={"Retry-After": "1", "Content-Type": "application/json"},
+            body='{"error": {"message": "loading", "type": "unavailable_error", "code": "loading"}}',
+        )
 
     page.route("**/v1/chat/completions", always_loading)
     page.goto("/")

@@ -12,17 +12,30 @@ from edge_llm.profile import ModelProfile
 from edge_llm.telemetry.snapshot import Snapshot
 
 models = st.builds(
-    ModelProfile, name=st.just("m"), n_layers=st.integers(4, 80), n_kv_heads=st.integers(1, 64),
-    head_dim=st.sampled_from([64, 80, 128]), n_ctx_train=st.sampled_from([2048, 4096, 8192, 32768]),
-    weights_bytes=st.integers(50 * MiB, 40 * GiB), n_embd=st.sampled_from([576, 2048, 4096]),
-    n_vocab=st.sampled_from([32000, 49152, 128256]))
+    ModelProfile,
+    name=st.just("m"),
+    n_layers=st.integers(4, 80),
+    n_kv_heads=st.integers(1, 64),
+    head_dim=st.sampled_from([64, 80, 128]),
+    n_ctx_train=st.sampled_from([2048, 4096, 8192, 32768]),
+    weights_bytes=st.integers(50 * MiB, 40 * GiB),
+    n_embd=st.sampled_from([576, 2048, 4096]),
+    n_vocab=st.sampled_from([32000, 49152, 128256]),
+)
 snapshots = st.builds(
-    Snapshot, source=st.just("test"), ram_total_bytes=st.just(64 * GiB),
-    ram_available_bytes=st.integers(1 * GiB, 64 * GiB), ram_used_bytes=st.just(0),
-    swap_total_bytes=st.integers(0, 16 * GiB), swap_used_bytes=st.just(0), unified_memory=st.booleans())
+    Snapshot,
+    source=st.just("test"),
+    ram_total_bytes=st.just(64 * GiB),
+    ram_available_bytes=st.integers(1 * GiB, 64 * GiB),
+    ram_used_bytes=st.just(0),
+    swap_total_bytes=st.integers(0, 16 * GiB),
+    swap_used_bytes=st.just(0),
+    unified_memory=st.booleans(),
+)
 caps = st.fixed_dictionaries({}, optional={name: st.integers(1, 20000) for name in planner.LIMITS})
-policies = st.builds(Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps,
-                     per_sequence_kv=st.sampled_from([True, False, None]))
+policies = st.builds(
+    Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps, per_sequence_kv=st.sampled_from([True, False, None])
+)
 
 
 def try_plan(m, s, p):
@@ -100,10 +113,17 @@ def test_swap_recommendation_is_bounded():
 
 # -- GPU memory (NVML-shaped readings) ------------------------------------------------------------
 
+
 def h200(ram_gib=24, used_gib=1.0) -> Snapshot:
-    return Snapshot(source="nvml+psutil", ram_total_bytes=ram_gib * GiB, ram_available_bytes=ram_gib * GiB - GiB,
-                    ram_used_bytes=GiB, gpu_name="NVIDIA H200", gpu_mem_total_bytes=143771 * MiB,
-                    gpu_mem_used_bytes=int(used_gib * GiB))
+    return Snapshot(
+        source="nvml+psutil",
+        ram_total_bytes=ram_gib * GiB,
+        ram_available_bytes=ram_gib * GiB - GiB,
+        ram_used_bytes=GiB,
+        gpu_name="NVIDIA H200",
+        gpu_mem_total_bytes=143771 * MiB,
+        gpu_mem_used_bytes=int(used_gib * GiB),
+    )
 
 
 def test_discrete_gpu_plans_from_gpu_memory_not_ram():
@@ -135,8 +155,11 @@ def test_a_stream_per_slot_holds_max_seq_len_for_every_slot(m, s, p):
 
 def test_stream_per_slot_plan_for_the_mixed_benchmark():
     model = profiles.MODELS["smollm2-135m-q4_1"]
-    pl = plan(model, profiles.DEVICES["agx-orin-64gb"],
-              Policy(per_sequence_kv=True, prefix_cache_slots=1, caps={"kv_cache_tokens": 20480}))
+    pl = plan(
+        model,
+        profiles.DEVICES["agx-orin-64gb"],
+        Policy(per_sequence_kv=True, prefix_cache_slots=1, caps={"kv_cache_tokens": 20480}),
+    )
     assert (pl.max_batch_size, pl.max_seq_len, pl.kv_cache_tokens) == (4, 4096, 20480)
 
 

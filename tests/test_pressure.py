@@ -50,8 +50,11 @@ def remove_cgroup(cg: Path) -> None:
 
 
 def oom_kills(cg: Path) -> int:
-    text = (cg / "memory.oom_control").read_text() if (cg / "memory.oom_control").exists() \
+    text = (
+        (cg / "memory.oom_control").read_text()
+        if (cg / "memory.oom_control").exists()
         else (cg / "memory.events").read_text()
+    )
     m = re.search(r"oom_kill (\d+)", text)
     return int(m.group(1)) if m else 0
 
@@ -64,8 +67,11 @@ def daemon_in_cgroup(name: str, limit: int, *settings: str):
     if cg is None:
         pytest.skip("cannot create a memory cgroup here (needs root and a writable cgroup fs)")
     sets = " ".join(f"--set {s}" for s in settings)
-    proc = subprocess.Popen(["sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec {sys.executable} -m edge_llm "
-                                         f"serve --port 0 {sets}"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec {sys.executable} -m edge_llm serve --port 0 {sets}"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         log, port = [], None
         for line in proc.stderr:
@@ -85,11 +91,17 @@ def daemon_in_cgroup(name: str, limit: int, *settings: str):
 
 @pytest.fixture()
 def limited_daemon():
-    with daemon_in_cgroup(f"edge-llm-test-{os.getpid()}", LIMIT,
-                          "planner.reserve_mb=160", "planner.low_water_mb=48", "planner.critical_mb=24",
-                          "limits.max_queue=8", "limits.max_output_len=64",
-                          # memory, not measured speed, must bound the batch here: a cap above what memory allows
-                          "limits.max_batch_size=8") as d:
+    with daemon_in_cgroup(
+        f"edge-llm-test-{os.getpid()}",
+        LIMIT,
+        "planner.reserve_mb=160",
+        "planner.low_water_mb=48",
+        "planner.critical_mb=24",
+        "limits.max_queue=8",
+        "limits.max_output_len=64",
+        # memory, not measured speed, must bound the batch here: a cap above what memory allows
+        "limits.max_batch_size=8",
+    ) as d:
         yield d
 
 
@@ -98,8 +110,9 @@ def test_flood_in_a_memory_limited_cgroup(limited_daemon):
     plan = http.get("/api/plan").json()
     assert plan["available_bytes"] < LIMIT  # planned for the cgroup, not the host
     assert plan["predicted_resident_bytes"] < LIMIT
-    long_prompt = "Summarize this report. " + " ".join(f"Line {i}: the pump ran at {i % 90} percent." for i in
-                                                       range(40))
+    long_prompt = "Summarize this report. " + " ".join(
+        f"Line {i}: the pump ran at {i % 90} percent." for i in range(40)
+    )
     too_long = "word " * (plan["max_input_len"] + 100)
 
     def one(i):
@@ -119,10 +132,12 @@ def test_flood_in_a_memory_limited_cgroup(limited_daemon):
     assert stats["status"] == "ready"
     # the plan, not the pressure guard, kept the flood in its memory: admission was never paused
     assert not [line for line in log if "admission paused" in line], "".join(log[-20:])
-    print(f"\nplan: kv {plan['kv_cache_tokens']} tokens, batch {plan['max_batch_size']}; "
-          f"peak KV reserved {stats['kv_tokens_reserved_peak']} "
-          f"({100 * stats['kv_tokens_reserved_peak'] / plan['kv_cache_tokens']:.0f}%); "
-          f"codes {sorted(set(codes))}: {[codes.count(c) for c in sorted(set(codes))]}")
+    print(
+        f"\nplan: kv {plan['kv_cache_tokens']} tokens, batch {plan['max_batch_size']}; "
+        f"peak KV reserved {stats['kv_tokens_reserved_peak']} "
+        f"({100 * stats['kv_tokens_reserved_peak'] / plan['kv_cache_tokens']:.0f}%); "
+        f"codes {sorted(set(codes))}: {[codes.count(c) for c in sorted(set(codes))]}"
+    )
     assert stats["kv_tokens_reserved_peak"] >= 0.8 * plan["kv_cache_tokens"]
 
 
@@ -141,9 +156,16 @@ class Ballast:
 
     def __init__(self, cg: Path):
         self.proc = subprocess.Popen(
-            ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && echo 1000 > /proc/self/oom_score_adj && '
-                         f'exec {sys.executable} -c "$0"', BALLAST],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                "sh",
+                "-c",
+                f'echo $$ > {cg}/cgroup.procs && echo 1000 > /proc/self/oom_score_adj && exec {sys.executable} -c "$0"',
+                BALLAST,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def grow(self, mib: int) -> None:
         self.proc.stdin.write(f"{mib}\n")
@@ -165,16 +187,33 @@ def test_pressure_in_a_cgroup_stops_admission_and_ends_nothing(tmp_path):
     a chat streams: new requests get 503 memory_pressure, the chat runs to its end (on llama.cpp,
     ending it would free no memory), and admission comes back once the memory does."""
     from test_daemon import StreamReader
-    with daemon_in_cgroup(f"edge-llm-pressure-{os.getpid()}", LIMIT, f"daemon.state_dir={tmp_path}",
-                          "planner.calibrate=false", "planner.reserve_mb=160", "planner.low_water_mb=48",
-                          "planner.critical_mb=24", "daemon.telemetry_interval_s=0.25",
-                          "limits.max_output_len=600") as (proc, http, cg, log):
-        chat = StreamReader(http.port, "/v1/chat/completions", {
-            "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 600,
-            "temperature": 0, "logit_bias": NO_EOS, "stream": True})
+
+    with daemon_in_cgroup(
+        f"edge-llm-pressure-{os.getpid()}",
+        LIMIT,
+        f"daemon.state_dir={tmp_path}",
+        "planner.calibrate=false",
+        "planner.reserve_mb=160",
+        "planner.low_water_mb=48",
+        "planner.critical_mb=24",
+        "daemon.telemetry_interval_s=0.25",
+        "limits.max_output_len=600",
+    ) as (proc, http, cg, log):
+        chat = StreamReader(
+            http.port,
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "Tell a long story."}],
+                "max_tokens": 600,
+                "temperature": 0,
+                "logit_bias": NO_EOS,
+                "stream": True,
+            },
+        )
         wait_until(lambda: chat.num_events >= 3 or chat.done_at, what="the chat's first tokens")
         ballast = Ballast(cg)
         try:
+
             def critical_reached() -> bool:
                 if chat.done_at or any("keeps running" in line for line in log):
                     return True
@@ -204,6 +243,7 @@ class EngineProbe:
 
     def __init__(self, running=2):
         from edge_llm.engine.metrics import EngineMetrics
+
         self.metrics, self.num_running, self.calls = EngineMetrics(), running, []
 
     def set_admission_paused(self, paused):

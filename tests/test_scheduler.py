@@ -12,15 +12,23 @@ def create_scheduler(num_slots=6, kv_tokens=1000, max_batch=4, chunk=16, max_que
 
 
 def create_requests(n, num_tokens=10, max_tokens=5, first=100, **kw):
-    return [Request(list(range(first + i * 1000, first + i * 1000 + num_tokens)),
-                    SamplingParams(max_tokens=max_tokens, **kw)) for i in range(n)]
+    return [
+        Request(
+            list(range(first + i * 1000, first + i * 1000 + num_tokens)), SamplingParams(max_tokens=max_tokens, **kw)
+        )
+        for i in range(n)
+    ]
 
 
 def run_step(s: Scheduler, token=7, piece=b"x", eos_for=()):
     out = s.schedule()
-    sampled = {c.request.seq_id: SampledToken(EOS if c.request in eos_for else token,
-                                              b"" if c.request in eos_for else piece, c.request in eos_for)
-               for c in out.chunks if c.sample}
+    sampled = {
+        c.request.seq_id: SampledToken(
+            EOS if c.request in eos_for else token, b"" if c.request in eos_for else piece, c.request in eos_for
+        )
+        for c in out.chunks
+        if c.sample
+    }
     return out, s.postprocess(out, sampled)
 
 
@@ -133,7 +141,7 @@ def test_finished_prefix_is_reused_by_a_later_request():
     slot_a = a.seq_id
     while not a.is_finished:
         run_step(s)
-    assert s.kv.cached == {slot_a: tuple(a.all_tokens[:a.num_computed])}
+    assert s.kv.cached == {slot_a: tuple(a.all_tokens[: a.num_computed])}
     b = Request(a.prompt_tokens[:15] + [9, 9, 9], SamplingParams(max_tokens=2))
     s.add(b)
     out = s.schedule()
@@ -184,9 +192,10 @@ def model_step(s: Scheduler):
     sampled = {}
     for c in out.chunks:
         if c.sample:
-            context = c.request.all_tokens[:c.start_pos] + c.tokens
-            sampled[c.request.seq_id] = SampledToken(10 + sum(t * (i + 1) for i, t in enumerate(context)) % 50,
-                                                     b"t", False)
+            context = c.request.all_tokens[: c.start_pos] + c.tokens
+            sampled[c.request.seq_id] = SampledToken(
+                10 + sum(t * (i + 1) for i, t in enumerate(context)) % 50, b"t", False
+            )
     return out, s.postprocess(out, sampled)
 
 
@@ -284,6 +293,7 @@ def test_a_large_waiting_request_does_not_block_smaller_ones_until_it_starves(mo
 
 def test_reservations_start_small_and_grow_and_a_full_budget_preempts_the_newest_background():
     from edge_llm.engine.kv_cache import RESERVE_STEP
+
     s = create_scheduler(num_slots=6, kv_tokens=200, max_batch=4, chunk=64, cached=0)
     first, second = background(2, num_tokens=20, max_tokens=150)
     s.add(first)

@@ -9,8 +9,10 @@ from edge_llm.server import create_app
 
 @pytest.fixture()
 def lan_app():
-    cfg = config.load(env={}, overrides=[("server.host", "0.0.0.0"), ("server.api_key", "s3cret"),
-                                         ("server.allowed_hosts", "kiosk.local")])
+    cfg = config.load(
+        env={},
+        overrides=[("server.host", "0.0.0.0"), ("server.api_key", "s3cret"), ("server.allowed_hosts", "kiosk.local")],
+    )
     return create_app(Runtime(cfg)).test_client()
 
 

@@ -17,13 +17,15 @@ from edge_llm.summarize import chunking, extract
 
 # -- chunking (pure) -----------------------------------------------------------------------------
 
+
 def words(s: str) -> int:  # a stand-in tokenizer: one token per word
     return len(s.split())
 
 
 def test_chunks_fit_keep_order_and_lose_nothing():
-    text = "\n\n".join(" ".join(f"p{p}s{s}w{w}." if w == 5 else f"p{p}s{s}w{w}" for w in range(6))
-                       for p in range(20) for s in range(3))
+    text = "\n\n".join(
+        " ".join(f"p{p}s{s}w{w}." if w == 5 else f"p{p}s{s}w{w}" for w in range(6)) for p in range(20) for s in range(3)
+    )
     chunks = chunking.split(text, 40, words)
     assert all(words(c) <= 40 for c in chunks)
     assert " ".join(chunks).split() == text.split()
@@ -32,8 +34,7 @@ def test_chunks_fit_keep_order_and_lose_nothing():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet="abc .!?\n", min_size=0, max_size=60), min_size=1, max_size=30),
-       st.integers(8, 50))
+@given(st.lists(st.text(alphabet="abc .!?\n", min_size=0, max_size=60), min_size=1, max_size=30), st.integers(8, 50))
 def test_chunking_properties(parts, limit):
     text = "\n\n".join(parts)
     chunks = chunking.split(text, limit, words)
@@ -49,14 +50,18 @@ def test_a_word_longer_than_a_chunk_is_cut_by_characters():
 
 # -- extraction ----------------------------------------------------------------------------------
 
+
 def make_pdf(text: str) -> bytes:
     """A real one-page PDF with a text layer, written by hand (pypdf only reads)."""
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-            b"/Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
-            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
     out, offsets = io.BytesIO(b"%PDF-1.4\n"), []
     out.seek(0, 2)
     for i, body in enumerate(objs, 1):
@@ -92,7 +97,8 @@ def test_extract_errors():
 REPORT = "\n\n".join(
     f"Section {i}. The north pump station ran for {20 + i} hours this week. Pressure stayed near {3 + i % 3} bar. "
     f"Technician {['Ada', 'Ben', 'Cleo', 'Dev'][i % 4]} replaced filter {i} and logged no leaks."
-    for i in range(14))
+    for i in range(14)
+)
 
 
 def chunks_total(http, job_id, timeout=60) -> int:
@@ -136,19 +142,28 @@ def test_summary_job_map_reduce_to_one_result(http, server):
 def test_multipart_pdf_upload(http):
     pdf = make_pdf("The generator served the clinic for 40 hours.")
     boundary = "edgeLLMboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"log.pdf\"\r\n"
-            f"Content-Type: application/pdf\r\n\r\n").encode() + pdf + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="log.pdf"\r\n'
+            f"Content-Type: application/pdf\r\n\r\n"
+        ).encode()
+        + pdf
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     r = http.post("/api/summaries", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert r.status_code == 202, r.text
     assert wait_done(http, r.json()["id"])["status"] == "done"
 
 
-@pytest.mark.parametrize("body, ctype, name, status, words_", [
-    (b"\x89PNG....", "image/png", "a.png", 415, "unsupported document type"),
-    (b"", "text/plain", "a.txt", 400, "empty"),
-    (b"   \n\n  ", "text/plain", "a.txt", 400, "no extractable text"),
-    (b"%PDF-1.4 broken", "application/pdf", "a.pdf", 400, "cannot be read"),
-])
+@pytest.mark.parametrize(
+    "body, ctype, name, status, words_",
+    [
+        (b"\x89PNG....", "image/png", "a.png", 415, "unsupported document type"),
+        (b"", "text/plain", "a.txt", 400, "empty"),
+        (b"   \n\n  ", "text/plain", "a.txt", 400, "no extractable text"),
+        (b"%PDF-1.4 broken", "application/pdf", "a.pdf", 400, "cannot be read"),
+    ],
+)
 def test_bad_documents(http, body, ctype, name, status, words_):
     r = http.post(f"/api/summaries?filename={name}", body, {"Content-Type": ctype})
     assert r.status_code == status and words_ in r.json()["error"]["message"]
@@ -162,10 +177,12 @@ def test_document_over_the_limit_is_413(http, server):
 
 # -- kill -9 mid-job, restart, resume ----------------------------------------------------------
 
+
 def test_kill_9_mid_job_resumes_and_summarizes_each_chunk_once(tmp_path):
     """A batch of one: chunks are summarized one after another, so once two are done the kill
     lands with at least two still to do, however fast or slow the machine."""
     from test_daemon import spawn
+
     proc, http, notify, _ = spawn(tmp_path, "--set=limits.max_batch_size=1")
     notify.wait_for("READY", "1")
     assert http.get("/api/plan").json()["max_batch_size"] == 1
@@ -200,6 +217,7 @@ def test_kill_9_mid_job_resumes_and_summarizes_each_chunk_once(tmp_path):
 
 def test_cli_summarize_against_the_daemon(server, tmp_path, capsys):
     from edge_llm.cli import main
+
     doc = tmp_path / "notes.md"
     doc.write_text("# Notes\n\nThe ferry leaves at 9. The return trip is at 17. Tickets cost 12 euro.\n")
     assert main(["summarize", str(doc), "--url", server.url]) == 0
@@ -231,6 +249,7 @@ def test_a_chunk_whose_pieces_join_into_more_tokens_is_cut():
 
 def blank_pdf(pages: int, password: str | None = None) -> bytes:
     from pypdf import PdfWriter
+
     w = PdfWriter()
     for _ in range(pages):
         w.add_blank_page(612, 792)
@@ -241,10 +260,13 @@ def blank_pdf(pages: int, password: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("pdf, status, words_", [
-    (blank_pdf(501), 413, "limit is 500 (summarize.max_pdf_pages)"),
-    (blank_pdf(1, password="x"), 400, "encrypted"),
-])
+@pytest.mark.parametrize(
+    "pdf, status, words_",
+    [
+        (blank_pdf(501), 413, "limit is 500 (summarize.max_pdf_pages)"),
+        (blank_pdf(1, password="x"), 400, "encrypted"),
+    ],
+)
 def test_pdfs_over_the_page_limit_or_encrypted_are_refused_at_upload(http, pdf, status, words_):
     r = http.post("/api/summaries?filename=a.pdf", pdf, {"Content-Type": "application/pdf"})
     assert r.status_code == status and words_ in r.json()["error"]["message"], r.text
@@ -264,8 +286,12 @@ def test_pdf_text_extraction_gives_up_after_its_time_limit():
 
 
 def test_list_pages_newest_first_without_results(http):
-    ids = [http.post(f"/api/summaries?filename=n{i}.txt", b"A short note. It has two sentences.",
-                     {"Content-Type": "text/plain"}).json()["id"] for i in range(3)]
+    ids = [
+        http.post(
+            f"/api/summaries?filename=n{i}.txt", b"A short note. It has two sentences.", {"Content-Type": "text/plain"}
+        ).json()["id"]
+        for i in range(3)
+    ]
     first = http.get("/api/summaries?limit=2").json()
     assert [j["id"] for j in first["data"]] == ids[::-1][:2] and first["has_more"] is True
     assert http.get("/api/summaries?limit=2&offset=2").json()["data"][0]["id"] == ids[0]
@@ -276,6 +302,7 @@ def test_list_pages_newest_first_without_results(http):
 
 def test_finished_jobs_are_purged_after_the_retention_period(tmp_path):
     from edge_llm.summarize.jobs import JobStore
+
     store = JobStore(tmp_path / "jobs.sqlite3")
     old, recent, running = (store.create(f"{n}.txt", b"text", "text/plain", 4).id for n in ("old", "recent", "run"))
     store.set_status(old, "done", result="r")
@@ -288,10 +315,13 @@ def test_finished_jobs_are_purged_after_the_retention_period(tmp_path):
 
 def test_a_store_from_before_documents_were_kept_is_migrated(tmp_path):
     from edge_llm.summarize.jobs import JobStore
+
     db = sqlite3.connect(tmp_path / "jobs.sqlite3")
-    db.executescript("CREATE TABLE jobs (id TEXT PRIMARY KEY, filename TEXT NOT NULL, status TEXT NOT NULL, "
-                     "error TEXT, result TEXT, num_chars INTEGER NOT NULL, created REAL NOT NULL, "
-                     "updated REAL NOT NULL); INSERT INTO jobs VALUES ('a', 'x.txt', 'done', NULL, 'r', 1, 1, 1);")
+    db.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, filename TEXT NOT NULL, status TEXT NOT NULL, "
+        "error TEXT, result TEXT, num_chars INTEGER NOT NULL, created REAL NOT NULL, "
+        "updated REAL NOT NULL); INSERT INTO jobs VALUES ('a', 'x.txt', 'done', NULL, 'r', 1, 1, 1);"
+    )
     db.close()
     store = JobStore(tmp_path / "jobs.sqlite3")
     assert store.get("a").result == "r" and store.create("y.txt", b"t", "text/plain", 1).status == "queued"
@@ -311,8 +341,10 @@ def test_cli_summarize_in_process_ends_when_the_job_fails(tmp_path, monkeypatch,
     doc = tmp_path / "notes.txt"
     doc.write_text("The ferry leaves at 9. The return trip is at 17.\n")
     rc = []
-    t = threading.Thread(target=lambda: rc.append(main(["summarize", str(doc), "--in-process", "--set",
-                                                        "limits.kv_cache_tokens=4096"])), daemon=True)
+    t = threading.Thread(
+        target=lambda: rc.append(main(["summarize", str(doc), "--in-process", "--set", "limits.kv_cache_tokens=4096"])),
+        daemon=True,
+    )
     t.start()
     t.join(120)
     assert rc == [1], "edge-llm summarize --in-process did not end"
@@ -325,14 +357,26 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
     a chat waited for the long chunks in flight)."""
     import openai
     from conftest import Http, RunningDaemon, make_config
-    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path / "state"), "limits.max_batch_size": 4,
-                                     "limits.prefill_chunk_tokens": 256, "summarize.chunk_tokens": 1200,
-                                     "summarize.summary_tokens": 48, "limits.max_seq_len": 2048,
-                                     "limits.kv_cache_tokens": 16384, "model.kv_layout": "per_slot"}))
+
+    d = RunningDaemon(
+        make_config(
+            **{
+                "daemon.state_dir": str(tmp_path / "state"),
+                "limits.max_batch_size": 4,
+                "limits.prefill_chunk_tokens": 256,
+                "summarize.chunk_tokens": 1200,
+                "summarize.summary_tokens": 48,
+                "limits.max_seq_len": 2048,
+                "limits.kv_cache_tokens": 16384,
+                "model.kv_layout": "per_slot",
+            }
+        )
+    )
     try:
         http = Http(d.daemon.port)
-        doc = " ".join(f"On day {i} the crew logged {i * 7 % 90} litres of water at station {i % 13}."
-                       for i in range(300))
+        doc = " ".join(
+            f"On day {i} the crew logged {i * 7 % 90} litres of water at station {i % 13}." for i in range(300)
+        )
         job = http.post("/api/summaries?filename=log.txt", doc.encode(), {"Content-Type": "text/plain"}).json()
         assert chunks_total(http, job["id"]) >= 4
         deadline = time.monotonic() + 300  # a state, not a time: on a loaded machine admission is slow
@@ -341,8 +385,9 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
             time.sleep(0.02)
         client = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
         t0 = time.monotonic()
-        stream = client.chat.completions.create(model=d.model_id, messages=[{"role": "user", "content": "Hi!"}],
-                                                max_tokens=8, temperature=0, stream=True)
+        stream = client.chat.completions.create(
+            model=d.model_id, messages=[{"role": "user", "content": "Hi!"}], max_tokens=8, temperature=0, stream=True
+        )
         ttft = next(time.monotonic() - t0 for c in stream if c.choices and c.choices[0].delta.content)
         list(stream)
         print(f"TTFT {ttft:.2f} s")
@@ -355,9 +400,12 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
         stats = d.engine.stats()
         assert stats["preemptions"] >= 1 and stats["resumptions"] >= 1 and stats["kv_tokens_reserved"] == 0
         metrics = http.get("/metrics").text
-        for line in ('edge_llm_preemptions_total{priority="background"}', "edge_llm_resumptions_total",
-                     'edge_llm_queue_seconds_count{priority="background"}',
-                     'edge_llm_time_to_first_token_seconds_count{priority="interactive"}'):
+        for line in (
+            'edge_llm_preemptions_total{priority="background"}',
+            "edge_llm_resumptions_total",
+            'edge_llm_queue_seconds_count{priority="background"}',
+            'edge_llm_time_to_first_token_seconds_count{priority="interactive"}',
+        ):
             value = float(next(x for x in metrics.splitlines() if x.startswith(line)).split()[-1])
             assert value >= 1, line
     finally:

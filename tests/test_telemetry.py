@@ -112,25 +112,46 @@ class FakePynvml:
     def __init__(self):
         self.shutdown = False
 
-    def nvmlInit(self): pass  # noqa: E704,N802
-    def nvmlDeviceGetHandleByIndex(self, i): return f"gpu{i}"  # noqa: E704,N802
-    def nvmlDeviceGetName(self, h): return "NVIDIA H200"  # noqa: E704,N802
-    def nvmlDeviceGetMemoryInfo(self, h): return self.Mem()  # noqa: E704,N802
-    def nvmlDeviceGetUtilizationRates(self, h): return self.Util()  # noqa: E704,N802
-    def nvmlDeviceGetTemperature(self, h, kind): return 41  # noqa: E704,N802
-    def nvmlDeviceGetPowerUsage(self, h): return 118_000  # noqa: E704,N802 (mW)
-    def nvmlShutdown(self): self.shutdown = True  # noqa: E704,N802
+    def nvmlInit(self):
+        pass  # noqa: E704,N802
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"gpu{i}"  # noqa: E704,N802
+
+    def nvmlDeviceGetName(self, h):
+        return "NVIDIA H200"  # noqa: E704,N802
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return self.Mem()  # noqa: E704,N802
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return self.Util()  # noqa: E704,N802
+
+    def nvmlDeviceGetTemperature(self, h, kind):
+        return 41  # noqa: E704,N802
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 118_000  # noqa: E704,N802 (mW)
+
+    def nvmlShutdown(self):
+        self.shutdown = True  # noqa: E704,N802
 
 
 def test_nvml_source_maps_readings(monkeypatch):
     import sys
+
     fake = FakePynvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     from edge_llm.telemetry.nvml import NvmlSource
+
     src = NvmlSource()
     s = src.read()
     assert (s.source, s.gpu_name, s.gpu_mem_total_bytes, s.gpu_mem_used_bytes) == (
-        "nvml+psutil", "NVIDIA H200", FakePynvml.Mem.total, FakePynvml.Mem.used)
+        "nvml+psutil",
+        "NVIDIA H200",
+        FakePynvml.Mem.total,
+        FakePynvml.Mem.used,
+    )
     assert s.gpu_load_percent == 37 and s.temperatures_c["gpu"] == 41 and s.power_total_mw == 118_000
     assert s.ram_total_bytes > 0 and not s.unified_memory
     src.close()

@@ -17,7 +17,8 @@ from edge_llm.engine.request import SamplingParams
 FAKES = Path(__file__).parent / "fakes"
 FAKED = ("tensorrt_llm", "transformers", "torch", "jtop")  # jtop: a daemon started here imports it too
 REAL_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None and not str(
-    importlib.util.find_spec("tensorrt_llm").origin).startswith(str(FAKES))
+    importlib.util.find_spec("tensorrt_llm").origin
+).startswith(str(FAKES))
 
 
 def _forget(names) -> None:
@@ -53,19 +54,41 @@ def make_engine_dir(tmp_path: Path, **manifest_overrides) -> Path:
     d = tmp_path / "llama-3-8b-int4"
     (d / "tokenizer").mkdir(parents=True)
     (d / "rank0.engine").write_bytes(b"\0" * 4096)
-    (d / "config.json").write_text(json.dumps({
-        "pretrained_config": {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-                              "hidden_size": 4096, "vocab_size": 128256, "max_position_embeddings": 8192},
-        "build_config": {"max_batch_size": 4, "max_input_len": 2048, "max_seq_len": 3072,
-                         "max_num_tokens": 2304, "plugin_config": {"use_paged_context_fmha": True}}}))
-    manifest = {"complete": True, "tensorrt_llm_version": "0.12.0", "gpu_arch": "sm_87",
-                "source_model": "/models/Meta-Llama-3-8B-Instruct", **manifest_overrides}
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "pretrained_config": {
+                    "num_hidden_layers": 32,
+                    "num_attention_heads": 32,
+                    "num_key_value_heads": 8,
+                    "hidden_size": 4096,
+                    "vocab_size": 128256,
+                    "max_position_embeddings": 8192,
+                },
+                "build_config": {
+                    "max_batch_size": 4,
+                    "max_input_len": 2048,
+                    "max_seq_len": 3072,
+                    "max_num_tokens": 2304,
+                    "plugin_config": {"use_paged_context_fmha": True},
+                },
+            }
+        )
+    )
+    manifest = {
+        "complete": True,
+        "tensorrt_llm_version": "0.12.0",
+        "gpu_arch": "sm_87",
+        "source_model": "/models/Meta-Llama-3-8B-Instruct",
+        **manifest_overrides,
+    }
     (d / "edge-llm-manifest.json").write_text(json.dumps(manifest))
     return d
 
 
 def start_engine(engine_dir, **overrides):
     from edge_llm import appliance, config, profiles
+
     items = {"model.backend": "trtllm", "model.path": str(engine_dir), "model.warmup": "false", **overrides}
     cfg = config.load(env={}, overrides=list(items.items()))
     return appliance.build_engine(cfg, profiles.DEVICES["agx-orin-64gb"])
@@ -75,9 +98,10 @@ def test_plan_maps_to_runner_kwargs_that_pass_from_dirs_checks(fake_trtllm, tmp_
     """from_dir asserts max_input_len + max_output_len <= the engine's max_seq_len (the old
     kwargs, input = seq - 1 and output = 1024, failed it on every load)."""
     from tensorrt_llm import runtime
+
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
     try:
-        (engine_dir, kwargs), = runtime.model_runner_cpp.CALLS[-1:]
+        ((engine_dir, kwargs),) = runtime.model_runner_cpp.CALLS[-1:]
         assert engine_dir == str(tmp_path / "llama-3-8b-int4")
         assert kwargs["use_mmap"] is True
         assert kwargs["max_tokens_in_paged_kv_cache"] == plan.kv_cache_tokens
@@ -97,8 +121,10 @@ def test_a_smaller_planned_batch_is_enforced_by_admission(fake_trtllm, tmp_path)
     """The executor schedules up to the engine's build-time batch (4): the plan's 2 is ours."""
     backend, plan, engine = start_engine(make_engine_dir(tmp_path), **{"limits.max_batch_size": "2"})
     try:
-        reqs = [engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 20)[0]
-                for i in range(5)]
+        reqs = [
+            engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 20)[0]
+            for i in range(5)
+        ]
         for r in reqs:
             engine.submit(r)
         for r in reqs:
@@ -115,13 +141,15 @@ def test_kv_pool_is_exactly_the_plan_when_the_default_fraction_would_shrink_it(f
     from tensorrt_llm.runtime import model_runner_cpp
 
     from edge_llm.engine.backends import trtllm
+
     d = make_engine_dir(tmp_path)
     backend, plan, engine = start_engine(d)
     engine.stop()
     free_after_load = int(plan.kv_cache_bytes / 0.93)
     monkeypatch.setattr(model_runner_cpp, "FREE_GPU_MEMORY_BYTES", free_after_load)
-    monkeypatch.setattr(trtllm, "free_device_memory",
-                        lambda: free_after_load + plan.weights_bytes + plan.workspace_bytes)
+    monkeypatch.setattr(
+        trtllm, "free_device_memory", lambda: free_after_load + plan.weights_bytes + plan.workspace_bytes
+    )
     backend, plan2, engine = start_engine(d)
     try:
         assert plan2.kv_cache_tokens == plan.kv_cache_tokens
@@ -146,6 +174,7 @@ def test_natural_stop_is_stop_and_the_cap_is_length(fake_trtllm, tmp_path):
 
 def test_negative_seed_reaches_the_executor_as_uint64(fake_trtllm, tmp_path):
     from tensorrt_llm.bindings import executor as fake_executor
+
     with pytest.raises(TypeError):  # what the old code sent
         fake_executor.SamplingConfig(random_seed=-1)
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
@@ -159,6 +188,7 @@ def test_negative_seed_reaches_the_executor_as_uint64(fake_trtllm, tmp_path):
 
 def test_executor_error_ends_the_request_with_its_message(fake_trtllm, tmp_path):
     from edge_llm.engine.request import Request
+
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
     try:
         # past the engine's max_seq_len: only a hand-made request can ask for it
@@ -205,13 +235,17 @@ def test_stop_string_ends_the_request_in_the_executor_too(fake_trtllm, tmp_path)
         engine.stop()
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"tensorrt_llm_version": "0.11.0"}, "built with TensorRT-LLM 0.11.0, this device has 0.12.0"),
-    ({"gpu_arch": "sm_90"}, "built for sm_90, this GPU is sm_87"),
-    ({"complete": False}, "did not finish"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"tensorrt_llm_version": "0.11.0"}, "built with TensorRT-LLM 0.11.0, this device has 0.12.0"),
+        ({"gpu_arch": "sm_90"}, "built for sm_90, this GPU is sm_87"),
+        ({"complete": False}, "did not finish"),
+    ],
+)
 def test_engine_manifest_mismatch_is_refused_with_how_to_rebuild(fake_trtllm, tmp_path, override, message):
     from edge_llm.engine.backends.trtllm import ManifestError, TrtLlmBackend
+
     with pytest.raises(ManifestError, match=message) as e:
         TrtLlmBackend(make_engine_dir(tmp_path, **override))
     assert "tools/build_engine.py" in str(e.value)
@@ -219,6 +253,7 @@ def test_engine_manifest_mismatch_is_refused_with_how_to_rebuild(fake_trtllm, tm
 
 def test_engine_without_manifest_is_refused(fake_trtllm, tmp_path):
     from edge_llm.engine.backends.trtllm import ManifestError, TrtLlmBackend
+
     d = make_engine_dir(tmp_path)
     (d / "edge-llm-manifest.json").unlink()
     with pytest.raises(ManifestError, match="has no edge-llm-manifest.json"):
@@ -229,13 +264,23 @@ def test_daemon_serves_the_same_api_on_the_trtllm_engine(fake_trtllm, tmp_path):
     """The server, planner, admission and metrics do not know which engine runs."""
     import openai
     from conftest import RunningDaemon, make_config
-    d = RunningDaemon(make_config(**{"model.backend": "trtllm", "model.path": str(make_engine_dir(tmp_path)),
-                                     "limits.kv_cache_tokens": 0, "limits.max_seq_len": 0,
-                                     "daemon.state_dir": str(tmp_path / "state")}))
+
+    d = RunningDaemon(
+        make_config(
+            **{
+                "model.backend": "trtllm",
+                "model.path": str(make_engine_dir(tmp_path)),
+                "limits.kv_cache_tokens": 0,
+                "limits.max_seq_len": 0,
+                "daemon.state_dir": str(tmp_path / "state"),
+            }
+        )
+    )
     try:
         client = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
-        r = client.chat.completions.create(model=d.model_id, messages=[{"role": "user", "content": "hi"}],
-                                           max_tokens=3, temperature=0)
+        r = client.chat.completions.create(
+            model=d.model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0
+        )
         assert r.choices[0].message.content == " w100 w101 w102" and r.choices[0].finish_reason == "length"
         assert d.daemon.runtime.plan.max_batch_size <= 4
     finally:
@@ -257,6 +302,7 @@ def test_fake_signatures_match_the_real_package():
     finally:
         sys.path.remove(str(FAKES))
     from tensorrt_llm.runtime import ModelRunnerCpp
+
     real = inspect.signature(ModelRunnerCpp.from_dir).parameters
     for name in inspect.signature(fake.ModelRunnerCpp.from_dir).parameters:
         assert name in real, name
@@ -264,12 +310,22 @@ def test_fake_signatures_match_the_real_package():
 
 # -- tools/build_engine.py --dry-run -----------------------------------------------------------
 
+
 def hf_checkpoint(tmp_path: Path) -> Path:
     m = tmp_path / "Meta-Llama-3-8B-Instruct"
     m.mkdir()
-    (m / "config.json").write_text(json.dumps({"num_hidden_layers": 32, "num_attention_heads": 32,
-                                               "num_key_value_heads": 8, "hidden_size": 4096, "vocab_size": 128256,
-                                               "max_position_embeddings": 8192}))
+    (m / "config.json").write_text(
+        json.dumps(
+            {
+                "num_hidden_layers": 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "hidden_size": 4096,
+                "vocab_size": 128256,
+                "max_position_embeddings": 8192,
+            }
+        )
+    )
     return m
 
 
@@ -282,18 +338,45 @@ def trtllm_checkout(tmp_path: Path) -> Path:
     return src
 
 
-@pytest.mark.parametrize("device, quant, expect, absent", [
-    ("agx-orin-64gb", None, ["examples/llama/convert_checkpoint.py", "--use_weight_only --weight_only_precision int4",
-                             "--max_batch_size 8", "--max_seq_len 4096", "--max_input_len 4095",
-                             "--max_num_tokens 264"], ["quantize.py", "--qformat"]),
-    ("agx-orin-32gb", "int4_gptq", ["--weight_only_precision int4_gptq --per_group", "--max_seq_len 4096"],
-     ["--quant_ckpt_path"]),
-])
+@pytest.mark.parametrize(
+    "device, quant, expect, absent",
+    [
+        (
+            "agx-orin-64gb",
+            None,
+            [
+                "examples/llama/convert_checkpoint.py",
+                "--use_weight_only --weight_only_precision int4",
+                "--max_batch_size 8",
+                "--max_seq_len 4096",
+                "--max_input_len 4095",
+                "--max_num_tokens 264",
+            ],
+            ["quantize.py", "--qformat"],
+        ),
+        (
+            "agx-orin-32gb",
+            "int4_gptq",
+            ["--weight_only_precision int4_gptq --per_group", "--max_seq_len 4096"],
+            ["--quant_ckpt_path"],
+        ),
+    ],
+)
 def test_build_engine_dry_run_defaults_to_the_documented_int4_path(tmp_path, capsys, device, quant, expect, absent):
     from tools import build_engine
+
     model = hf_checkpoint(tmp_path)
-    argv = ["--model", str(model), "--output", str(tmp_path / "engine"), "--device", device, "--dry-run",
-            "--trtllm-src", str(trtllm_checkout(tmp_path))]
+    argv = [
+        "--model",
+        str(model),
+        "--output",
+        str(tmp_path / "engine"),
+        "--device",
+        device,
+        "--dry-run",
+        "--trtllm-src",
+        str(trtllm_checkout(tmp_path)),
+    ]
     assert build_engine.main(argv + (["--quant", quant] if quant else [])) == 0
     out = capsys.readouterr().out
     for flag in expect + ["--gemm_plugin float16", "--use_paged_context_fmha enable", "trtllm-build"]:
@@ -306,8 +389,18 @@ def test_build_engine_dry_run_defaults_to_the_documented_int4_path(tmp_path, cap
 
 def test_build_engine_awq_is_opt_in_with_a_local_calibration_set(tmp_path, capsys):
     from tools import build_engine
-    argv = ["--model", str(hf_checkpoint(tmp_path)), "--output", str(tmp_path / "engine"), "--quant", "int4_awq",
-            "--dry-run", "--trtllm-src", str(trtllm_checkout(tmp_path))]
+
+    argv = [
+        "--model",
+        str(hf_checkpoint(tmp_path)),
+        "--output",
+        str(tmp_path / "engine"),
+        "--quant",
+        "int4_awq",
+        "--dry-run",
+        "--trtllm-src",
+        str(trtllm_checkout(tmp_path)),
+    ]
     with pytest.raises(SystemExit):
         build_engine.main(argv)
     assert "needs --calib-dataset" in capsys.readouterr().err
@@ -321,6 +414,7 @@ def test_build_engine_needs_a_v0_12_jetson_checkout_for_its_examples(tmp_path, c
     """convert_checkpoint.py and quantize.py are in the repository's examples/, not the wheel;
     the old default, /opt/TensorRT-LLM, was installed by nothing."""
     from tools import build_engine
+
     argv = ["--model", str(hf_checkpoint(tmp_path)), "--output", str(tmp_path / "engine"), "--dry-run"]
     with pytest.raises(SystemExit):
         build_engine.main(argv)
@@ -333,6 +427,7 @@ def test_build_engine_checks_disk_and_memory_before_it_starts(tmp_path, monkeypa
     """An 8B build takes ~27 GB of disk beside the swap file, and its conversion can run a 32 GB
     Orin out of memory: both are checked, with numbers, before anything runs."""
     from tools import build_engine
+
     model = hf_checkpoint(tmp_path)  # 32 layers x 4096: ~12 GiB of fp16 weights by the formula
     ckpt = build_engine.checkpoint_bytes(model)
     monkeypatch.setattr(build_engine.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(0, 0, 2 * ckpt))
@@ -352,6 +447,7 @@ def test_build_engine_checks_disk_and_memory_before_it_starts(tmp_path, monkeypa
 
 def test_build_engine_finds_trtllm_build_in_the_venv_or_says_how(tmp_path, monkeypatch):
     from tools import build_engine
+
     bindir = tmp_path / "venv/bin"
     bindir.mkdir(parents=True)
     monkeypatch.setattr(build_engine.sys, "executable", str(bindir / "python"))
@@ -364,6 +460,7 @@ def test_build_engine_finds_trtllm_build_in_the_venv_or_says_how(tmp_path, monke
 
 def test_doctor_reports_this_machine(capsys):
     from edge_llm.cli import main
+
     assert main(["doctor", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["checks"]["llama_cpp"] == "0.3.36"
@@ -377,16 +474,21 @@ def test_llama_cpp_was_built_for_this_cpu_and_never_with_amx():
     import platform
 
     from edge_llm.doctor import llama_cpu_features
+
     if platform.machine() != "x86_64":
         pytest.skip("the x86-64 flags are checked on x86-64")
-    cpu = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("flags")).split(":")[1].split())
+    cpu = set(
+        next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        .split(":")[1]
+        .split()
+    )
     built = set(llama_cpu_features().split())
     assert ("AVX512" in built) == ("avx512f" in cpu) and ("AVX2" in built) == ("avx2" in cpu)
     assert not any(f.startswith("AMX") for f in built)
 
 
 # -- issue 20: end ids, chunked context, detokenization ------------------------------------------
+
 
 def test_every_end_id_of_generation_config_ends_the_text(fake_trtllm, tmp_path):
     """Llama-3-Instruct's generation_config.json lists eos_token_id [128001, 128009]; Request takes
@@ -411,6 +513,7 @@ def test_chunked_context_only_for_an_engine_with_paged_context_fmha(fake_trtllm,
     """A TLLM_CHECK in the batch manager refuses chunked context on an engine built without
     --use_paged_context_fmha enable (one not built by tools/build_engine.py)."""
     from tensorrt_llm import runtime
+
     d = make_engine_dir(tmp_path)
     cfg = json.loads((d / "config.json").read_text())
     del cfg["build_config"]["plugin_config"]
@@ -428,6 +531,7 @@ def test_chunked_context_only_for_an_engine_with_paged_context_fmha(fake_trtllm,
 
 def test_fakes_refuse_what_the_v0_12_bindings_refuse(fake_trtllm):
     from tensorrt_llm.bindings import executor as t
+
     with pytest.raises(TypeError):
         t.SamplingConfig(min_tokens=1)  # v0.12 calls it min_length
     assert t.SamplingConfig(min_length=1).min_length == 1
@@ -449,6 +553,7 @@ def gguf_tokenizer_dir(transformers, dest: Path) -> Path:
     from unittest import mock
 
     from edge_llm.config import embedded_model_path
+
     gguf = embedded_model_path()
     with mock.patch("transformers.modeling_gguf_pytorch_utils.is_torch_available", return_value=True):
         tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -481,12 +586,15 @@ def test_the_executor_engine_meters_energy_per_request(fake_trtllm, tmp_path):
     jtop-shaped snapshot): its joules are shared by the tokens each request took meanwhile."""
     from edge_llm.telemetry import heat
     from edge_llm.telemetry.snapshot import Snapshot
+
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
     try:
         meter = heat.attach_energy(engine, backend, Snapshot("jtop", 1, 1, 0, power_total_mw=15_000))
         assert meter.source_name == "jtop-power" and meter.disabled is None
-        reqs = [engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 40)[0]
-                for i in range(2)]
+        reqs = [
+            engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 40)[0]
+            for i in range(2)
+        ]
         for r in reqs:
             engine.submit(r)
         for r in reqs:
@@ -501,6 +609,7 @@ def test_a_request_the_executor_refuses_ends_alone_and_the_engine_goes_on(fake_t
     """SamplingConfig's checks (checkTopP) refuse a top_p past 1 when the request is built: that
     request ends with the error, where it was lost (popped from the queue, never ended)."""
     from edge_llm.engine.request import Request
+
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
     try:
         bad = Request(backend.tokenize("hi"), SamplingParams(temperature=0.7, top_p=1.5, max_tokens=5))
@@ -534,14 +643,17 @@ def test_an_executor_request_streaming_past_the_queue_timeout_is_not_cut(fake_tr
     import types
 
     from edge_llm.server import openai_api
+
     backend, plan, engine = start_engine(make_engine_dir(tmp_path))
     try:
         monkeypatch.setattr(openai_api, "POLL_S", 0.02)
         _slowed(backend.executor, monkeypatch, 0.005)
         req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 60)
         engine.submit(req)
-        rt = types.SimpleNamespace(cut_off=types.SimpleNamespace(is_set=lambda: False),
-                                   config=types.SimpleNamespace(server=types.SimpleNamespace(queue_timeout_s=0.1)))
+        rt = types.SimpleNamespace(
+            cut_off=types.SimpleNamespace(is_set=lambda: False),
+            config=types.SimpleNamespace(server=types.SimpleNamespace(queue_timeout_s=0.1)),
+        )
         watch = openai_api.Watch(rt, req, {})
         outs = [o for o in openai_api._outputs(engine, req, watch) if o is not None]
         assert watch.reason is None and outs[-1].finish_reason == "length" and len(req.output_tokens) == 60
@@ -560,6 +672,7 @@ class _Drawing:
 
     def read(self):
         from edge_llm.telemetry.energy import Reading
+
         now = time.monotonic()
         return Reading(now, energy_j=100.0 * now)
 
@@ -571,8 +684,10 @@ def test_a_prefill_the_executor_says_nothing_about_is_charged_to_its_request(fak
     try:
         engine.energy.use(_Drawing())
         _slowed(backend.executor, monkeypatch, 0.02, empty_reads=15)  # 0.3 s of prefill at 100 W
-        reqs = [engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 5)[0]
-                for i in range(2)]
+        reqs = [
+            engine.make_request(backend.tokenize(f"question {i}"), SamplingParams(temperature=0), 5)[0]
+            for i in range(2)
+        ]
         for r in reqs:
             engine.submit(r)
         for r in reqs:
@@ -604,13 +719,16 @@ def test_a_response_that_fails_to_apply_ends_its_request_alone(fake_trtllm, tmp_
     try:
         bad, _ = engine.make_request(backend.tokenize("bad"), SamplingParams(temperature=0), 5)
         good, _ = engine.make_request(backend.tokenize("good"), SamplingParams(temperature=0), 5)
-        monkeypatch.setattr(backend, "detokenizer", lambda prompt: Broken() if prompt == bad.prompt_tokens
-                            else real(prompt))
+        monkeypatch.setattr(
+            backend, "detokenizer", lambda prompt: Broken() if prompt == bad.prompt_tokens else real(prompt)
+        )
         for r in (bad, good):  # bad's responses come first in each read
             engine.submit(r)
         deadline = time.monotonic() + 10  # a deadline, not a hang
-        outs = {r: [o for o in engine.stream(r, 0.05, lambda: time.monotonic() > deadline) if o is not None]
-                for r in (bad, good)}
+        outs = {
+            r: [o for o in engine.stream(r, 0.05, lambda: time.monotonic() > deadline) if o is not None]
+            for r in (bad, good)
+        }
         assert outs[bad][-1].finish_reason == "error" and "engine error" in outs[bad][-1].error, outs[bad]
         assert outs[good][-1].finish_reason == "length" and len(good.output_tokens) == 5
         assert bad.seq_id in backend.executor.cancelled
@@ -646,8 +764,9 @@ def test_a_request_failing_after_the_executor_took_it_is_cancelled_there(fake_tr
         raise RuntimeError(f"{broken} failed")
 
     try:
-        monkeypatch.setattr(*((backend, "detokenizer") if broken == "detokenizer" else
-                              (engine.scheduler.kv, "reserve")), fail)
+        monkeypatch.setattr(
+            *((backend, "detokenizer") if broken == "detokenizer" else (engine.scheduler.kv, "reserve")), fail
+        )
         req, _ = engine.make_request(backend.tokenize("hi"), SamplingParams(temperature=0), 5)
         deadline = time.monotonic() + 10
         engine.submit(req)

@@ -79,9 +79,19 @@ class Daemon:
         self.log: list[str] = []
 
     def start(self, timeout: float = 120) -> None:
-        cmd = [sys.executable, "-m", "edge_llm", "serve", "--host", HOST, "--port", "0",
-               f"--set=daemon.state_dir={self.state_dir}", f"--set=daemon.drain_timeout_s={DRAIN_S}",
-               *(f"--set={s}" for s in self.sets)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_llm",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            f"--set=daemon.state_dir={self.state_dir}",
+            f"--set=daemon.drain_timeout_s={DRAIN_S}",
+            *(f"--set={s}" for s in self.sets),
+        ]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         port = []
 
@@ -157,19 +167,31 @@ def chat_body(**fields) -> dict:
 
 # -- phases -------------------------------------------------------------------------------------------
 
+
 def schema_cases() -> list[dict]:
     deep = {"type": "string"}
     for _ in range(60):
         deep = {"type": "object", "properties": {"a": deep}, "required": ["a"]}
-    return [{"type": "string", "maxLength": 30000}, {"type": "string", "minLength": 30000},
-            {"enum": [f"v{i}" for i in range(50_000)]}, {"type": "array", "items": {}, "minItems": 1_000_000},
-            {"type": "array", "items": {"type": "string"}, "maxItems": 100_000}, {"type": "integer", "minimum": 1e308},
-            {"type": "number", "maximum": -1e308}, {"type": "string", "pattern": "^a{0,30000}$"},
-            {"type": "string", "pattern": "(" * 5000 + ")" * 5000}, {"type": "string", "pattern": "x" * 100_000},
-            deep, {"$ref": "#"}, {"$ref": "#/definitions/nope"}, {"type": "object", "properties": {
-                f"p{i}": {"type": "string", "maxLength": 200} for i in range(2000)}},
-            {"anyOf": [{"const": "x" * 1000}] * 3000}, {"type": "object", "minProperties": 10**9},
-            {"type": "string", "format": "date-time", "maxLength": 10**9}, {"type": ["string"] * 10_000}]
+    return [
+        {"type": "string", "maxLength": 30000},
+        {"type": "string", "minLength": 30000},
+        {"enum": [f"v{i}" for i in range(50_000)]},
+        {"type": "array", "items": {}, "minItems": 1_000_000},
+        {"type": "array", "items": {"type": "string"}, "maxItems": 100_000},
+        {"type": "integer", "minimum": 1e308},
+        {"type": "number", "maximum": -1e308},
+        {"type": "string", "pattern": "^a{0,30000}$"},
+        {"type": "string", "pattern": "(" * 5000 + ")" * 5000},
+        {"type": "string", "pattern": "x" * 100_000},
+        deep,
+        {"$ref": "#"},
+        {"$ref": "#/definitions/nope"},
+        {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 200} for i in range(2000)}},
+        {"anyOf": [{"const": "x" * 1000}] * 3000},
+        {"type": "object", "minProperties": 10**9},
+        {"type": "string", "format": "date-time", "maxLength": 10**9},
+        {"type": ["string"] * 10_000},
+    ]
 
 
 def phase_schemas(d: Daemon, r: Report, quick: bool) -> None:
@@ -187,26 +209,45 @@ def phase_schemas(d: Daemon, r: Report, quick: bool) -> None:
 def bad_request_cases() -> list[tuple[str, bytes, dict | None, set[int]]]:
     """(name, raw body, query/extra headers, statuses allowed) for POST /v1/chat/completions."""
     j = {"Content-Type": "application/json"}
-    cases = [("deep json", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", j, {400}),
-             ("lone surrogate", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', j, {400}),
-             ("superscript key", '{"messages": [{"role": "user", "content": "a"}], "logit_bias": {"²": 1}}'.encode(),
-              j, {400}),
-             ("5000-digit key", b'{"messages": [{"role": "user", "content": "a"}], "logit_bias": {"' + b"9" * 5000
-              + b'": 1}}', j, {400}),
-             ("invalid utf-8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', j, {400}),
-             ("not an object", b"[1, 2]", j, {400}), ("not json", b"{", j, {400}), ("empty", b"", j, {400}),
-             ("form", b"a=b", {"Content-Type": "application/x-www-form-urlencoded"}, {415}),
-             ("huge max_tokens", json.dumps(chat_body(max_tokens=10**30)).encode(), j, {200}),
-             ("huge seed", json.dumps(chat_body(seed=10**30)).encode(), j, {400}),
-             ("content object", json.dumps({"messages": [{"role": "user", "content": {"x": 1}}]}).encode(), j, {400}),
-             ("stop list of 5", json.dumps(chat_body(stop=["a"] * 5)).encode(), j, {400}),
-             ("logprobs 21", json.dumps(chat_body(logprobs=True, top_logprobs=21)).encode(), j, {400}),
-             ("n=2", json.dumps(chat_body(n=2)).encode(), j, {400}),
-             ("unknown model", json.dumps(chat_body(model="nope")).encode(), j, {404})]
+    cases = [
+        ("deep json", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", j, {400}),
+        ("lone surrogate", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', j, {400}),
+        (
+            "superscript key",
+            '{"messages": [{"role": "user", "content": "a"}], "logit_bias": {"²": 1}}'.encode(),
+            j,
+            {400},
+        ),
+        (
+            "5000-digit key",
+            b'{"messages": [{"role": "user", "content": "a"}], "logit_bias": {"' + b"9" * 5000 + b'": 1}}',
+            j,
+            {400},
+        ),
+        ("invalid utf-8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', j, {400}),
+        ("not an object", b"[1, 2]", j, {400}),
+        ("not json", b"{", j, {400}),
+        ("empty", b"", j, {400}),
+        ("form", b"a=b", {"Content-Type": "application/x-www-form-urlencoded"}, {415}),
+        ("huge max_tokens", json.dumps(chat_body(max_tokens=10**30)).encode(), j, {200}),
+        ("huge seed", json.dumps(chat_body(seed=10**30)).encode(), j, {400}),
+        ("content object", json.dumps({"messages": [{"role": "user", "content": {"x": 1}}]}).encode(), j, {400}),
+        ("stop list of 5", json.dumps(chat_body(stop=["a"] * 5)).encode(), j, {400}),
+        ("logprobs 21", json.dumps(chat_body(logprobs=True, top_logprobs=21)).encode(), j, {400}),
+        ("n=2", json.dumps(chat_body(n=2)).encode(), j, {400}),
+        ("unknown model", json.dumps(chat_body(model="nope")).encode(), j, {404}),
+    ]
     for field in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty"):
         for value in ("NaN", "Infinity", "-Infinity"):
-            cases.append((f"{field}={value}", f'{{"messages": [{{"role": "user", "content": "a"}}], "max_tokens": 2, '
-                                              f'"{field}": {value}}}'.encode(), j, {400}))
+            cases.append(
+                (
+                    f"{field}={value}",
+                    f'{{"messages": [{{"role": "user", "content": "a"}}], "max_tokens": 2, '
+                    f'"{field}": {value}}}'.encode(),
+                    j,
+                    {400},
+                )
+            )
     return cases
 
 
@@ -216,8 +257,14 @@ def phase_bad_requests(d: Daemon, r: Report, quick: bool) -> None:
         r.check_response(name, status, data)
         if status and status not in allowed:
             r.fail("unexpected_status", f"{name} -> {status}, expected {sorted(allowed)}")
-    for path in ("/api/summaries?limit=%C2%B2", "/api/summaries?offset=%C2%B2", "/api/summaries?limit=0",
-                 "/api/summaries?offset=99999999999999999999", "/v1/models/%00", "/api/summaries/%C2%B2"):
+    for path in (
+        "/api/summaries?limit=%C2%B2",
+        "/api/summaries?offset=%C2%B2",
+        "/api/summaries?limit=0",
+        "/api/summaries?offset=99999999999999999999",
+        "/v1/models/%00",
+        "/api/summaries/%C2%B2",
+    ):
         status, _, data, _ = get(d.port, path)
         r.check_response(path, status, data)
         if status == 200 and "limit=0" in path:
@@ -227,20 +274,28 @@ def phase_bad_requests(d: Daemon, r: Report, quick: bool) -> None:
     if status != 405 or "POST" not in headers.get("allow", ""):
         r.fail("unexpected_status", f"PUT -> {status}, Allow {headers.get('allow')!r}")
     for name, data, want in (
-            ("431", b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n", 431),
-            ("413", b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999\r\n\r\n", 413),
-            ("400", b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: nope\r\n\r\n", 400),
-            ("bad request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400)):
+        ("431", b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n", 431),
+        ("413", b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999999\r\n\r\n", 413),
+        ("400", b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: nope\r\n\r\n", 400),
+        ("bad request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    ):
         status, body = raw(d.port, data)
         r.check_response(f"waitress {name}", status, body)
         if status != want:
             r.fail("unexpected_status", f"waitress {name} -> {status}, expected {want}")
-    uploads = [("empty.txt", b"", "text/plain"), ("x.pdf", b"%PDF-1.4 garbage", "application/pdf"),
-               ("x.png", b"\x89PNG", "image/png"), ("x.html", b"<html>", "text/html"),
-               ("x.txt", b"\xff\xfe\x00", "text/plain"), ("x", b"abc", ""), ("x.pdf", b"not a pdf", "text/plain")]
+    uploads = [
+        ("empty.txt", b"", "text/plain"),
+        ("x.pdf", b"%PDF-1.4 garbage", "application/pdf"),
+        ("x.png", b"\x89PNG", "image/png"),
+        ("x.html", b"<html>", "text/html"),
+        ("x.txt", b"\xff\xfe\x00", "text/plain"),
+        ("x", b"abc", ""),
+        ("x.pdf", b"not a pdf", "text/plain"),
+    ]
     for name, data, ctype in uploads:
-        status, _, body, _ = request(d.port, "POST", f"/api/summaries?filename={name}", data,
-                                     {"Content-Type": ctype} if ctype else {})
+        status, _, body, _ = request(
+            d.port, "POST", f"/api/summaries?filename={name}", data, {"Content-Type": ctype} if ctype else {}
+        )
         r.check_response(f"upload {name}", status, body)
     if not d.alive:
         r.fail("crash", "bad requests: the daemon died")
@@ -248,12 +303,20 @@ def phase_bad_requests(d: Daemon, r: Report, quick: bool) -> None:
 
 
 def phase_cross_site(d: Daemon, r: Report, quick: bool) -> None:
-    evil = [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": "evil.example"},
-            {"Host": "evil.example:8000"}, {"Host": "127.0.0.1.evil.example"}, {"Origin": "http://127.0.0.1.evil"}]
+    evil = [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Host": "evil.example"},
+        {"Host": "evil.example:8000"},
+        {"Host": "127.0.0.1.evil.example"},
+        {"Origin": "http://127.0.0.1.evil"},
+    ]
     for headers in evil:
-        for method, path, body in (("POST", "/v1/chat/completions", chat_body()),
-                                   ("POST", "/api/summaries?filename=a.txt", b"text"),
-                                   ("DELETE", "/api/summaries/x", None)):
+        for method, path, body in (
+            ("POST", "/v1/chat/completions", chat_body()),
+            ("POST", "/api/summaries?filename=a.txt", b"text"),
+            ("DELETE", "/api/summaries/x", None),
+        ):
             hdrs = {**headers, "Content-Type": "application/json" if isinstance(body, dict) else "text/plain"}
             status, _, data, _ = request(d.port, method, path, body, hdrs)
             r.check_response(f"{method} {path} {headers}", status, data)
@@ -265,19 +328,44 @@ def phase_fuzz(d: Daemon, r: Report, quick: bool) -> None:
     """schemathesis over /openapi.json, every check, with its stateful phase."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "run.json"
-        cmd = [str(Path(sys.executable).with_name("st")), "run", f"http://{HOST}:{d.port}/openapi.json",
-               "--checks", "all", "--workers", "2", "--max-examples", "10" if quick else "40", "--seed", "1",
-               "--phases", "examples,coverage,fuzzing,stateful", "--max-time", "60" if quick else "240",
-               "--request-timeout", "60", "--suppress-health-check", "all", "--no-color",
-               "--generation-database", "none",
-               "--report", "json", "--report-json-path", str(report)]
+        cmd = [
+            str(Path(sys.executable).with_name("st")),
+            "run",
+            f"http://{HOST}:{d.port}/openapi.json",
+            "--checks",
+            "all",
+            "--workers",
+            "2",
+            "--max-examples",
+            "10" if quick else "40",
+            "--seed",
+            "1",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-time",
+            "60" if quick else "240",
+            "--request-timeout",
+            "60",
+            "--suppress-health-check",
+            "all",
+            "--no-color",
+            "--generation-database",
+            "none",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         text = out.stdout + out.stderr
         n = re.search(r"(\d+) generated", text)
         r.num_requests += int(n.group(1)) if n else 0
         for line in text.splitlines():
-            if re.match(r"^\s*(_+ |- )?(Server error|Undocumented|Response violates|API rejected|API accepted|"
-                        r"Missing Content-Type|Undocumented Content-Type|Unsupported methods)", line):
+            if re.match(
+                r"^\s*(_+ |- )?(Server error|Undocumented|Response violates|API rejected|API accepted|"
+                r"Missing Content-Type|Undocumented Content-Type|Unsupported methods)",
+                line,
+            ):
                 kind = "5xx" if "Server error" in line else "fuzzer"
                 r.fail(kind, f"schemathesis: {line.strip()}")
         if out.returncode not in (0, 1):
@@ -310,8 +398,10 @@ def stream_then_leave(port: int, read_events: int) -> None:
     body = json.dumps(chat_body(max_tokens=300, stream=True, logit_bias=NO_EOS))
     try:
         with socket.create_connection((HOST, port), timeout=30) as s:
-            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            s.sendall(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
             seen = b""
             while seen.count(b"data: ") < read_events:
                 chunk = s.recv(4096)
@@ -391,8 +481,9 @@ def phase_flood(d: Daemon, r: Report, quick: bool) -> None:
 
 
 def document(n: int, seed: int) -> bytes:
-    return " ".join(f"Item {seed}.{i}: the pump at site {i % 11} ran {i % 90} percent for {i} hours."
-                    for i in range(n)).encode()
+    return " ".join(
+        f"Item {seed}.{i}: the pump at site {i % 11} ran {i % 90} percent for {i} hours." for i in range(n)
+    ).encode()
 
 
 def phase_jobs(d: Daemon, r: Report, quick: bool) -> None:
@@ -401,8 +492,9 @@ def phase_jobs(d: Daemon, r: Report, quick: bool) -> None:
     sizes = [30, 80, 12, 150, 40, 60, 20, 100, 50, 25][: 5 if quick else 10]
     jobs = []
     for i, n in enumerate(sizes):
-        status, _, body, _ = request(d.port, "POST", f"/api/summaries?filename=doc{i}.txt", document(n, i),
-                                     {"Content-Type": "text/plain"})
+        status, _, body, _ = request(
+            d.port, "POST", f"/api/summaries?filename=doc{i}.txt", document(n, i), {"Content-Type": "text/plain"}
+        )
         r.check_response("create job", status, body)
         if status == 202:
             jobs.append(json.loads(body)["id"])
@@ -411,8 +503,12 @@ def phase_jobs(d: Daemon, r: Report, quick: bool) -> None:
     for job_id in deleted:
         status, _, body, _ = request(d.port, "DELETE", f"/api/summaries/{job_id}")
         r.check_response("delete job", status, body)
-    second = subprocess.run([sys.executable, "-m", "edge_llm", "serve", "--port", "0",
-                             f"--set=daemon.state_dir={d.state_dir}"], capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "edge_llm", "serve", "--port", "0", f"--set=daemon.state_dir={d.state_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if second.returncode == 0 or "in use" not in second.stderr:
         r.fail("shared_state", f"a second daemon on the same state dir exited {second.returncode}")
     for _ in range(1 if quick else 3):
@@ -456,8 +552,10 @@ def phase_drain(d: Daemon, r: Report, quick: bool) -> None:
         body = json.dumps(chat_body(max_tokens=2000, stream=True, logit_bias=NO_EOS))
         try:
             with socket.create_connection((HOST, d.port), timeout=30) as s:
-                s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json"
-                          f"\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+                s.sendall(
+                    f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json"
+                    f"\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+                )
                 data = b""
                 while chunk := s.recv(65536):
                     data += chunk
@@ -469,8 +567,9 @@ def phase_drain(d: Daemon, r: Report, quick: bool) -> None:
         outcomes.append(("stream", ended))
 
     def plain():
-        status, _, body, _ = request(d.port, "POST", "/v1/chat/completions",
-                                     chat_body(max_tokens=2000, logit_bias=NO_EOS), timeout=30)
+        status, _, body, _ = request(
+            d.port, "POST", "/v1/chat/completions", chat_body(max_tokens=2000, logit_bias=NO_EOS), timeout=30
+        )
         r.check_response("plain during drain", status, body)
         outcomes.append(("plain", status in (200, 503)))
 
@@ -527,9 +626,28 @@ def main(argv=None) -> int:
         crashes = sum("Segmentation fault" in line or "Fatal Python error" in line for line in d.log)
         if crashes:
             r.fail("crash", f"{crashes} fatal errors in the log")
-    summary = {"requests": r.num_requests, "counts": {k: r.counts.get(k, 0) for k in (
-        "crash", "5xx", "not_openai_shaped", "unexpected_status", "cross_site_accepted", "lost_job", "stuck_job",
-        "chunk_not_once", "leak", "slow", "cut_off", "drain")} | dict(r.counts), "notes": r.notes}
+    summary = {
+        "requests": r.num_requests,
+        "counts": {
+            k: r.counts.get(k, 0)
+            for k in (
+                "crash",
+                "5xx",
+                "not_openai_shaped",
+                "unexpected_status",
+                "cross_site_accepted",
+                "lost_job",
+                "stuck_job",
+                "chunk_not_once",
+                "leak",
+                "slow",
+                "cut_off",
+                "drain",
+            )
+        }
+        | dict(r.counts),
+        "notes": r.notes,
+    }
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

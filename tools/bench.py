@@ -34,10 +34,16 @@ class Run:
 def summarize(name: str, n: int, runs: list[Run], wall_s: float) -> dict:
     ttfts = sorted(r.ttft_s for r in runs)
     tpot = [r.decode_s / (r.tokens - 1) for r in runs if r.tokens > 1]
-    return {"target": name, "concurrency": n, "aggregate_tok_s": sum(r.tokens for r in runs) / wall_s,
-            "per_stream_tok_s": statistics.mean(1 / t for t in tpot), "ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2],
-            "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
-            "tpot_ms": 1000 * statistics.mean(tpot), "tokens": sum(r.tokens for r in runs)}
+    return {
+        "target": name,
+        "concurrency": n,
+        "aggregate_tok_s": sum(r.tokens for r in runs) / wall_s,
+        "per_stream_tok_s": statistics.mean(1 / t for t in tpot),
+        "ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2],
+        "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
+        "tpot_ms": 1000 * statistics.mean(tpot),
+        "tokens": sum(r.tokens for r in runs),
+    }
 
 
 def concurrent(n: int, fn) -> tuple[list[Run], float]:
@@ -59,6 +65,7 @@ def bench_lowlevel(n: int, tokens: int) -> dict:
     from edge_llm.config import embedded_model_path
     from edge_llm.engine.backends.base import ContextShape
     from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+
     be = LlamaCppBackend(embedded_model_path(), n_gpu_layers=-1)  # a CPU build ignores the offload
     be.create_context(ContextShape(4096, n, 512))
     prompt = be.tokenize(PROMPT, True)
@@ -86,6 +93,7 @@ def bench_lowlevel(n: int, tokens: int) -> dict:
 
 def bench_inproc(engine, n: int, tokens: int) -> dict:
     from edge_llm.engine.request import SamplingParams
+
     prompt = engine.backend.tokenize(PROMPT, True)
 
     def one(i):
@@ -150,8 +158,14 @@ def start(cmd: list[str], port: int, health: str) -> subprocess.Popen:
     raise RuntimeError(f"{cmd[0]} did not start")
 
 
-def run_target(target: str, concurrency: list[int], tokens: int, native: str = "", native_args: str = "",
-               sets: list[str] | None = None) -> list[dict]:
+def run_target(
+    target: str,
+    concurrency: list[int],
+    tokens: int,
+    native: str = "",
+    native_args: str = "",
+    sets: list[str] | None = None,
+) -> list[dict]:
     """One target, in this process (each target gets a process of its own: ggml's OpenMP
     team belongs to the thread that first decodes, and a second team would contend)."""
     limits = [("limits.max_batch_size", max(concurrency)), ("limits.max_output_len", tokens)]
@@ -160,6 +174,7 @@ def run_target(target: str, concurrency: list[int], tokens: int, native: str = "
     if target == "in-process":
         from edge_llm import appliance, config
         from edge_llm.telemetry.host import HostSource
+
         _, _, engine = appliance.build_engine(config.load(overrides=limits), HostSource().read())
         try:
             return [bench_inproc(engine, n, tokens) for n in concurrency]
@@ -167,19 +182,53 @@ def run_target(target: str, concurrency: list[int], tokens: int, native: str = "
             engine.stop()
     port = free_port()
     if target == "http":
-        cmd = [sys.executable, "-m", "edge_llm", "serve", "--port", str(port),
-               *[f"--set={k}={v}" for k, v in limits], *[f"--set={o}" for o in sets or []]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_llm",
+            "serve",
+            "--port",
+            str(port),
+            *[f"--set={k}={v}" for k, v in limits],
+            *[f"--set={o}" for o in sets or []],
+        ]
         proc, name, extra = start(cmd, port, "/health"), "edge-llm http", {"stream_options": {"include_usage": True}}
     elif target == "native":  # llama.cpp's own server, a slot per stream, 4096 tokens each
         from edge_llm.config import embedded_model_path
+
         n = max(concurrency)
-        cmd = [native, "-m", str(embedded_model_path()), "--port", str(port), "-c", str(4096 * n), "-np", str(n),
-               "-t", str(len(os.sched_getaffinity(0))), "--no-webui", *native_args.split()]
+        cmd = [
+            native,
+            "-m",
+            str(embedded_model_path()),
+            "--port",
+            str(port),
+            "-c",
+            str(4096 * n),
+            "-np",
+            str(n),
+            "-t",
+            str(len(os.sched_getaffinity(0))),
+            "--no-webui",
+            *native_args.split(),
+        ]
         proc, name, extra = start(cmd, port, "/health"), "llama-server", {}
     else:
         from edge_llm.config import embedded_model_path
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()), "--port", str(port),
-               "--n_ctx", "4096", "--n_threads", str(len(os.sched_getaffinity(0)))]
+
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(embedded_model_path()),
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            str(len(os.sched_getaffinity(0))),
+        ]
         proc, name, extra = start(cmd, port, "/v1/models"), "llama_cpp.server", {}
     try:
         return [bench_http(port, n, tokens, name, extra) for n in concurrency]
@@ -193,8 +242,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--llama-server", action="store_true", help="also llama-cpp-python's server (needs its extras)")
-    ap.add_argument("--targets", nargs="+", choices=["lowlevel", "in-process", "http", "llama-server", "native"],
-                    help="the targets to run (default: lowlevel in-process http)")
+    ap.add_argument(
+        "--targets",
+        nargs="+",
+        choices=["lowlevel", "in-process", "http", "llama-server", "native"],
+        help="the targets to run (default: lowlevel in-process http)",
+    )
     ap.add_argument("--native", default="", help="llama.cpp's llama-server binary (tools/build_llama_server.sh)")
     ap.add_argument("--native-args", default="", help='more llama-server flags, e.g. "-ngl 99"')
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
@@ -203,8 +256,9 @@ def main() -> None:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.target:
-        print(json.dumps(run_target(args.target, args.concurrency, args.tokens, args.native, args.native_args,
-                                    args.set)))
+        print(
+            json.dumps(run_target(args.target, args.concurrency, args.tokens, args.native, args.native_args, args.set))
+        )
         return
     targets = args.targets or ["lowlevel", "in-process", "http"] + (["llama-server"] if args.llama_server else [])
     if "native" in targets and not args.native:
@@ -212,16 +266,31 @@ def main() -> None:
     results = []
     for rnd in range(args.rounds):
         for target in targets if rnd % 2 == 0 else targets[::-1]:
-            cmd = [sys.executable, __file__, "--target", target, "--tokens", str(args.tokens), "--native",
-                   args.native, f"--native-args={args.native_args}", *[f"--set={o}" for o in args.set],
-                   "--concurrency", *map(str, args.concurrency)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--target",
+                target,
+                "--tokens",
+                str(args.tokens),
+                "--native",
+                args.native,
+                f"--native-args={args.native_args}",
+                *[f"--set={o}" for o in args.set],
+                "--concurrency",
+                *map(str, args.concurrency),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             results += [{**r, "round": rnd} for r in json.loads(out.strip().splitlines()[-1])]
-    print(f"{'target':<18}{'round':>6}{'conc':>5}{'agg tok/s':>11}{'stream tok/s':>14}{'TTFT p50':>10}"
-          f"{'p99 ms':>8}{'TPOT ms':>9}")
+    print(
+        f"{'target':<18}{'round':>6}{'conc':>5}{'agg tok/s':>11}{'stream tok/s':>14}{'TTFT p50':>10}"
+        f"{'p99 ms':>8}{'TPOT ms':>9}"
+    )
     for r in results:
-        print(f"{r['target']:<18}{r['round']:>6}{r['concurrency']:>5}{r['aggregate_tok_s']:>11.1f}"
-              f"{r['per_stream_tok_s']:>14.1f}{r['ttft_p50_ms']:>10.0f}{r['ttft_p99_ms']:>8.0f}{r['tpot_ms']:>9.2f}")
+        print(
+            f"{r['target']:<18}{r['round']:>6}{r['concurrency']:>5}{r['aggregate_tok_s']:>11.1f}"
+            f"{r['per_stream_tok_s']:>14.1f}{r['ttft_p50_ms']:>10.0f}{r['ttft_p99_ms']:>8.0f}{r['tpot_ms']:>9.2f}"
+        )
     for line in ratio_lines(results, "edge-llm http", "llama-server"):
         print(line)
     if args.json:
@@ -234,8 +303,11 @@ def ratio_lines(results: list[dict], ours: str, theirs: str) -> list[str]:
     by = {(r["target"], r["concurrency"], r.get("round", 0)): r["aggregate_tok_s"] for r in results}
     lines = []
     for n in sorted({r["concurrency"] for r in results}):
-        ratios = [by[(ours, n, k)] / by[(theirs, n, k)] for (t, c, k) in sorted(by)
-                  if t == ours and c == n and (theirs, n, k) in by]
+        ratios = [
+            by[(ours, n, k)] / by[(theirs, n, k)]
+            for (t, c, k) in sorted(by)
+            if t == ours and c == n and (theirs, n, k) in by
+        ]
         if ratios:
             lines.append(f"{n:>3} streams, {ours} / {theirs}: " + " ".join(f"{x:.2f}" for x in ratios))
     return lines

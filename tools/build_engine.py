@@ -55,8 +55,10 @@ GiB = 1 << 30
 def checkpoint_bytes(model_dir: Path) -> int:
     """The fp16 checkpoint's size: its safetensors, else 12 x layers x hidden^2 parameters."""
     cfg = json.loads((model_dir / "config.json").read_text())
-    return sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or \
-        2 * 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] ** 2
+    return (
+        sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+        or 2 * 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] ** 2
+    )
 
 
 def meminfo_bytes(path: str = "/proc/meminfo") -> dict[str, int]:
@@ -71,24 +73,30 @@ def check_resources(model_dir: Path, out: Path, meminfo: dict[str, int] | None =
     problems = []
     free = shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free
     if free < ckpt * DISK_PER_CHECKPOINT_BYTE:
-        problems.append(f"{free / GiB:.1f} GiB free under {out.parent}, the build needs about "
-                        f"{ckpt * DISK_PER_CHECKPOINT_BYTE / GiB:.1f} GiB (converted checkpoint and engine; "
-                        f"the swap file's space is not free space)")
+        problems.append(
+            f"{free / GiB:.1f} GiB free under {out.parent}, the build needs about "
+            f"{ckpt * DISK_PER_CHECKPOINT_BYTE / GiB:.1f} GiB (converted checkpoint and engine; "
+            f"the swap file's space is not free space)"
+        )
     mem = meminfo or meminfo_bytes()
     have = mem.get("MemAvailable", 0) + mem.get("SwapFree", 0)
     if have < ckpt * MEMORY_PER_CHECKPOINT_BYTE:
-        problems.append(f"{mem.get('MemAvailable', 0) / GiB:.1f} GiB RAM available + {mem.get('SwapFree', 0) / GiB:.1f}"
-                        f" GiB swap free, a conversion of this {ckpt / GiB:.1f} GiB checkpoint holds about "
-                        f"{ckpt * MEMORY_PER_CHECKPOINT_BYTE / GiB:.1f} GiB: stop the daemon and the kiosk "
-                        "(systemctl stop edge-llm edge-llm-kiosk) or add swap")
+        problems.append(
+            f"{mem.get('MemAvailable', 0) / GiB:.1f} GiB RAM available + {mem.get('SwapFree', 0) / GiB:.1f}"
+            f" GiB swap free, a conversion of this {ckpt / GiB:.1f} GiB checkpoint holds about "
+            f"{ckpt * MEMORY_PER_CHECKPOINT_BYTE / GiB:.1f} GiB: stop the daemon and the kiosk "
+            "(systemctl stop edge-llm edge-llm-kiosk) or add swap"
+        )
     return problems
 
 
 def check_trtllm_src(src: Path, quant: str) -> None:
     script = src / "examples" / ("quantization/quantize.py" if quant == "int4_awq" else "llama/convert_checkpoint.py")
     if not script.is_file():
-        raise SystemExit(f"build_engine: {script} not found: --trtllm-src must be a TensorRT-LLM v0.12.0-jetson "
-                         f"checkout (the wheel does not install examples/): {CLONE}")
+        raise SystemExit(
+            f"build_engine: {script} not found: --trtllm-src must be a TensorRT-LLM v0.12.0-jetson "
+            f"checkout (the wheel does not install examples/): {CLONE}"
+        )
 
 
 def hf_profile(model_dir: Path) -> ModelProfile:
@@ -96,10 +104,15 @@ def hf_profile(model_dir: Path) -> ModelProfile:
     heads = cfg["num_attention_heads"]
     fp16_bytes = checkpoint_bytes(model_dir)
     return ModelProfile(
-        name=model_dir.name, n_layers=cfg["num_hidden_layers"], n_kv_heads=cfg.get("num_key_value_heads", heads),
+        name=model_dir.name,
+        n_layers=cfg["num_hidden_layers"],
+        n_kv_heads=cfg.get("num_key_value_heads", heads),
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        n_ctx_train=cfg.get("max_position_embeddings", 4096), weights_bytes=int(fp16_bytes * INT4_SHARE),
-        n_embd=cfg["hidden_size"], n_vocab=cfg["vocab_size"])
+        n_ctx_train=cfg.get("max_position_embeddings", 4096),
+        weights_bytes=int(fp16_bytes * INT4_SHARE),
+        n_embd=cfg["hidden_size"],
+        n_vocab=cfg["vocab_size"],
+    )
 
 
 def trtllm_build() -> str:
@@ -108,37 +121,89 @@ def trtllm_build() -> str:
     beside = Path(sys.executable).parent / "trtllm-build"
     found = str(beside) if beside.is_file() else shutil.which("trtllm-build")
     if not found:
-        raise SystemExit(f"build_engine: trtllm-build not found beside {sys.executable} nor on PATH: install the "
-                         "TensorRT-LLM 0.12.0-jetson wheel into this venv (jetpack/install.sh --trtllm-wheel)")
+        raise SystemExit(
+            f"build_engine: trtllm-build not found beside {sys.executable} nor on PATH: install the "
+            "TensorRT-LLM 0.12.0-jetson wheel into this venv (jetpack/install.sh --trtllm-wheel)"
+        )
     return found
 
 
 def commands(args, plan: planner.Plan, ckpt: Path, partial: Path, builder: str = "trtllm-build") -> list[list[str]]:
     src, model = Path(args.trtllm_src), Path(args.model)
     if args.quant == "int4_awq":
-        quantize = [sys.executable, str(src / "examples/quantization/quantize.py"), "--model_dir", str(model),
-                    "--output_dir", str(ckpt), "--dtype", "float16", "--qformat", "int4_awq",
-                    "--awq_block_size", "128", "--calib_size", "32", "--calib_dataset", str(args.calib_dataset)]
+        quantize = [
+            sys.executable,
+            str(src / "examples/quantization/quantize.py"),
+            "--model_dir",
+            str(model),
+            "--output_dir",
+            str(ckpt),
+            "--dtype",
+            "float16",
+            "--qformat",
+            "int4_awq",
+            "--awq_block_size",
+            "128",
+            "--calib_size",
+            "32",
+            "--calib_dataset",
+            str(args.calib_dataset),
+        ]
     else:
-        quantize = [sys.executable, str(src / "examples/llama/convert_checkpoint.py"), "--model_dir", str(model),
-                    "--output_dir", str(ckpt), "--dtype", "float16", "--use_weight_only",
-                    "--weight_only_precision", args.quant]
+        quantize = [
+            sys.executable,
+            str(src / "examples/llama/convert_checkpoint.py"),
+            "--model_dir",
+            str(model),
+            "--output_dir",
+            str(ckpt),
+            "--dtype",
+            "float16",
+            "--use_weight_only",
+            "--weight_only_precision",
+            args.quant,
+        ]
         if args.quant == "int4_gptq":
             quantize += ["--per_group"]  # README4Jetson: --model_dir is the GPTQ checkpoint itself
-    build = [builder, "--checkpoint_dir", str(ckpt), "--output_dir", str(partial),
-             "--gemm_plugin", "float16", "--use_paged_context_fmha", "enable",
-             "--max_batch_size", str(plan.max_batch_size), "--max_input_len", str(plan.max_input_len),
-             "--max_seq_len", str(plan.max_seq_len), "--max_num_tokens", str(plan.max_batch_tokens)]
+    build = [
+        builder,
+        "--checkpoint_dir",
+        str(ckpt),
+        "--output_dir",
+        str(partial),
+        "--gemm_plugin",
+        "float16",
+        "--use_paged_context_fmha",
+        "enable",
+        "--max_batch_size",
+        str(plan.max_batch_size),
+        "--max_input_len",
+        str(plan.max_input_len),
+        "--max_seq_len",
+        str(plan.max_seq_len),
+        "--max_num_tokens",
+        str(plan.max_batch_tokens),
+    ]
     return [quantize, build]
 
 
 def manifest(args, plan: planner.Plan, version: str) -> dict:
-    return {"complete": True, "source_model": str(Path(args.model).resolve()), "quantization": args.quant,
-            "device": args.device, "gpu_arch": GPU_ARCH, "tensorrt_llm_version": version,
-            "limits": {"max_batch_size": plan.max_batch_size, "max_input_len": plan.max_input_len,
-                       "max_seq_len": plan.max_seq_len, "max_num_tokens": plan.max_batch_tokens},
-            "plan_reasons": plan.reasons,
-            "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "complete": True,
+        "source_model": str(Path(args.model).resolve()),
+        "quantization": args.quant,
+        "device": args.device,
+        "gpu_arch": GPU_ARCH,
+        "tensorrt_llm_version": version,
+        "limits": {
+            "max_batch_size": plan.max_batch_size,
+            "max_input_len": plan.max_input_len,
+            "max_seq_len": plan.max_seq_len,
+            "max_num_tokens": plan.max_batch_tokens,
+        },
+        "plan_reasons": plan.reasons,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def run(cmds: list[list[str]], offline: bool = False) -> None:
@@ -155,12 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder")
     ap.add_argument("--output", required=True, help="engine folder to create")
     ap.add_argument("--device", default="agx-orin-64gb", choices=sorted(profiles.DEVICES))
-    ap.add_argument("--quant", default="int4", choices=["int4", "int4_gptq", "int4_awq"],
-                    help="int4: weight-only (documented on Jetson, default); int4_gptq: --model is a GPTQ "
-                         "checkpoint; int4_awq: ModelOpt, opt-in, needs --calib-dataset")
+    ap.add_argument(
+        "--quant",
+        default="int4",
+        choices=["int4", "int4_gptq", "int4_awq"],
+        help="int4: weight-only (documented on Jetson, default); int4_gptq: --model is a GPTQ "
+        "checkpoint; int4_awq: ModelOpt, opt-in, needs --calib-dataset",
+    )
     ap.add_argument("--calib-dataset", help="a local calibration dataset folder, for --quant int4_awq")
-    ap.add_argument("--trtllm-src", required=True,
-                    help=f"a TensorRT-LLM v0.12.0-jetson checkout (its examples/ are not in the wheel): {CLONE}")
+    ap.add_argument(
+        "--trtllm-src",
+        required=True,
+        help=f"a TensorRT-LLM v0.12.0-jetson checkout (its examples/ are not in the wheel): {CLONE}",
+    )
     ap.add_argument("--max-seq-len", type=int, default=0, help="cap the plan's max_seq_len")
     ap.add_argument("--max-batch-size", type=int, default=0, help="cap the plan's max_batch_size")
     ap.add_argument("--dry-run", action="store_true", help="print every command, run nothing")
@@ -169,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     model, out = Path(args.model), Path(args.output)
     if args.quant == "int4_awq":
         if not args.calib_dataset:
-            ap.error("--quant int4_awq needs --calib-dataset DIR (a local calibration set: quantize.py would "
-                     "otherwise download one); the documented Jetson path is --quant int4")
+            ap.error(
+                "--quant int4_awq needs --calib-dataset DIR (a local calibration set: quantize.py would "
+                "otherwise download one); the documented Jetson path is --quant int4"
+            )
         if not Path(args.calib_dataset).is_dir():
             ap.error(f"--calib-dataset {args.calib_dataset} is not a folder")
     if not (model / "config.json").is_file():
@@ -183,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("build_engine: not starting a build that would fail partway; --force to try anyway")
     caps = {k: v for k, v in (("max_seq_len", args.max_seq_len), ("max_batch_size", args.max_batch_size)) if v}
     plan = planner.plan(hf_profile(model), profiles.DEVICES[args.device], planner.Policy(caps=caps))
-    print(f"plan for {args.device}: batch {plan.max_batch_size}, input {plan.max_input_len}, seq {plan.max_seq_len},"
-          f" tokens/step {plan.max_batch_tokens}, KV {plan.kv_cache_tokens} tokens")
+    print(
+        f"plan for {args.device}: batch {plan.max_batch_size}, input {plan.max_input_len}, seq {plan.max_seq_len},"
+        f" tokens/step {plan.max_batch_tokens}, KV {plan.kv_cache_tokens} tokens"
+    )
     partial, ckpt = out.with_name(out.name + ".partial"), out.with_name(out.name + ".ckpt")
     cmds = commands(args, plan, ckpt, partial, "trtllm-build" if args.dry_run else trtllm_build())
     if args.dry_run:
@@ -193,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"+ copy the tokenizer files to {partial}/tokenizer, write {partial}/{MANIFEST}, rename to {out}")
         return 0
     import tensorrt_llm  # only for its version, on the device
+
     shutil.rmtree(partial, ignore_errors=True)
     run(cmds, offline=args.quant == "int4_awq")
     tok = partial / "tokenizer"

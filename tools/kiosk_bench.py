@@ -40,9 +40,14 @@ from edge_llm.summarize.pipeline import chunk_budget  # noqa: E402
 from tools.bench import Run, free_port, start  # noqa: E402
 from tools.mixed_bench import VISITOR_START_S, document  # noqa: E402
 
-QUESTIONS = ["What can I see in this museum today?", "Tell me about the history of this town.",
-             "How does a lighthouse work?", "What should I visit first with children?",
-             "Why do ships need harbours?", "Describe the old fishing boats in the harbour."]
+QUESTIONS = [
+    "What can I see in this museum today?",
+    "Tell me about the history of this town.",
+    "How does a lighthouse work?",
+    "What should I visit first with children?",
+    "Why do ships need harbours?",
+    "Describe the old fishing boats in the harbour.",
+]
 GOALS = {"ttft_worst_s": ("<", 1.0), "decode_ratio_min": (">=", 0.5), "wall_ratio_max": ("<=", 1.2)}
 COMPARE = {"<": operator.lt, ">=": operator.ge, "<=": operator.le}
 CHARS_PER_TOKEN = 2.72  # of document()'s text with SmolLM2's tokenizer: the first guess at a size
@@ -58,7 +63,7 @@ def text(chars: int, first: int = 0) -> str:
         paras.append(document(k))
         k += 1
     out = "\n\n".join(paras)[:chars]
-    return out[:max(out.rfind(". "), out.rfind(".\n")) + 1] or out
+    return out[: max(out.rfind(". "), out.rfind(".\n")) + 1] or out
 
 
 class Kiosk:
@@ -66,12 +71,12 @@ class Kiosk:
 
     def __init__(self, url: str, api_key: str = "", temperature: float | None = None):
         import openai
+
         self.url = url.rstrip("/")
         self.http = requests.Session()
         if api_key:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key or "unused", max_retries=0,
-                                    timeout=600)
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key or "unused", max_retries=0, timeout=600)
         self.error = openai.APIError
         self.model = self.client.models.list().data[0].id
         self.sampling = {} if temperature is None else {"temperature": temperature}
@@ -90,8 +95,13 @@ class Kiosk:
         used = 0
         try:
             for chunk in self.client.chat.completions.create(
-                    model=self.model, messages=[{"role": "user", "content": question}], max_tokens=tokens,
-                    stream=True, stream_options={"include_usage": True}, **self.sampling):
+                model=self.model,
+                messages=[{"role": "user", "content": question}],
+                max_tokens=tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                **self.sampling,
+            ):
                 used = chunk.usage.completion_tokens if chunk.usage else used
                 if chunk.choices and chunk.choices[0].delta.content:
                     last = time.monotonic()
@@ -101,8 +111,9 @@ class Kiosk:
         return chat_record(Run(first - t0, used, last - first) if first else None)
 
     def submit(self, body: str) -> str:
-        resp = self.http.post(self.url + "/api/summaries", timeout=60,
-                              files={"file": ("kiosk-bench.txt", body.encode(), "text/plain")})
+        resp = self.http.post(
+            self.url + "/api/summaries", timeout=60, files={"file": ("kiosk-bench.txt", body.encode(), "text/plain")}
+        )
         if resp.status_code != 202:
             raise RuntimeError(f"POST /api/summaries: {resp.status_code} {resp.text[:300]}")
         return resp.json()["id"]
@@ -158,8 +169,11 @@ def idle(kiosk: Kiosk, chats: int, tokens: int) -> dict:
     kiosk.wait_idle()
     runs = [kiosk.chat(tokens) for _ in range(chats)]
     rates, ttfts = rates_ttfts(runs)
-    return {"decode_tok_s": statistics.median(rates) if rates else None,
-            "ttft_s_median": statistics.median(ttfts) if ttfts else None, "chats": runs}
+    return {
+        "decode_tok_s": statistics.median(rates) if rates else None,
+        "ttft_s_median": statistics.median(ttfts) if ttfts else None,
+        "chats": runs,
+    }
 
 
 def alone(kiosk: Kiosk, body: str) -> dict:
@@ -180,6 +194,7 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float) -> dict:
         while not done.wait(max(0.0, due - time.monotonic())):
             chats.append({"t_s": round(time.monotonic() - t0, 2), **kiosk.chat(tokens)})
             due = max(due + interval, time.monotonic())  # no burst of overdue questions
+
     thread = threading.Thread(target=visitor, name="visitor")
     thread.start()
     try:
@@ -191,30 +206,40 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float) -> dict:
 
 
 def rates_ttfts(chats: list[dict]) -> tuple[list[float], list[float]]:
-    return ([c["decode_tok_s"] for c in chats if c["decode_tok_s"]],
-            [c["ttft_s"] for c in chats if c["ttft_s"] is not None])
+    return (
+        [c["decode_tok_s"] for c in chats if c["decode_tok_s"]],
+        [c["ttft_s"] for c in chats if c["ttft_s"] is not None],
+    )
 
 
 def round_result(idle_: dict, alone_: dict, together_: dict) -> dict:
     """One round's three numbers against the goals (None where nothing was measured)."""
     rates, ttfts = rates_ttfts(together_["chats"])
     errors = sum(1 for c in together_["chats"] if c.get("error") or c["ttft_s"] is None)
-    return {"ttft_worst_s": max(ttfts) if ttfts and not errors else None, "chat_errors": errors,
-            "decode_slowest_tok_s": min(rates) if rates else None,
-            "decode_ratio": round(min(rates) / idle_["decode_tok_s"], 3) if rates and idle_["decode_tok_s"] else None,
-            "wall_ratio": round(together_["wall_s"] / alone_["wall_s"], 3) if alone_["wall_s"] > 0 else None,
-            "idle": idle_, "alone": alone_, "together": together_}
+    return {
+        "ttft_worst_s": max(ttfts) if ttfts and not errors else None,
+        "chat_errors": errors,
+        "decode_slowest_tok_s": min(rates) if rates else None,
+        "decode_ratio": round(min(rates) / idle_["decode_tok_s"], 3) if rates and idle_["decode_tok_s"] else None,
+        "wall_ratio": round(together_["wall_s"] / alone_["wall_s"], 3) if alone_["wall_s"] > 0 else None,
+        "idle": idle_,
+        "alone": alone_,
+        "together": together_,
+    }
 
 
 def judge(rounds: list[dict]) -> dict:
     """The worst of the rounds, the medians, and each goal met (False where a round measured nothing)."""
     ttft, decode, wall = ([r[k] for r in rounds] for k in ("ttft_worst_s", "decode_ratio", "wall_ratio"))
     complete = None not in ttft + decode + wall
-    summary = {"rounds": len(rounds), "ttft_worst_s": max(ttft) if complete else None,
-               "decode_ratio_min": min(decode) if complete else None,
-               "decode_ratio_median": statistics.median(decode) if complete else None,
-               "wall_ratio_max": max(wall) if complete else None,
-               "wall_ratio_median": statistics.median(wall) if complete else None}
+    summary = {
+        "rounds": len(rounds),
+        "ttft_worst_s": max(ttft) if complete else None,
+        "decode_ratio_min": min(decode) if complete else None,
+        "decode_ratio_median": statistics.median(decode) if complete else None,
+        "wall_ratio_max": max(wall) if complete else None,
+        "wall_ratio_median": statistics.median(wall) if complete else None,
+    }
     met = {k: complete and COMPARE[op](summary[k], goal) for k, (op, goal) in GOALS.items()}
     return {**summary, "goals": {k: f"{op} {goal}" for k, (op, goal) in GOALS.items()}, "met": met}
 
@@ -223,8 +248,10 @@ def one_round(kiosk: Kiosk, k: int, chars: int, args) -> dict:
     """Idle first (this round's reference), then alone and together, their order alternating; each
     job a text of its own (the same text again ran 0.64x as long: its parts were in the prefix cache)."""
     idle_ = idle(kiosk, args.idle_chats, args.tokens)
-    jobs = {"alone": lambda: alone(kiosk, text(chars, 1000 * (2 * k + 1))),
-            "together": lambda: together(kiosk, text(chars, 1000 * (2 * k + 2)), args.tokens, args.interval)}
+    jobs = {
+        "alone": lambda: alone(kiosk, text(chars, 1000 * (2 * k + 1))),
+        "together": lambda: together(kiosk, text(chars, 1000 * (2 * k + 2)), args.tokens, args.interval),
+    }
     order = ["alone", "together"] if k % 2 == 0 else ["together", "alone"]
     done = {name: jobs[name]() for name in order}
     return {"round": k + 1, "order": order, **round_result(idle_, done["alone"], done["together"])}
@@ -234,9 +261,17 @@ def serve(sets: list[str], state: str) -> tuple[subprocess.Popen, str]:
     """A daemon of our own: jobs in a temporary state directory, the device's calibration kept."""
     calibration = config.state_dir(config.load()) / "calibration.json"
     port = free_port()
-    cmd = [sys.executable, "-m", "edge_llm", "serve", "--port", str(port),
-           f"--set=daemon.state_dir={state}",
-           f"--set=planner.calibration_file={calibration}", *[f"--set={o}" for o in sets]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_llm",
+        "serve",
+        "--port",
+        str(port),
+        f"--set=daemon.state_dir={state}",
+        f"--set=planner.calibration_file={calibration}",
+        *[f"--set={o}" for o in sets],
+    ]
     return start(cmd, port, "/health"), f"http://127.0.0.1:{port}"
 
 
@@ -249,12 +284,23 @@ def bench(url: str, args) -> dict:
         rounds.append(one_round(kiosk, k, chars, args))
         print_round(rounds[-1])
     plan = kiosk.get("/api/plan")
-    return {"tool": "kiosk_bench", "url": url, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "settings": {"chars": chars, "parts_fitted": parts, "tokens": args.tokens, "interval_s": args.interval,
-                         "idle_chats": args.idle_chats, "temperature": args.temperature},
-            "sampling": kiosk.get("/api/sampling"),
-            "plan": {k: plan.get(k) for k in ("max_batch_size", "max_seq_len", "kv_layout", "prefill_chunk_tokens")},
-            "summary": judge(rounds), "rounds": rounds}
+    return {
+        "tool": "kiosk_bench",
+        "url": url,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {
+            "chars": chars,
+            "parts_fitted": parts,
+            "tokens": args.tokens,
+            "interval_s": args.interval,
+            "idle_chats": args.idle_chats,
+            "temperature": args.temperature,
+        },
+        "sampling": kiosk.get("/api/sampling"),
+        "plan": {k: plan.get(k) for k in ("max_batch_size", "max_seq_len", "kv_layout", "prefill_chunk_tokens")},
+        "summary": judge(rounds),
+        "rounds": rounds,
+    }
 
 
 def fmt(x, spec: str = ".2f") -> str:
@@ -263,12 +309,17 @@ def fmt(x, spec: str = ".2f") -> str:
 
 def print_round(r: dict) -> None:
     if r["round"] == 1:
-        print(f"{'round':>5} {'idle tok/s':>10} {'TTFT worst':>10} {'slowest tok/s':>13} {'ratio':>6} "
-              f"{'alone s':>8} {'together s':>10} {'ratio':>6} {'parts':>5} {'chats':>5}")
-    print(f"{r['round']:>5} {fmt(r['idle']['decode_tok_s'], '.1f'):>10} {fmt(r['ttft_worst_s']):>10} "
-          f"{fmt(r['decode_slowest_tok_s'], '.1f'):>13} {fmt(r['decode_ratio']):>6} {r['alone']['wall_s']:>8.1f} "
-          f"{r['together']['wall_s']:>10.1f} {fmt(r['wall_ratio']):>6} {r['alone']['parts']:>5} "
-          f"{len(r['together']['chats']):>5}", flush=True)
+        print(
+            f"{'round':>5} {'idle tok/s':>10} {'TTFT worst':>10} {'slowest tok/s':>13} {'ratio':>6} "
+            f"{'alone s':>8} {'together s':>10} {'ratio':>6} {'parts':>5} {'chats':>5}"
+        )
+    print(
+        f"{r['round']:>5} {fmt(r['idle']['decode_tok_s'], '.1f'):>10} {fmt(r['ttft_worst_s']):>10} "
+        f"{fmt(r['decode_slowest_tok_s'], '.1f'):>13} {fmt(r['decode_ratio']):>6} {r['alone']['wall_s']:>8.1f} "
+        f"{r['together']['wall_s']:>10.1f} {fmt(r['wall_ratio']):>6} {r['alone']['parts']:>5} "
+        f"{len(r['together']['chats']):>5}",
+        flush=True,
+    )
 
 
 def print_summary(s: dict) -> None:
@@ -280,8 +331,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="a running daemon (default: start one on a free loopback port)")
     ap.add_argument("--api-key", default="", help="Bearer key, for a daemon on another host")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="config of the daemon this tool starts (without --url)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config of the daemon this tool starts (without --url)",
+    )
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--parts", type=int, default=4, help="the job's parts: the text is sized to make this many")
     ap.add_argument("--chars", type=int, default=0, help="the text's size instead (no sizing uploads)")

@@ -36,14 +36,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_llm.summarize.pipeline import MAP_PROMPT  # noqa: E402
 from tools.bench import free_port, start  # noqa: E402
 
-QUESTIONS = ["What is the capital of France?", "Name a colour.", "What is 2 + 2?", "Say hello.",
-             "Name an animal.", "What day comes after Monday?", "Name a fruit.", "What is water made of?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a colour.",
+    "What is 2 + 2?",
+    "Say hello.",
+    "Name an animal.",
+    "What day comes after Monday?",
+    "Name a fruit.",
+    "What is water made of?",
+]
 BG_TOKENS, VISITOR_TOKENS, VISITOR_START_S = 64, 16, 1.0
 
 
 def document(k: int, sentences: int = 142) -> str:  # about 3,000 tokens
-    return " ".join(f"Report {k}.{i}: station {(i * 7 + k) % 31} logged {(i * 13 + k) % 97} litres and "
-                    f"{(i * 3 + k) % 11} visitors." for i in range(sentences))
+    return " ".join(
+        f"Report {k}.{i}: station {(i * 7 + k) % 31} logged {(i * 13 + k) % 97} litres and {(i * 3 + k) % 11} visitors."
+        for i in range(sentences)
+    )
 
 
 def background_prompt(k: int) -> str:
@@ -55,8 +65,9 @@ def post(port: int, body: dict, stream: bool) -> tuple[float | None, float]:
     """(seconds to the first content, seconds to the end), from the request's start."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
     t0 = time.monotonic()
-    conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": stream}),
-                 {"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/v1/chat/completions", json.dumps({**body, "stream": stream}), {"Content-Type": "application/json"}
+    )
     resp = conn.getresponse()
     first = None
     if stream:
@@ -77,8 +88,16 @@ def workload(port: int, questions: int, priority: dict) -> dict:
     t0 = time.monotonic()
 
     def background(k: int):
-        post(port, {"messages": [{"role": "user", "content": background_prompt(k)}], "max_tokens": BG_TOKENS,
-                    "temperature": 0, **priority}, stream=False)
+        post(
+            port,
+            {
+                "messages": [{"role": "user", "content": background_prompt(k)}],
+                "max_tokens": BG_TOKENS,
+                "temperature": 0,
+                **priority,
+            },
+            stream=False,
+        )
         bg_end.append(time.monotonic() - t0)
 
     threads = [threading.Thread(target=background, args=(k,)) for k in range(4)]
@@ -87,29 +106,62 @@ def workload(port: int, questions: int, priority: dict) -> dict:
     time.sleep(VISITOR_START_S)
     ttfts = []
     for q in QUESTIONS[:questions]:
-        first, _ = post(port, {"messages": [{"role": "user", "content": q}], "max_tokens": VISITOR_TOKENS,
-                               "temperature": 0}, stream=True)
+        first, _ = post(
+            port,
+            {"messages": [{"role": "user", "content": q}], "max_tokens": VISITOR_TOKENS, "temperature": 0},
+            stream=True,
+        )
         ttfts.append(first)
     for t in threads:
         t.join()
     if not ttfts:  # --questions 0: the background alone (each engine's prefill-heavy speed)
-        return {"visitor_ttft_worst_s": None, "visitor_ttft_median_s": None, "visitor_ttfts_s": [],
-                "background_wall_s": max(bg_end)}
-    return {"visitor_ttft_worst_s": max(ttfts), "visitor_ttft_median_s": statistics.median(ttfts),
-            "visitor_ttfts_s": [round(t, 3) for t in ttfts], "background_wall_s": max(bg_end)}
+        return {
+            "visitor_ttft_worst_s": None,
+            "visitor_ttft_median_s": None,
+            "visitor_ttfts_s": [],
+            "background_wall_s": max(bg_end),
+        }
+    return {
+        "visitor_ttft_worst_s": max(ttfts),
+        "visitor_ttft_median_s": statistics.median(ttfts),
+        "visitor_ttfts_s": [round(t, 3) for t in ttfts],
+        "background_wall_s": max(bg_end),
+    }
 
 
 def serve_ours(port: int, overrides: list[str]) -> subprocess.Popen:
     # llama-server's context per slot; the rest is the default plan (model.kv_layout = auto)
-    cmd = [sys.executable, "-m", "edge_llm", "serve", "--port", str(port), "--set=limits.max_seq_len=4096",
-           *[f"--set={o}" for o in overrides]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_llm",
+        "serve",
+        "--port",
+        str(port),
+        "--set=limits.max_seq_len=4096",
+        *[f"--set={o}" for o in overrides],
+    ]
     return start(cmd, port, "/health")
 
 
 def serve_llama(port: int, binary: str, threads: int, extra: str = "") -> subprocess.Popen:
     from edge_llm.config import embedded_model_path
-    cmd = [binary, "-m", str(embedded_model_path()), "--port", str(port), "-c", "20480", "-np", "5",
-           "-t", str(threads), "--no-webui", *extra.split()]
+
+    cmd = [
+        binary,
+        "-m",
+        str(embedded_model_path()),
+        "--port",
+        str(port),
+        "-c",
+        "20480",
+        "-np",
+        "5",
+        "-t",
+        str(threads),
+        "--no-webui",
+        *extra.split(),
+    ]
     return start(cmd, port, "/health")
 
 
@@ -152,15 +204,21 @@ def pooled(ratios: list[float], draws: int = 20000, seed: int = 0) -> dict:
     logs = [math.log(r) for r in ratios]
     rng = random.Random(seed)
     means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(draws))
-    return {"rounds": len(ratios), "ours_faster": sum(r < 1 for r in ratios),
-            "median": statistics.median(ratios), "geomean": math.exp(statistics.fmean(logs)),
-            "ci95": (math.exp(means[int(0.025 * draws)]), math.exp(means[int(0.975 * draws) - 1]))}
+    return {
+        "rounds": len(ratios),
+        "ours_faster": sum(r < 1 for r in ratios),
+        "median": statistics.median(ratios),
+        "geomean": math.exp(statistics.fmean(logs)),
+        "ci95": (math.exp(means[int(0.025 * draws)]), math.exp(means[int(0.975 * draws) - 1])),
+    }
 
 
 def print_pooled(ratios: list[float]) -> None:
     p = pooled(ratios)
-    print(f"pooled {p['rounds']} rounds: ours faster in {p['ours_faster']}, median {p['median']:.3f}, "
-          f"geometric mean {p['geomean']:.3f} (95% bootstrap interval {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f})")
+    print(
+        f"pooled {p['rounds']} rounds: ours faster in {p['ours_faster']}, median {p['median']:.3f}, "
+        f"geometric mean {p['geomean']:.3f} (95% bootstrap interval {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f})"
+    )
 
 
 def report(paths: list[str]) -> None:
@@ -174,12 +232,16 @@ def report(paths: list[str]) -> None:
 
 def main() -> None:
     import os
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-server", help="llama-server binary (tools/build_llama_server.sh prints it)")
     ap.add_argument("--llama-args", default="", help='more llama-server flags, e.g. "-ngl 99" on a GPU')
     ap.add_argument("--questions", type=int, default=6)
-    ap.add_argument("--unmarked", action="store_true",
-                    help='send the long prompts to ours without "priority": "background" (as any OpenAI client)')
+    ap.add_argument(
+        "--unmarked",
+        action="store_true",
+        help='send the long prompts to ours without "priority": "background" (as any OpenAI client)',
+    )
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config for ours")
     ap.add_argument("--rounds", type=int, default=1, help="run both targets this many times, alternating")
     ap.add_argument("--json", help="append the results to this file")
@@ -199,8 +261,9 @@ def main() -> None:
     def ours() -> dict:
         port = free_port()
         marking = {} if args.unmarked else {"priority": "background"}
-        return run(label + (" unmarked" if args.unmarked else ""), serve_ours(port, args.set), port, args.questions,
-                   marking)
+        return run(
+            label + (" unmarked" if args.unmarked else ""), serve_ours(port, args.set), port, args.questions, marking
+        )
 
     def theirs() -> dict:
         port = free_port()
@@ -214,11 +277,15 @@ def main() -> None:
             targets.reverse()
         pair = [{"round": k + 1, **target()} for target in targets]
         for r in pair:
-            worst, median = (float("nan") if r[key] is None else r[key] for key in ("visitor_ttft_worst_s",
-                                                                                      "visitor_ttft_median_s"))
-            print(f"round {k + 1} {r['target']:<52} TTFT worst {worst:6.2f} s  median "
-                  f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
-                  f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}", flush=True)
+            worst, median = (
+                float("nan") if r[key] is None else r[key] for key in ("visitor_ttft_worst_s", "visitor_ttft_median_s")
+            )
+            print(
+                f"round {k + 1} {r['target']:<52} TTFT worst {worst:6.2f} s  median "
+                f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
+                f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}",
+                flush=True,
+            )
         results += pair
     ratios = round_ratios(results)
     if ratios:

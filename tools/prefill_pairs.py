@@ -60,12 +60,15 @@ class Strategy:
         if self.mode == "seq":
             for s, prompt in enumerate(self.prompts):
                 for p in range(0, len(prompt), self.per):
-                    yield [(s, prompt[p:p + self.per], p)]
+                    yield [(s, prompt[p : p + self.per], p)]
             return
         pos = [0] * len(self.prompts)
         while True:
-            items = [(s, prompt[pos[s]:pos[s] + self.per], pos[s]) for s, prompt in enumerate(self.prompts)
-                     if pos[s] < len(prompt)]
+            items = [
+                (s, prompt[pos[s] : pos[s] + self.per], pos[s])
+                for s, prompt in enumerate(self.prompts)
+                if pos[s] < len(prompt)
+            ]
             if not items:
                 return
             yield items

@@ -12,8 +12,9 @@ from edge_llm import config as config_mod
 from edge_llm.engine.request import SamplingParams
 from edge_llm.telemetry.host import HostSource
 
-SYSTEM = ("You are the help desk of the Harbor Museum. " + " ".join(
-    f"Rule {i}: answer politely, mention opening hours 9 to 17, and keep answers short." for i in range(30)))
+SYSTEM = "You are the help desk of the Harbor Museum. " + " ".join(
+    f"Rule {i}: answer politely, mention opening hours 9 to 17, and keep answers short." for i in range(30)
+)
 
 
 def ask(engine, backend, question: str):
@@ -38,8 +39,10 @@ def main() -> None:
         warm.append(t)
     engine.stop()
     c, w = statistics.median(cold), statistics.median(warm)
-    print(f"prompt {n} tokens, {reused} reused: TTFT cold median {1000 * c:.0f} ms, "
-          f"reused median {1000 * w:.0f} ms ({c / w:.1f}x)")
+    print(
+        f"prompt {n} tokens, {reused} reused: TTFT cold median {1000 * c:.0f} ms, "
+        f"reused median {1000 * w:.0f} ms ({c / w:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

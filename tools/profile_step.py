@@ -24,13 +24,19 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, default=16)
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
-    cfg = config_mod.load(overrides=[("limits.max_batch_size", args.seqs), ("model.warmup", "false"),
-                                     ("limits.max_output_len", args.steps + 8)])
+    cfg = config_mod.load(
+        overrides=[
+            ("limits.max_batch_size", args.seqs),
+            ("model.warmup", "false"),
+            ("limits.max_output_len", args.steps + 8),
+        ]
+    )
     backend, plan, engine = appliance.build_engine(cfg, HostSource().read())
     engine.stop()  # drive step() here instead
     for i in range(args.seqs):
-        req, _ = engine.make_request(backend.tokenize(f"Story {i}: once upon a time"),
-                                     SamplingParams(temperature=0.0), args.steps + 8)
+        req, _ = engine.make_request(
+            backend.tokenize(f"Story {i}: once upon a time"), SamplingParams(temperature=0.0), args.steps + 8
+        )
         engine.scheduler.add(req)
     while any(r.is_prefilling for r in engine.scheduler.running) or engine.scheduler.waiting:
         engine.step()
@@ -44,6 +50,7 @@ def main() -> None:
                 return fn(*a)
             finally:
                 phases[name] += time.perf_counter() - t
+
         return wrapper
 
     L.llama_decode = timed("llama_decode", orig_decode)
@@ -55,8 +62,10 @@ def main() -> None:
         engine.step()
     prof.disable()
     total = time.perf_counter() - t0
-    print(f"{args.seqs} sequences, {args.steps} steps: {1e6 * total / args.steps:.0f} us/step, "
-          f"{args.seqs * args.steps / total:.0f} tok/s")
+    print(
+        f"{args.seqs} sequences, {args.steps} steps: {1e6 * total / args.steps:.0f} us/step, "
+        f"{args.seqs * args.steps / total:.0f} tok/s"
+    )
     for name, secs in phases.items():
         print(f"  {name:<22} {1e6 * secs / args.steps:8.0f} us/step")
     print(f"  {'everything else':<22} {1e6 * (total - sum(phases.values())) / args.steps:8.0f} us/step")

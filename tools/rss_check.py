@@ -19,6 +19,7 @@ def measure(kv_tokens: int) -> dict:
     from edge_llm import config as config_mod
     from edge_llm.engine.request import SamplingParams
     from edge_llm.telemetry.host import HostSource
+
     proc = psutil.Process()
     baseline = proc.memory_info().rss
     cfg = config_mod.load(overrides=[("limits.kv_cache_tokens", kv_tokens), ("limits.max_batch_size", 8)])
@@ -28,7 +29,7 @@ def measure(kv_tokens: int) -> dict:
     per_req = min(plan.max_input_len - 64, max(64, plan.kv_cache_tokens // plan.max_batch_size - 64))
 
     def one(i):
-        req, _ = engine.make_request(tokens[:per_req - i], SamplingParams(temperature=0.0), 64)
+        req, _ = engine.make_request(tokens[: per_req - i], SamplingParams(temperature=0.0), 64)
         for _ in engine.generate(req):
             pass
 
@@ -38,10 +39,17 @@ def measure(kv_tokens: int) -> dict:
     rss = proc.memory_info().rss
     engine.stop()
     predicted = baseline + plan.predicted_resident_bytes
-    return {"kv_cache_tokens": plan.kv_cache_tokens, "baseline_mib": baseline >> 20,
-            "weights_mib": plan.weights_bytes >> 20, "kv_mib": plan.kv_cache_bytes >> 20,
-            "workspace_mib": plan.workspace_bytes >> 20, "predicted_mib": predicted >> 20, "rss_mib": rss >> 20,
-            "peak_reserved": engine.scheduler.kv.peak_reserved, "error_pct": 100 * (predicted - rss) / rss}
+    return {
+        "kv_cache_tokens": plan.kv_cache_tokens,
+        "baseline_mib": baseline >> 20,
+        "weights_mib": plan.weights_bytes >> 20,
+        "kv_mib": plan.kv_cache_bytes >> 20,
+        "workspace_mib": plan.workspace_bytes >> 20,
+        "predicted_mib": predicted >> 20,
+        "rss_mib": rss >> 20,
+        "peak_reserved": engine.scheduler.kv.peak_reserved,
+        "error_pct": 100 * (predicted - rss) / rss,
+    }
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ class ChatTemplate:
 
     def render(self, messages: list[dict[str, str]]) -> str:
         try:
-            return self._template.render(messages=messages, add_generation_prompt=True,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
+            return self._template.render(
+                messages=messages, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
+            )
         except TemplateError as e:
             raise ChatTemplateError(f"the model's chat template rejected the messages: {e}") from e

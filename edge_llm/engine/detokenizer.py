@@ -19,7 +19,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer, prompt_ids: list[int]):
         self.tokenizer = tokenizer
-        self.ids = list(prompt_ids[-(INITIAL_OFFSET + 1):])  # enough context for the first token
+        self.ids = list(prompt_ids[-(INITIAL_OFFSET + 1) :])  # enough context for the first token
         self.read = len(self.ids)
         self.prefix = max(self.read - INITIAL_OFFSET, 0)
 
@@ -29,13 +29,13 @@ class IncrementalDetokenizer:
     def step(self, token: int) -> str:
         """The text token adds, or "" while it ends in an incomplete character."""
         self.ids.append(token)
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
         self.prefix, self.read = self.read, len(self.ids)
         if self.prefix > TRIM_AT:
-            del self.ids[:self.prefix]
+            del self.ids[: self.prefix]
             self.read -= self.prefix
             self.prefix = 0
-        return after[len(before):]
+        return after[len(before) :]

@@ -86,8 +86,13 @@ class EngineFront:
     def num_preempted(self) -> int:
         return 0
 
-    def make_request(self, prompt_tokens: list[int], params: SamplingParams, max_tokens: int | None,
-                     priority: Priority = Priority.INTERACTIVE) -> tuple[Request, bool]:
+    def make_request(
+        self,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        max_tokens: int | None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> tuple[Request, bool]:
         """Check a prompt against the plan and fix max_tokens; returns (request, capped)
         where capped says max_tokens was lowered to the plan's max_output_len."""
         n, p = len(prompt_tokens), self.plan
@@ -142,8 +147,9 @@ class EngineFront:
         self.submit(req)
         yield from self.stream(req)
 
-    def stream(self, req: Request, poll_s: float | None = None,
-               is_abandoned: Callable[[], bool] = lambda: False) -> Iterator[RequestOutput | None]:
+    def stream(
+        self, req: Request, poll_s: float | None = None, is_abandoned: Callable[[], bool] = lambda: False
+    ) -> Iterator[RequestOutput | None]:
         """Yield a submitted request's outputs until it finishes. With poll_s, yield None after
         each poll_s seconds without output, and stop when is_abandoned(). The request is
         cancelled whenever the consumer stops early (a closed stream, a vanished client)."""

@@ -27,8 +27,16 @@ MAX_PATTERN = 512  # characters of one pattern
 MAX_NUMBER = 1e15  # |minimum|, |maximum|, ...: the converter may spell bounds digit by digit
 MAX_GRAMMAR_BYTES = 65_536  # the GBNF text
 MAX_GRAMMAR_NESTING = 2 * MAX_REPEAT + 64  # nested groups in the GBNF text (parser recursion)
-REPEAT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
-               "minContains", "maxContains")
+REPEAT_KEYS = (
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "minContains",
+    "maxContains",
+)
 NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 _QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
@@ -111,6 +119,7 @@ def _groups_only(gbnf: str) -> str:
 
 def from_json_schema(schema: dict) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
+
     check_schema_cost(schema)
     try:
         gbnf = _CHAR_RULE.sub(lambda _: JSON_CHAR, json_schema_to_gbnf(json.dumps(schema)))

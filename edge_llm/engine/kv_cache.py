@@ -22,6 +22,7 @@ from edge_llm.engine.request import Request
 RESERVE_STEP = 64  # output tokens reserved at a time: a reservation grows as a request generates
 MIN_STREAM_COPY = 64  # tokens of a pinned prefix worth copying a whole stream for (per-slot KV)
 
+
 @dataclass(frozen=True)
 class MemoryOp:
     kind: str  # "rm": drop positions >= pos of seq; "cp": share positions < pos of src with seq
@@ -39,8 +40,9 @@ def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int]) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, num_slots: int, kv_cache_tokens: int, max_cached: int, min_reuse: int = 1,
-                 streams: bool = False):
+    def __init__(
+        self, num_slots: int, kv_cache_tokens: int, max_cached: int, min_reuse: int = 1, streams: bool = False
+    ):
         self.kv_cache_tokens = kv_cache_tokens  # KV cells the context holds
         self.max_cached = max_cached
         self.min_reuse = min_reuse  # shorter matches are not worth a copy
@@ -157,7 +159,7 @@ class KVCacheManager:
         cached prefix."""
         self.unreserve(req)
         slot, req.seq_id = req.seq_id, -1
-        tokens = tuple(req.all_tokens[:req.num_computed])
+        tokens = tuple(req.all_tokens[: req.num_computed])
         if keep_prefix and self.max_cached > 0 and len(tokens) >= self.min_reuse:
             if len(self.cached) >= self.max_cached:
                 self.free_slots.add(self._evict(ops))

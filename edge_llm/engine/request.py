@@ -63,8 +63,9 @@ class SamplingParams:
     @property
     def is_plain_greedy(self) -> bool:
         """Greedy with nothing that reshapes the logits: one argmax decides."""
-        return self.is_greedy and not (self.presence_penalty or self.frequency_penalty or self.logit_bias
-                                       or self.grammar)
+        return self.is_greedy and not (
+            self.presence_penalty or self.frequency_penalty or self.logit_bias or self.grammar
+        )
 
 
 @dataclass
@@ -106,7 +107,8 @@ class Request:
     _text: str = ""  # decoded output (stop strings removed once matched)
     _num_sent: int = 0  # characters of _text already sent
     _decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -148,7 +150,7 @@ class Request:
         tail = max(0, self._num_sent - max((len(s) for s in self.params.stop), default=0))
         hits = [at for at in (self._text.find(stop, tail) for stop in self.params.stop) if at != -1]
         if hits:
-            self._text = self._text[:min(hits)]
+            self._text = self._text[: min(hits)]
             self._decoder.reset()  # bytes after the stop string are not ours to print
             self.finish(RequestStatus.FINISHED_STOPPED)
 
@@ -165,7 +167,7 @@ class Request:
         if not self.is_finished and self.params.stop:
             end -= _held_back(self._text, self.params.stop)
         end = max(end, self._num_sent)
-        delta = self._text[self._num_sent:end]
+        delta = self._text[self._num_sent : end]
         self._num_sent = end
         return delta
 
@@ -175,11 +177,18 @@ class Request:
         if delta or self.is_finished:
             logprobs = None
             if self.params.logprobs is not None:
-                logprobs = self.logprobs[self._num_logprobs_sent:]
+                logprobs = self.logprobs[self._num_logprobs_sent :]
                 self._num_logprobs_sent = len(self.logprobs)
-            self.outputs.put(RequestOutput(
-                delta, self.num_prompt_tokens, len(self.output_tokens),
-                self.finish_reason if self.is_finished else None, error, logprobs))
+            self.outputs.put(
+                RequestOutput(
+                    delta,
+                    self.num_prompt_tokens,
+                    len(self.output_tokens),
+                    self.finish_reason if self.is_finished else None,
+                    error,
+                    logprobs,
+                )
+            )
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:

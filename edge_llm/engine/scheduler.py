@@ -34,8 +34,14 @@ class Scheduler:
     # behind someone else's 12,000 tokens of prefill.
     AGING_TOKENS_PER_S = 100.0
 
-    def __init__(self, kv: KVCacheManager, max_batch_size: int, prefill_chunk_tokens: int, max_queue: int,
-                 chat_slowdown: float = 1.8):
+    def __init__(
+        self,
+        kv: KVCacheManager,
+        max_batch_size: int,
+        prefill_chunk_tokens: int,
+        max_queue: int,
+        chat_slowdown: float = 1.8,
+    ):
         self.kv = kv
         self.max_batch_size = max_batch_size
         self.prefill_chunk_tokens = prefill_chunk_tokens
@@ -54,8 +60,15 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self._ops or (self.waiting and not self.admission_paused and not (
-            self.defer_background and all(r.priority == Priority.BACKGROUND for r in self.waiting))))
+        return bool(
+            self.running
+            or self._ops
+            or (
+                self.waiting
+                and not self.admission_paused
+                and not (self.defer_background and all(r.priority == Priority.BACKGROUND for r in self.waiting))
+            )
+        )
 
     def add(self, req: Request) -> None:
         """Never refused: the engine front alone bounds the queue (a bound here also counted the
@@ -63,9 +76,14 @@ class Scheduler:
         self._enqueue(req, front_of_class=False)
 
     def _enqueue(self, req: Request, front_of_class: bool) -> None:
-        at = next((i for i, w in enumerate(self.waiting)
-                   if w.priority > req.priority or (front_of_class and w.priority == req.priority)),
-                  len(self.waiting))
+        at = next(
+            (
+                i
+                for i, w in enumerate(self.waiting)
+                if w.priority > req.priority or (front_of_class and w.priority == req.priority)
+            ),
+            len(self.waiting),
+        )
         self.waiting.insert(at, req)
 
     def abort(self, req: Request, status: RequestStatus = RequestStatus.FINISHED_CANCELLED) -> bool:
@@ -122,7 +140,8 @@ class Scheduler:
         budget = self._prefill_class(Priority.INTERACTIVE, out, budget)
         visitor_prefill = len(out.chunks) > num_visitors  # the chunks so far: visitors' decodes, then prefill
         wants_prefill = any(r.priority == Priority.BACKGROUND for r in self.waiting) or any(
-            r.priority == Priority.BACKGROUND and r.is_prefilling for r in self.running)
+            r.priority == Priority.BACKGROUND and r.is_prefilling for r in self.running
+        )
         if visitor_prefill or self.share.allows_background(num_visitors, wants_prefill):
             self._add_decodes(out, Priority.BACKGROUND)
             if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):
@@ -131,8 +150,9 @@ class Scheduler:
         elif any(r.priority == Priority.BACKGROUND for r in self.running):
             self.share.held()
         out.chunks.sort(key=lambda c: c.start_pos < c.request.prefill_len)  # decodes first, then prefill
-        out.abortable = (any(c.request.is_prefilling for c in out.chunks)
-                         and all(c.request.priority == Priority.BACKGROUND for c in out.chunks))
+        out.abortable = any(c.request.is_prefilling for c in out.chunks) and all(
+            c.request.priority == Priority.BACKGROUND for c in out.chunks
+        )
         return out
 
     def _add_decodes(self, out: SchedulerOutput, cls: Priority) -> None:
@@ -143,8 +163,7 @@ class Scheduler:
     def observe_step(self, out: SchedulerOutput, seconds: float) -> None:
         """The engine ran out in seconds: a step that decoded visitors and prefilled none is a
         measure of what background work beside them costs."""
-        if any(c.request.priority == Priority.INTERACTIVE and c.start_pos < c.request.prefill_len
-               for c in out.chunks):
+        if any(c.request.priority == Priority.INTERACTIVE and c.start_pos < c.request.prefill_len for c in out.chunks):
             return
         num_visitors = sum(1 for c in out.chunks if c.request.priority == Priority.INTERACTIVE)
         background = [c for c in out.chunks if c.request.priority == Priority.BACKGROUND]
@@ -198,9 +217,10 @@ class Scheduler:
         if self.admission_paused or len(self.running) >= self.max_batch_size:
             return None
         now = time.monotonic()
-        blocked_since = min((w.arrival_time for w in order
-                             if now - w.arrival_time > self.STARVATION_S and not self.kv.can_allocate(w)),
-                            default=float("inf"))
+        blocked_since = min(
+            (w.arrival_time for w in order if now - w.arrival_time > self.STARVATION_S and not self.kv.can_allocate(w)),
+            default=float("inf"),
+        )
         req = next((r for r in order if self.kv.can_allocate(r)), None)
         return req if req is not None and req.arrival_time <= blocked_since else None
 
@@ -215,8 +235,14 @@ class Scheduler:
             return
         req = waiting[0]
         victims = self._by_newest(Priority.BACKGROUND) + sorted(
-            (r for r in self.running if r.priority == Priority.INTERACTIVE and r.is_prefilling
-             and self._urgency(r) > self._urgency(req)), key=self._urgency, reverse=True)
+            (
+                r
+                for r in self.running
+                if r.priority == Priority.INTERACTIVE and r.is_prefilling and self._urgency(r) > self._urgency(req)
+            ),
+            key=self._urgency,
+            reverse=True,
+        )
         freeable = sum(r.reserved_tokens for r in victims)
         if self.kv.num_reserved - freeable + self.kv.reservation(req) > self.kv.kv_cache_tokens:
             return  # even preempting all of them would not make room
@@ -247,7 +273,7 @@ class Scheduler:
         start = req.num_computed
         n = min(budget, req.prefill_len - start)
         last = start + n == req.prefill_len
-        out.chunks.append(ScheduledChunk(req, req.all_tokens[start:start + n], start, last))
+        out.chunks.append(ScheduledChunk(req, req.all_tokens[start : start + n], start, last))
         return n
 
     def postprocess(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> list[Request]:

@@ -88,6 +88,9 @@ class BackgroundShare:
         self.num_held += 1
 
     def to_dict(self) -> dict:
-        return {"chat_slowdown": self.slowdown if self.slowdown != float("inf") else None,
-                "visitor_step_ms": {n: round(s * 1000, 2) for n, s in sorted(self.solo_s.items())},
-                "background_shared_steps": self.num_shared, "background_held_steps": self.num_held}
+        return {
+            "chat_slowdown": self.slowdown if self.slowdown != float("inf") else None,
+            "visitor_step_ms": {n: round(s * 1000, 2) for n, s in sorted(self.solo_s.items())},
+            "background_shared_steps": self.num_shared,
+            "background_held_steps": self.num_held,
+        }

@@ -18,13 +18,24 @@ log = logging.getLogger(__name__)
 
 
 class StepEngine(EngineFront):
-    def __init__(self, backend: Backend, plan, max_queue: int = 64, metrics: EngineMetrics | None = None,
-                 chat_slowdown: float = 1.8):
+    def __init__(
+        self,
+        backend: Backend,
+        plan,
+        max_queue: int = 64,
+        metrics: EngineMetrics | None = None,
+        chat_slowdown: float = 1.8,
+    ):
         super().__init__(backend, plan, max_queue, metrics)
-        kv = KVCacheManager(plan.num_seqs, plan.kv_cache_tokens, max_cached=plan.num_seqs - plan.max_batch_size,
-                            streams=plan.kv_layout == "per_slot")
-        self.scheduler = Scheduler(kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue,
-                                   chat_slowdown=chat_slowdown or float("inf"))  # 0: background always rides along
+        kv = KVCacheManager(
+            plan.num_seqs,
+            plan.kv_cache_tokens,
+            max_cached=plan.num_seqs - plan.max_batch_size,
+            streams=plan.kv_layout == "per_slot",
+        )
+        self.scheduler = Scheduler(
+            kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue, chat_slowdown=chat_slowdown or float("inf")
+        )  # 0: background always rides along
 
     @property
     def has_work(self) -> bool:
@@ -75,8 +86,11 @@ class StepEngine(EngineFront):
         try:
             changed = self.scheduler.postprocess(out, sampled)
         except Exception:  # the requests it finished before it failed still reach their clients
-            self._publish({id(c.request): c.request for c in out.chunks
-                           if c.request.is_finished and id(c.request) not in ended}.values())
+            self._publish(
+                {
+                    id(c.request): c.request for c in out.chunks if c.request.is_finished and id(c.request) not in ended
+                }.values()
+            )
             raise
         self._publish(changed)
         self.metrics.generated_tokens.inc(len(changed))
@@ -107,8 +121,9 @@ class StepEngine(EngineFront):
             m.resumptions.inc(num_resumed)
         for chunk in out.chunks:  # after the batch ran, before postprocess moves num_computed
             req = chunk.request
-            if (chunk.done and chunk.start_pos == req.num_reused and req.is_prefilling
-                    and not req.num_preemptions):  # first chunk
+            if (
+                chunk.done and chunk.start_pos == req.num_reused and req.is_prefilling and not req.num_preemptions
+            ):  # first chunk
                 m.prompt_tokens.inc(req.num_prompt_tokens)
                 m.reused_tokens.inc(req.num_reused)
                 m.queue_time.labels(req.priority.name.lower()).observe(req.admitted_time - req.arrival_time)
@@ -153,9 +168,16 @@ class StepEngine(EngineFront):
 
     def stats(self) -> dict:
         kv = self.scheduler.kv
-        return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.num_steps,
-                "kv_tokens_reserved": kv.num_reserved, "kv_tokens_reserved_peak": kv.peak_reserved,
-                "kv_tokens_cached": kv.num_cached_tokens,
-                "kv_cache_tokens": kv.kv_cache_tokens, "admission_paused": self.scheduler.admission_paused,
-                "preemptions": self.scheduler.num_preemptions, "resumptions": self.scheduler.num_resumptions,
-                **self.scheduler.share.to_dict()}
+        return {
+            "running": self.num_running,
+            "waiting": self.num_waiting,
+            "steps": self.num_steps,
+            "kv_tokens_reserved": kv.num_reserved,
+            "kv_tokens_reserved_peak": kv.peak_reserved,
+            "kv_tokens_cached": kv.num_cached_tokens,
+            "kv_cache_tokens": kv.kv_cache_tokens,
+            "admission_paused": self.scheduler.admission_paused,
+            "preemptions": self.scheduler.num_preemptions,
+            "resumptions": self.scheduler.num_resumptions,
+            **self.scheduler.share.to_dict(),
+        }

@@ -31,6 +31,7 @@ class TrtLlmEngine(EngineFront):
     def __init__(self, backend, plan, max_queue: int = 64, metrics: EngineMetrics | None = None):
         super().__init__(backend, plan, max_queue, metrics)
         from tensorrt_llm.bindings import executor as trtllm  # Jetson only
+
         self.trtllm = trtllm
         # the admission book only (waiting by priority, running, KV reservations, the batch cap the
         # thermal guard sets): its schedule() and preempt() are never called, the executor schedules
@@ -115,13 +116,22 @@ class TrtLlmEngine(EngineFront):
     def _executor_request(self, req: Request):
         p, t = req.params, self.trtllm
         seed = None if p.seed is None else p.seed % UINT64  # uint64 in the bindings; negatives wrap
-        sampling = t.SamplingConfig(beam_width=1, top_k=1 if p.is_greedy else (p.top_k or None),
-                                    top_p=None if p.is_greedy else p.top_p,
-                                    temperature=None if p.is_greedy else p.temperature, random_seed=seed,
-                                    presence_penalty=p.presence_penalty or None,
-                                    frequency_penalty=p.frequency_penalty or None)
-        return t.Request(input_token_ids=req.prompt_tokens, max_new_tokens=p.max_tokens, streaming=True,
-                         sampling_config=sampling, **self.backend.request_kwargs())
+        sampling = t.SamplingConfig(
+            beam_width=1,
+            top_k=1 if p.is_greedy else (p.top_k or None),
+            top_p=None if p.is_greedy else p.top_p,
+            temperature=None if p.is_greedy else p.temperature,
+            random_seed=seed,
+            presence_penalty=p.presence_penalty or None,
+            frequency_penalty=p.frequency_penalty or None,
+        )
+        return t.Request(
+            input_token_ids=req.prompt_tokens,
+            max_new_tokens=p.max_tokens,
+            streaming=True,
+            sampling_config=sampling,
+            **self.backend.request_kwargs(),
+        )
 
     def _meter(self, responses) -> None:
         """Close the meter's step when a read brings responses; a read with none (a prompt's
@@ -217,8 +227,9 @@ class TrtLlmEngine(EngineFront):
             self._by_id.pop(rid, None)
             self._detok.pop(rid, None)
             req.finish(RequestStatus.FINISHED_ERROR)
-            req.outputs.put(RequestOutput("", req.num_prompt_tokens, len(req.output_tokens), req.finish_reason,
-                                          error, None))
+            req.outputs.put(
+                RequestOutput("", req.num_prompt_tokens, len(req.output_tokens), req.finish_reason, error, None)
+            )
 
     # -- the front's hooks (engine thread) --------------------------------------------------------
     def _add(self, req: Request) -> None:
@@ -241,8 +252,12 @@ class TrtLlmEngine(EngineFront):
 
     def _relieve_pressure(self, n: int, message: str) -> None:
         """Admission is paused (low water); nothing the executor runs is ended (the module doc)."""
-        log.warning("%s; %d executor requests keep running (cancelling frees no device memory: the KV "
-                    "pool was sized at load), admission paused", message, len(self._by_id))
+        log.warning(
+            "%s; %d executor requests keep running (cancelling frees no device memory: the KV "
+            "pool was sized at load), admission paused",
+            message,
+            len(self._by_id),
+        )
 
     def clear_prefix_cache(self) -> None:
         pass  # block reuse lives inside TensorRT-LLM's KV cache manager
@@ -255,7 +270,15 @@ class TrtLlmEngine(EngineFront):
 
     def stats(self) -> dict:
         kv = self.scheduler.kv
-        return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.num_steps,
-                "kv_tokens_reserved": kv.num_reserved, "kv_tokens_reserved_peak": kv.peak_reserved,
-                "kv_tokens_cached": 0, "kv_cache_tokens": kv.kv_cache_tokens,
-                "admission_paused": self.scheduler.admission_paused, "preemptions": 0, "resumptions": 0}
+        return {
+            "running": self.num_running,
+            "waiting": self.num_waiting,
+            "steps": self.num_steps,
+            "kv_tokens_reserved": kv.num_reserved,
+            "kv_tokens_reserved_peak": kv.peak_reserved,
+            "kv_tokens_cached": 0,
+            "kv_cache_tokens": kv.kv_cache_tokens,
+            "admission_paused": self.scheduler.admission_paused,
+            "preemptions": 0,
+            "resumptions": 0,
+        }

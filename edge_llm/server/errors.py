@@ -11,16 +11,31 @@ from edge_llm.engine.front import EngineBusy
 
 log = logging.getLogger(__name__)
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          415: "invalid_request_error", 431: "invalid_request_error", 501: "invalid_request_error",
-          429: "rate_limit_error",
-          503: "unavailable_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    431: "invalid_request_error",
+    501: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "unavailable_error",
+}
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None, **extra):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.headers = headers or {}
@@ -54,8 +69,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(EngineBusy)
     def engine_busy(e: EngineBusy):  # a long step or a hung backend: try again, not a server fault
-        return error_response(APIError(503, f"the engine is busy: {e}; retry later", "engine_busy",
-                                       headers={"Retry-After": "1"}))
+        return error_response(
+            APIError(503, f"the engine is busy: {e}; retry later", "engine_busy", headers={"Retry-After": "1"})
+        )
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception):

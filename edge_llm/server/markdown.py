@@ -15,10 +15,46 @@ from pygments.util import ClassNotFound
 
 STYLE = "github-dark"  # readable on the pages' dark panels (axe-core's contrast check passes)
 PREFIX = "tok-"
-TAGS = {"p", "br", "hr", "strong", "em", "s", "del", "code", "pre", "blockquote", "ul", "ol", "li", "a",
-        "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "span", "div"}
-ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "span": {"class"}, "div": {"class"}, "code": {"class"},
-              "th": {"style"}, "td": {"style"}, "img": {"alt"}}
+TAGS = {
+    "p",
+    "br",
+    "hr",
+    "strong",
+    "em",
+    "s",
+    "del",
+    "code",
+    "pre",
+    "blockquote",
+    "ul",
+    "ol",
+    "li",
+    "a",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "span",
+    "div",
+}
+ATTRIBUTES = {
+    "a": {"href", "title"},
+    "ol": {"start"},
+    "span": {"class"},
+    "div": {"class"},
+    "code": {"class"},
+    "th": {"style"},
+    "td": {"style"},
+    "img": {"alt"},
+}
 _FORMATTER = HtmlFormatter(nowrap=True, classprefix=PREFIX)
 
 
@@ -32,8 +68,10 @@ def _fence(_renderer, tokens, idx, _options, _env) -> str:
         lexer = None
     body = highlight(code, lexer, _FORMATTER) if lexer else html.escape(code)
     label = html.escape(name or "text")
-    return (f'<div class="code"><div class="code-head"><span class="code-lang">{label}</span></div>'
-            f'<pre><code class="language-{label}">{body}</code></pre></div>')
+    return (
+        f'<div class="code"><div class="code-head"><span class="code-lang">{label}</span></div>'
+        f'<pre><code class="language-{label}">{body}</code></pre></div>'
+    )
 
 
 _MD = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
@@ -45,9 +83,15 @@ _MD.add_render_rule("image", lambda _r, tokens, idx, _o, _e: html.escape(f"[imag
 
 def render(text: str) -> str:
     """Sanitized HTML for one message."""
-    return nh3.clean(_MD.render(text), tags=TAGS, attributes=ATTRIBUTES, url_schemes={"http", "https", "mailto"},
-                     link_rel="noopener noreferrer nofollow", filter_style_properties={"text-align"},
-                     set_tag_attribute_values={"a": {"target": "_blank"}})
+    return nh3.clean(
+        _MD.render(text),
+        tags=TAGS,
+        attributes=ATTRIBUTES,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+        filter_style_properties={"text-align"},
+        set_tag_attribute_values={"a": {"target": "_blank"}},
+    )
 
 
 def stylesheet() -> str:

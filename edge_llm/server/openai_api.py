@@ -33,8 +33,9 @@ def runtime() -> Runtime:
 
 def ready_engine(rt: Runtime):
     if not rt.is_ready:
-        raise APIError(503, f"the model is {rt.phase.value}; try again shortly", rt.phase.value,
-                       headers={"Retry-After": "5"})
+        raise APIError(
+            503, f"the model is {rt.phase.value}; try again shortly", rt.phase.value, headers={"Retry-After": "5"}
+        )
     return rt.engine
 
 
@@ -45,15 +46,24 @@ def model_names(rt: Runtime) -> list[str]:
 def check_model(rt: Runtime, model: str | None) -> None:
     """The served id or a configured alias; any name with model.accept_any_name."""
     if model is not None and model not in model_names(rt) and not rt.config.model.accept_any_name:
-        raise APIError(404, f"model '{model}' does not exist; this server serves '{rt.model_id}'"
-                       " (other names: model.aliases, or model.accept_any_name = true)", "model_not_found", "model")
+        raise APIError(
+            404,
+            f"model '{model}' does not exist; this server serves '{rt.model_id}'"
+            " (other names: model.aliases, or model.accept_any_name = true)",
+            "model_not_found",
+            "model",
+        )
 
 
 def check_features(rt: Runtime, gen: validation.GenerationRequest) -> None:
     missing = sorted(gen.features - rt.backend.supports)
     if missing:
-        raise APIError(400, f"'{missing[0]}' is not supported by the {rt.config.model.backend} backend",
-                       "unsupported_parameter", missing[0])
+        raise APIError(
+            400,
+            f"'{missing[0]}' is not supported by the {rt.config.model.backend} backend",
+            "unsupported_parameter",
+            missing[0],
+        )
     n_vocab = rt.backend.profile.n_vocab
     for token, _ in gen.params.logit_bias:
         if token >= n_vocab:
@@ -73,8 +83,9 @@ def models():
 def model(model: str):
     rt = runtime()
     if model not in model_names(rt):
-        raise APIError(404, f"model '{model}' does not exist; this server serves '{rt.model_id}'",
-                       "model_not_found", "model")
+        raise APIError(
+            404, f"model '{model}' does not exist; this server serves '{rt.model_id}'", "model_not_found", "model"
+        )
     return jsonify(_model_object(model))
 
 
@@ -115,8 +126,12 @@ def _chat_logprobs(lps: list | None) -> dict | None:
     """OpenAI chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
     if lps is None:
         return None
-    return {"content": [{**_entry(lp.piece, lp.logprob), "top_logprobs": [_entry(p, v) for _, p, v in lp.top]}
-                        for lp in lps], "refusal": None}
+    return {
+        "content": [
+            {**_entry(lp.piece, lp.logprob), "top_logprobs": [_entry(p, v) for _, p, v in lp.top]} for lp in lps
+        ],
+        "refusal": None,
+    }
 
 
 def _text_logprobs(lps: list | None, offset: int = 0) -> dict | None:
@@ -128,9 +143,12 @@ def _text_logprobs(lps: list | None, offset: int = 0) -> dict | None:
     for t in tokens:
         offsets.append(offset)
         offset += len(t)
-    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{p.decode("utf-8", "replace"): v for _, p, v in lp.top} for lp in lps],
-            "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob for lp in lps],
+        "top_logprobs": [{p.decode("utf-8", "replace"): v for _, p, v in lp.top} for lp in lps],
+        "text_offset": offsets,
+    }
 
 
 def _chat_choice(text: str, finish: str | None, lps: list | None = None) -> dict:
@@ -152,33 +170,52 @@ def _text_delta(text: str | None, finish: str | None, lps: list | None = None) -
     return {"index": 0, "text": text or "", "logprobs": _text_logprobs(lps), "finish_reason": finish}
 
 
-def _respond(engine, tokens: list[int], gen: validation.GenerationRequest, kind: str,
-             choice: Callable, delta: Callable) -> Response:
+def _respond(
+    engine, tokens: list[int], gen: validation.GenerationRequest, kind: str, choice: Callable, delta: Callable
+) -> Response:
     rt = runtime()
     if gen.params.grammar:  # a grammar llama.cpp cannot parse is this request's 400, not a failed batch
         check_grammar(rt, gen.params.grammar)
     try:
         req, capped = engine.make_request(tokens, gen.params, gen.max_tokens, gen.priority)
     except PromptTooLong as e:
-        raise APIError(400, str(e), "context_length_exceeded", "messages" if kind == "chat.completion" else "prompt",
-                       prompt_tokens=e.num_tokens, max_input_tokens=e.limit) from None
+        raise APIError(
+            400,
+            str(e),
+            "context_length_exceeded",
+            "messages" if kind == "chat.completion" else "prompt",
+            prompt_tokens=e.num_tokens,
+            max_input_tokens=e.limit,
+        ) from None
     if engine.scheduler.admission_paused:
-        raise APIError(503, "memory is low: new requests are paused; retry later", "memory_pressure",
-                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        raise APIError(
+            503,
+            "memory is low: new requests are paused; retry later",
+            "memory_pressure",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     try:
         engine.submit(req)
     except QueueFull as e:
-        raise APIError(429, f"the server is busy: {e}; retry later", "queue_full",
-                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-    meta = {"id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-            "created": int(time.time()), "model": rt.model_id}
+        raise APIError(
+            429, f"the server is busy: {e}; retry later", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
+    meta = {
+        "id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        "created": int(time.time()),
+        "model": rt.model_id,
+    }
     headers = {CAPPED_HEADER: str(req.params.max_tokens)} if capped else {}
     watch = Watch(rt, req, request.environ)
     if gen.stream:
-        stream = _sse(engine, req, meta, kind + (".chunk" if kind == "chat.completion" else ""),
-                      delta, gen.include_usage, watch)
-        return Response(stream, mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        stream = _sse(
+            engine, req, meta, kind + (".chunk" if kind == "chat.completion" else ""), delta, gen.include_usage, watch
+        )
+        return Response(
+            stream,
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+        )
     text, last, lps = "", None, ([] if gen.params.logprobs is not None else None)
     for out in _outputs(engine, req, watch):
         if out is not None:
@@ -219,8 +256,10 @@ class Watch:
             self.reason = "client"
         elif self.rt.cut_off.is_set():
             self.reason = "draining"
-        elif (self.req.admitted_time is None
-              and time.monotonic() - self.req.arrival_time > self.rt.config.server.queue_timeout_s):
+        elif (
+            self.req.admitted_time is None
+            and time.monotonic() - self.req.arrival_time > self.rt.config.server.queue_timeout_s
+        ):
             self.reason = "queue_timeout"
         return self.reason is not None
 
@@ -229,9 +268,13 @@ class Watch:
         if self.reason == "draining":
             return APIError(503, "the server is shutting down; retry shortly", "draining", headers=retry)
         if self.reason == "queue_timeout":
-            return APIError(503, f"not admitted within {self.rt.config.server.queue_timeout_s:g} s "
-                                 "(the server is busy or short of memory); retry later", "queue_timeout",
-                            headers=retry)
+            return APIError(
+                503,
+                f"not admitted within {self.rt.config.server.queue_timeout_s:g} s "
+                "(the server is busy or short of memory); retry later",
+                "queue_timeout",
+                headers=retry,
+            )
         return APIError(499, "client went away", "cancelled")
 
 
@@ -255,22 +298,37 @@ def _log_finished(req: Request, model: str, meter=None) -> None:
     """One line per request; under journald the extra keys become structured fields."""
     ttft = (req.first_token_time - req.arrival_time) if req.first_token_time else None
     joules = meter.joules(req) if meter is not None else None
-    log.info("%s %s: %d prompt (%d reused) + %d generated tokens, ttft %s, energy %s", req.request_id,
-             req.finish_reason, req.num_prompt_tokens, req.num_reused, len(req.output_tokens),
-             f"{1000 * ttft:.0f} ms" if ttft is not None else "-",
-             "unavailable" if joules is None else f"{joules:.3f} J ({meter.source_name})",
-             extra={"REQUEST_ID": req.request_id, "MODEL": model, "FINISH_REASON": req.finish_reason,
-                    "PROMPT_TOKENS": req.num_prompt_tokens, "COMPLETION_TOKENS": len(req.output_tokens),
-                    "ENERGY_JOULES": format_joules(joules)})
+    log.info(
+        "%s %s: %d prompt (%d reused) + %d generated tokens, ttft %s, energy %s",
+        req.request_id,
+        req.finish_reason,
+        req.num_prompt_tokens,
+        req.num_reused,
+        len(req.output_tokens),
+        f"{1000 * ttft:.0f} ms" if ttft is not None else "-",
+        "unavailable" if joules is None else f"{joules:.3f} J ({meter.source_name})",
+        extra={
+            "REQUEST_ID": req.request_id,
+            "MODEL": model,
+            "FINISH_REASON": req.finish_reason,
+            "PROMPT_TOKENS": req.num_prompt_tokens,
+            "COMPLETION_TOKENS": len(req.output_tokens),
+            "ENERGY_JOULES": format_joules(joules),
+        },
+    )
 
 
 def _usage(out: RequestOutput) -> dict:
-    return {"prompt_tokens": out.num_prompt_tokens, "completion_tokens": out.num_output_tokens,
-            "total_tokens": out.num_prompt_tokens + out.num_output_tokens}
+    return {
+        "prompt_tokens": out.num_prompt_tokens,
+        "completion_tokens": out.num_output_tokens,
+        "total_tokens": out.num_prompt_tokens + out.num_output_tokens,
+    }
 
 
-def _sse(engine, req: Request, meta: dict, obj: str, delta: Callable, include_usage: bool,
-         watch: Watch) -> Iterator[str]:
+def _sse(
+    engine, req: Request, meta: dict, obj: str, delta: Callable, include_usage: bool, watch: Watch
+) -> Iterator[str]:
     def event(choices: list, **extra) -> str:
         return f"data: {json.dumps({**meta, 'object': obj, 'choices': choices, **extra})}\n\n"
 

@@ -101,14 +101,30 @@ def status():
     rt = runtime()
     snap = rt.telemetry.latest if rt.telemetry is not None else None
     plan = rt.plan
-    return jsonify({
-        "model": rt.model_id, "phase": rt.phase.value, "detail": rt.status,
-        "plan": None if plan is None else {k: getattr(plan, k) for k in (
-            "max_batch_size", "max_seq_len", "max_input_len", "max_output_len", "kv_cache_tokens")},
-        "engine": rt.engine.stats() if rt.engine is not None else None,
-        "energy": rt.engine.energy.to_dict() if rt.engine is not None else None,
-        "thermal": rt.extensions["thermal"].to_dict() if "thermal" in rt.extensions else None,
-        "telemetry": None if snap is None else {
-            "ram_total_bytes": snap.ram_total_bytes, "ram_available_bytes": snap.ram_available_bytes,
-            "swap_total_bytes": snap.swap_total_bytes, "swap_used_bytes": snap.swap_used_bytes,
-            "temperatures_c": snap.temperatures_c, "power_total_mw": snap.power_total_mw, "source": snap.source}})
+    return jsonify(
+        {
+            "model": rt.model_id,
+            "phase": rt.phase.value,
+            "detail": rt.status,
+            "plan": None
+            if plan is None
+            else {
+                k: getattr(plan, k)
+                for k in ("max_batch_size", "max_seq_len", "max_input_len", "max_output_len", "kv_cache_tokens")
+            },
+            "engine": rt.engine.stats() if rt.engine is not None else None,
+            "energy": rt.engine.energy.to_dict() if rt.engine is not None else None,
+            "thermal": rt.extensions["thermal"].to_dict() if "thermal" in rt.extensions else None,
+            "telemetry": None
+            if snap is None
+            else {
+                "ram_total_bytes": snap.ram_total_bytes,
+                "ram_available_bytes": snap.ram_available_bytes,
+                "swap_total_bytes": snap.swap_total_bytes,
+                "swap_used_bytes": snap.swap_used_bytes,
+                "temperatures_c": snap.temperatures_c,
+                "power_total_mw": snap.power_total_mw,
+                "source": snap.source,
+            },
+        }
+    )

@@ -15,8 +15,11 @@ FIELDS = ("temperature", "top_p", "top_k")
 OPENAI = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
 # Model cards' recommendations, matched against the model's name (lower case).
 CARDS = {"smollm2": ({"temperature": 0.2, "top_p": 0.9}, "SmolLM2's model card")}
-GGUF_KEYS = {"temperature": "general.sampling.temp", "top_p": "general.sampling.top_p",
-             "top_k": "general.sampling.top_k"}
+GGUF_KEYS = {
+    "temperature": "general.sampling.temp",
+    "top_p": "general.sampling.top_p",
+    "top_k": "general.sampling.top_k",
+}
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,13 @@ def resolve(configured: dict, generation_config: dict | None, gguf: dict, name: 
     """Pure: the first of configured (negative = unset), generation_config.json, GGUF metadata,
     a known model card, OpenAI's; each field on its own."""
     card, card_source = next(((v, src) for key, (v, src) in CARDS.items() if key in name.lower()), ({}, ""))
-    layers = [(configured, "configuration [sampling]"),
-              (generation_config or {}, "the model's generation_config.json"),
-              (gguf, "the model's GGUF metadata"), (card, card_source), (OPENAI, "OpenAI's default")]
+    layers = [
+        (configured, "configuration [sampling]"),
+        (generation_config or {}, "the model's generation_config.json"),
+        (gguf, "the model's GGUF metadata"),
+        (card, card_source),
+        (OPENAI, "OpenAI's default"),
+    ]
     values, sources = {}, {}
     for f in FIELDS:
         for layer, source in layers:
@@ -55,8 +62,11 @@ def resolve(configured: dict, generation_config: dict | None, gguf: dict, name: 
 
 def generation_config(model_path: Path) -> dict | None:
     """generation_config.json of a TensorRT-LLM engine dir (its tokenizer/ or itself) or beside a GGUF."""
-    paths = ([model_path / "tokenizer" / "generation_config.json", model_path / "generation_config.json"]
-             if model_path.is_dir() else [model_path.parent / "generation_config.json"])
+    paths = (
+        [model_path / "tokenizer" / "generation_config.json", model_path / "generation_config.json"]
+        if model_path.is_dir()
+        else [model_path.parent / "generation_config.json"]
+    )
     for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

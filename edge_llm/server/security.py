@@ -20,14 +20,17 @@ from edge_llm.server.errors import APIError
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 OPEN_PATHS = ("/health",)
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"}
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
 
 
 def _hostname(host_header: str) -> str:
     host = host_header.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 

@@ -19,8 +19,12 @@ def service():
     rt: Runtime = current_app.config["RUNTIME"]
     svc = rt.extensions.get("summaries")
     if svc is None or not rt.is_ready:
-        raise APIError(503, f"summaries are not available while the model is {rt.phase.value}", rt.phase.value,
-                       headers={"Retry-After": "5"})
+        raise APIError(
+            503,
+            f"summaries are not available while the model is {rt.phase.value}",
+            rt.phase.value,
+            headers={"Retry-After": "5"},
+        )
     return svc
 
 

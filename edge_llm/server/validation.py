@@ -30,8 +30,9 @@ def bad(param: str, message: str) -> APIError:
 
 def json_body(request: Request) -> dict:
     if request.mimetype != "application/json":
-        raise APIError(415, f"expected Content-Type: application/json, got {request.mimetype or 'none'}",
-                       "unsupported_media_type")
+        raise APIError(
+            415, f"expected Content-Type: application/json, got {request.mimetype or 'none'}", "unsupported_media_type"
+        )
     try:
         body = request.get_json(silent=True)
     except RecursionError:
@@ -51,8 +52,11 @@ def check_json_values(body: object) -> None:
         node, depth = stack.pop()
         if isinstance(node, str):
             if _SURROGATE.search(node):
-                raise APIError(400, "the request body holds a lone UTF-16 surrogate (e.g. \\ud800), "
-                                    "which is not text", "invalid_json")
+                raise APIError(
+                    400,
+                    "the request body holds a lone UTF-16 surrogate (e.g. \\ud800), which is not text",
+                    "invalid_json",
+                )
         elif isinstance(node, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
@@ -146,7 +150,7 @@ def _stream(body: dict) -> tuple[bool, bool]:
     stream = _flag(body, "stream")
     opts = body.get("stream_options")
     if opts is not None and (not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool)):
-        raise bad("stream_options", "must be an object like {\"include_usage\": true}")
+        raise bad("stream_options", 'must be an object like {"include_usage": true}')
     if opts is not None and not stream:
         raise bad("stream_options", "is only allowed with stream: true")
     return stream, bool(opts and opts.get("include_usage"))
@@ -163,16 +167,28 @@ def _sampling_params(body: dict, endpoint: str, d: SamplingDefaults) -> Sampling
         min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        logit_bias=_logit_bias(body), grammar=_response_format(body), logprobs=_logprobs(body, endpoint),
-        seed=seed, stop=_stops(body))
+        logit_bias=_logit_bias(body),
+        grammar=_response_format(body),
+        logprobs=_logprobs(body, endpoint),
+        seed=seed,
+        stop=_stops(body),
+    )
 
 
 def _features(params: SamplingParams) -> frozenset[str]:
     """The optional features a request uses (a backend may not have them all)."""
-    return frozenset(name for name, used in (
-        ("min_p", params.min_p), ("presence_penalty", params.presence_penalty),
-        ("frequency_penalty", params.frequency_penalty), ("logit_bias", params.logit_bias),
-        ("response_format", params.grammar), ("logprobs", params.logprobs is not None)) if used)
+    return frozenset(
+        name
+        for name, used in (
+            ("min_p", params.min_p),
+            ("presence_penalty", params.presence_penalty),
+            ("frequency_penalty", params.frequency_penalty),
+            ("logit_bias", params.logit_bias),
+            ("response_format", params.grammar),
+            ("logprobs", params.logprobs is not None),
+        )
+        if used
+    )
 
 
 def _running_defaults() -> SamplingDefaults:
@@ -271,7 +287,7 @@ def _content(content: object, where: str) -> str:
         texts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad(f"{where}.content", "only text parts ({\"type\": \"text\", \"text\": ...}) are supported")
+                raise bad(f"{where}.content", 'only text parts ({"type": "text", "text": ...}) are supported')
             texts.append(part["text"])
         return "".join(texts)
     raise bad(f"{where}.content", "must be a string or a list of text parts")

@@ -38,8 +38,13 @@ FD_HEADROOM = 128  # descriptors kept for the model file, SQLite, logs, uploads 
 MAX_CONNECTIONS = 4096
 RETRY_AFTER_S = 2
 _EVENTS = re.compile(r"^/api/summaries/[^/]+/events$")
-_CODES = {400: "invalid_request", 413: "request_too_large", 431: "request_header_fields_too_large",
-          500: "internal_error", 501: "not_implemented"}
+_CODES = {
+    400: "invalid_request",
+    413: "request_too_large",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
 
 
 def long_capacity(max_batch_size: int, max_queue: int) -> int:
@@ -78,7 +83,8 @@ def connection_limit(cfg: Config) -> int:
 def _is_long(environ: dict) -> bool:
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
     return (method == "POST" and path in ("/v1/chat/completions", "/v1/completions")) or (
-        method == "GET" and bool(_EVENTS.match(path)))
+        method == "GET" and bool(_EVENTS.match(path))
+    )
 
 
 def _json_response(start_response, status: str, body: dict, headers: list[tuple[str, str]]) -> list[bytes]:
@@ -106,10 +112,10 @@ class Gate:
             else:
                 self.num_long += 1
         if full:
-            body = error_body(429, f"the server is busy: {self.capacity} requests are in progress; retry later",
-                              "too_many_requests")
-            return _json_response(start_response, "429 Too Many Requests", body,
-                                  [("Retry-After", str(RETRY_AFTER_S))])
+            body = error_body(
+                429, f"the server is busy: {self.capacity} requests are in progress; retry later", "too_many_requests"
+            )
+            return _json_response(start_response, "429 Too Many Requests", body, [("Retry-After", str(RETRY_AFTER_S))])
         try:
             result = self.app(environ, start_response)
         except BaseException:
@@ -145,11 +151,18 @@ def create_server(app, cfg: Config, max_batch_size: int):
     s = cfg.server
     gate = Gate(app, gate_capacity(cfg, max_batch_size))
     server = waitress.create_server(
-        gate, host=s.host, port=s.port, threads=thread_count(cfg, max_batch_size), ident="edge-llm",
-        connection_limit=connection_limit(cfg), channel_timeout=s.channel_timeout_s,
-        cleanup_interval=max(1, min(30, int(s.channel_timeout_s / 2))), asyncore_use_poll=True,
+        gate,
+        host=s.host,
+        port=s.port,
+        threads=thread_count(cfg, max_batch_size),
+        ident="edge-llm",
+        connection_limit=connection_limit(cfg),
+        channel_timeout=s.channel_timeout_s,
+        cleanup_interval=max(1, min(30, int(s.channel_timeout_s / 2))),
+        asyncore_use_poll=True,
         channel_request_lookahead=8,  # lets a handler see a client that went away
-        max_request_body_size=max(s.max_body_bytes, s.max_document_bytes) + 65536)
+        max_request_body_size=max(s.max_body_bytes, s.max_document_bytes) + 65536,
+    )
     server.channel_class = Channel
     server.gate = gate
     return server
@@ -160,6 +173,11 @@ def resize(server, cfg: Config, max_batch_size: int) -> None:
     threads = thread_count(cfg, max_batch_size)
     server.task_dispatcher.set_thread_count(threads)
     server.gate.capacity = gate_capacity(cfg, max_batch_size)
-    log.info("HTTP: %d worker threads, %d of them for generation and event streams; %d connections, "
-             "idle ones closed after %g s", threads, server.gate.capacity,
-             server.adj.connection_limit, server.adj.channel_timeout)
+    log.info(
+        "HTTP: %d worker threads, %d of them for generation and event streams; %d connections, "
+        "idle ones closed after %g s",
+        threads,
+        server.gate.capacity,
+        server.adj.connection_limit,
+        server.adj.channel_timeout,
+    )

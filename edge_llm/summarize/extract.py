@@ -12,8 +12,12 @@ import time
 from html.parser import HTMLParser
 
 TYPES = {  # extension -> media type
-    ".txt": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown",
-    ".html": "text/html", ".htm": "text/html", ".pdf": "application/pdf",
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
 }
 MEDIA_TYPES = set(TYPES.values())
 
@@ -75,6 +79,7 @@ _PDF_ERRORS = (ValueError, KeyError, TypeError, OSError, AttributeError, IndexEr
 def _reader(data: bytes):
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
+
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
@@ -96,6 +101,7 @@ def check_pdf(data: bytes, max_pages: int) -> int:
 def pdf_text(data: bytes, max_pages: int, timeout_s: float) -> str:
     """The text of every page, giving up after timeout_s (checked between pages)."""
     from pypdf.errors import PdfReadError
+
     reader, deadline, parts = _reader(data), time.monotonic() + timeout_s, []
     pages = reader.pages[:max_pages] if max_pages else reader.pages
     for n, page in enumerate(pages, 1):
@@ -104,8 +110,10 @@ def pdf_text(data: bytes, max_pages: int, timeout_s: float) -> str:
         except (PdfReadError, *_PDF_ERRORS) as e:
             raise ExtractError(f"the PDF cannot be read (page {n}): {e}") from None
         if time.monotonic() > deadline and n < len(pages):
-            raise ExtractError(f"text extraction took longer than {timeout_s:g} s (summarize.extract_timeout_s); "
-                               f"stopped after page {n} of {len(pages)}")
+            raise ExtractError(
+                f"text extraction took longer than {timeout_s:g} s (summarize.extract_timeout_s); "
+                f"stopped after page {n} of {len(pages)}"
+            )
     text = normalize("\n\n".join(parts))
     if not text:
         raise ExtractError("the document holds no extractable text (a scanned PDF?)")

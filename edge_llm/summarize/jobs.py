@@ -27,9 +27,11 @@ CREATE TABLE IF NOT EXISTS chunks (
 """
 ACTIVE = ("queued", "running")
 JOB_COLUMNS = "id, filename, status, error, result, num_chars, created, updated, energy_j"
-MIGRATIONS = {"document": "ALTER TABLE jobs ADD COLUMN document BLOB",  # stores made before 0.2
-              "kind": "ALTER TABLE jobs ADD COLUMN kind TEXT",
-              "energy_j": "ALTER TABLE jobs ADD COLUMN energy_j REAL"}  # issue 24
+MIGRATIONS = {
+    "document": "ALTER TABLE jobs ADD COLUMN document BLOB",  # stores made before 0.2
+    "kind": "ALTER TABLE jobs ADD COLUMN kind TEXT",
+    "energy_j": "ALTER TABLE jobs ADD COLUMN energy_j REAL",
+}  # issue 24
 
 
 @dataclass
@@ -48,10 +50,18 @@ class Job:
     chunks_done: int = 0
 
     def to_dict(self, with_result: bool = True) -> dict:
-        d = {"id": self.id, "filename": self.filename, "status": self.status, "error": self.error,
-             "num_chars": self.num_chars, "created": self.created, "updated": self.updated, "level": self.level,
-             "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total},
-             "energy_joules": None if self.energy_j is None else round(self.energy_j, 3)}
+        d = {
+            "id": self.id,
+            "filename": self.filename,
+            "status": self.status,
+            "error": self.error,
+            "num_chars": self.num_chars,
+            "created": self.created,
+            "updated": self.updated,
+            "level": self.level,
+            "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total},
+            "energy_joules": None if self.energy_j is None else round(self.energy_j, 3),
+        }
         return {**d, "result": self.result} if with_result else d
 
 
@@ -91,8 +101,11 @@ class JobStore:
     def create(self, filename: str, document: bytes, kind: str, num_chars: int) -> Job:
         """A queued job holding its document; the runner chunks it (set_chunks)."""
         job_id, now = uuid.uuid4().hex[:16], time.time()
-        self._q("INSERT INTO jobs (id, filename, status, num_chars, created, updated, document, kind) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)", (job_id, filename, num_chars, now, now, document, kind))
+        self._q(
+            "INSERT INTO jobs (id, filename, status, num_chars, created, updated, document, kind) "
+            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (job_id, filename, num_chars, now, now, document, kind),
+        )
         return self.get(job_id)
 
     def document(self, job_id: str) -> tuple[bytes, str] | None:
@@ -103,10 +116,14 @@ class JobStore:
     def set_chunks(self, job_id: str, num_chars: int, chunks: list[str]) -> None:
         """Level 0 of a job, in one transaction with dropping its document."""
         with self._transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, 0, ?, ?)",
-                           [(job_id, i, text) for i, text in enumerate(chunks)])
-            db.execute("UPDATE jobs SET document = NULL, num_chars = ?, updated = ? WHERE id = ?",
-                       (num_chars, time.time(), job_id))
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, 0, ?, ?)",
+                [(job_id, i, text) for i, text in enumerate(chunks)],
+            )
+            db.execute(
+                "UPDATE jobs SET document = NULL, num_chars = ?, updated = ? WHERE id = ?",
+                (num_chars, time.time(), job_id),
+            )
 
     def get(self, job_id: str) -> Job | None:
         rows = self._q(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -116,7 +133,8 @@ class JobStore:
         level = self.level(job_id)
         job.level = level
         job.chunks_total, job.chunks_done = self._q(
-            "SELECT COUNT(*), COUNT(summary) FROM chunks WHERE job_id = ? AND level = ?", (job_id, level))[0]
+            "SELECT COUNT(*), COUNT(summary) FROM chunks WHERE job_id = ? AND level = ?", (job_id, level)
+        )[0]
         return job
 
     def list(self, limit: int = 50, offset: int = 0) -> tuple[list[Job], bool]:
@@ -128,8 +146,9 @@ class JobStore:
     def purge(self, older_than: float) -> int:
         """Delete finished jobs (done, error) last updated before older_than (a time.time())."""
         with self._lock:
-            return self._db.execute("DELETE FROM jobs WHERE status IN ('done', 'error') AND updated < ?",
-                                    (older_than,)).rowcount
+            return self._db.execute(
+                "DELETE FROM jobs WHERE status IN ('done', 'error') AND updated < ?", (older_than,)
+            ).rowcount
 
     def delete(self, job_id: str) -> bool:
         with self._lock:
@@ -138,8 +157,11 @@ class JobStore:
     def next_active(self, skip: tuple[str, ...] = ()) -> str | None:
         """The oldest active job not in skip (those already running)."""
         marks = ", ".join("?" * len(skip))
-        rows = self._q(f"SELECT id FROM jobs WHERE status IN (?, ?) {f'AND id NOT IN ({marks})' if skip else ''} "
-                       "ORDER BY created LIMIT 1", (*ACTIVE, *skip))
+        rows = self._q(
+            f"SELECT id FROM jobs WHERE status IN (?, ?) {f'AND id NOT IN ({marks})' if skip else ''} "
+            "ORDER BY created LIMIT 1",
+            (*ACTIVE, *skip),
+        )
         return rows[0][0] if rows else None
 
     def exists(self, job_id: str) -> bool:
@@ -149,23 +171,32 @@ class JobStore:
         return self._q("SELECT COALESCE(MAX(level), 0) FROM chunks WHERE job_id = ?", (job_id,))[0][0]
 
     def pending(self, job_id: str, level: int) -> list[tuple[int, str]]:
-        return self._q("SELECT idx, text FROM chunks WHERE job_id = ? AND level = ? AND summary IS NULL "
-                       "ORDER BY idx", (job_id, level))
+        return self._q(
+            "SELECT idx, text FROM chunks WHERE job_id = ? AND level = ? AND summary IS NULL ORDER BY idx",
+            (job_id, level),
+        )
 
     def summaries(self, job_id: str, level: int) -> list[str]:
-        return [r[0] for r in self._q("SELECT summary FROM chunks WHERE job_id = ? AND level = ? ORDER BY idx",
-                                      (job_id, level))]
+        return [
+            r[0]
+            for r in self._q("SELECT summary FROM chunks WHERE job_id = ? AND level = ? ORDER BY idx", (job_id, level))
+        ]
 
     def save_summary(self, job_id: str, level: int, idx: int, summary: str) -> None:
         with self._lock:
-            self._db.execute("UPDATE chunks SET summary = ?, completions = completions + 1 "
-                             "WHERE job_id = ? AND level = ? AND idx = ?", (summary, job_id, level, idx))
+            self._db.execute(
+                "UPDATE chunks SET summary = ?, completions = completions + 1 "
+                "WHERE job_id = ? AND level = ? AND idx = ?",
+                (summary, job_id, level, idx),
+            )
             self._db.execute("UPDATE jobs SET updated = ? WHERE id = ?", (time.time(), job_id))
 
     def add_level(self, job_id: str, level: int, chunks: list[str]) -> None:
         with self._transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, ?, ?, ?)",
-                           [(job_id, level, i, text) for i, text in enumerate(chunks)])
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks (job_id, level, idx, text) VALUES (?, ?, ?, ?)",
+                [(job_id, level, i, text) for i, text in enumerate(chunks)],
+            )
 
     def add_energy(self, job_id: str, joules: float | None) -> None:
         if joules is None:  # energy unavailable on this device: the job's stays null
@@ -175,8 +206,10 @@ class JobStore:
 
     def set_status(self, job_id: str, status: str, result: str | None = None, error: str | None = None) -> None:
         with self._lock:
-            self._db.execute("UPDATE jobs SET status = ?, result = ?, error = ?, updated = ? WHERE id = ?",
-                             (status, result, error, time.time(), job_id))
+            self._db.execute(
+                "UPDATE jobs SET status = ?, result = ?, error = ?, updated = ? WHERE id = ?",
+                (status, result, error, time.time(), job_id),
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -34,8 +34,17 @@ def chunk_budget(plan, summary_tokens: int, configured: int = 0) -> int:
 
 
 class Summarizer:
-    def __init__(self, engine, backend, store: JobStore, chunk_tokens: int, summary_tokens: int, parallel: int,
-                 max_pdf_pages: int = 0, extract_timeout_s: float = float("inf")):
+    def __init__(
+        self,
+        engine,
+        backend,
+        store: JobStore,
+        chunk_tokens: int,
+        summary_tokens: int,
+        parallel: int,
+        max_pdf_pages: int = 0,
+        extract_timeout_s: float = float("inf"),
+    ):
         if chunk_tokens < 2 * summary_tokens + 16:
             raise ValueError(f"chunks of {chunk_tokens} tokens cannot shrink into summaries of {summary_tokens}")
         self.engine, self.backend, self.store = engine, backend, store
@@ -56,11 +65,16 @@ class Summarizer:
     def summarize(self, text: str, level: int, job_id: str = "") -> str | None:
         """One chunk through the engine; None if it was cancelled (the daemon is stopping, or
         the job was deleted)."""
-        prompt = self.backend.render_chat([{"role": "user", "content":
-                                            (MAP_PROMPT if level == 0 else REDUCE_PROMPT).format(text=text)}])
+        prompt = self.backend.render_chat(
+            [{"role": "user", "content": (MAP_PROMPT if level == 0 else REDUCE_PROMPT).format(text=text)}]
+        )
         # background: a visitor's chat comes first, and may preempt it
-        req, _ = self.engine.make_request(self.backend.tokenize(prompt, False), SamplingParams(temperature=0.0),
-                                          self.summary_tokens, Priority.BACKGROUND)
+        req, _ = self.engine.make_request(
+            self.backend.tokenize(prompt, False),
+            SamplingParams(temperature=0.0),
+            self.summary_tokens,
+            Priority.BACKGROUND,
+        )
         with self._lock:
             if self.stopping.is_set() or job_id in self._cancelled:
                 return None
@@ -97,8 +111,10 @@ class Summarizer:
             text = extract.extract(data, kind)
         chunks = self.split(text)
         if self.max_chunks and len(chunks) > self.max_chunks:
-            raise SummaryError(f"the document is too long: {len(chunks)} parts of up to {self.chunk_tokens} tokens, "
-                               f"at most {self.max_chunks} (summarize.max_chunks)")
+            raise SummaryError(
+                f"the document is too long: {len(chunks)} parts of up to {self.chunk_tokens} tokens, "
+                f"at most {self.max_chunks} (summarize.max_chunks)"
+            )
         self.store.set_chunks(job_id, len(text), chunks)
 
     def is_cancelled(self, job_id: str) -> bool:
@@ -116,8 +132,11 @@ class Summarizer:
         for the prompt read, half for the summary written. An estimate, read without the engine."""
         with self._lock:
             reqs = list(self._in_flight.get(job_id, ()))
-        return sum(0.5 * min(1.0, r.num_computed / max(1, r.num_prompt_tokens))
-                   + 0.5 * min(1.0, len(r.output_tokens) / max(1, self.summary_tokens)) for r in reqs)
+        return sum(
+            0.5 * min(1.0, r.num_computed / max(1, r.num_prompt_tokens))
+            + 0.5 * min(1.0, len(r.output_tokens) / max(1, self.summary_tokens))
+            for r in reqs
+        )
 
     def run(self, job_id: str) -> None:
         self.store.set_status(job_id, "running")
@@ -132,8 +151,9 @@ class Summarizer:
                 self.store.set_status(job_id, "done", result=summaries[0])
                 return
             combined = "\n\n".join(summaries)
-            self.store.add_level(job_id, level + 1, [combined] if self.count(combined) <= self.chunk_tokens
-                                 else self.split(combined))
+            self.store.add_level(
+                job_id, level + 1, [combined] if self.count(combined) <= self.chunk_tokens else self.split(combined)
+            )
         raise SummaryError(f"no single summary after {MAX_LEVELS} rounds")
 
     def _map(self, job_id: str, level: int) -> None:
@@ -224,9 +244,16 @@ class SummaryService:
         summary_tokens = min(cfg.summary_tokens, plan.max_output_len)
         self.store = store
         self.max_pdf_pages = cfg.max_pdf_pages
-        self.summarizer = Summarizer(engine, backend, store, chunk_budget(plan, summary_tokens, cfg.chunk_tokens),
-                                     summary_tokens, cfg.parallel or plan.max_batch_size, cfg.max_pdf_pages,
-                                     cfg.extract_timeout_s)
+        self.summarizer = Summarizer(
+            engine,
+            backend,
+            store,
+            chunk_budget(plan, summary_tokens, cfg.chunk_tokens),
+            summary_tokens,
+            cfg.parallel or plan.max_batch_size,
+            cfg.max_pdf_pages,
+            cfg.extract_timeout_s,
+        )
         self.summarizer.max_chunks = cfg.max_chunks
         self.runner = JobRunner(self.summarizer, cfg.retention_days, cfg.max_jobs)
 

@@ -17,6 +17,7 @@ def open_jtop(interval_s: float = 1.0) -> list:
     jetson-stats (not a Jetson: never worth asking again)."""
     try:
         from edge_llm.telemetry.jtop import JtopSource
+
         return [JtopSource(interval_s)]
     except ImportError:
         return None
@@ -30,6 +31,7 @@ def open_sources(interval_s: float = 1.0) -> list:
     sources = open_jtop(interval_s) or []
     try:
         from edge_llm.telemetry.nvml import NvmlSource
+
         sources.append(NvmlSource())
     except Exception as e:  # no NVML library or no NVIDIA GPU
         log.debug("NVML unavailable: %s", e)
@@ -61,8 +63,7 @@ class Sampler:
             except Exception as e:
                 if len(self.sources) == 1:
                     raise
-                log.warning("telemetry source %s failed (%s); falling back to %s", source.name, e,
-                            self.sources[1].name)
+                log.warning("telemetry source %s failed (%s); falling back to %s", source.name, e, self.sources[1].name)
                 self.sources.pop(0)
                 _close(source)
         self.latest = snap

@@ -320,9 +320,13 @@ class EnergyMeter:
 
     def to_dict(self) -> dict:
         tpj = self.tokens_per_joule()
-        return {"source": self.source_name, "why_unavailable": self.disabled, "total_joules": round(self.total_j, 3),
-                "unattributed_joules": round(self.unattributed_j, 3),
-                "tokens_per_joule_last_minute": None if tpj is None else round(tpj, 3)}
+        return {
+            "source": self.source_name,
+            "why_unavailable": self.disabled,
+            "total_joules": round(self.total_j, 3),
+            "unattributed_joules": round(self.unattributed_j, 3),
+            "tokens_per_joule_last_minute": None if tpj is None else round(tpj, 3),
+        }
 
 
 def format_joules(j: float | None) -> str:

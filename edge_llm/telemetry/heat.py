@@ -13,16 +13,21 @@ log = logging.getLogger(__name__)
 def attach_energy(engine, backend, snapshot) -> energy.EnergyMeter:
     meter = engine.energy  # each engine meters its own steps (the executor engine: each read of its responses)
     meter.use(energy.open_source(bool(getattr(backend, "gpu_offload", False)), snapshot))
-    log.info("energy per request: %s", meter.source_name if meter.is_available else
-             "unavailable (no NVML energy counter, readable RAPL or jtop power on this machine)")
+    log.info(
+        "energy per request: %s",
+        meter.source_name
+        if meter.is_available
+        else "unavailable (no NVML energy counter, readable RAPL or jtop power on this machine)",
+    )
     return meter
 
 
 def attach_thermal(engine, plan, snapshot, cfg) -> thermal.ThermalGuard:
     t = cfg.thermal
     per_sensor, default_c, where = thermal.default_throttle_c(snapshot, t.throttle_c)
-    guard = thermal.ThermalGuard(engine, plan.max_batch_size, thermal.Rule(t.margin_c, t.hysteresis_c, t.hold_s),
-                                 per_sensor, default_c, where)
+    guard = thermal.ThermalGuard(
+        engine, plan.max_batch_size, thermal.Rule(t.margin_c, t.hysteresis_c, t.hold_s), per_sensor, default_c, where
+    )
     log.info("thermal admission: %s (limits from %s)", guard.to_dict()["why"], where)
     return guard
 

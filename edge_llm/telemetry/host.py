@@ -21,8 +21,13 @@ class HostSource:
             total, available = cg.limit_bytes, min(available, cg.available_bytes)
         return Snapshot(
             source=self.name if cg is None or cg.limit_bytes >= vm.total else "psutil+cgroup",
-            ram_total_bytes=total, ram_available_bytes=available, ram_used_bytes=total - available,
-            swap_total_bytes=sw.total, swap_used_bytes=sw.used, temperatures_c=_temperatures())
+            ram_total_bytes=total,
+            ram_available_bytes=available,
+            ram_used_bytes=total - available,
+            swap_total_bytes=sw.total,
+            swap_used_bytes=sw.used,
+            temperatures_c=_temperatures(),
+        )
 
     def close(self) -> None:
         pass

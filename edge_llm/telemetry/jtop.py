@@ -18,6 +18,7 @@ class JtopSource:
 
     def __init__(self, interval_s: float = 1.0):
         from jtop import jtop  # jetson-stats, Jetson only
+
         self._jetson = jtop(interval=max(interval_s, 0.1))
         # JtopException when jtop.service is down, or when this user is not in group jtop
         # (/run/jtop.sock is 0660 root:jtop): the caller falls back to psutil
@@ -40,8 +41,11 @@ def snapshot_from_jtop(jetson) -> Snapshot:
     # On unified memory the page cache is reclaimable but cuMemGetInfo ignores it (JETSON.md).
     available = min(total, free + reclaimable)
     stats = jetson.stats
-    temps = {name: t["temp"] for name, t in jetson.temperature.items()
-             if isinstance(t, dict) and t.get("temp", -256) > -256 and t.get("online", True)}
+    temps = {
+        name: t["temp"]
+        for name, t in jetson.temperature.items()
+        if isinstance(t, dict) and t.get("temp", -256) > -256 and t.get("online", True)
+    }
     gpu_load = None
     for gpu in jetson.gpu.values():
         gpu_load = gpu["status"]["load"]
@@ -49,9 +53,18 @@ def snapshot_from_jtop(jetson) -> Snapshot:
     power = jetson.power.get("tot", {}).get("power") if isinstance(jetson.power, dict) else None
     clocks = stats.get("jetson_clocks")
     return Snapshot(
-        source="jtop", ram_total_bytes=total, ram_available_bytes=available, ram_used_bytes=ram["used"] * KB,
-        swap_total_bytes=swap["tot"] * KB, swap_used_bytes=swap["used"] * KB, unified_memory=True,
-        gpu_name="Orin (nvgpu)", gpu_mem_used_bytes=ram.get("shared", 0) * KB, gpu_load_percent=gpu_load,
-        temperatures_c=temps, power_total_mw=power,
+        source="jtop",
+        ram_total_bytes=total,
+        ram_available_bytes=available,
+        ram_used_bytes=ram["used"] * KB,
+        swap_total_bytes=swap["tot"] * KB,
+        swap_used_bytes=swap["used"] * KB,
+        unified_memory=True,
+        gpu_name="Orin (nvgpu)",
+        gpu_mem_used_bytes=ram.get("shared", 0) * KB,
+        gpu_load_percent=gpu_load,
+        temperatures_c=temps,
+        power_total_mw=power,
         nvpmodel=str(stats["nvp model"]) if "nvp model" in stats else None,
-        jetson_clocks=(clocks in (True, "ON", "on", 1)) if clocks is not None else None)
+        jetson_clocks=(clocks in (True, "ON", "on", 1)) if clocks is not None else None,
+    )

@@ -27,9 +27,15 @@ class NvmlSource:
         host = self._host.read()
         temps = dict(host.temperatures_c, gpu=float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)))
         return replace(
-            host, source=self.name, gpu_name=self._gpu_name, gpu_mem_total_bytes=mem.total,
-            gpu_mem_used_bytes=mem.used, gpu_load_percent=float(n.nvmlDeviceGetUtilizationRates(h).gpu),
-            temperatures_c=temps, power_total_mw=float(n.nvmlDeviceGetPowerUsage(h)))
+            host,
+            source=self.name,
+            gpu_name=self._gpu_name,
+            gpu_mem_total_bytes=mem.total,
+            gpu_mem_used_bytes=mem.used,
+            gpu_load_percent=float(n.nvmlDeviceGetUtilizationRates(h).gpu),
+            temperatures_c=temps,
+            power_total_mw=float(n.nvmlDeviceGetPowerUsage(h)),
+        )
 
     def close(self) -> None:
         self._nvml.nvmlShutdown()

@@ -24,8 +24,13 @@ LEVEL_NAMES = ("normal", "warm", "hot")
 # Jetson Orin: the software-throttling trip point of its thermal zones as given in NVIDIA's Jetson
 # Linux developer guide ("Thermal management in BPMP", Orin series); not read on a device here, and
 # the zone's own trip point, when the kernel exposes one, should be preferred (thermal.throttle_c).
-DEVICE_THROTTLE_C = {"agx-orin-64gb": 99.0, "agx-orin-32gb": 99.0, "orin-nx-16gb": 99.0,
-                     "orin-nx-8gb": 99.0, "orin-nano-8gb": 99.0}
+DEVICE_THROTTLE_C = {
+    "agx-orin-64gb": 99.0,
+    "agx-orin-32gb": 99.0,
+    "orin-nx-16gb": 99.0,
+    "orin-nx-8gb": 99.0,
+    "orin-nano-8gb": 99.0,
+}
 JETSON_DEFAULT_C = 99.0  # any Orin when the exact module is not known
 
 
@@ -45,8 +50,9 @@ class State:
 
 
 # -- pure --------------------------------------------------------------------------------------
-def headroom(temps: dict[str, float], throttle_c: dict[str, float],
-             default_c: float | None) -> tuple[float, str] | None:
+def headroom(
+    temps: dict[str, float], throttle_c: dict[str, float], default_c: float | None
+) -> tuple[float, str] | None:
     """(degrees below the nearest throttle point, that sensor), or None when no limit is known."""
     best = None
     for name, t in temps.items():
@@ -87,17 +93,18 @@ def host_limits() -> dict[str, float]:
     """psutil's "high" per sensor, named as telemetry/host.py names them."""
     try:
         import psutil
+
         sensors = psutil.sensors_temperatures()
     except (AttributeError, OSError, ImportError):
         return {}
-    return {f"{chip}/{t.label or i}": t.high for chip, temps in sensors.items()
-            for i, t in enumerate(temps) if t.high}
+    return {f"{chip}/{t.label or i}": t.high for chip, temps in sensors.items() for i, t in enumerate(temps) if t.high}
 
 
 def nvml_limits(index: int = 0) -> dict[str, float]:
     """The GPU's slowdown temperature (the sensor NvmlSource names "gpu")."""
     try:
         import pynvml
+
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(index)
         return {"gpu": float(pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN))}
@@ -124,8 +131,16 @@ class ThermalGuard:
     """Called with each telemetry snapshot (the sampler thread). Sets the scheduler's batch cap
     and background deferral: plain attributes the engine reads at its next admission."""
 
-    def __init__(self, engine, planned_batch: int, rule: Rule, throttle_c: dict[str, float],
-                 default_c: float | None, source: str, clock=time.monotonic):
+    def __init__(
+        self,
+        engine,
+        planned_batch: int,
+        rule: Rule,
+        throttle_c: dict[str, float],
+        default_c: float | None,
+        source: str,
+        clock=time.monotonic,
+    ):
         self.engine, self.planned_batch, self.rule = engine, planned_batch, rule
         self.throttle_c, self.default_c, self.limits_from = throttle_c, default_c, source
         self.clock = clock
@@ -136,14 +151,20 @@ class ThermalGuard:
     def __call__(self, snap) -> None:
         if not self.enabled:
             return
-        new = next_state(self.state, headroom(snap.temperatures_c, self.throttle_c, self.default_c),
-                         self.clock(), self.rule)
+        new = next_state(
+            self.state, headroom(snap.temperatures_c, self.throttle_c, self.default_c), self.clock(), self.rule
+        )
         changed = new.level != self.state.level
         self.state = new
         if changed:
-            log.warning("thermal: %s (%s %.1f C below its throttle point): batch cap %d, background %s",
-                        LEVEL_NAMES[new.level], new.sensor, new.headroom_c, self.cap,
-                        "deferred" if self.background_deferred else "admitted")
+            log.warning(
+                "thermal: %s (%s %.1f C below its throttle point): batch cap %d, background %s",
+                LEVEL_NAMES[new.level],
+                new.sensor,
+                new.headroom_c,
+                self.cap,
+                "deferred" if self.background_deferred else "admitted",
+            )
         self._apply()
 
     @property
@@ -167,12 +188,19 @@ class ThermalGuard:
 
     def to_dict(self) -> dict:
         st = self.state
-        return {"enabled": self.enabled, "level": LEVEL_NAMES[st.level], "batch_cap": self.cap,
-                "planned_batch": self.planned_batch, "background_deferred": self.background_deferred,
-                "headroom_c": None if st.headroom_c is None else round(st.headroom_c, 1), "sensor": st.sensor,
-                "throttle_c": {**self.throttle_c, **({"*": self.default_c} if self.default_c else {})},
-                "limits_from": self.limits_from, "rule": asdict(self.rule),
-                "why": self._why()}
+        return {
+            "enabled": self.enabled,
+            "level": LEVEL_NAMES[st.level],
+            "batch_cap": self.cap,
+            "planned_batch": self.planned_batch,
+            "background_deferred": self.background_deferred,
+            "headroom_c": None if st.headroom_c is None else round(st.headroom_c, 1),
+            "sensor": st.sensor,
+            "throttle_c": {**self.throttle_c, **({"*": self.default_c} if self.default_c else {})},
+            "limits_from": self.limits_from,
+            "rule": asdict(self.rule),
+            "why": self._why(),
+        }
 
     def _why(self) -> str:
         if not self.enabled:
@@ -180,5 +208,7 @@ class ThermalGuard:
         st, r = self.state, self.rule
         if st.level == NORMAL:
             return f"normal: admission at the plan's batch until within {r.margin_c:g} C of a throttle point"
-        return (f"{LEVEL_NAMES[st.level]}: {st.sensor} is {st.headroom_c:.1f} C below its throttle point; batch cap "
-                f"{self.cap}, background deferred, until {r.hysteresis_c:g} C cooler for {r.hold_s:g} s")
+        return (
+            f"{LEVEL_NAMES[st.level]}: {st.sensor} is {st.headroom_c:.1f} C below its throttle point; batch cap "
+            f"{self.cap}, background deferred, until {r.hysteresis_c:g} C cooler for {r.hold_s:g} s"
+        )

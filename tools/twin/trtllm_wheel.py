@@ -18,22 +18,51 @@ from pathlib import Path
 
 NAME, VERSION = "tensorrt_llm", "0.12.0"
 REQUIRES_DIST = [
-    "accelerate>=0.25.0", "build", "colored", "cuda-python", "diffusers>=0.27.0", "lark", "numpy<2",
-    "onnx>=1.12.0", "polygraphy", "psutil", "pulp", "pandas", "h5py==3.10.0", "StrEnum", "sentencepiece>=0.1.99",
+    "accelerate>=0.25.0",
+    "build",
+    "colored",
+    "cuda-python",
+    "diffusers>=0.27.0",
+    "lark",
+    "numpy<2",
+    "onnx>=1.12.0",
+    "polygraphy",
+    "psutil",
+    "pulp",
+    "pandas",
+    "h5py==3.10.0",
+    "StrEnum",
+    "sentencepiece>=0.1.99",
     "torch@ https://developer.download.nvidia.cn/compute/redist/jp/v61/pytorch/"
     "torch-2.5.0a0+872d972e41.nv24.08.17622132-cp310-cp310-linux_aarch64.whl",
-    "nvidia-modelopt~=0.15.0", "transformers>=4.38.2", "pillow==10.2.0", "wheel", "optimum", "evaluate", "janus",
-    "mpmath>=1.3.0", 'click; extra == "benchmarking"', 'pydantic; extra == "benchmarking"',
+    "nvidia-modelopt~=0.15.0",
+    "transformers>=4.38.2",
+    "pillow==10.2.0",
+    "wheel",
+    "optimum",
+    "evaluate",
+    "janus",
+    "mpmath>=1.3.0",
+    'click; extra == "benchmarking"',
+    'pydantic; extra == "benchmarking"',
 ]
-ENTRY_POINTS = ("[console_scripts]\ntrtllm-bench = tensorrt_llm.commands.bench:main\n"
-                "trtllm-build = tensorrt_llm.commands.build:main\ntrtllm-prune = tensorrt_llm.commands.prune:main\n"
-                "trtllm-refit = tensorrt_llm.commands.refit:main\n")
+ENTRY_POINTS = (
+    "[console_scripts]\ntrtllm-bench = tensorrt_llm.commands.bench:main\n"
+    "trtllm-build = tensorrt_llm.commands.build:main\ntrtllm-prune = tensorrt_llm.commands.prune:main\n"
+    "trtllm-refit = tensorrt_llm.commands.refit:main\n"
+)
 
 
 def _metadata() -> str:
-    lines = ["Metadata-Version: 2.1", f"Name: {NAME}", f"Version: {VERSION}",
-             "Summary: STAND-IN for TensorRT-LLM 0.12.0 (v0.12.0-jetson): its metadata, none of its code",
-             "Requires-Python: >=3.7, <4", "Provides-Extra: benchmarking", "Provides-Extra: devel"]
+    lines = [
+        "Metadata-Version: 2.1",
+        f"Name: {NAME}",
+        f"Version: {VERSION}",
+        "Summary: STAND-IN for TensorRT-LLM 0.12.0 (v0.12.0-jetson): its metadata, none of its code",
+        "Requires-Python: >=3.7, <4",
+        "Provides-Extra: benchmarking",
+        "Provides-Extra: devel",
+    ]
     return "\n".join(lines + [f"Requires-Dist: {r}" for r in REQUIRES_DIST]) + "\n"
 
 
@@ -42,7 +71,7 @@ def build(dest: Path) -> Path:
         f"{NAME}/__init__.py": f'"""STAND-IN (edge-llm): not TensorRT-LLM."""\n__version__ = "{VERSION}"\n',
         f"{NAME}-{VERSION}.dist-info/METADATA": _metadata(),
         f"{NAME}-{VERSION}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: edge-llm\nRoot-Is-Purelib: true\n"
-                                             "Tag: py3-none-any\n",
+        "Tag: py3-none-any\n",
         f"{NAME}-{VERSION}.dist-info/entry_points.txt": ENTRY_POINTS,
     }
     record = f"{NAME}-{VERSION}.dist-info/RECORD"

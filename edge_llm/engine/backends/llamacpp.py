@@ -62,8 +62,9 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
 
 class LlamaCppBackend:
     # optional request features this backend implements (the API refuses the others)
-    supports = frozenset({"min_p", "presence_penalty", "frequency_penalty", "logit_bias", "response_format",
-                          "logprobs"})
+    supports = frozenset(
+        {"min_p", "presence_penalty", "frequency_penalty", "logit_bias", "response_format", "logprobs"}
+    )
 
     def __init__(self, path: Path, n_threads: int = 0, n_gpu_layers: int = 0, name: str = ""):
         L.llama_log_set(_LOG_CALLBACK, None)
@@ -81,9 +82,13 @@ class LlamaCppBackend:
         self.profile = self._read_profile(name or self.path.stem)
         # weights and KV on the GPU: a GPU build offloading every layer
         self.gpu_offload = bool(L.llama_supports_gpu_offload()) and (
-            n_gpu_layers < 0 or n_gpu_layers >= self.profile.n_layers)
-        self.template = ChatTemplate(self._chat_template(), self._piece(L.llama_vocab_bos(self.vocab), True),
-                                     self._piece(L.llama_vocab_eos(self.vocab), True))
+            n_gpu_layers < 0 or n_gpu_layers >= self.profile.n_layers
+        )
+        self.template = ChatTemplate(
+            self._chat_template(),
+            self._piece(L.llama_vocab_bos(self.vocab), True),
+            self._piece(L.llama_vocab_eos(self.vocab), True),
+        )
         self.ctx = None
         self._abort = ctypes.create_string_buffer(2)  # [flag, 0]: the abort callback's data
         self._abort_data = ctypes.cast(self._abort, ctypes.c_void_p)
@@ -101,10 +106,16 @@ class LlamaCppBackend:
         arch = self._meta("general.architecture") or "llama"
         head_dim = int(self._meta(f"{arch}.attention.key_length") or L.llama_model_n_embd(m) // n_head)
         return ModelProfile(
-            name=name, n_layers=L.llama_model_n_layer(m), n_kv_heads=L.llama_model_n_head_kv(m),
-            head_dim=head_dim, n_ctx_train=L.llama_model_n_ctx_train(m),
-            weights_bytes=L.llama_model_size(m), n_embd=L.llama_model_n_embd(m),
-            n_vocab=L.llama_vocab_n_tokens(self.vocab), kv_bytes_per_elem=2)
+            name=name,
+            n_layers=L.llama_model_n_layer(m),
+            n_kv_heads=L.llama_model_n_head_kv(m),
+            head_dim=head_dim,
+            n_ctx_train=L.llama_model_n_ctx_train(m),
+            weights_bytes=L.llama_model_size(m),
+            n_embd=L.llama_model_n_embd(m),
+            n_vocab=L.llama_vocab_n_tokens(self.vocab),
+            kv_bytes_per_elem=2,
+        )
 
     def _chat_template(self) -> str | None:
         raw = L.llama_model_chat_template(self.model, None)
@@ -215,8 +226,9 @@ class LlamaCppBackend:
         whose own sampler fails marks its chunk's error; the other rows' tokens stand."""
         result = {}
         logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
-        greedy = [(row, chunk.request) for row, (_, chunk) in enumerate(outputs)
-                  if chunk.request.params.is_plain_greedy]
+        greedy = [
+            (row, chunk.request) for row, (_, chunk) in enumerate(outputs) if chunk.request.params.is_plain_greedy
+        ]
         if greedy:
             best = logits[[row for row, _ in greedy]].argmax(axis=1)
             for (_, req), token in zip(greedy, best.tolist(), strict=True):
@@ -236,8 +248,9 @@ class LlamaCppBackend:
             result[req.seq_id] = self.sampled(token)
         if req.params.logprobs is not None:
             s = result[req.seq_id]
-            result[req.seq_id] = SampledToken(s.token, s.piece, s.is_eog,
-                                              self._token_logprob(logprobs, s.token, req.params.logprobs))
+            result[req.seq_id] = SampledToken(
+                s.token, s.piece, s.is_eog, self._token_logprob(logprobs, s.token, req.params.logprobs)
+            )
 
     def _token_logprob(self, logprobs: np.ndarray, token: int, top_n: int) -> TokenLogprob:
         top = ()
@@ -282,8 +295,9 @@ class LlamaCppBackend:
             yield L.llama_sampler_init_logit_bias(self.profile.n_vocab, len(params.logit_bias), biases)
         if params.presence_penalty or params.frequency_penalty:
             # over every token generated so far (OpenAI's definition); 1.0 = no repeat penalty
-            yield L.llama_sampler_init_penalties(self.profile.n_vocab, self.shape.kv_cache_tokens, 1.0,
-                                                 params.frequency_penalty, params.presence_penalty)
+            yield L.llama_sampler_init_penalties(
+                self.profile.n_vocab, self.shape.kv_cache_tokens, 1.0, params.frequency_penalty, params.presence_penalty
+            )
         if params.grammar:
             grammar = L.llama_sampler_init_grammar(self.vocab, params.grammar.encode(), b"root")
             if not grammar:
@@ -399,7 +413,7 @@ class _ScratchContext:
 
     def prefill(self, items: list[tuple[int, int, int]]) -> None:
         for i in range(0, len(items), self.n_batch):
-            self.decode(items[i:i + self.n_batch], last_only=True)
+            self.decode(items[i : i + self.n_batch], last_only=True)
 
     def decode(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
         b = self.batch

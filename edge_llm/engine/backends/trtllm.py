@@ -42,6 +42,7 @@ def free_device_memory() -> int:
     """What cudaMemGetInfo reports as free on a Jetson: MemFree, without the reclaimable page
     cache (JETSON.md). Read before the engine loads."""
     import psutil
+
     return psutil.virtual_memory().free
 
 
@@ -50,8 +51,10 @@ def kv_cache_fraction(kv_bytes: int, free_before_load: int, engine_bytes: int) -
     its fraction of what is free once the engine and its activations are in memory."""
     free_after = free_before_load - engine_bytes
     if free_after <= 0:
-        raise BackendError(f"no memory left for the KV cache: {free_before_load >> 20} MiB free before loading, "
-                           f"the engine needs {engine_bytes >> 20} MiB")
+        raise BackendError(
+            f"no memory left for the KV cache: {free_before_load >> 20} MiB free before loading, "
+            f"the engine needs {engine_bytes >> 20} MiB"
+        )
     return min(MAX_KV_FRACTION, kv_bytes / free_after)
 
 
@@ -61,11 +64,14 @@ class ManifestError(BackendError):
 
 def read_manifest(engine_dir: Path) -> dict:
     path = engine_dir / MANIFEST
-    rebuild = (f"rebuild it on this device: tools/build_engine.py --model <hf-dir> --output {engine_dir} "
-               "--device <profile>")
+    rebuild = (
+        f"rebuild it on this device: tools/build_engine.py --model <hf-dir> --output {engine_dir} --device <profile>"
+    )
     if not path.is_file():
-        raise ManifestError(f"{engine_dir} has no {MANIFEST}: it was not built by tools/build_engine.py "
-                            f"or its build did not finish; {rebuild}")
+        raise ManifestError(
+            f"{engine_dir} has no {MANIFEST}: it was not built by tools/build_engine.py "
+            f"or its build did not finish; {rebuild}"
+        )
     manifest = json.loads(path.read_text())
     if not manifest.get("complete"):
         raise ManifestError(f"the build of {engine_dir} did not finish; {rebuild}")
@@ -75,12 +81,13 @@ def read_manifest(engine_dir: Path) -> dict:
 def check_manifest(manifest: dict, trtllm_version: str, gpu_arch: str, engine_dir: Path) -> None:
     rebuild = f"rebuild: tools/build_engine.py --model {manifest.get('source_model', '<hf-dir>')} --output {engine_dir}"
     if manifest.get("tensorrt_llm_version") != trtllm_version:
-        raise ManifestError(f"{engine_dir} was built with TensorRT-LLM {manifest.get('tensorrt_llm_version')}, "
-                            f"this device has {trtllm_version}; engines only load in the version that built "
-                            f"them; {rebuild}")
+        raise ManifestError(
+            f"{engine_dir} was built with TensorRT-LLM {manifest.get('tensorrt_llm_version')}, "
+            f"this device has {trtllm_version}; engines only load in the version that built "
+            f"them; {rebuild}"
+        )
     if manifest.get("gpu_arch") != gpu_arch:
-        raise ManifestError(f"{engine_dir} was built for {manifest.get('gpu_arch')}, this GPU is {gpu_arch}; "
-                            f"{rebuild}")
+        raise ManifestError(f"{engine_dir} was built for {manifest.get('gpu_arch')}, this GPU is {gpu_arch}; {rebuild}")
 
 
 def device_gpu_arch() -> str:
@@ -91,6 +98,7 @@ def device_gpu_arch() -> str:
     except OSError:
         pass
     import torch  # comes with TensorRT-LLM
+
     major, minor = torch.cuda.get_device_capability()
     return f"sm_{major}{minor}"
 
@@ -104,11 +112,17 @@ def profile_from_config(engine_dir: Path, name: str) -> tuple[ModelProfile, dict
     engine_bytes = sum(p.stat().st_size for p in engine_dir.glob("rank*.engine"))
     kv_dtype = 1 if pre.get("quantization", {}).get("kv_cache_quant_algo") in ("INT8", "FP8") else 2
     profile = ModelProfile(
-        name=name, n_layers=pre["num_hidden_layers"], n_kv_heads=pre.get("num_key_value_heads", heads),
+        name=name,
+        n_layers=pre["num_hidden_layers"],
+        n_kv_heads=pre.get("num_key_value_heads", heads),
         head_dim=pre.get("head_size") or pre["hidden_size"] // heads,
-        n_ctx_train=pre.get("max_position_embeddings", build["max_seq_len"]), weights_bytes=engine_bytes,
-        n_embd=pre["hidden_size"], n_vocab=pre["vocab_size"], kv_bytes_per_elem=kv_dtype,
-        activation_bytes=build["max_num_tokens"] * pre["hidden_size"] * 2 * 16)
+        n_ctx_train=pre.get("max_position_embeddings", build["max_seq_len"]),
+        weights_bytes=engine_bytes,
+        n_embd=pre["hidden_size"],
+        n_vocab=pre["vocab_size"],
+        kv_bytes_per_elem=kv_dtype,
+        activation_bytes=build["max_num_tokens"] * pre["hidden_size"] * 2 * 16,
+    )
     limits = {k: build[k] for k in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")}
     return profile, limits
 
@@ -125,8 +139,10 @@ def end_ids(tokenizer_dir: Path, tokenizer) -> list[int]:
         ids.append(tokenizer.eos_token_id)
     ids = list(dict.fromkeys(int(i) for i in ids))
     if not ids:
-        raise BackendError(f"{tokenizer_dir} names no end token (no eos_token_id in generation_config.json "
-                           "or the tokenizer): a generation could only end at max_tokens")
+        raise BackendError(
+            f"{tokenizer_dir} names no end token (no eos_token_id in generation_config.json "
+            "or the tokenizer): a generation could only end at max_tokens"
+        )
     return ids
 
 
@@ -145,14 +161,16 @@ class TrtLlmBackend:
     def __init__(self, engine_dir: str | Path):
         import tensorrt_llm  # Jetson only
         from transformers import AutoTokenizer
+
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir)
         check_manifest(self.manifest, tensorrt_llm.__version__, device_gpu_arch(), self.engine_dir)
         self.profile, self.build_limits = profile_from_config(self.engine_dir, self.engine_dir.name)
         tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(self.engine_dir / "tokenizer")
         self.end_ids = end_ids(self.engine_dir / "tokenizer", tokenizer)
-        self.template = ChatTemplate(getattr(tokenizer, "chat_template", None), tokenizer.bos_token or "",
-                                     tokenizer.eos_token or "")
+        self.template = ChatTemplate(
+            getattr(tokenizer, "chat_template", None), tokenizer.bos_token or "", tokenizer.eos_token or ""
+        )
         self.file_bytes = self.profile.weights_bytes
         self.runner = None
 
@@ -168,20 +186,30 @@ class TrtLlmBackend:
     def runner_kwargs(self, plan, free_before_load: int) -> dict:
         """The plan, as ModelRunnerCpp.from_dir keyword arguments (v0.12.0-jetson). The plan's
         lengths are already capped by the engine's (appliance.policy_from_config)."""
-        fraction = kv_cache_fraction(plan.kv_cache_bytes, free_before_load,
-                                     plan.weights_bytes + plan.workspace_bytes)
-        return dict(max_batch_size=plan.max_batch_size, max_input_len=plan.max_input_len,
-                    max_output_len=plan.max_seq_len - plan.max_input_len, max_beam_width=1,
-                    max_tokens_in_paged_kv_cache=plan.kv_cache_tokens,
-                    kv_cache_free_gpu_memory_fraction=fraction, kv_cache_enable_block_reuse=True,
-                    enable_chunked_context=paged_context_fmha(self.engine_dir), use_mmap=True)
+        fraction = kv_cache_fraction(plan.kv_cache_bytes, free_before_load, plan.weights_bytes + plan.workspace_bytes)
+        return dict(
+            max_batch_size=plan.max_batch_size,
+            max_input_len=plan.max_input_len,
+            max_output_len=plan.max_seq_len - plan.max_input_len,
+            max_beam_width=1,
+            max_tokens_in_paged_kv_cache=plan.kv_cache_tokens,
+            kv_cache_free_gpu_memory_fraction=fraction,
+            kv_cache_enable_block_reuse=True,
+            enable_chunked_context=paged_context_fmha(self.engine_dir),
+            use_mmap=True,
+        )
 
     def load(self, plan) -> None:
         from tensorrt_llm.runtime import ModelRunnerCpp
+
         kwargs = self.runner_kwargs(plan, free_device_memory())
-        log.info("TensorRT-LLM: %d KV tokens (fraction %.3f of free memory), runtime input %d + output %d",
-                 plan.kv_cache_tokens, kwargs["kv_cache_free_gpu_memory_fraction"], kwargs["max_input_len"],
-                 kwargs["max_output_len"])
+        log.info(
+            "TensorRT-LLM: %d KV tokens (fraction %.3f of free memory), runtime input %d + output %d",
+            plan.kv_cache_tokens,
+            kwargs["kv_cache_free_gpu_memory_fraction"],
+            kwargs["max_input_len"],
+            kwargs["max_output_len"],
+        )
         self.runner = ModelRunnerCpp.from_dir(str(self.engine_dir), **kwargs)
 
     @property
@@ -194,8 +222,11 @@ class TrtLlmBackend:
     def request_kwargs(self) -> dict:
         """End and pad ids of every Request: the first end id, the rest as stop words."""
         pad = getattr(self.tokenizer, "pad_token_id", None)
-        return dict(end_id=self.end_ids[0], pad_id=self.end_ids[0] if pad is None else pad,
-                    stop_words=[[i] for i in self.end_ids[1:]] or None)
+        return dict(
+            end_id=self.end_ids[0],
+            pad_id=self.end_ids[0] if pad is None else pad,
+            stop_words=[[i] for i in self.end_ids[1:]] or None,
+        )
 
     def release(self, request_id: str) -> None:
         pass  # per-request state (sampling, KV blocks) lives in the executor

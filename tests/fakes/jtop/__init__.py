@@ -38,11 +38,21 @@ class Service:
 SERVICE = Service()
 
 _MEMORY = {
-    "RAM": {"tot": 62_795_216, "used": 9_120_000, "free": 40_000_000, "buffers": 300_000,
-            "cached": 12_000_000, "shared": 5_500_000, "lfb": 1200},
-    "SWAP": {"tot": 16_777_216, "used": 1_048_576, "cached": 0,
-             "table": {"/swapfile": {"type": "file", "prio": 10, "size": 16_777_216, "used": 1_048_576,
-                                     "boot": True}}},
+    "RAM": {
+        "tot": 62_795_216,
+        "used": 9_120_000,
+        "free": 40_000_000,
+        "buffers": 300_000,
+        "cached": 12_000_000,
+        "shared": 5_500_000,
+        "lfb": 1200,
+    },
+    "SWAP": {
+        "tot": 16_777_216,
+        "used": 1_048_576,
+        "cached": 0,
+        "table": {"/swapfile": {"type": "file", "prio": 10, "size": 16_777_216, "used": 1_048_576, "boot": True}},
+    },
     "EMC": {"online": True, "val": 12, "cur": 3_199_000, "max": 3_199_000, "min": 204_000},
 }
 
@@ -56,8 +66,11 @@ class jtop:  # noqa: N801 (the real name)
         self._running = True
         self.memory = copy.deepcopy(_MEMORY)
         self.stats = {"RAM": 0.15, "nvp model": "MAXN", "jetson_clocks": "ON", "GPU": 41.0}
-        self.temperature = {"CPU": {"online": True, "temp": 48.5}, "GPU": {"online": True, "temp": 47.0},
-                            "tj": {"online": False, "temp": -256}}
+        self.temperature = {
+            "CPU": {"online": True, "temp": 48.5},
+            "GPU": {"online": True, "temp": 47.0},
+            "tj": {"online": False, "temp": -256},
+        }
         self.power = {"tot": {"power": 14230, "avg": 13900, "online": True}, "rail": {}}
         self.gpu = {"gpu": {"status": {"load": 41.0, "railgate": False}, "freq": {"cur": 1300500}}}
 
@@ -65,8 +78,10 @@ class jtop:  # noqa: N801 (the real name)
         if not SERVICE.running:
             raise JtopException("The jtop.service is not active. Please run:\nsudo systemctl restart jtop.service")
         if not SERVICE.member_of_jtop_group:
-            raise JtopException(f"Permission denied on /run/jtop.sock: add user {os.environ.get('USER', '?')} "
-                                "to group jtop (socket mode 0660 root:jtop)")
+            raise JtopException(
+                f"Permission denied on /run/jtop.sock: add user {os.environ.get('USER', '?')} "
+                "to group jtop (socket mode 0660 root:jtop)"
+            )
         self.started = True
 
     def ok(self, spin: bool = False) -> bool:

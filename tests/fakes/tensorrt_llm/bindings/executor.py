@@ -29,19 +29,36 @@ def _typed(name: str, value, kind, optional: bool = True, lo=None, hi=None):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)  # pybind accepts an int for a float
     if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise TypeError(f"__init__(): incompatible function arguments: {name}={value!r} "
-                        f"({type(value).__name__}) does not convert to {kind.__name__}"
-                        + (f" in [{lo}, {hi}]" if lo is not None else ""))
+        raise TypeError(
+            f"__init__(): incompatible function arguments: {name}={value!r} "
+            f"({type(value).__name__}) does not convert to {kind.__name__}"
+            + (f" in [{lo}, {hi}]" if lo is not None else "")
+        )
     return value
 
 
 class SamplingConfig:
     """executor.h SamplingConfig; random_seed is std::optional<uint64_t> (RandomSeedType)."""
 
-    def __init__(self, beam_width: int = 1, top_k=None, top_p=None, top_p_min=None, top_p_reset_ids=None,
-                 top_p_decay=None, random_seed=None, temperature=None, min_length=None,
-                 beam_search_diversity_rate=None, repetition_penalty=None, presence_penalty=None,
-                 frequency_penalty=None, length_penalty=None, early_stopping=None, no_repeat_ngram_size=None):
+    def __init__(
+        self,
+        beam_width: int = 1,
+        top_k=None,
+        top_p=None,
+        top_p_min=None,
+        top_p_reset_ids=None,
+        top_p_decay=None,
+        random_seed=None,
+        temperature=None,
+        min_length=None,
+        beam_search_diversity_rate=None,
+        repetition_penalty=None,
+        presence_penalty=None,
+        frequency_penalty=None,
+        length_penalty=None,
+        early_stopping=None,
+        no_repeat_ngram_size=None,
+    ):
         self.beam_width = _typed("beam_width", beam_width, int, optional=False, lo=1, hi=SIZE_TYPE_MAX)
         self.top_k = _typed("top_k", top_k, int, lo=0, hi=SIZE_TYPE_MAX)
         self.top_p = _typed("top_p", top_p, float)
@@ -58,17 +75,25 @@ class SamplingConfig:
 
 
 class OutputConfig:
-    def __init__(self, return_log_probs: bool = False, return_context_logits: bool = False,
-                 return_generation_logits: bool = False, exclude_input_from_output: bool = False):
+    def __init__(
+        self,
+        return_log_probs: bool = False,
+        return_context_logits: bool = False,
+        return_generation_logits: bool = False,
+        exclude_input_from_output: bool = False,
+    ):
         self.return_log_probs = return_log_probs
         self.exclude_input_from_output = exclude_input_from_output
 
 
 def _words(name: str, value):
     """std::optional<std::list<VecTokens>>: None or a list of lists of int."""
-    if value is not None and not (isinstance(value, list) and all(
-            isinstance(w, list) and w and all(isinstance(t, int) and not isinstance(t, bool) for t in w)
-            for w in value)):
+    if value is not None and not (
+        isinstance(value, list)
+        and all(
+            isinstance(w, list) and w and all(isinstance(t, int) and not isinstance(t, bool) for t in w) for w in value
+        )
+    ):
         raise TypeError(f"__init__(): incompatible function arguments: {name} must be List[List[int]]")
     return value
 
@@ -77,12 +102,27 @@ class Request:
     """executor.h Request: input_token_ids is VecTokens (list of int), max_new_tokens SizeType32.
     The binding's keywords and nothing else: an unknown keyword is pybind's TypeError."""
 
-    def __init__(self, input_token_ids, max_new_tokens, streaming=False, sampling_config=None,
-                 output_config=None, end_id=None, pad_id=None, bad_words=None, stop_words=None,
-                 embedding_bias=None, external_draft_tokens_config=None, prompt_tuning_config=None,
-                 lora_config=None, logits_post_processor_name=None, encoder_input_token_ids=None):
+    def __init__(
+        self,
+        input_token_ids,
+        max_new_tokens,
+        streaming=False,
+        sampling_config=None,
+        output_config=None,
+        end_id=None,
+        pad_id=None,
+        bad_words=None,
+        stop_words=None,
+        embedding_bias=None,
+        external_draft_tokens_config=None,
+        prompt_tuning_config=None,
+        lora_config=None,
+        logits_post_processor_name=None,
+        encoder_input_token_ids=None,
+    ):
         if not isinstance(input_token_ids, list) or not all(
-                isinstance(t, int) and not isinstance(t, bool) for t in input_token_ids):
+            isinstance(t, int) and not isinstance(t, bool) for t in input_token_ids
+        ):
             raise TypeError("__init__(): incompatible function arguments: input_token_ids must be List[int]")
         if not input_token_ids:  # Request::validate in executor.cpp
             raise RuntimeError("[TensorRT-LLM][ERROR] Assertion failed: input_token_ids must not be empty")
@@ -123,15 +163,17 @@ class Response:
     @property
     def error_msg(self) -> str:
         if self._error is None:
-            raise RuntimeError("[TensorRT-LLM][ERROR] Assertion failed: Cannot get the error message "
-                               "for a response without error")
+            raise RuntimeError(
+                "[TensorRT-LLM][ERROR] Assertion failed: Cannot get the error message for a response without error"
+            )
         return self._error
 
     @property
     def result(self) -> Result:
         if self._error is not None:
-            raise RuntimeError("[TensorRT-LLM][ERROR] Assertion failed: Cannot get the result for a "
-                               "response with an error")
+            raise RuntimeError(
+                "[TensorRT-LLM][ERROR] Assertion failed: Cannot get the result for a response with an error"
+            )
         return self._result
 
 
@@ -141,8 +183,16 @@ class KvCacheConfig:
 
     DEFAULT_FRACTION = 0.9
 
-    def __init__(self, enable_block_reuse=False, max_tokens=None, max_attention_window=None,
-                 sink_token_length=None, free_gpu_memory_fraction=None, host_cache_size=None, onboard_blocks=True):
+    def __init__(
+        self,
+        enable_block_reuse=False,
+        max_tokens=None,
+        max_attention_window=None,
+        sink_token_length=None,
+        free_gpu_memory_fraction=None,
+        host_cache_size=None,
+        onboard_blocks=True,
+    ):
         self.enable_block_reuse = enable_block_reuse
         self.max_tokens = _typed("max_tokens", max_tokens, int, lo=1, hi=SIZE_TYPE_MAX)
         self.free_gpu_memory_fraction = _typed("free_gpu_memory_fraction", free_gpu_memory_fraction, float)
@@ -159,11 +209,25 @@ class ExecutorConfig:
     """bindings.cpp ExecutorConfig, in its positional order. ModelRunnerCpp.from_dir passes no
     max_batch_size (JETSON.md) and sets enable_chunked_context as an attribute afterwards."""
 
-    def __init__(self, max_beam_width=1, scheduler_config=None, kv_cache_config=None, enable_chunked_context=False,
-                 normalize_log_probs=True, iter_stats_max_iterations=1000, request_stats_max_iterations=0,
-                 batching_type=None, max_batch_size=None, max_num_tokens=None, parallel_config=None,
-                 peft_cache_config=None, logits_post_processor_map=None, logits_post_processor_batched=None,
-                 decoding_config=None, gpu_weights_percent=1.0):
+    def __init__(
+        self,
+        max_beam_width=1,
+        scheduler_config=None,
+        kv_cache_config=None,
+        enable_chunked_context=False,
+        normalize_log_probs=True,
+        iter_stats_max_iterations=1000,
+        request_stats_max_iterations=0,
+        batching_type=None,
+        max_batch_size=None,
+        max_num_tokens=None,
+        parallel_config=None,
+        peft_cache_config=None,
+        logits_post_processor_map=None,
+        logits_post_processor_batched=None,
+        decoding_config=None,
+        gpu_weights_percent=1.0,
+    ):
         self.max_beam_width = _typed("max_beam_width", max_beam_width, int, optional=False, lo=1)
         if kv_cache_config is not None and not isinstance(kv_cache_config, KvCacheConfig):
             raise TypeError("__init__(): incompatible function arguments: kv_cache_config must be KvCacheConfig")
@@ -177,13 +241,21 @@ class Executor:
     """A toy in-flight batcher. It schedules up to the ENGINE's build-time max_batch_size (the
     runtime one is not passed to it) and only as many sequences as its KV pool holds."""
 
-    def __init__(self, engine_max_batch_size: int, max_seq_len: int, kv_pool_tokens: int, config=None,
-                 paged_context_fmha: bool = True):
+    def __init__(
+        self,
+        engine_max_batch_size: int,
+        max_seq_len: int,
+        kv_pool_tokens: int,
+        config=None,
+        paged_context_fmha: bool = True,
+    ):
         # trtGptModelInflightBatching: chunked context only over paged context FMHA (TLLM_CHECK;
         # JETSON.md, second audit: the check itself was not read here)
         if config is not None and config.enable_chunked_context and not paged_context_fmha:
-            raise RuntimeError("[TensorRT-LLM][ERROR] Assertion failed: Chunked context requires an engine "
-                               "built with paged context FMHA (--use_paged_context_fmha enable)")
+            raise RuntimeError(
+                "[TensorRT-LLM][ERROR] Assertion failed: Chunked context requires an engine "
+                "built with paged context FMHA (--use_paged_context_fmha enable)"
+            )
         self.max_batch_size = engine_max_batch_size
         self.max_seq_len = max_seq_len
         self.kv_pool_tokens = kv_pool_tokens
@@ -209,9 +281,15 @@ class Executor:
             self.enqueued.append(request)
             n = len(request.input_token_ids)
             if n + request.max_new_tokens > self.max_seq_len:  # GenericLlmRequest::validate
-                self._errors.append(Response(rid, error_msg=(
-                    f"Prompt length ({n}) + max_new_tokens ({request.max_new_tokens}) exceeds max_seq_len "
-                    f"({self.max_seq_len})")))
+                self._errors.append(
+                    Response(
+                        rid,
+                        error_msg=(
+                            f"Prompt length ({n}) + max_new_tokens ({request.max_new_tokens}) exceeds max_seq_len "
+                            f"({self.max_seq_len})"
+                        ),
+                    )
+                )
             else:
                 self._queued.append(rid)
                 self._active[rid] = (request, 0)

@@ -24,12 +24,31 @@ class ModelRunnerCpp:
         self.max_input_len, self.max_seq_len, self.max_batch_size = max_input_len, max_seq_len, max_batch_size
 
     @classmethod
-    def from_dir(cls, engine_dir, *, lora_dir=None, rank=0, max_batch_size=None, max_input_len=None,
-                 max_output_len=None, max_beam_width=None, max_attention_window_size=None, sink_token_length=None,
-                 kv_cache_free_gpu_memory_fraction=None, medusa_choices=None, debug_mode=False,
-                 lora_ckpt_source="hf", gpu_weights_percent=1, max_tokens_in_paged_kv_cache=None,
-                 kv_cache_enable_block_reuse=False, enable_chunked_context=False, is_enc_dec=False,
-                 multi_block_mode=None, enable_context_fmha_fp32_acc=None, use_mmap=False):
+    def from_dir(
+        cls,
+        engine_dir,
+        *,
+        lora_dir=None,
+        rank=0,
+        max_batch_size=None,
+        max_input_len=None,
+        max_output_len=None,
+        max_beam_width=None,
+        max_attention_window_size=None,
+        sink_token_length=None,
+        kv_cache_free_gpu_memory_fraction=None,
+        medusa_choices=None,
+        debug_mode=False,
+        lora_ckpt_source="hf",
+        gpu_weights_percent=1,
+        max_tokens_in_paged_kv_cache=None,
+        kv_cache_enable_block_reuse=False,
+        enable_chunked_context=False,
+        is_enc_dec=False,
+        multi_block_mode=None,
+        enable_context_fmha_fp32_acc=None,
+        use_mmap=False,
+    ):
         kwargs = {k: v for k, v in locals().items() if k not in ("cls", "engine_dir")}
         CALLS.append((engine_dir, kwargs))
         cfg = json.loads((Path(engine_dir) / "config.json").read_text())
@@ -51,15 +70,23 @@ class ModelRunnerCpp:
             max_beam_width = build.get("max_beam_width", 1)
         else:
             assert max_beam_width <= build.get("max_beam_width", 1)
-        kv = trtllm.KvCacheConfig(free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
-                                  max_attention_window=max_attention_window_size,
-                                  sink_token_length=sink_token_length, max_tokens=max_tokens_in_paged_kv_cache,
-                                  enable_block_reuse=kv_cache_enable_block_reuse)
+        kv = trtllm.KvCacheConfig(
+            free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
+            max_attention_window=max_attention_window_size,
+            sink_token_length=sink_token_length,
+            max_tokens=max_tokens_in_paged_kv_cache,
+            enable_block_reuse=kv_cache_enable_block_reuse,
+        )
         config = trtllm.ExecutorConfig(max_beam_width=max_beam_width, kv_cache_config=kv, decoding_config=None)
         config.enable_chunked_context = enable_chunked_context
         heads = pre["num_attention_heads"]
-        bytes_per_token = 2 * pre["num_hidden_layers"] * pre.get("num_key_value_heads", heads) * (
-            pre.get("head_size") or pre["hidden_size"] // heads) * 2
+        bytes_per_token = (
+            2
+            * pre["num_hidden_layers"]
+            * pre.get("num_key_value_heads", heads)
+            * (pre.get("head_size") or pre["hidden_size"] // heads)
+            * 2
+        )
         pool = config.kv_cache_config.pool_tokens(FREE_GPU_MEMORY_BYTES, bytes_per_token)
         fmha = build.get("plugin_config", {}).get("use_paged_context_fmha", False)
         executor = trtllm.Executor(engine_batch, engine_seq, pool, config, paged_context_fmha=fmha)
