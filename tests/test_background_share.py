@@ -168,3 +168,25 @@ def test_prompts_still_move_when_one_chunk_costs_more_than_the_credit_kept():
     visitor_steps = [step(s, costly)[1] for _ in range(1500)]
     assert part.num_computed >= 400  # prefilled beside the chat
     assert sum(visitor_steps) / len(visitor_steps) <= 0.018 * 1.1
+
+
+def test_a_waiting_background_request_times_out_only_while_admission_is_paused():
+    """Four 3,000-token background prompts are prefilled one at a time on 2 cores: the fourth
+    waited over server.queue_timeout_s and got a 503 though nothing was wrong."""
+    import time
+    from types import SimpleNamespace
+
+    from edge_llm.server.openai_api import Watch
+
+    scheduler = SimpleNamespace(admission_paused=False)
+    rt = SimpleNamespace(
+        config=SimpleNamespace(server=SimpleNamespace(queue_timeout_s=0.05)),
+        cut_off=SimpleNamespace(is_set=lambda: False),
+        engine=SimpleNamespace(scheduler=scheduler),
+    )
+    background, chat = request(10, Priority.BACKGROUND), request(10, Priority.INTERACTIVE)
+    time.sleep(0.1)
+    assert not Watch(rt, background, {})() and Watch(rt, chat, {})()
+    scheduler.admission_paused = True  # memory pressure: waiting may never end
+    watch = Watch(rt, background, {})
+    assert watch() and watch.reason == "queue_timeout"
