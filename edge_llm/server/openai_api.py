@@ -266,13 +266,9 @@ class Watch:
         them the timeout counts only while admission is paused."""
         if self.req.admitted_time is not None:
             return False
-        if self.req.priority == Priority.BACKGROUND and not self._admission_paused():
+        if self.req.priority == Priority.BACKGROUND and not self.rt.engine.scheduler.admission_paused:
             return False
         return time.monotonic() - self.req.arrival_time > self.rt.config.server.queue_timeout_s
-
-    def _admission_paused(self) -> bool:
-        scheduler = getattr(self.rt.engine, "scheduler", None)
-        return bool(getattr(scheduler, "admission_paused", False))
 
     def error(self) -> APIError:
         retry = {"Retry-After": str(RETRY_AFTER_S)}
