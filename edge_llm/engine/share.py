@@ -35,6 +35,8 @@ class BackgroundShare:
         background decodes would spend each bit of credit as it came, and prompts would starve)."""
         if num_decoding == 0 or self.slowdown == float("inf"):
             return True
+        if self.slowdown == 1.0:  # waits: a visitor's step a hair faster than its average is no credit
+            return False
         if num_decoding not in self.solo_s or self._since_probe >= self.PROBE_EVERY:
             return False  # measure the visitor's step alone first
         if wants_prefill and self.prefill_token_s is not None:
