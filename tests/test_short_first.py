@@ -70,3 +70,22 @@ def test_prefill_budget_goes_to_the_shortest_remaining_prompt_first():
     s.add(short)
     out = step(s)
     assert [(c.request, len(c.tokens)) for c in out.chunks] == [(short, 40), (long, 24)]
+
+
+def test_a_question_one_chunk_finishes_goes_before_long_running_prompts_however_long_they_waited():
+    # the mixed workload unmarked: four 3,000-token prompts (one prefilling, the others waiting
+    # their turn, slots to spare), and a question asked 40 s in. Aged, the prompts came first, and
+    # questions waited 9.7-28.9 s on 2 cores
+    s = scheduler(max_batch=8, chunk=64, slots=9)
+    longs = [request(3000, 1000 * (k + 1)) for k in range(4)]
+    for r in longs:
+        s.add(r)
+    step(s)
+    for r in longs:
+        r.arrival_time -= 40  # 4,000 tokens of aging credit: more than any of them has left
+    question = request(40, 9000)
+    s.add(question)
+    out = step(s)
+    assert question.status == RequestStatus.RUNNING
+    # the rest of the step went to the long one prefilling
+    assert [(c.request, len(c.tokens)) for c in out.chunks] == [(question, 40), (longs[0], 24)]

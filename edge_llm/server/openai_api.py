@@ -261,12 +261,16 @@ class Watch:
         return self.reason is not None
 
     def _waited_too_long(self) -> bool:
-        """Background requests wait by design (one prompt is prefilled at a time, shortest first:
-        the fourth of four 3,000-token prompts waited over 60 s on 2 cores and got a 503), so for
-        them the timeout counts only while admission is paused."""
+        """Not admitted within server.queue_timeout_s while nothing is coming free for it: admission
+        paused (memory pressure), or for an interactive request, every slot of the batch taken.
+        A request waiting only its turn (prompts are prefilled one at a time, shortest first) is
+        not refused: the fourth of four 3,000-token prompts waited over 60 s on 2 cores, marked
+        background or not, and got a 503 though the server was working through them."""
         if self.req.admitted_time is not None:
             return False
-        if self.req.priority == Priority.BACKGROUND and not self.rt.engine.scheduler.admission_paused:
+        s = self.rt.engine.scheduler
+        full = self.req.priority == Priority.INTERACTIVE and len(s.running) >= s.max_batch_size
+        if not (s.admission_paused or full):
             return False
         return time.monotonic() - self.req.arrival_time > self.rt.config.server.queue_timeout_s
 
