@@ -99,7 +99,10 @@ def chat(args) -> int:
 
 def _stream_reply(client, model: str, messages: list[dict], options: dict) -> str | None:
     reply = ""
-    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **options)
+    # a person at the prompt: interactive however long the conversation (unmarked, a long prompt is a document)
+    stream = client.chat.completions.create(
+        model=model, messages=messages, stream=True, extra_body={"priority": "interactive"}, **options
+    )
     try:
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:

@@ -81,6 +81,9 @@ class LimitsConfig:
     # while background work (summaries) runs, a visitor's stream keeps at least 1/this of its pace
     # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits
     chat_slowdown: float = 1.8
+    # a request that does not say its priority is background work when its prompt is longer than
+    # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
+    bulk_prompt_tokens: int = 1024
 
 
 @dataclass

@@ -197,3 +197,39 @@ def test_earliest_stop_string_wins_whatever_its_place_in_the_list():
     for piece in (b"say ", b"he", b"llo"):
         req.append_token(7, piece)
     assert req.text == "say "
+
+
+def test_an_unmarked_long_prompt_is_scheduled_as_a_document_and_a_marked_one_as_asked(server, client, http):
+    """Any OpenAI client marks nothing: a prompt over limits.bulk_prompt_tokens is background
+    work (as a summary part is), a short one interactive, and a priority said is kept."""
+
+    def admitted() -> dict[str, float]:
+        counts = {"interactive": 0.0, "background": 0.0}
+        for line in http.get("/metrics").text.splitlines():
+            for p in counts:
+                if line.startswith(f'edge_llm_queue_seconds_count{{priority="{p}"}}'):
+                    counts[p] = float(line.split()[-1])
+        return counts
+
+    document = " ".join(f"Gate {i} let {i * 7 % 50} cars through at {i} o'clock." for i in range(80))
+    assert server.daemon.runtime.config.limits.bulk_prompt_tokens == 1024
+    cases = [
+        ({}, document, "background"),
+        ({"priority": "interactive"}, document, "interactive"),
+        ({}, "Hi!", "interactive"),
+        ({"priority": "background"}, "Hi!", "background"),
+    ]
+    for extra, text, expected in cases:
+        before = admitted()
+        r = client.chat.completions.with_raw_response.create(
+            model=server.model_id,
+            messages=[{"role": "user", "content": text}],
+            max_tokens=1,
+            temperature=0,
+            extra_body=extra,
+        )
+        usage = r.parse().usage
+        assert (usage.prompt_tokens > 1024) == (text == document)
+        after = admitted()
+        assert after[expected] == before[expected] + 1, (extra, usage.prompt_tokens, before, after)
+        assert sum(after.values()) == sum(before.values()) + 1

@@ -66,8 +66,8 @@ _SAMPLING = {
     "n": {"type": ["integer", "null"], "const": 1},
     "priority": {
         "enum": ["interactive", "background", None],
-        "default": "interactive",
-        "description": "background work is admitted after interactive work and may be preempted",
+        "description": "background work is admitted after interactive work and may be preempted; "
+        "left out: background for a prompt over limits.bulk_prompt_tokens (1024), else interactive",
     },
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},

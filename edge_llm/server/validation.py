@@ -115,7 +115,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     features: frozenset[str]  # optional features asked for (a backend may not have them all)
-    priority: Priority = Priority.INTERACTIVE
+    priority: Priority | None = None  # None: not said (the server infers it, openai_api.priority_of)
 
 
 def generation(body: dict, endpoint: str = "chat", defaults: SamplingDefaults | None = None) -> GenerationRequest:
@@ -197,10 +197,10 @@ def _running_defaults() -> SamplingDefaults:
     return SamplingDefaults()
 
 
-def _priority(body: dict) -> Priority:
+def _priority(body: dict) -> Priority | None:
     v = body.get("priority")
     if v is None:
-        return Priority.INTERACTIVE
+        return None
     names = [p.name.lower() for p in Priority]
     if not isinstance(v, str) or v not in names:
         raise bad("priority", f"must be one of {names}, got {v!r}")

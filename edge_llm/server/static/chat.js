@@ -249,7 +249,8 @@ async function reply() {
   try {
     const resp = await fetch("/v1/chat/completions", {
       method: "POST", signal: controller.signal, headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model: await model(), messages: context(), stream: true,
+      // a visitor's chat, however long its history (unmarked, a long prompt counts as a document)
+      body: JSON.stringify({ model: await model(), messages: context(), stream: true, priority: "interactive",
         stream_options: { include_usage: true }, ...settings() }),
     });
     if (!resp.ok) {
