@@ -65,6 +65,11 @@ class Plan:
     recommended_swap_bytes: int
     reasons: dict[str, str]  # limit name -> why it has this value
     calibration: dict | None = None  # measured step costs the speed choices came from (None: defaults)
+    background_chunk_tokens: int = 0  # prompt tokens in a stoppable step of background prefill alone; 0 = the chunk
+
+    @property
+    def background_chunk(self) -> int:
+        return max(self.background_chunk_tokens, self.prefill_chunk_tokens)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -72,7 +77,7 @@ class Plan:
 
     @property
     def max_batch_tokens(self) -> int:
-        return self.prefill_chunk_tokens + self.max_batch_size
+        return self.background_chunk + self.max_batch_size
 
     @property
     def predicted_resident_bytes(self) -> int:
@@ -107,8 +112,9 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     reasons: dict[str, str] = {}
     memory, available, reserve = _memory(snapshot, policy)
     chunk, batch_cap, why_batch = _speed_limits(policy, reasons)
+    background = _background_chunk(policy, chunk, reasons)
     slots = policy.prefix_cache_slots
-    workspace = estimate_workspace(profile, chunk + batch_cap, batch_cap + slots)
+    workspace = estimate_workspace(profile, max(chunk, background) + batch_cap, batch_cap + slots)
     kv = _KvBudget(
         memory,
         _kv_budget_bytes(profile, available, reserve, workspace),
@@ -142,7 +148,19 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         recommended_swap_bytes=recommend_swap(snapshot),
         reasons=reasons,
         calibration=policy.calibration,
+        background_chunk_tokens=min(background, inp),
     )
+
+
+def _background_chunk(policy: Policy, chunk: int, reasons: dict[str, str]) -> int:
+    """Prompt tokens in a stoppable step of background prefill alone: calibration's choice, unless
+    the user capped the prefill chunk (then that size for every step)."""
+    speed = policy.speed
+    if speed is None or policy.cap("prefill_chunk_tokens") or speed.background_chunk_tokens <= chunk:
+        reasons["background_chunk_tokens"] = "the prefill chunk"
+        return chunk
+    reasons["background_chunk_tokens"] = speed.reasons["background_chunk_tokens"]
+    return speed.background_chunk_tokens
 
 
 @dataclass(frozen=True)

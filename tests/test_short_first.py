@@ -89,3 +89,20 @@ def test_a_question_one_chunk_finishes_goes_before_long_running_prompts_however_
     assert question.status == RequestStatus.RUNNING
     # the rest of the step went to the long one prefilling
     assert [(c.request, len(c.tokens)) for c in out.chunks] == [(question, 40), (longs[0], 24)]
+
+
+def test_background_prefill_alone_takes_the_background_chunk_and_beside_a_visitor_the_chunk():
+    from edge_llm.engine.request import Priority
+
+    s = Scheduler(KVCacheManager(4, 100_000, max_cached=0, streams=True), 4, 64, 16, background_chunk_tokens=256)
+    part = Request(list(range(1000, 4000)), SamplingParams(max_tokens=3), priority=Priority.BACKGROUND)
+    s.add(part)
+    out = step(s)
+    assert [(c.request, len(c.tokens)) for c in out.chunks] == [(part, 256)] and out.abortable
+    visitor = request(10, 9000, max_tokens=50)
+    s.add(visitor)
+    out = step(s)  # the visitor's prompt: background prefill waits
+    assert [c.request for c in out.chunks] == [visitor]
+    for _ in range(40):
+        out = step(s)
+        assert sum(len(c.tokens) for c in out.chunks if c.request is part) <= 32  # half the chunk at most

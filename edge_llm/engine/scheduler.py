@@ -41,10 +41,14 @@ class Scheduler:
         prefill_chunk_tokens: int,
         max_queue: int,
         chat_slowdown: float = 1.8,
+        background_chunk_tokens: int = 0,
     ):
         self.kv = kv
         self.max_batch_size = max_batch_size
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        # a step of background prefill alone (stopped when a visitor arrives, where the backend can):
+        # bigger chunks cost less a token late in a long prompt (calibration.choose_background_chunk)
+        self.background_chunk_tokens = max(background_chunk_tokens, prefill_chunk_tokens)
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()  # by priority, then arrival (preempted ones first)
         self.running: list[Request] = []
@@ -146,6 +150,8 @@ class Scheduler:
             self._add_decodes(out, Priority.BACKGROUND)
             if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):
                 # a prompt still prefilling keeps its turn; beside a decoding visitor, what the credit pays for
+                if not out.chunks or all(c.request.priority == Priority.BACKGROUND for c in out.chunks):
+                    budget = self.background_chunk_tokens  # background alone: a step a visitor stops
                 self._prefill_class(Priority.BACKGROUND, out, min(budget, self.share.prefill_tokens(num_visitors)))
         elif any(r.priority == Priority.BACKGROUND for r in self.running):
             self.share.held()

@@ -34,8 +34,13 @@ class StepEngine(EngineFront):
             streams=plan.kv_layout == "per_slot",
         )
         self.scheduler = Scheduler(
-            kv, plan.max_batch_size, plan.prefill_chunk_tokens, max_queue, chat_slowdown=chat_slowdown or float("inf")
-        )  # 0: background always rides along
+            kv,
+            plan.max_batch_size,
+            plan.prefill_chunk_tokens,
+            max_queue,
+            chat_slowdown=chat_slowdown or float("inf"),  # 0: background always rides along
+            background_chunk_tokens=plan.background_chunk,
+        )
 
     @property
     def has_work(self) -> bool:
