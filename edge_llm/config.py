@@ -79,8 +79,11 @@ class LimitsConfig:
     max_queue: int = 64  # requests waiting for admission before 429
     prefix_cache_slots: int = 4  # finished sequences kept for prefix reuse
     # while background work (summaries) runs, a visitor's stream keeps at least 1/this of its pace
-    # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits
-    chat_slowdown: float = 1.8
+    # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits.
+    # 1.5, not 1.8: on 2 cores a prompt token beside a visitor cost 12.8 ms (16-token chunks late in
+    # a long prompt), twice what it costs in a step of its own, so holding more back costs the job
+    # little (kiosk_bench: slowest chat 0.58x idle, job 159 s, against 0.43x and 179 s at 1.8)
+    chat_slowdown: float = 1.5
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
     bulk_prompt_tokens: int = 1024

@@ -40,7 +40,7 @@ class Scheduler:
         max_batch_size: int,
         prefill_chunk_tokens: int,
         max_queue: int,
-        chat_slowdown: float = 1.8,
+        chat_slowdown: float = 1.5,
         background_chunk_tokens: int = 0,
     ):
         self.kv = kv

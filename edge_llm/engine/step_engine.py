@@ -24,7 +24,7 @@ class StepEngine(EngineFront):
         plan,
         max_queue: int = 64,
         metrics: EngineMetrics | None = None,
-        chat_slowdown: float = 1.8,
+        chat_slowdown: float = 1.5,
     ):
         super().__init__(backend, plan, max_queue, metrics)
         kv = KVCacheManager(
