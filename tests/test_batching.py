@@ -216,7 +216,9 @@ def test_a_long_prompt_arriving_mid_stream_stalls_others_by_at_most_a_chunk(clie
     t.start()
     wait_until(lambda: len(arrivals) >= 3 or not t.is_alive(), what="the stream's first tokens")
     before = len(arrivals)
-    long = client.completions.create(model=server.model_id, prompt=long_prompt, max_tokens=4, stream=True)
+    long = client.completions.create(  # interactive, as said: unmarked, a prompt this long is a document
+        model=server.model_id, prompt=long_prompt, max_tokens=4, stream=True, extra_body={"priority": "interactive"}
+    )
     next(c for c in long if c.choices and c.choices[0].text)
     during = len(arrivals) - before
     list(long)
