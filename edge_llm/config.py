@@ -50,7 +50,7 @@ class ServerConfig:
     threads: int = 0  # WSGI worker threads (each waiting or streaming client holds one); 0 = from the plan
     connection_limit: int = 0  # open connections (idle or slow ones too); 0 = from the open-file limit
     channel_timeout_s: float = 30.0  # an idle connection (no request being served) is closed after this
-    queue_timeout_s: float = 60.0  # a request not admitted this long gets 503 (busy, or memory paused)
+    queue_timeout_s: float = 60.0  # a request not admitted this long gets 503 (background: only paused/deferred)
 
 
 @dataclass

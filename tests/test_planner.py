@@ -7,6 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from edge_llm import planner, profiles
+from edge_llm.calibration import SpeedChoices
 from edge_llm.planner import GiB, MiB, PlanError, Policy, plan
 from edge_llm.profile import ModelProfile
 from edge_llm.telemetry.snapshot import Snapshot
@@ -33,8 +34,22 @@ snapshots = st.builds(
     unified_memory=st.booleans(),
 )
 caps = st.fixed_dictionaries({}, optional={name: st.integers(1, 20000) for name in planner.LIMITS})
+speeds = st.builds(  # calibration's choices (calibration.choose), the background chunk among them
+    SpeedChoices,
+    prefill_chunk_tokens=st.sampled_from([32, 64, 128, 256, 1024, 2048]),
+    max_batch_size=st.integers(1, 64),
+    per_slot=st.booleans(),
+    reasons=st.just(
+        {k: "measured" for k in ("prefill_chunk_tokens", "max_batch_size", "kv_layout", "background_chunk_tokens")}
+    ),
+    background_chunk_tokens=st.sampled_from([0, 64, 256, 512]),
+)
 policies = st.builds(
-    Policy, reserve_bytes=st.integers(0, 4 * GiB), caps=caps, per_sequence_kv=st.sampled_from([True, False, None])
+    Policy,
+    reserve_bytes=st.integers(0, 4 * GiB),
+    caps=caps,
+    per_sequence_kv=st.sampled_from([True, False, None]),
+    speed=st.one_of(st.none(), speeds),
 )
 
 

@@ -106,3 +106,19 @@ def test_background_prefill_alone_takes_the_background_chunk_and_beside_a_visito
     for _ in range(40):
         out = step(s)
         assert sum(len(c.tokens) for c in out.chunks if c.request is part) <= 32  # half the chunk at most
+
+
+def test_two_aged_long_prompts_for_one_slot_do_not_preempt_each_other():
+    """A waiting prompt aged past its length gets the next slot while slots are short, but that is
+    no reason to preempt one that runs: the two preempted each other every step, and with no
+    prefix cache slot neither got past its first chunk (found in review)."""
+    s = Scheduler(KVCacheManager(1, 100_000, max_cached=0, streams=True), 1, 128, 16)
+    first, second = request(800, 1000), request(800, 5000)
+    now = time.monotonic()
+    first.arrival_time, second.arrival_time = now - 20, now - 10
+    s.add(first)
+    s.add(second)
+    for _ in range(12):
+        step(s)
+    assert s.num_preemptions == 0
+    assert first.is_finished and second.status == RequestStatus.RUNNING  # one after the other

@@ -206,7 +206,7 @@ class Scheduler:
             req.admitted_time = time.monotonic()
         self.running.append(req)
 
-    def _urgency(self, req: Request) -> tuple[int, float]:
+    def _urgency(self, req: Request, promote: bool = True) -> tuple[int, float]:
         """The smaller, the sooner: prompt tokens left to prefill. A prompt one chunk finishes
         comes before every longer one, however long that has waited: aging long prompts past
         questions made every question asked 10 s into four 3,000-token prompts wait for all of
@@ -214,14 +214,15 @@ class Scheduler:
         one step each and leave it the rest of the budget. Among longer ones, each second waited
         counts as AGING_TOKENS_PER_S tokens less; and while more requests want a slot than there
         are, one waiting that has aged past its length comes before all, so a stream of short
-        prompts cannot keep every slot from it."""
+        prompts cannot keep every slot from it (promote; never a reason to preempt, or two aged long
+        prompts preempted each other every step)."""
         running = req.status == RequestStatus.RUNNING
         remaining = req.prefill_len - req.num_computed if running else req.num_tokens
         if remaining <= self.prefill_chunk_tokens:
             return 0, remaining
         aged = remaining - self.AGING_TOKENS_PER_S * (time.monotonic() - req.arrival_time)
         slots_short = len(self.running) + len(self.waiting) > self.max_batch_size
-        return (0 if aged <= 0 and slots_short and not running else 1), aged
+        return (0 if promote and aged <= 0 and slots_short and not running else 1), aged
 
     def _admission_order(self, cls: Priority) -> list[Request]:
         """This class's waiting requests, most urgent first (shortest prompt, aged)."""
@@ -256,7 +257,9 @@ class Scheduler:
             (
                 r
                 for r in self.running
-                if r.priority == Priority.INTERACTIVE and r.is_prefilling and self._urgency(r) > self._urgency(req)
+                if r.priority == Priority.INTERACTIVE
+                and r.is_prefilling
+                and self._urgency(r, promote=False) > self._urgency(req, promote=False)
             ),
             key=self._urgency,
             reverse=True,

@@ -274,16 +274,15 @@ class Watch:
         return self.reason is not None
 
     def _waited_too_long(self) -> bool:
-        """Not admitted within server.queue_timeout_s while nothing is coming free for it: admission
-        paused (memory pressure), or for an interactive request, every slot of the batch taken.
-        A request waiting only its turn (prompts are prefilled one at a time, shortest first) is
-        not refused: the fourth of four 3,000-token prompts waited over 60 s on 2 cores, marked
-        background or not, and got a 503 though the server was working through them."""
+        """Not admitted within server.queue_timeout_s. A background request waits by design (its
+        prompts are prefilled one at a time, shortest first: the fourth of four 3,000-token prompts
+        waited over 60 s on 2 cores and got a 503 though the server was working through them), so
+        for it the wait counts only while nothing comes free: admission paused (memory pressure)
+        or background deferred (heat). Unmarked prompts that long are background now too."""
         if self.req.admitted_time is not None:
             return False
         s = self.rt.engine.scheduler
-        full = self.req.priority == Priority.INTERACTIVE and len(s.running) >= s.max_batch_size
-        if not (s.admission_paused or full):
+        if self.req.priority == Priority.BACKGROUND and not (s.admission_paused or s.defer_background):
             return False
         return time.monotonic() - self.req.arrival_time > self.rt.config.server.queue_timeout_s
 
