@@ -182,7 +182,12 @@ def _two_finishing(monkeypatch=None):
     from edge_llm.engine.step_engine import StepEngine
 
     plan = types.SimpleNamespace(
-        num_seqs=4, kv_cache_tokens=4096, max_batch_size=4, prefill_chunk_tokens=64, kv_layout="unified"
+        num_seqs=4,
+        kv_cache_tokens=4096,
+        max_batch_size=4,
+        prefill_chunk_tokens=64,
+        background_chunk=64,  # Plan.background_chunk
+        kv_layout="unified",
     )
     engine = StepEngine(types.SimpleNamespace(release=lambda rid: None, interrupt=lambda r: None), plan)
     reqs = [Request([1, 2, 3, i], SamplingParams(temperature=0, max_tokens=1)) for i in (4, 5)]

@@ -223,8 +223,8 @@ class JobRunner:
                 self.wake.clear()
                 continue
             t = threading.Thread(target=run_job, args=(s, job_id), name=f"summary-{job_id}", daemon=True)
+            t.start()  # before others can see it: a thread not yet started reads as ended (is_alive)
             self._jobs[job_id] = t
-            t.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """True when every job thread ended within timeout."""
