@@ -82,7 +82,8 @@ class LimitsConfig:
     # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits.
     # 1.5, not 1.8: on 2 cores a prompt token beside a visitor cost 12.8 ms (16-token chunks late in
     # a long prompt), twice what it costs in a step of its own, so holding more back costs the job
-    # little (kiosk_bench: slowest chat 0.58x idle, job 159 s, against 0.43x and 179 s at 1.8)
+    # little (kiosk_bench, 4 parts: slowest chat 0.50-0.58x idle, job 155-178 s together, over 3
+    # rounds; one round at 1.8: 0.43x, 179 s)
     chat_slowdown: float = 1.5
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive

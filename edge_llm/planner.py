@@ -112,9 +112,9 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     reasons: dict[str, str] = {}
     memory, available, reserve = _memory(snapshot, policy)
     chunk, batch_cap, why_batch = _speed_limits(policy, reasons)
-    background = _background_chunk(policy, chunk, reasons)
+    background = _background_chunk(policy, chunk, reasons)  # >= chunk
     slots = policy.prefix_cache_slots
-    workspace = estimate_workspace(profile, max(chunk, background) + batch_cap, batch_cap + slots)
+    workspace = estimate_workspace(profile, background + batch_cap, batch_cap + slots)
     kv = _KvBudget(
         memory,
         _kv_budget_bytes(profile, available, reserve, workspace),

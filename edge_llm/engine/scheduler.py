@@ -150,7 +150,7 @@ class Scheduler:
             self._add_decodes(out, Priority.BACKGROUND)
             if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):
                 # a prompt still prefilling keeps its turn; beside a decoding visitor, what the credit pays for
-                if not out.chunks or all(c.request.priority == Priority.BACKGROUND for c in out.chunks):
+                if all(c.request.priority == Priority.BACKGROUND for c in out.chunks):
                     budget = self.background_chunk_tokens  # background alone: a step a visitor stops
                 self._prefill_class(Priority.BACKGROUND, out, min(budget, self.share.prefill_tokens(num_visitors)))
         elif any(r.priority == Priority.BACKGROUND for r in self.running):
