@@ -129,7 +129,13 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
         backend.create_context(
             ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens, plan.kv_layout == "unified")
         )
-        engine = StepEngine(backend, plan, cfg.limits.max_queue, chat_slowdown=cfg.limits.chat_slowdown)
+        engine = StepEngine(
+            backend,
+            plan,
+            cfg.limits.max_queue,
+            chat_slowdown=cfg.limits.chat_slowdown,
+            max_draft_tokens=cfg.limits.lookup_draft_tokens,
+        )
     engine.start()
     if cfg.model.warmup:
         on_step("warming up")

@@ -93,7 +93,9 @@ def test_backend_sends_per_slot_decodes_in_slot_order_and_each_chunk_alone():
     reqs = make(4)
     for r, slot in zip(reqs, (3, 0, 2, 1), strict=True):
         r.seq_id = slot
-    chunks = [ScheduledChunk(r, [1], 10, True) for r in reqs[:3]] + [ScheduledChunk(reqs[3], [1, 2, 3], 0, True)]
+    chunks = [ScheduledChunk(r, [1], 10, True, decode=True) for r in reqs[:3]] + [
+        ScheduledChunk(reqs[3], [1, 2, 3], 0, True)
+    ]
     groups = be._groups(chunks)
     assert [[c.request.seq_id for c in g] for g in groups] == [[0, 2, 3], [1]]
     be.shape = SimpleNamespace(kv_unified=True)

@@ -18,6 +18,13 @@ class ScheduledChunk:
     sample: bool  # sample a token from the logits of the last token
     done: bool = True  # False: the backend stopped the step before this chunk (nothing of it kept)
     error: str | None = None  # the backend failed this sequence alone (e.g. its sampler); others stand
+    decode: bool = False  # a running sequence's next token (tokens[0]), not a prompt chunk
+    # prompt lookup (engine/lookup.py): tokens[1 : 1 + num_draft] are drafts to verify, then num_pad
+    # positions that only even out a batch (never kept); draft_order is the matched suffix's length
+    num_draft: int = 0
+    num_pad: int = 0
+    draft_order: int = 0
+    verified: list[SampledToken] | None = None  # the backend's argmax after tokens[0..num_draft]
 
 
 @dataclass

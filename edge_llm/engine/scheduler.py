@@ -9,6 +9,7 @@ from collections import deque
 
 from edge_llm.engine.batch import SampledToken, ScheduledChunk, SchedulerOutput, TokenLogprob  # noqa: F401
 from edge_llm.engine.kv_cache import KVCacheManager, MemoryOp
+from edge_llm.engine.lookup import Draft, Drafter
 from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.share import BackgroundShare
 
@@ -42,6 +43,8 @@ class Scheduler:
         max_queue: int,
         chat_slowdown: float = 1.5,
         background_chunk_tokens: int = 0,
+        drafter: Drafter | None = None,
+        max_step_tokens: int = 0,
     ):
         self.kv = kv
         self.max_batch_size = max_batch_size
@@ -61,6 +64,9 @@ class Scheduler:
         self._num_resumed = 0
         self._ops: list[MemoryOp] = []  # frees decided between steps
         self.share = BackgroundShare(chat_slowdown)  # background work beside a visitor's decode
+        self.drafter = drafter  # prompt lookup: decodes carry draft tokens to verify (None: off)
+        self.max_step_tokens = max_step_tokens  # tokens a step may hold (the backend's batch)
+        self.num_new_tokens = 0  # tokens the last postprocess appended to outputs
 
     @property
     def has_work(self) -> bool:
@@ -103,6 +109,8 @@ class Scheduler:
                 self.num_preempted_waiting -= 1
                 self.kv.unpin(req)  # its kept prefix is an ordinary cached one now, evictable
         req.finish(status)
+        if self.drafter is not None:
+            self.drafter.forget(req)
         return True
 
     def preempt(self, req: Request) -> None:
@@ -155,7 +163,9 @@ class Scheduler:
                 self._prefill_class(Priority.BACKGROUND, out, min(budget, self.share.prefill_tokens(num_visitors)))
         elif any(r.priority == Priority.BACKGROUND for r in self.running):
             self.share.held()
-        out.chunks.sort(key=lambda c: c.start_pos < c.request.prefill_len)  # decodes first, then prefill
+        out.chunks.sort(key=lambda c: not c.decode)  # decodes first, then prefill
+        if self.drafter is not None:
+            self._draft(out)
         out.abortable = any(c.request.is_prefilling for c in out.chunks) and all(
             c.request.priority == Priority.BACKGROUND for c in out.chunks
         )
@@ -164,7 +174,37 @@ class Scheduler:
     def _add_decodes(self, out: SchedulerOutput, cls: Priority) -> None:
         for req in self.running:
             if req.priority == cls and not req.is_prefilling:
-                out.chunks.append(ScheduledChunk(req, [req.output_tokens[-1]], req.num_computed, True))
+                out.chunks.append(ScheduledChunk(req, [req.output_tokens[-1]], req.num_computed, True, decode=True))
+
+    def _draft(self, out: SchedulerOutput) -> None:
+        """Prompt lookup: give greedy decodes draft tokens to verify, as many as the drafter finds
+        worth their cost. Background sequences draft only while no visitor decodes (a longer step
+        would slow the visitor's stream); a draft never runs past a reservation or max_tokens."""
+        decodes = [c for c in out.chunks if c.decode]
+        if not decodes:
+            return
+        visitors = any(c.request.priority == Priority.INTERACTIVE for c in decodes)
+        drafts = [self._propose(c.request, visitors) for c in decodes]
+        uniform = self.drafter.uniform
+        other = 0 if uniform else out.num_tokens - len(decodes)  # per slot, prefill runs as its own pass
+        room = self.max_step_tokens - (len(decodes) if uniform else out.num_tokens)
+        counts = self.drafter.choose(drafts, other, room)
+        if uniform:  # every decode as long (pads never kept), none past its reservation
+            k = min([counts[0]] + [c.request.reserved_tokens - c.request.num_tokens for c in decodes])
+            counts = [max(k, 0)] * len(decodes)
+        for chunk, draft, k in zip(decodes, drafts, counts, strict=True):
+            if k:
+                chunk.num_draft = min(k, len(draft.tokens))
+                chunk.num_pad = k - chunk.num_draft
+                chunk.draft_order = draft.order
+                chunk.tokens = chunk.tokens + draft.tokens[: chunk.num_draft] + chunk.tokens[:1] * chunk.num_pad
+
+    def _propose(self, req: Request, visitors: bool) -> Draft:
+        room = min(req.reserved_tokens - req.num_tokens, req.params.max_tokens - len(req.output_tokens) - 1)
+        eligible = req.params.is_plain_greedy and req.params.logprobs is None
+        if room <= 0 or not eligible or (visitors and req.priority == Priority.BACKGROUND):
+            return Draft([], 0, 0.0)
+        return self.drafter.propose(req, room)
 
     def observe_step(self, out: SchedulerOutput, seconds: float) -> None:
         """The engine ran out in seconds: a step that decoded visitors and prefilled none is a
@@ -299,25 +339,50 @@ class Scheduler:
 
     def postprocess(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> list[Request]:
         """Apply one step's results (keyed by seq_id); return the requests that changed."""
-        changed = []
+        changed, self.num_new_tokens = [], 0
         for chunk in out.chunks:
             req = chunk.request
             if req.is_finished or not chunk.done:  # cancelled while its batch ran, or the step was cut short
                 continue  # (an unfinished chunk is scheduled again: num_computed did not move)
-            req.num_computed += len(chunk.tokens)
             if not chunk.sample:
+                req.num_computed += len(chunk.tokens)
                 continue
-            s = sampled[req.seq_id]
-            req.append_token(s.token, b"" if s.is_eog else s.piece, None if s.is_eog else s.logprob)
-            if s.is_eog:
-                req.finish(RequestStatus.FINISHED_STOPPED)
-            elif len(req.output_tokens) >= req.params.max_tokens:
-                req.finish(RequestStatus.FINISHED_LENGTH)
+            if chunk.decode:
+                self._apply_decode(chunk, chunk.verified or [sampled[req.seq_id]])
+            else:
+                req.num_computed += len(chunk.tokens)
+                self._append(req, sampled[req.seq_id])
             if req.is_finished:
                 self.running.remove(req)
                 self.kv.free(req, self._ops, keep_prefix=True)
+                if self.drafter is not None:
+                    self.drafter.forget(req)
             changed.append(req)
         return changed
+
+    def _apply_decode(self, chunk: ScheduledChunk, samples: list[SampledToken]) -> None:
+        """A decode step, drafts included: samples[i] is the token after chunk.tokens[i], so
+        tokens[i + 1] (a draft) stands, and samples[i + 1] with it, while it is what was sampled.
+        The positions past the last kept token (rejected drafts, pads) leave the KV cache."""
+        req, n = chunk.request, 0
+        while True:
+            req.num_computed += 1  # chunk.tokens[n] is in the KV cache for good
+            self._append(req, samples[n])
+            n += 1
+            if req.is_finished or n > chunk.num_draft or chunk.tokens[n] != samples[n - 1].token:
+                break
+        if n < len(chunk.tokens):
+            self._ops.append(MemoryOp("rm", req.seq_id, req.num_computed))
+        if chunk.num_draft:
+            self.drafter.observe(req, chunk.draft_order, chunk.num_draft, n - 1)
+
+    def _append(self, req: Request, s: SampledToken) -> None:
+        req.append_token(s.token, b"" if s.is_eog else s.piece, None if s.is_eog else s.logprob)
+        self.num_new_tokens += 1
+        if s.is_eog:
+            req.finish(RequestStatus.FINISHED_STOPPED)
+        elif len(req.output_tokens) >= req.params.max_tokens:
+            req.finish(RequestStatus.FINISHED_LENGTH)
 
     def newest_running(self, n: int) -> list[Request]:
         """The n sequences to give up first under memory pressure: background before

@@ -10,6 +10,7 @@ from edge_llm.engine.backends.base import Backend
 from edge_llm.engine.batch import SampledToken, SchedulerOutput
 from edge_llm.engine.front import EngineFront
 from edge_llm.engine.kv_cache import KVCacheManager
+from edge_llm.engine.lookup import Drafter, StepCosts
 from edge_llm.engine.metrics import EngineMetrics
 from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.scheduler import Scheduler
@@ -25,6 +26,7 @@ class StepEngine(EngineFront):
         max_queue: int = 64,
         metrics: EngineMetrics | None = None,
         chat_slowdown: float = 1.5,
+        max_draft_tokens: int = 0,
     ):
         super().__init__(backend, plan, max_queue, metrics)
         kv = KVCacheManager(
@@ -40,7 +42,18 @@ class StepEngine(EngineFront):
             max_queue,
             chat_slowdown=chat_slowdown or float("inf"),  # 0: background always rides along
             background_chunk_tokens=plan.background_chunk,
+            drafter=(drafter := self._drafter(plan, max_draft_tokens)),
+            max_step_tokens=plan.max_batch_tokens if drafter else 0,
         )
+
+    @staticmethod
+    def _drafter(plan, max_draft_tokens: int) -> Drafter | None:
+        """Prompt lookup, chosen step by step by this device's measured step costs: off without
+        them (no calibration, or one made on busy CPUs) or when max_draft_tokens is 0."""
+        costs = StepCosts.from_calibration(plan.calibration) if max_draft_tokens > 0 else None
+        if costs is None:
+            return None
+        return Drafter(costs, max_draft_tokens, uniform=plan.kv_layout == "per_slot")
 
     @property
     def has_work(self) -> bool:
@@ -60,6 +73,7 @@ class StepEngine(EngineFront):
 
     # -- the engine thread ------------------------------------------------------------------
     def step(self) -> None:
+        begin = time.perf_counter()
         out = self.scheduler.schedule()
         if out.is_empty:
             self._count_admissions(out)
@@ -79,6 +93,10 @@ class StepEngine(EngineFront):
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.batch_tokens.observe(out.num_tokens)
         self._update_gauges()
+        drafter = self.scheduler.drafter
+        if drafter is not None and all(c.decode for c in out.chunks):
+            extra = sum(len(c.tokens) - 1 for c in out.chunks)
+            drafter.observe_step(out.num_tokens, extra, time.perf_counter() - begin)
 
     def _apply(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> None:
         """End the requests whose own part failed (the others' tokens stand), then apply the rest."""
@@ -98,7 +116,7 @@ class StepEngine(EngineFront):
             )
             raise
         self._publish(changed)
-        self.metrics.generated_tokens.inc(len(changed))
+        self.metrics.generated_tokens.inc(self.scheduler.num_new_tokens)
 
     def _publish(self, reqs) -> None:
         """Publish every request, each end counted first; a failure for one stops none of the
@@ -185,4 +203,5 @@ class StepEngine(EngineFront):
             "preemptions": self.scheduler.num_preemptions,
             "resumptions": self.scheduler.num_resumptions,
             **self.scheduler.share.to_dict(),
+            **(self.scheduler.drafter.stats() if self.scheduler.drafter else {"draft_tokens": None}),
         }

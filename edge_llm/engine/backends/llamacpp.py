@@ -183,7 +183,7 @@ class LlamaCppBackend:
         groups = self._groups(out.chunks)
         for k, group in enumerate(groups):
             outputs = self._fill_batch(group)
-            armed = out.abortable and any(len(c.tokens) > 1 for c in group)  # prefill, not a decode group
+            armed = out.abortable and any(not c.decode for c in group)  # prefill, not a decode group
             if armed:
                 L.llama_set_abort_callback(self.ctx, _ABORT_IF_FLAG, self._abort_data)
             try:
@@ -212,28 +212,32 @@ class LlamaCppBackend:
         sequences whose ids follow each other in batch order (split_equal, "accept only
         increasing sequence ids"): one decode token beside a 64-token prefill chunk ran the chunk
         token by token (640 ms instead of 240 measured), and decodes listed out of id order ran
-        as several ubatches, each a pass over the weights. So there, the single-token decodes go
-        together in slot order and each prefill chunk alone."""
+        as several ubatches, each a pass over the weights. So there, the decodes (each as long:
+        the scheduler evens out their drafts) go together in slot order and each prefill chunk alone."""
         if self.shape.kv_unified or len(chunks) < 2:
             return [chunks] if chunks else []
-        decodes = sorted((c for c in chunks if len(c.tokens) == 1), key=lambda c: c.request.seq_id)
-        return ([decodes] if decodes else []) + [[c] for c in chunks if len(c.tokens) > 1]
+        decodes = sorted((c for c in chunks if c.decode), key=lambda c: c.request.seq_id)
+        return ([decodes] if decodes else []) + [[c] for c in chunks if not c.decode]
 
     def _sample(self, outputs: list) -> dict[int, SampledToken]:
-        """Plain greedy rows: one argmax over a zero-copy view of every output row (the C
-        sampler would build a candidate array of the whole vocabulary per row). Other rows:
-        the request's own C sampler chain (bias, penalties, grammar, filters, seeded). A row
-        whose own sampler fails marks its chunk's error; the other rows' tokens stand."""
+        """Plain greedy rows, and the rows that verify drafts (greedy too): one argmax over a
+        zero-copy view of every such row (the C sampler would build a candidate array of the whole
+        vocabulary per row). Other rows: the request's own C sampler chain (bias, penalties,
+        grammar, filters, seeded). A row whose own sampler fails marks its chunk's error; the
+        other rows' tokens stand. A drafted chunk gets every row's token (chunk.verified)."""
         result = {}
         logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
-        greedy = [
-            (row, chunk.request) for row, (_, chunk) in enumerate(outputs) if chunk.request.params.is_plain_greedy
-        ]
-        if greedy:
-            best = logits[[row for row, _ in greedy]].argmax(axis=1)
-            for (_, req), token in zip(greedy, best.tolist(), strict=True):
-                result[req.seq_id] = self.sampled(token)
-        for row, (index, chunk) in enumerate(outputs):
+        rows = [row for row, (_, c, j) in enumerate(outputs) if j or c.request.params.is_plain_greedy]
+        best = dict(zip(rows, logits[rows].argmax(axis=1).tolist(), strict=True)) if rows else {}
+        for row, (index, chunk, j) in enumerate(outputs):
+            if row in best:
+                token = self.sampled(best[row])
+                if chunk.num_draft:
+                    chunk.verified = [*(chunk.verified or []), token]
+                if not j:
+                    result[chunk.request.seq_id] = token
+            if j:
+                continue
             try:
                 self._sample_row(result, logits[row], index, chunk.request)
             except BackendError as e:
@@ -263,18 +267,23 @@ class LlamaCppBackend:
     def _fill_batch(self, chunks: list) -> list:
         b = self.batch
         token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
-        i, outputs = 0, []
+        i, outputs = 0, []  # (batch index, chunk, j): j = 0 samples the next token, j > 0 verifies draft j
         for chunk in chunks:
             sid = chunk.request.seq_id
             p = chunk.start_pos
+            first = i
             for t in chunk.tokens:
                 token[i], pos[i], n_seq_id[i], logits[i] = t, p, 1, 0
                 seq_id[i][0] = sid
                 i += 1
                 p += 1
-            if chunk.sample:
+            if chunk.decode:  # the decode token and each draft (pads need no logits)
+                for j in range(1 + chunk.num_draft):
+                    logits[first + j] = 1
+                    outputs.append((first + j, chunk, j))
+            elif chunk.sample:
                 logits[i - 1] = 1
-                outputs.append((i - 1, chunk))
+                outputs.append((i - 1, chunk, 0))
         b.n_tokens = i
         return outputs
 
