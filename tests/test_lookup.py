@@ -69,6 +69,17 @@ def test_a_stream_per_slot_verifies_as_many_drafts_for_every_decode_within_the_r
     assert uniform.choose(mixed, 0, room=32) == [2] * 16  # 16 decodes x 2 drafts fill the step
 
 
+def test_on_a_gpu_a_drafted_shape_is_held_for_some_steps_so_cuda_graphs_replay():
+    held = Drafter(StepCosts(GPU_LIKE), 8, uniform=True, hold_steps=4)
+    k = held.choose(drafts(16), 0, room=512)[0]
+    assert k > 0
+    nothing = [Draft([], 0, 0.0)] * 16
+    assert [held.choose(nothing, 0, room=512) for _ in range(3)] == [[k] * 16] * 3  # pads keep the shape
+    assert held.choose(nothing, 0, room=512) == [0] * 16  # then chosen again
+    assert held.choose(drafts(8), 0, room=512)[0] > 0  # another batch size: chosen at once, not held
+    assert held.choose(drafts(8), 0, room=8) == [1] * 8  # and never past the room
+
+
 def test_acceptance_is_learned_from_verifications():
     d = Drafter(StepCosts(GPU_LIKE), 8, uniform=False)
     (req,) = create_requests(1, num_tokens=8)
@@ -203,7 +214,7 @@ def _greedy_gaps(backend, tokens: list[int], start: int) -> list[float]:
 
 def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
     """Drafts verified in one step (a stand-in for a device where drafting pays: GPU-like step
-    costs, so every step drafts): every output token must be the argmax at its position when
+    costs whatever steps take here, so every step with a draft drafts): every output token must be the argmax at its position when
     the whole text is scored in one pass. A kept draft the model did not choose, or a rejected
     draft left in the KV cache, gives a token far below the best (checked: a wrong token's gap)."""
     from conftest import make_config
@@ -212,7 +223,9 @@ def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
     from edge_llm.engine import step_engine
     from edge_llm.telemetry.host import HostSource
 
-    monkeypatch.setattr(step_engine.StepCosts, "from_calibration", staticmethod(lambda cal: StepCosts(GPU_LIKE)))
+    gpu_like = StepCosts(GPU_LIKE)
+    monkeypatch.setattr(step_engine.StepCosts, "from_calibration", staticmethod(lambda cal: gpu_like))
+    monkeypatch.setattr(Drafter, "_cost", lambda self, n: gpu_like.seconds(n))  # not what steps take here
     cfg = make_config(**{"daemon.state_dir": str(tmp_path), "limits.lookup_draft_tokens": 8})
     backend, _, engine = appliance.build_engine(cfg, HostSource().read())
     try:
@@ -227,12 +240,18 @@ def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
             t.join()
         stats = engine.stats()
         assert stats["draft_tokens_accepted"] > 10, stats
+        # the rounding on this device: the same prompts decoded without drafts (a request asking
+        # for logprobs never drafts), scored the same way
+        plain = [engine.make_request(r.prompt_tokens, SamplingParams(temperature=0, logprobs=0), 96)[0] for r in reqs]
+        for r in plain:
+            list(engine.generate(r))
+        rounding = max(max(_greedy_gaps(backend, r.all_tokens, r.num_prompt_tokens)) for r in plain)
         for req in reqs:
             gaps = _greedy_gaps(backend, req.all_tokens, req.num_prompt_tokens)
-            assert max(gaps) < 0.5, gaps  # rounding: up to 0.21 seen here
+            assert max(gaps) <= max(0.5, 2 * rounding), (rounding, gaps)  # CPU: rounding up to 0.21 seen
         wrong = list(reqs[0].all_tokens)
         wrong[-10] = wrong[-9]  # a token the model did not choose there
-        assert max(_greedy_gaps(backend, wrong, reqs[0].num_prompt_tokens)) > 2.0
+        assert max(_greedy_gaps(backend, wrong, reqs[0].num_prompt_tokens)) > max(2.0, 4 * rounding)
     finally:
         engine.stop()
         backend.close()

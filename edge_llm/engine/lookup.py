@@ -100,12 +100,20 @@ class Draft:
 class Drafter:
     """Chooses each step's draft tokens and learns how often they are kept."""
 
-    def __init__(self, costs: StepCosts, max_draft: int, uniform: bool):
+    def __init__(self, costs: StepCosts, max_draft: int, uniform: bool, hold_steps: int = 1):
         self.costs = costs
         self.max_draft = max_draft
         # a KV stream per slot: llama.cpp runs a decode batch as one pass only when every sequence
         # brings as many tokens (split_equal), so every decode then drafts the same number
         self.uniform = uniform
+        # on a GPU a step's shape is kept for hold_steps steps: ggml's CUDA backend replays a
+        # captured CUDA graph only while consecutive steps have the same shape (ggml-cuda.cu,
+        # ggml_backend_cuda_graph_compute: a change resets its warm-up), and without one every
+        # kernel is launched anew: drafted steps whose size changed every step took 18-38 ms on
+        # an H200 where calibration, repeating each shape, measured 4-9 ms
+        self.hold_steps = hold_steps
+        self._held: tuple[int, int] = (0, 0)  # (decodes, draft tokens each) of the held shape
+        self._hold_left = 0
         self.by_order = {n: [PRIOR_ACCEPT[n] * PRIOR_WEIGHT, PRIOR_WEIGHT] for n in PRIOR_ACCEPT}  # kept, tried
         self._records: dict[str, _Record] = {}
         # what a step costs beyond calibration's figure (scheduling, sampling, publishing, a longer
@@ -151,13 +159,18 @@ class Drafter:
         return counts
 
     def _choose_uniform(self, drafts: list[Draft], base: int, room: int) -> list[int]:
+        cap = room // max(len(drafts), 1)
+        if self._hold_left > 0 and self._held[0] == len(drafts) and self._held[1] <= cap:
+            self._hold_left -= 1
+            return [self._held[1]] * len(drafts)
         best_k, best_rate = 0, base / self._cost(base)
-        longest = min(max((len(d.tokens) for d in drafts), default=0), room // max(len(drafts), 1))
-        for k in range(1, longest + 1):
+        longest = max((len(d.tokens) for d in drafts), default=0)
+        for k in range(1, min(longest if self.hold_steps == 1 else self.max_draft, cap) + 1):
             value = base + sum(sum(d.accept ** (j + 1) for j in range(min(k, len(d.tokens)))) for d in drafts)
             rate = value / self._cost(base + k * len(drafts))
             if rate > best_rate:
                 best_k, best_rate = k, rate
+        self._held, self._hold_left = (len(drafts), best_k), self.hold_steps - 1
         return [best_k] * len(drafts)
 
     def _cost(self, num_tokens: int) -> float:

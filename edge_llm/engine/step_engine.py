@@ -16,6 +16,7 @@ from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
 
 
 class StepEngine(EngineFront):
@@ -53,7 +54,10 @@ class StepEngine(EngineFront):
         costs = StepCosts.from_calibration(plan.calibration) if max_draft_tokens > 0 else None
         if costs is None:
             return None
-        return Drafter(costs, max_draft_tokens, uniform=plan.kv_layout == "per_slot")
+        gpu = not plan.calibration.get("can_abort", True)  # steps cannot be stopped: a GPU (calibration.py)
+        return Drafter(
+            costs, max_draft_tokens, uniform=plan.kv_layout == "per_slot" or gpu, hold_steps=HOLD_STEPS if gpu else 1
+        )
 
     @property
     def has_work(self) -> bool:

@@ -227,8 +227,9 @@ class LlamaCppBackend:
         other rows' tokens stand. A drafted chunk gets every row's token (chunk.verified)."""
         result = {}
         logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
-        rows = [row for row, (_, c, j) in enumerate(outputs) if j or c.request.params.is_plain_greedy]
-        best = dict(zip(rows, logits[rows].argmax(axis=1).tolist(), strict=True)) if rows else {}
+        rows = [row for row, (_, c, j) in enumerate(outputs) if j > 0 or (j == 0 and c.request.params.is_plain_greedy)]
+        picked = logits if len(rows) == len(outputs) else logits[rows]  # (a copy only when rows differ)
+        best = dict(zip(rows, picked.argmax(axis=1).tolist(), strict=True)) if rows else {}
         for row, (index, chunk, j) in enumerate(outputs):
             if row in best:
                 token = self.sampled(best[row])
@@ -236,7 +237,7 @@ class LlamaCppBackend:
                     chunk.verified = [*(chunk.verified or []), token]
                 if not j:
                     result[chunk.request.seq_id] = token
-            if j:
+            if j != 0:
                 continue
             try:
                 self._sample_row(result, logits[row], index, chunk.request)
@@ -277,10 +278,11 @@ class LlamaCppBackend:
                 seq_id[i][0] = sid
                 i += 1
                 p += 1
-            if chunk.decode:  # the decode token and each draft (pads need no logits)
-                for j in range(1 + chunk.num_draft):
+            if chunk.decode:  # the decode token and each draft; pads on a GPU too (j = -1: unread),
+                # so that the step's shape (its outputs) does not change with the drafts found
+                for j in range(1 + chunk.num_draft + (chunk.num_pad if self.gpu_offload else 0)):
                     logits[first + j] = 1
-                    outputs.append((first + j, chunk, j))
+                    outputs.append((first + j, chunk, j if j <= chunk.num_draft else -1))
             elif chunk.sample:
                 logits[i - 1] = 1
                 outputs.append((i - 1, chunk, 0))
