@@ -89,9 +89,11 @@ class LimitsConfig:
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
     bulk_prompt_tokens: int = 1024
     # prompt lookup decoding (engine/lookup.py): a greedy request's next tokens drafted from its own
-    # text, up to this many a step, verified in the step (greedy output unchanged); each step drafts
-    # only what this device's measured step costs say pays. 0 = off
-    lookup_draft_tokens: int = 8
+    # text, up to this many a step, verified in the step; each step drafts only what this device's
+    # measured step costs say pays. 0 = off, the default: measured, it did not pay (2 CPU cores:
+    # a step of 2 tokens per sequence cost 2x one of 1; H200: drafted steps 2x calibration's figure,
+    # 0.78-0.92x llama-server against 1.04-1.22x off), except on summaries quoting their text
+    lookup_draft_tokens: int = 0
 
 
 @dataclass

@@ -85,18 +85,20 @@ def test_streams_copy_a_pinned_prefix_only_when_it_is_worth_a_whole_stream():
     assert owner.seq_id == 0 and owner.num_computed == 199 and ops == [MemoryOp("rm", 0, 199)]
 
 
-def test_backend_sends_per_slot_decodes_in_slot_order_and_each_chunk_alone():
+def test_backend_sends_per_slot_decodes_in_slot_order_and_prefill_chunks_of_one_length_together():
     from edge_llm.engine.backends.llamacpp import LlamaCppBackend
 
     be = LlamaCppBackend.__new__(LlamaCppBackend)
     be.shape = SimpleNamespace(kv_unified=False)
-    reqs = make(4)
-    for r, slot in zip(reqs, (3, 0, 2, 1), strict=True):
+    reqs = make(7)
+    for r, slot in zip(reqs, (3, 0, 2, 1, 6, 4, 5), strict=True):
         r.seq_id = slot
-    chunks = [ScheduledChunk(r, [1], 10, True, decode=True) for r in reqs[:3]] + [
-        ScheduledChunk(reqs[3], [1, 2, 3], 0, True)
-    ]
+    chunks = (
+        [ScheduledChunk(r, [1], 10, True, decode=True) for r in reqs[:3]]
+        + [ScheduledChunk(reqs[3], [1, 2, 3], 0, True)]
+        + [ScheduledChunk(r, [1, 2], 0, True) for r in reqs[4:]]
+    )
     groups = be._groups(chunks)
-    assert [[c.request.seq_id for c in g] for g in groups] == [[0, 2, 3], [1]]
+    assert [[c.request.seq_id for c in g] for g in groups] == [[0, 2, 3], [1], [4, 5, 6]]
     be.shape = SimpleNamespace(kv_unified=True)
     assert be._groups(chunks) == [chunks]

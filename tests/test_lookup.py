@@ -214,7 +214,8 @@ def _greedy_gaps(backend, tokens: list[int], start: int) -> list[float]:
 
 def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
     """Drafts verified in one step (a stand-in for a device where drafting pays: GPU-like step
-    costs whatever steps take here, so every step with a draft drafts): every output token must be the argmax at its position when
+    costs whatever steps take here, so every step with a draft drafts): every output token must
+    be the argmax at its position when
     the whole text is scored in one pass. A kept draft the model did not choose, or a rejected
     draft left in the KV cache, gives a token far below the best (checked: a wrong token's gap)."""
     from conftest import make_config
@@ -226,6 +227,7 @@ def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
     gpu_like = StepCosts(GPU_LIKE)
     monkeypatch.setattr(step_engine.StepCosts, "from_calibration", staticmethod(lambda cal: gpu_like))
     monkeypatch.setattr(Drafter, "_cost", lambda self, n: gpu_like.seconds(n))  # not what steps take here
+    monkeypatch.setattr(step_engine, "HOLD_STEPS", 1)  # a new choice every step, on a GPU too
     cfg = make_config(**{"daemon.state_dir": str(tmp_path), "limits.lookup_draft_tokens": 8})
     backend, _, engine = appliance.build_engine(cfg, HostSource().read())
     try:
