@@ -135,7 +135,6 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
             cfg.limits.max_queue,
             chat_slowdown=cfg.limits.chat_slowdown,
             max_draft_tokens=cfg.limits.lookup_draft_tokens,
-            background_finish_s=cfg.limits.background_finish_ms / 1000,
         )
     engine.start()
     if cfg.model.warmup:

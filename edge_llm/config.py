@@ -88,9 +88,6 @@ class LimitsConfig:
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
     bulk_prompt_tokens: int = 1024
-    # a visitor arriving within this of a background prefill step's expected end lets it finish (its
-    # work kept; the visitor waits at most this + 100 ms); 0 = such a step always stops at once
-    background_finish_ms: int = 400
     # prompt lookup decoding (engine/lookup.py): a greedy request's next tokens drafted from its own
     # text, up to this many a step, verified in the step; each step drafts only what this device's
     # measured step costs say pays. 0 = off, the default: measured, it did not pay (2 CPU cores:
@@ -336,8 +333,6 @@ def _validate_limits(lim: LimitsConfig) -> None:
         raise ConfigError("limits.max_queue must be >= 1")
     if 0 < lim.chat_slowdown < 1 or lim.chat_slowdown != lim.chat_slowdown:
         raise ConfigError(f"limits.chat_slowdown must be 0 (off) or >= 1, got {lim.chat_slowdown}")
-    if lim.background_finish_ms > 2000:
-        raise ConfigError(f"limits.background_finish_ms must be 0 to 2000, got {lim.background_finish_ms}")
     if lim.lookup_draft_tokens > 64:
         raise ConfigError(f"limits.lookup_draft_tokens must be 0 (off) to 64, got {lim.lookup_draft_tokens}")
 

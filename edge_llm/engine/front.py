@@ -117,10 +117,7 @@ class EngineFront:
             self._num_pending += 1
         self._inbox.put(("add", req))
         if req.priority == Priority.INTERACTIVE:  # a step of background prefill stops for it
-            self._visitor_arrived()
-
-    def _visitor_arrived(self) -> None:
-        self.backend.interrupt(True)
+            self.backend.interrupt(True)
 
     def cancel(self, req: Request) -> None:
         if not req.is_finished:

@@ -14,7 +14,6 @@ from edge_llm.engine.lookup import Drafter, StepCosts
 from edge_llm.engine.metrics import EngineMetrics
 from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.scheduler import Scheduler
-from edge_llm.engine.stopper import FINISH_WITHIN_S, StepStopper
 
 log = logging.getLogger(__name__)
 HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
@@ -29,10 +28,8 @@ class StepEngine(EngineFront):
         metrics: EngineMetrics | None = None,
         chat_slowdown: float = 1.5,
         max_draft_tokens: int = 0,
-        background_finish_s: float = FINISH_WITHIN_S,
     ):
         super().__init__(backend, plan, max_queue, metrics)
-        self.stopper = StepStopper(backend.interrupt, background_finish_s)  # one about to end finishes
         kv = KVCacheManager(
             plan.num_seqs,
             plan.kv_cache_tokens,
@@ -87,16 +84,11 @@ class StepEngine(EngineFront):
             return
         t0 = time.perf_counter()
         self.energy.start()
-        if out.abortable:
-            self.stopper.begin(out.num_tokens)
         try:
             sampled = self.backend.execute(out)
         except Exception as e:  # the batch failed as a whole (llama_decode): every request in it ends
-            self.stopper.end(out.num_tokens, completed=False)
             self._fail_batch(out, str(e))
             raise
-        if out.abortable:
-            self.stopper.end(out.num_tokens, completed=all(c.done for c in out.chunks))
         self.scheduler.observe_step(out, time.perf_counter() - t0)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
@@ -172,10 +164,7 @@ class StepEngine(EngineFront):
         for chunk in out.chunks:
             self._end(chunk.request, RequestStatus.FINISHED_ERROR, f"engine error: {message}")
 
-    # -- the front's hooks -------------------------------------------------------------------------
-    def _visitor_arrived(self) -> None:  # any thread
-        self.stopper.visitor_arrived()
-
+    # -- the front's hooks (engine thread) --------------------------------------------------------
     def _add(self, req: Request) -> None:
         self.scheduler.add(req)
 
@@ -218,6 +207,5 @@ class StepEngine(EngineFront):
             "preemptions": self.scheduler.num_preemptions,
             "resumptions": self.scheduler.num_resumptions,
             **self.scheduler.share.to_dict(),
-            **self.stopper.stats(),
             **(self.scheduler.drafter.stats() if self.scheduler.drafter else {"draft_tokens": None}),
         }
