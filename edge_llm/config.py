@@ -92,7 +92,7 @@ class LimitsConfig:
     # text, up to this many a step, verified in the step; each step drafts only what this device's
     # measured step costs say pays. 0 = off, the default: measured, it did not pay (2 CPU cores:
     # a step of 2 tokens per sequence cost 2x one of 1; H200: drafted steps 2x calibration's figure,
-    # 0.78-0.99x llama-server against 1.04-1.22x off), except on summaries quoting their text
+    # 0.78-0.99x llama-server against 1.04-1.22x off); a summary quoting its text did better (README)
     lookup_draft_tokens: int = 0
 
 
