@@ -182,9 +182,40 @@ def test_with_a_stream_per_slot_every_decode_is_as_long_and_pads_are_never_kept(
     assert length > 1 and len(by_req[other].tokens) == length
     assert by_req[other].num_draft == 0 and by_req[other].num_pad == length - 1
     before = len(other.output_tokens)
-    verify(s, out, loop_truth)  # the pads happen to match: still not kept (they were never drafts)
+    verify(s, out, loop_truth)  # other drafted nothing: one token, its pads never kept
     assert len(other.output_tokens) == before + 1 and other.num_computed == other.num_tokens - 1
     assert MemoryOp("rm", other.seq_id, other.num_computed) in s.schedule().memory_ops
+
+
+def test_a_pad_equal_to_the_token_sampled_after_the_last_draft_is_not_kept():
+    s, req = looping_scheduler(uniform=True)
+    verify(s, s.schedule(), loop_truth)
+    out = s.schedule()
+    (chunk,) = out.chunks
+    chunk.tokens = chunk.tokens[:3] + [13, 14]  # 2 drafts (12, 13), then pads equal to what follows
+    chunk.num_draft, chunk.num_pad = 2, 2
+    before = len(req.output_tokens)
+    verify(s, out, loop_truth)
+    assert req.output_tokens[before:] == [12, 13, 14]  # both drafts and the token after: not the pads'
+    assert req.num_computed == req.num_tokens - 1
+    assert MemoryOp("rm", req.seq_id, req.num_computed) in s.schedule().memory_ops
+
+
+def test_one_pool_on_a_gpu_keeps_drafts_within_the_batch_beside_a_full_prefill_chunk():
+    kv = KVCacheManager(4, 4000, 0, streams=False)  # one pool: every chunk of a step in one batch
+    drafter = Drafter(StepCosts(GPU_LIKE), 8, uniform=True, hold_steps=1)
+    s = Scheduler(kv, 4, 64, 8, chat_slowdown=float("inf"), drafter=drafter, max_step_tokens=68)
+    (looping,) = create_requests(1, num_tokens=15, max_tokens=50, temperature=0.0)
+    looping.prompt_tokens = LOOP * 3
+    (doc,) = create_requests(1, num_tokens=500, max_tokens=5, first=5000)
+    looping.priority = doc.priority = Priority.BACKGROUND  # no visitor: full chunks, drafts allowed
+    s.add(looping)
+    verify(s, s.schedule(), loop_truth)
+    s.add(doc)
+    out = s.schedule()
+    decode, prefill = out.chunks
+    assert len(prefill.tokens) == 64 and decode.num_draft > 0  # a full chunk, and drafts beside it
+    assert out.num_tokens <= 68  # the batch llama_batch_init made
 
 
 def test_where_drafts_do_not_pay_decodes_stay_one_token():
@@ -252,7 +283,7 @@ def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
             gaps = _greedy_gaps(backend, req.all_tokens, req.num_prompt_tokens)
             assert max(gaps) <= max(0.5, 2 * rounding), (rounding, gaps)  # CPU: rounding up to 0.21 seen
         wrong = list(reqs[0].all_tokens)
-        wrong[-10] = wrong[-9]  # a token the model did not choose there
+        wrong[-10] = (wrong[-10] + 1) % backend.profile.n_vocab  # a token the model did not choose there
         assert max(_greedy_gaps(backend, wrong, reqs[0].num_prompt_tokens)) > max(2.0, 4 * rounding)
     finally:
         engine.stop()

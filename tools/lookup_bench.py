@@ -35,7 +35,7 @@ def run(draft: int, streams: int, tokens: int, sets: list[tuple[str, str]]) -> d
         ("limits.lookup_draft_tokens", draft),
         *sets,
     ]
-    _, plan, engine = appliance.build_engine(config.load(overrides=overrides), HostSource().read())
+    backend, plan, engine = appliance.build_engine(config.load(overrides=overrides), HostSource().read())
     results = {}
     try:
         for name, text in PROMPTS.items():
@@ -63,6 +63,7 @@ def run(draft: int, streams: int, tokens: int, sets: list[tuple[str, str]]) -> d
             )
     finally:
         engine.stop()
+        backend.close()
     return results
 
 

@@ -186,8 +186,10 @@ class Scheduler:
         visitors = any(c.request.priority == Priority.INTERACTIVE for c in decodes)
         drafts = [self._propose(c.request, visitors) for c in decodes]
         uniform = self.drafter.uniform
-        other = 0 if uniform else out.num_tokens - len(decodes)  # per slot, prefill runs as its own pass
-        room = self.max_step_tokens - (len(decodes) if uniform else out.num_tokens)
+        # with a stream per slot the decodes are a llama_decode of their own (prefill runs apart);
+        # with one pool every chunk of the step is in one batch of at most max_step_tokens
+        other = 0 if self.kv.streams else out.num_tokens - len(decodes)
+        room = self.max_step_tokens - len(decodes) - other
         counts = self.drafter.choose(drafts, other, room)
         if uniform:  # every decode as long (pads never kept), none past its reservation
             k = min([counts[0]] + [c.request.reserved_tokens - c.request.num_tokens for c in decodes])

@@ -54,7 +54,7 @@ class StepEngine(EngineFront):
         costs = StepCosts.from_calibration(plan.calibration) if max_draft_tokens > 0 else None
         if costs is None:
             return None
-        gpu = not plan.calibration.get("can_abort", True)  # steps cannot be stopped: a GPU (calibration.py)
+        gpu = not (plan.calibration or {}).get("can_abort", True)  # steps cannot be stopped: a GPU (calibration.py)
         return Drafter(
             costs, max_draft_tokens, uniform=plan.kv_layout == "per_slot" or gpu, hold_steps=HOLD_STEPS if gpu else 1
         )
@@ -98,7 +98,7 @@ class StepEngine(EngineFront):
         self.metrics.batch_tokens.observe(out.num_tokens)
         self._update_gauges()
         drafter = self.scheduler.drafter
-        if drafter is not None and all(c.decode for c in out.chunks):
+        if drafter is not None and out.chunks and all(c.decode for c in out.chunks):
             extra = sum(len(c.tokens) - 1 for c in out.chunks)
             drafter.observe_step(out.num_tokens, extra, time.perf_counter() - begin)
 

@@ -271,6 +271,9 @@ class LlamaCppBackend:
         return TokenLogprob(token, self.sampled(token).piece, float(logprobs[token]), top)
 
     def _fill_batch(self, chunks: list) -> list:
+        n = sum(len(c.tokens) for c in chunks)
+        if n > self.shape.max_batch_tokens:  # past llama_batch_init's arrays: refuse, never write
+            raise BackendError(f"a step of {n} tokens exceeds the batch of {self.shape.max_batch_tokens}")
         b = self.batch
         token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         i, outputs = 0, []  # (batch index, chunk, j): j = 0 samples the next token, j > 0 verifies draft j
