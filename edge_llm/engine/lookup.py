@@ -103,8 +103,9 @@ class Drafter:
     def __init__(self, costs: StepCosts, max_draft: int, uniform: bool, hold_steps: int = 1):
         self.costs = costs
         self.max_draft = max_draft
-        # a KV stream per slot: llama.cpp runs a decode batch as one pass only when every sequence
-        # brings as many tokens (split_equal), so every decode then drafts the same number
+        # every decode drafts the same number: with a KV stream per slot llama.cpp runs a decode
+        # batch as one pass only when every sequence brings as many tokens (split_equal), and on a
+        # GPU an even shape is one that can be held (below)
         self.uniform = uniform
         # on a GPU a step's shape is kept for hold_steps steps: ggml's CUDA backend replays a
         # captured CUDA graph only while consecutive steps have the same shape (ggml-cuda.cu,

@@ -346,13 +346,12 @@ class Scheduler:
             req = chunk.request
             if req.is_finished or not chunk.done:  # cancelled while its batch ran, or the step was cut short
                 continue  # (an unfinished chunk is scheduled again: num_computed did not move)
-            if not chunk.sample:
-                req.num_computed += len(chunk.tokens)
-                continue
             if chunk.decode:
                 self._apply_decode(chunk, chunk.verified or [sampled[req.seq_id]])
             else:
                 req.num_computed += len(chunk.tokens)
+                if not chunk.sample:
+                    continue
                 self._append(req, sampled[req.seq_id])
             if req.is_finished:
                 self.running.remove(req)
