@@ -11,6 +11,7 @@ from edge_llm import calibration, planner, pressure
 from edge_llm import config as config_mod
 from edge_llm.config import Config
 from edge_llm.engine.backends.base import ContextShape
+from edge_llm.engine.batch import Lanes
 from edge_llm.engine.front import EngineFront
 from edge_llm.engine.request import SamplingParams
 from edge_llm.engine.step_engine import StepEngine
@@ -48,6 +49,7 @@ def policy_from_config(
         # figures measured while others held the CPUs are shown, not followed (defaults this start)
         speed=calibration.choose(cal, p.max_step_ms / 1000) if cal and not cal.contended else None,
         calibration=cal.to_json() if cal else None,
+        lanes=p.lanes,
     )
 
 
@@ -127,7 +129,13 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
         engine = TrtLlmEngine(backend, plan, cfg.limits.max_queue)
     else:
         backend.create_context(
-            ContextShape(plan.kv_cache_tokens, plan.num_seqs, plan.max_batch_tokens, plan.kv_layout == "unified")
+            ContextShape(
+                plan.kv_cache_tokens,
+                plan.num_seqs,
+                plan.max_batch_tokens,
+                plan.kv_layout == "unified",
+                Lanes(plan.lanes, plan.lane_size),
+            )
         )
         engine = StepEngine(
             backend,

@@ -27,7 +27,9 @@ LAYOUT_CTX = (64, 2048)  # tokens per sequence when the layouts are compared: as
 LAYOUT_FILL_S = 2.0
 EFFICIENT = 1.10  # a chunk within 10% of the best cost per token is efficient enough
 NEAR_BEST = 0.90  # a batch this close to the best decode throughput is large enough
-VERSION = 3  # bump when what is measured changes
+LANE_SIZES = (4, 8, 16)  # sequences per lane (a context of its own) tried on a GPU
+LANES_BETTER = 0.90  # lanes are used when a step of them takes at most this share of one context's
+VERSION = 4  # bump when what is measured changes
 SERIES_BUDGET_S = 4.0  # a series of candidates stops once it has taken this long
 
 
@@ -41,6 +43,8 @@ class Calibration:
     layout_ctx: int  # tokens each of them holds
     can_abort: bool  # a running step can be stopped (ggml's CPU backend); on a GPU the chunk bounds a stall
     measured_s: float  # how long measuring took
+    # GPU only: batch -> {lane size -> seconds per decode step of the batch spread over contexts of that many}
+    lanes_s: dict[int, dict[int, float]] = field(default_factory=dict)
     measured_at: float = field(default_factory=time.time)  # Unix time
     contended: bool = False  # other work held the CPUs while measuring: used once, measured again next start
     cpu_share: float = 0.0  # CPU time the measuring process got / (wall time x its threads)
@@ -63,6 +67,7 @@ class Calibration:
             layout_ctx=int(d["layout_ctx"]),
             can_abort=bool(d["can_abort"]),
             measured_s=float(d["measured_s"]),
+            lanes_s={int(b): {int(g): float(t) for g, t in by.items()} for b, by in d.get("lanes_s", {}).items()},
             measured_at=float(d["measured_at"]),
             contended=bool(d.get("contended", False)),
             cpu_share=float(d.get("cpu_share", 0.0)),
@@ -76,6 +81,7 @@ class SpeedChoices:
     per_slot: bool  # a KV stream per slot is at least as fast as one pool (memory permitting)
     reasons: dict[str, str]  # limit name -> why, with the figures
     background_chunk_tokens: int = 0  # prompt tokens in a step of background prefill alone; 0 = the chunk
+    lane_size: int = 0  # sequences per lane (a context of its own, steps run at once); 0 = one context
 
 
 # -- choosing (pure) ------------------------------------------------------------------------------
@@ -107,6 +113,11 @@ def choose_chunk(prefill_s: dict[int, float], max_step_s: float, can_abort: bool
     )
 
 
+def decode_costs(cal: Calibration) -> dict[int, float]:
+    """Seconds per decode step by batch: one context's, or lanes' where they measured faster."""
+    return {b: min([t, *cal.lanes_s.get(b, {}).values()]) for b, t in cal.decode_s.items()}
+
+
 def choose_batch(decode_s: dict[int, float], max_step_s: float) -> tuple[int, str]:
     """The smallest batch within NEAR_BEST of the best decode throughput measured among those whose
     step takes no longer than max_step_s (every stream gets a token at least that often). The best,
@@ -118,6 +129,26 @@ def choose_batch(decode_s: dict[int, float], max_step_s: float) -> tuple[int, st
     return batch, (
         f"calibrated: the smallest batch within {1 - NEAR_BEST:.0%} of the best decode throughput, "
         f"steps <= {1000 * max_step_s:.0f} ms ({figures})"
+    )
+
+
+def choose_lanes(cal: Calibration, batch: int) -> tuple[int, str]:
+    """Lanes of the size whose step was fastest at the largest measured batch up to `batch`, if it
+    took at most LANES_BETTER of one context's step there. A GPU runs each lane's step on its own
+    CUDA stream at once with the others; a small model's step is too short to fill an H200 (16
+    sequences as one context 3.8 ms, as two lanes of 8 2.1 ms); on a CPU steps share the cores."""
+    if not cal.lanes_s:
+        why = "a step of one context at a time (the CPU's cores run one)" if cal.can_abort else "none measured"
+        return 0, f"one context: {why}"
+    at = max((b for b in cal.lanes_s if b <= batch), default=min(cal.lanes_s))
+    size, t = min(cal.lanes_s[at].items(), key=lambda kv: kv[1])
+    one = cal.decode_s[at]
+    figures = ", ".join(f"{g}: {1000 * x:.2f} ms" for g, x in sorted(cal.lanes_s[at].items()))
+    if t > one * LANES_BETTER:
+        return 0, f"calibrated: one context; {at} sequences took {1000 * one:.2f} ms a step, in lanes of {figures}"
+    return size, (
+        f"calibrated: {at} sequences took {1000 * one:.2f} ms a step as one context, {1000 * t:.2f} ms "
+        f"in contexts of {size} whose steps run at once (lanes of {figures})"
     )
 
 
@@ -154,7 +185,8 @@ def choose_background_chunk(chunk: int, can_abort: bool) -> tuple[int, str]:
 
 def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     chunk, why_chunk = choose_chunk(cal.prefill_s, max_step_s, cal.can_abort)
-    batch, why_batch = choose_batch(cal.decode_s, max_step_s)
+    batch, why_batch = choose_batch(decode_costs(cal), max_step_s)
+    lane_size, why_lanes = choose_lanes(cal, batch)
     per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch, cal.layout_ctx)
     background, why_background = choose_background_chunk(chunk, cal.can_abort)
     return SpeedChoices(
@@ -166,8 +198,10 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
             "max_batch_size": why_batch,
             "kv_layout": why_layout,
             "background_chunk_tokens": why_background,
+            "lanes": why_lanes,
         },
         background,
+        lane_size,
     )
 
 
@@ -190,8 +224,8 @@ def measure(
     backend, key: dict, max_batch: int, max_step_s: float, contended: Callable[[float], bool] = cpus_contended
 ) -> Calibration:
     """Time prefill chunks and decode batches (a series stops once a step takes 4x max_step_s,
-    or, for chunks, once the cost per token stops falling: larger ones would not be chosen), then
-    the two KV layouts at a middling batch."""
+    or, for chunks, once the cost per token stops falling: larger ones would not be chosen), on a
+    GPU the batches spread over lanes, then the two KV layouts at a middling batch."""
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     prefill, last = {}, None
     for c in CHUNKS:
@@ -205,6 +239,13 @@ def measure(
         decode[b] = backend.time_decode(b, 32, unified=True)
         if decode[b] > 4 * max_step_s or time.perf_counter() - t1 > SERIES_BUDGET_S:
             break
+    lanes: dict[int, dict[int, float]] = {}
+    if backend.gpu_offload:  # on a CPU the cores run one step at a time
+        t2 = time.perf_counter()
+        for b, g in ((b, g) for b in sorted(decode) for g in LANE_SIZES if 2 * g <= b):
+            if time.perf_counter() - t2 > SERIES_BUDGET_S:
+                break
+            lanes.setdefault(b, {})[g] = backend.time_lanes(b, g)
     layout_batch = min(4, max_batch)
     rate = max(c / t for c, t in prefill.items())  # prompt tokens per second
     ctx = LAYOUT_CTX[0]
@@ -227,6 +268,7 @@ def measure(
         ctx,
         can_abort=not backend.gpu_offload,
         measured_s=wall,
+        lanes_s=lanes,
         contended=not backend.gpu_offload and contended(share),
         cpu_share=round(share, 3),
     )
@@ -285,10 +327,11 @@ def load_or_measure(
         log.warning("calibration in %s unreadable (%s): measuring again", path, e)
     cal = measure(backend, key, max_batch, max_step_s, contended)
     log.info(
-        "calibrated in %.1f s: prefill %s, decode %s, layouts %s%s",
+        "calibrated in %.1f s: prefill %s, decode %s, lanes %s, layouts %s%s",
         cal.measured_s,
         _ms(cal.prefill_s),
         _ms(cal.decode_s),
+        {b: _ms(by) for b, by in cal.lanes_s.items()},
         _ms(cal.layout_s),
         " (CPUs busy: measured again at the next start)" if cal.contended else "",
     )

@@ -40,6 +40,7 @@ class Policy:
     caps: dict[str, int] = field(default_factory=dict)  # user caps by limit name; 0/absent = none
     speed: SpeedChoices | None = None  # chunk, batch and layout measured on this device (calibration)
     calibration: dict | None = None  # the figures behind speed, reported with the plan
+    lanes: bool = True  # may spread sequences over contexts (speed.lane_size); False: one context
 
     def cap(self, name: str) -> int:
         return self.caps.get(name) or 0
@@ -66,6 +67,8 @@ class Plan:
     reasons: dict[str, str]  # limit name -> why it has this value
     calibration: dict | None = None  # measured step costs the speed choices came from (None: defaults)
     background_chunk_tokens: int = 0  # prompt tokens in a stoppable step of background prefill alone; 0 = the chunk
+    lanes: int = 1  # llama.cpp contexts the sequence slots are spread over, their steps run at once (GPU)
+    lane_size: int = 0  # slots in each lane's block (engine/kv_cache.py Lanes); 0 = one context
 
     @property
     def background_chunk(self) -> int:
@@ -129,6 +132,14 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     else:
         batch, kv_tokens = _unified(batch_cap, why_batch, seq, kv, reasons)
     inp, out = _io_lens(policy, seq, reasons)
+    lanes, lane_size = _lanes(policy, batch, per_slot, reasons)
+    if lanes > 1:  # each lane's context has compute buffers of its own: only if the KV still fits
+        extra = (lanes - 1) * estimate_workspace(profile, background + batch_cap, 0)
+        if kv_tokens * kv.bytes_per_token + extra > kv.budget_bytes:
+            reasons["lanes"] = f"one context: {memory} has no room for {lanes - 1} more contexts' buffers"
+            lanes, lane_size = 1, 0
+        else:
+            workspace += extra
     return Plan(
         max_batch_size=batch,
         max_input_len=inp,
@@ -149,7 +160,29 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         reasons=reasons,
         calibration=policy.calibration,
         background_chunk_tokens=min(background, inp),
+        lanes=lanes,
+        lane_size=lane_size,
     )
+
+
+def _lanes(policy: Policy, batch: int, per_slot: bool, reasons: dict[str, str]) -> tuple[int, int]:
+    """How many contexts (lanes) of how many slots each: calibration's lane size where it measured
+    lanes faster, as many lanes as the batch fills; one context otherwise."""
+    size = policy.speed.lane_size if policy.speed else 0
+    if not policy.lanes:
+        reasons["lanes"] = "one context: user setting planner.lanes = false"
+    elif not size:
+        why = policy.speed.reasons.get("lanes") if policy.speed else None
+        reasons["lanes"] = why or "one context: no lanes measured faster (calibration)"
+    elif not per_slot:
+        reasons["lanes"] = "one context: lanes need a KV stream per slot (kv_layout per_slot)"
+    elif batch <= size:
+        reasons["lanes"] = f"one context: a batch of {batch} fills one lane of {size}"
+    else:
+        count = -(-batch // size)
+        reasons["lanes"] = f"{count} lanes of {size} slots: " + policy.speed.reasons["lanes"]
+        return count, size
+    return 1, 0
 
 
 def _background_chunk(policy: Policy, chunk: int, reasons: dict[str, str]) -> int:

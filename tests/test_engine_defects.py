@@ -188,6 +188,8 @@ def _two_finishing(monkeypatch=None):
         prefill_chunk_tokens=64,
         background_chunk=64,  # Plan.background_chunk
         kv_layout="unified",
+        lanes=1,
+        lane_size=0,
     )
     engine = StepEngine(types.SimpleNamespace(release=lambda rid: None, interrupt=lambda r: None), plan)
     reqs = [Request([1, 2, 3, i], SamplingParams(temperature=0, max_tokens=1)) for i in (4, 5)]

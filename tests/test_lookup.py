@@ -235,9 +235,9 @@ def _greedy_gaps(backend, tokens: list[int], start: int) -> list[float]:
     import llama_cpp as L
     import numpy as np
 
-    from edge_llm.engine.backends.llamacpp import _ScratchContext
+    from edge_llm.engine.backends.llamacpp import _Context
 
-    with _ScratchContext(backend, len(tokens) + 256, 1, len(tokens), True) as sc:
+    with _Context(backend, len(tokens) + 256, 1, len(tokens), True) as sc:
         sc.decode([(t, p, 0) for p, t in enumerate(tokens)])
         logits = np.ctypeslib.as_array(L.llama_get_logits(sc.ctx), shape=(len(tokens), backend.profile.n_vocab))
         return [float(logits[p - 1].max() - logits[p - 1][tokens[p]]) for p in range(start, len(tokens))]

@@ -69,7 +69,7 @@ def bench_lowlevel(n: int, tokens: int) -> dict:
     be = LlamaCppBackend(embedded_model_path(), n_gpu_layers=-1)  # a CPU build ignores the offload
     be.create_context(ContextShape(4096, n, 512))
     prompt = be.tokenize(PROMPT, True)
-    b, ctx = be.batch, be.ctx
+    b, ctx = be.contexts[0].batch, be.ctx
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
 

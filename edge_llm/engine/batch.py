@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_llm.engine.kv_cache import MemoryOp
+from edge_llm.engine.kv_cache import Lanes, MemoryOp
+
+__all__ = ["Lanes", "MemoryOp", "ScheduledChunk", "SchedulerOutput", "SampledToken", "TokenLogprob"]
 from edge_llm.engine.request import Request
 
 

@@ -31,6 +31,31 @@ class MemoryOp:
     src_seq_id: int = -1
 
 
+@dataclass(frozen=True)
+class Lanes:
+    """Sequence slots spread over `count` llama.cpp contexts over one model (lanes), in blocks of
+    `size` slots: slot s is in lane (s // size) % count, as local sequence id `local(s)`. On a GPU
+    the contexts' steps run at once, each on its own CUDA stream (an H200 ran 16 sequences as two
+    lanes of 8 in 2.1 ms a step, as one context in 3.8: tools/lanes_probe.py); the lowest free slot
+    is taken first, so a few sequences share lane 0 and more fill the others. A stream's KV cannot
+    be copied to another lane's context."""
+
+    count: int = 1
+    size: int = 0  # slots in a block; 0 = one lane
+
+    def lane(self, slot: int) -> int:
+        return (slot // self.size) % self.count if self.count > 1 else 0
+
+    def local(self, slot: int) -> int:
+        """The slot's sequence id in its lane's context (increasing with the slot, no gaps)."""
+        if self.count <= 1:
+            return slot
+        return (slot // (self.size * self.count)) * self.size + slot % self.size
+
+    def slots(self, lane: int, num_slots: int) -> list[int]:
+        return [s for s in range(num_slots) if self.lane(s) == lane]
+
+
 def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -41,12 +66,21 @@ def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int]) -> int:
 
 class KVCacheManager:
     def __init__(
-        self, num_slots: int, kv_cache_tokens: int, max_cached: int, min_reuse: int = 1, streams: bool = False
+        self,
+        num_slots: int,
+        kv_cache_tokens: int,
+        max_cached: int,
+        min_reuse: int = 1,
+        streams: bool = False,
+        lanes: Lanes = Lanes(),
     ):
         self.kv_cache_tokens = kv_cache_tokens  # KV cells the context holds
         self.max_cached = max_cached
         self.min_reuse = min_reuse  # shorter matches are not worth a copy
         self.streams = streams  # a KV stream per slot: keep running slots low and consecutive
+        self.lanes = lanes  # contexts the slots are spread over: a prefix is copied within one only
+        if lanes.count > 1 and not streams:  # one pool per lane would fill apart from the count kept here
+            raise ValueError("lanes need a KV stream per slot")
         self.free_slots: set[int] = set(range(num_slots))
         self.num_reserved = 0  # tokens reserved by running requests
         self.peak_reserved = 0  # the most ever reserved at once
@@ -141,7 +175,8 @@ class KVCacheManager:
         else:
             self._uncache(slot)
             ops.append(MemoryOp("rm", slot, 0))
-        return slot, (match if match is not None and reuse >= MIN_STREAM_COPY else None)
+        worth = match is not None and reuse >= MIN_STREAM_COPY and self.lanes.lane(match) == self.lanes.lane(slot)
+        return slot, (match if worth else None)
 
     def _adopt(self, slot: int, reuse: int, ops: list[MemoryOp]) -> int:
         """Take over a cached slot with its prefix, dropping its tail beyond reuse."""

@@ -7,7 +7,7 @@ import logging
 import time
 
 from edge_llm.engine.backends.base import Backend
-from edge_llm.engine.batch import SampledToken, SchedulerOutput
+from edge_llm.engine.batch import Lanes, SampledToken, SchedulerOutput
 from edge_llm.engine.front import EngineFront
 from edge_llm.engine.kv_cache import KVCacheManager
 from edge_llm.engine.lookup import Drafter, StepCosts
@@ -35,6 +35,7 @@ class StepEngine(EngineFront):
             plan.kv_cache_tokens,
             max_cached=plan.num_seqs - plan.max_batch_size,
             streams=plan.kv_layout == "per_slot",
+            lanes=Lanes(plan.lanes, plan.lane_size),
         )
         self.scheduler = Scheduler(
             kv,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_llm.engine.batch import SampledToken, SchedulerOutput
+from edge_llm.engine.batch import Lanes, SampledToken, SchedulerOutput
 from edge_llm.profile import ModelProfile
 
 
@@ -22,6 +22,7 @@ class ContextShape:
     num_seqs: int  # sequence slots (running + prefix cache)
     max_batch_tokens: int  # most tokens in one step (prefill chunk + one per running sequence)
     kv_unified: bool = True  # one pool of cells for all sequences; False = a stream of its own per slot
+    lanes: Lanes = Lanes()  # contexts over the one model the slots are spread over (a stream per slot)
 
 
 class Backend(Protocol):

@@ -16,7 +16,7 @@ import llama_cpp as L
 import numpy as np  # after llama_cpp: the other order segfaults in some CUDA images
 
 from edge_llm.engine.backends.base import BackendError, ContextShape
-from edge_llm.engine.batch import SampledToken, SchedulerOutput, TokenLogprob
+from edge_llm.engine.batch import Lanes, SampledToken, SchedulerOutput, TokenLogprob
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.request import SamplingParams
 from edge_llm.profile import ModelProfile
@@ -90,6 +90,8 @@ class LlamaCppBackend:
             self._piece(L.llama_vocab_eos(self.vocab), True),
         )
         self.ctx = None
+        self.contexts: list[_Context] = []
+        self.lanes = Lanes()
         self._abort = ctypes.create_string_buffer(2)  # [flag, 0]: the abort callback's data
         self._abort_data = ctypes.cast(self._abort, ctypes.c_void_p)
         self._samplers: dict[str, ctypes.c_void_p] = {}
@@ -122,21 +124,25 @@ class LlamaCppBackend:
         return raw.decode("utf-8") if raw else None
 
     def create_context(self, shape: ContextShape) -> None:
-        cp = L.llama_context_default_params()
-        cp.n_ctx = shape.kv_cache_tokens
-        cp.n_batch = cp.n_ubatch = shape.max_batch_tokens
-        cp.n_seq_max = shape.num_seqs
-        # unified: one pool of cells, a copied prefix shared, not duplicated, but every sequence's
-        # attention runs over all cells in use; split: a stream per slot, attention over its own
-        cp.kv_unified = shape.kv_unified
-        cp.n_threads = cp.n_threads_batch = self.n_threads
-        cp.no_perf = True
-        self.ctx = L.llama_init_from_model(self.model, cp)
-        if not self.ctx:
-            raise BackendError(f"llama.cpp could not create a context of {shape.kv_cache_tokens} tokens")
-        self.shape = shape
-        self.memory = L.llama_get_memory(self.ctx)
-        self.batch = L.llama_batch_init(shape.max_batch_tokens, 0, 1)
+        """The serving contexts: one, or a context per lane (shape.lanes), each with the KV of its
+        slots: a stream per slot (unified False) or one pool of cells for all (one lane only). One
+        pool shares a copied prefix instead of duplicating it, but every sequence's attention runs
+        over all cells in use; a stream per slot attends over its own."""
+        lanes = shape.lanes
+        if lanes.count > 1 and shape.kv_unified:
+            raise BackendError("lanes need a KV stream per slot (kv_unified False)")
+        per_slot = shape.kv_cache_tokens // shape.num_seqs
+        self.contexts = []
+        try:
+            for lane in range(lanes.count):
+                n_seq = len(lanes.slots(lane, shape.num_seqs))
+                n_ctx = shape.kv_cache_tokens if lanes.count == 1 else per_slot * n_seq
+                self.contexts.append(_Context(self, n_ctx, n_seq, shape.max_batch_tokens, shape.kv_unified))
+        except BackendError:
+            self._free_contexts()
+            raise
+        self.shape, self.lanes = shape, lanes
+        self.ctx = self.contexts[0].ctx  # lane 0: what single-context callers (tools) use
 
     # -- text ------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -171,37 +177,57 @@ class LlamaCppBackend:
 
     # -- one engine step -----------------------------------------------------------------
     def execute(self, out: SchedulerOutput) -> dict[int, SampledToken]:
+        lanes = self.lanes
         for op in out.memory_ops:
+            memory, seq = self.contexts[lanes.lane(op.seq_id)].memory, lanes.local(op.seq_id)
             if op.kind == "rm":
-                L.llama_memory_seq_rm(self.memory, op.seq_id, op.pos, -1)
-            elif self.shape.kv_unified:
-                L.llama_memory_seq_cp(self.memory, op.src_seq_id, op.seq_id, 0, op.pos)
+                L.llama_memory_seq_rm(memory, seq, op.pos, -1)
+                continue
+            src = lanes.local(op.src_seq_id)  # the same lane: the KV manager copies within one only
+            if self.shape.kv_unified:
+                L.llama_memory_seq_cp(memory, src, seq, 0, op.pos)
             else:  # between streams llama.cpp copies whole buffers only: copy, then trim the tail
-                L.llama_memory_seq_cp(self.memory, op.src_seq_id, op.seq_id, -1, -1)
-                L.llama_memory_seq_rm(self.memory, op.seq_id, op.pos, -1)
+                L.llama_memory_seq_cp(memory, src, seq, -1, -1)
+                L.llama_memory_seq_rm(memory, seq, op.pos, -1)
+        by_lane: list[list] = [[] for _ in self.contexts]
+        for chunk in out.chunks:
+            by_lane[lanes.lane(chunk.request.seq_id)].append(chunk)
+        groups = [self._groups(chunks) for chunks in by_lane]
         sampled: dict[int, SampledToken] = {}
-        groups = self._groups(out.chunks)
-        for k, group in enumerate(groups):
-            outputs = self._fill_batch(group)
-            armed = out.abortable and any(not c.decode for c in group)  # prefill, not a decode group
-            if armed:
-                L.llama_set_abort_callback(self.ctx, _ABORT_IF_FLAG, self._abort_data)
-            try:
-                rc = L.llama_decode(self.ctx, self.batch)
-            finally:
-                if armed:
-                    L.llama_set_abort_callback(self.ctx, _NO_ABORT, None)
-            if rc == DECODE_ABORTED and armed:
-                # llama.cpp removed the failed ubatch's cells; remove all of this call's, in case
-                # it ran as several ubatches. The chunks of this call and the next ones run again.
-                for chunk in (c for g in groups[k:] for c in g):
-                    L.llama_memory_seq_rm(self.memory, chunk.request.seq_id, chunk.start_pos, -1)
-                    chunk.done = False
-                break
-            if rc != 0:
-                raise BackendError(f"llama_decode failed with {rc} on a batch of {self.batch.n_tokens} tokens")
-            sampled.update(self._sample(outputs))  # before the next decode overwrites the logits
+        stopped: set[int] = set()
+        for r in range(max(map(len, groups))):
+            # every lane's r-th batch is queued before any is waited for: on a GPU each context has
+            # a CUDA stream of its own and llama_decode returns once the work is queued there
+            launched = [(lane, self._launch(lane, g[r], out.abortable)) for lane, g in enumerate(groups) if r < len(g)]
+            for lane, (outputs, rc, armed) in launched:
+                if rc == DECODE_ABORTED and armed:
+                    # llama.cpp removed the failed ubatch's cells; remove all of this call's, in case
+                    # it ran as several ubatches. This lane's chunks from here on run again.
+                    for chunk in (c for g in groups[lane][r:] for c in g):
+                        L.llama_memory_seq_rm(self.contexts[lane].memory, lanes.local(chunk.request.seq_id), chunk.start_pos, -1)
+                        chunk.done = False
+                    stopped.add(lane)
+                    continue
+                if rc != 0:
+                    n = self.contexts[lane].batch.n_tokens
+                    raise BackendError(f"llama_decode failed with {rc} on a batch of {n} tokens")
+                sampled.update(self._sample(self.contexts[lane], outputs))  # before the next decode overwrites them
+            groups = [[] if lane in stopped else g for lane, g in enumerate(groups)]
         return sampled
+
+    def _launch(self, lane: int, chunks: list, abortable: bool):
+        """Queue one llama_decode of chunks on a lane's context: (outputs, rc, armed)."""
+        context = self.contexts[lane]
+        outputs = self._fill_batch(context.batch, chunks)
+        armed = abortable and any(not c.decode for c in chunks)  # prefill, not a decode group
+        if armed:
+            L.llama_set_abort_callback(context.ctx, _ABORT_IF_FLAG, self._abort_data)
+        try:
+            rc = L.llama_decode(context.ctx, context.batch)
+        finally:
+            if armed:
+                L.llama_set_abort_callback(context.ctx, _NO_ABORT, None)
+        return outputs, rc, armed
 
     def interrupt(self, requested: bool) -> None:
         self._abort[0] = b"\x01" if requested else b"\x00"  # one byte, read by the compute thread's strlen
@@ -218,20 +244,21 @@ class LlamaCppBackend:
         first token at 16 streams on an H200, against 30 ms for llama-server, which batches them)."""
         if self.shape.kv_unified or len(chunks) < 2:
             return [chunks] if chunks else []
-        decodes = sorted((c for c in chunks if c.decode), key=lambda c: c.request.seq_id)
+        decodes = sorted((c for c in chunks if c.decode), key=lambda c: c.request.seq_id)  # (local ids follow)
         by_length: dict[int, list] = {}
         for c in sorted((c for c in chunks if not c.decode), key=lambda c: c.request.seq_id):
             by_length.setdefault(len(c.tokens), []).append(c)
         return ([decodes] if decodes else []) + list(by_length.values())
 
-    def _sample(self, outputs: list) -> dict[int, SampledToken]:
+    def _sample(self, context: _Context, outputs: list) -> dict[int, SampledToken]:
         """Plain greedy rows, and the rows that verify drafts (greedy too): one argmax over a
         zero-copy view of every such row (the C sampler would build a candidate array of the whole
         vocabulary per row). Other rows: the request's own C sampler chain (bias, penalties,
         grammar, filters, seeded). A row whose own sampler fails marks its chunk's error; the
         other rows' tokens stand. A drafted chunk gets every row's token (chunk.verified)."""
         result = {}
-        logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(outputs), self.profile.n_vocab))
+        # (the wait for the step: llama_get_logits synchronizes the context)
+        logits = np.ctypeslib.as_array(L.llama_get_logits(context.ctx), shape=(len(outputs), self.profile.n_vocab))
         rows = [row for row, (_, c, j) in enumerate(outputs) if j > 0 or (j == 0 and c.request.params.is_plain_greedy)]
         picked = logits if len(rows) == len(outputs) else logits[rows]  # (a copy only when rows differ)
         best = dict(zip(rows, picked.argmax(axis=1).tolist(), strict=True)) if rows else {}
@@ -245,16 +272,16 @@ class LlamaCppBackend:
             if j != 0:
                 continue
             try:
-                self._sample_row(result, logits[row], index, chunk.request)
+                self._sample_row(context, result, logits[row], index, chunk.request)
             except BackendError as e:
                 chunk.error = str(e)
         return result
 
-    def _sample_row(self, result: dict, row_logits: np.ndarray, index: int, req) -> None:
+    def _sample_row(self, context: _Context, result: dict, row_logits: np.ndarray, index: int, req) -> None:
         if req.params.logprobs is not None:  # from the raw logits, before the sampler reads them
             logprobs = _log_softmax(row_logits)
         if not req.params.is_plain_greedy:
-            token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), self.ctx, index)
+            token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), context.ctx, index)
             result[req.seq_id] = self.sampled(token)
         if req.params.logprobs is not None:
             s = result[req.seq_id]
@@ -270,15 +297,14 @@ class LlamaCppBackend:
             top = tuple((int(t), self.sampled(int(t)).piece, float(logprobs[t])) for t in ids)
         return TokenLogprob(token, self.sampled(token).piece, float(logprobs[token]), top)
 
-    def _fill_batch(self, chunks: list) -> list:
+    def _fill_batch(self, b, chunks: list) -> list:
         n = sum(len(c.tokens) for c in chunks)
         if n > self.shape.max_batch_tokens:  # past llama_batch_init's arrays: refuse, never write
             raise BackendError(f"a step of {n} tokens exceeds the batch of {self.shape.max_batch_tokens}")
-        b = self.batch
         token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         i, outputs = 0, []  # (batch index, chunk, j): j = 0 samples the next token, j > 0 verifies draft j
         for chunk in chunks:
-            sid = chunk.request.seq_id
+            sid = self.lanes.local(chunk.request.seq_id)
             p = chunk.start_pos
             first = i
             for t in chunk.tokens:
@@ -349,10 +375,11 @@ class LlamaCppBackend:
 
     def seq_lengths(self) -> dict[int, int]:
         lengths = {}
-        for sid in range(self.shape.num_seqs):
-            end = L.llama_memory_seq_pos_max(self.memory, sid)
+        for slot in range(self.shape.num_seqs):
+            memory = self.contexts[self.lanes.lane(slot)].memory
+            end = L.llama_memory_seq_pos_max(memory, self.lanes.local(slot))
             if end >= 0:
-                lengths[sid] = end + 1
+                lengths[slot] = end + 1
         return lengths
 
     # -- calibration: step costs on this device, in contexts of their own ------------------------
@@ -362,7 +389,7 @@ class LlamaCppBackend:
         # only the cells the steps need (64 short sequences: 65 MB of KV here, not 424): one pool's
         # size is rounded to 256, a stream per sequence gets 256 cells more than it holds
         cells = -(-batch * (ctx_len + steps + 2) // 256) * 256 if unified else batch * (ctx_len + 256)
-        with _ScratchContext(self, cells, batch, min(batch * ctx_len, 2048), unified) as sc:
+        with _Context(self, cells, batch, min(batch * ctx_len, 2048), unified) as sc:
             tokens = [self._filler(ctx_len) for _ in range(batch)]
             sc.prefill([(t, p, s) for s in range(batch) for p, t in enumerate(tokens[s])])
             sc.decode([(tokens[s][-1], ctx_len, s) for s in range(batch)])  # first use: page-in, graph
@@ -373,9 +400,35 @@ class LlamaCppBackend:
                 best = min(best, time.perf_counter() - t0)
             return best
 
+    def time_lanes(self, batch: int, size: int, ctx_len: int = 32, steps: int = 8) -> float:
+        """Seconds for a decode step (the fastest of `steps`) of `batch` sequences spread over
+        lanes of `size` (contexts of their own), every lane's step queued before any is waited for."""
+        count = -(-batch // size)
+        contexts: list[_Context] = []
+        try:
+            for _ in range(count):
+                contexts.append(_Context(self, size * (ctx_len + 256), size, max(size, 64), False))
+            tokens = self._filler(ctx_len)
+            for c in contexts:
+                for s in range(size):
+                    c.prefill([(t, p, s) for p, t in enumerate(tokens)])
+            best = float("inf")
+            for k in range(steps + 1):  # the first: page-in, graphs
+                t0 = time.perf_counter()
+                for c in contexts:
+                    c.launch([(tokens[k % ctx_len], ctx_len + k, s) for s in range(size)])
+                for c in contexts:
+                    L.llama_synchronize(c.ctx)
+                if k:
+                    best = min(best, time.perf_counter() - t0)
+            return best
+        finally:
+            for c in contexts:
+                c.close()
+
     def time_prefill(self, chunk: int, reps: int = 2) -> float:
         """Seconds for one prefill step of `chunk` prompt tokens (the best of reps)."""
-        with _ScratchContext(self, chunk + 256, 1, chunk, True) as sc:
+        with _Context(self, chunk + 256, 1, chunk, True) as sc:
             tokens = self._filler(chunk)
             sc.prefill([(t, p, 0) for p, t in enumerate(tokens[:16])])  # first use: page-in, buffers
             best = float("inf")
@@ -391,6 +444,11 @@ class LlamaCppBackend:
         tokens = self.tokenize(text * (1 + n // 8), False)
         return tokens[:n]
 
+    def _free_contexts(self) -> None:
+        for context in self.contexts:
+            context.close()
+        self.contexts, self.ctx = [], None
+
     def build_id(self) -> str:
         """llama.cpp's version and what it was built with (backends, instruction sets)."""
         info = L.llama_print_system_info().decode("utf-8", "replace")
@@ -399,17 +457,15 @@ class LlamaCppBackend:
     def close(self) -> None:
         for rid in list(self._samplers):
             self.release(rid)
-        if self.ctx:
-            L.llama_batch_free(self.batch)
-            L.llama_free(self.ctx)
-            self.ctx = None
+        self._free_contexts()
         if self.model:
             L.llama_model_free(self.model)
             self.model = None
 
 
-class _ScratchContext:
-    """A short-lived llama.cpp context for timing steps (calibration), freed on exit."""
+class _Context:
+    """A llama.cpp context over the backend's model with its KV memory and llama_batch: a serving
+    lane, or a short-lived one for timing steps (calibration: a `with` block frees it)."""
 
     def __init__(self, backend: LlamaCppBackend, n_ctx: int, n_seq: int, n_batch: int, unified: bool):
         cp = L.llama_context_default_params()
@@ -418,23 +474,29 @@ class _ScratchContext:
         cp.n_threads = cp.n_threads_batch = backend.n_threads
         self.ctx = L.llama_init_from_model(backend.model, cp)
         if not self.ctx:
-            raise BackendError(f"llama.cpp could not create a calibration context of {n_ctx} tokens")
+            raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_seq} sequences")
         self.memory = L.llama_get_memory(self.ctx)
         self.n_batch = cp.n_batch
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
 
-    def __enter__(self) -> _ScratchContext:
+    def __enter__(self) -> _Context:
         return self
 
     def __exit__(self, *exc) -> None:
-        L.llama_batch_free(self.batch)
-        L.llama_free(self.ctx)
+        self.close()
+
+    def close(self) -> None:
+        if self.ctx:
+            L.llama_batch_free(self.batch)
+            L.llama_free(self.ctx)
+            self.ctx = None
 
     def prefill(self, items: list[tuple[int, int, int]]) -> None:
         for i in range(0, len(items), self.n_batch):
             self.decode(items[i : i + self.n_batch], last_only=True)
 
-    def decode(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
+    def launch(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
+        """Queue a step of (token, pos, seq) items; on a GPU it returns before the step ends."""
         b = self.batch
         b.n_tokens = len(items)
         for i, (tok, pos, seq) in enumerate(items):
@@ -444,4 +506,7 @@ class _ScratchContext:
         rc = L.llama_decode(self.ctx, b)
         if rc != 0:
             raise BackendError(f"llama_decode failed with {rc} while calibrating")
+
+    def decode(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
+        self.launch(items, last_only)
         L.llama_synchronize(self.ctx)
