@@ -108,7 +108,9 @@ class PlannerConfig:
     calibrate: bool = True  # measure step costs on this device at first start (cached) for the speed choices
     calibration_file: str = ""  # where the measurement is cached; empty = <state_dir>/calibration.json
     max_step_ms: int = 150  # longest step the speed choices allow where a running step cannot be stopped (GPU)
-    lanes: bool = True  # sequences spread over contexts whose steps run at once, where calibration measured it faster (GPU)
+    lanes: bool = (
+        True  # sequences spread over contexts whose steps run at once, where calibration measured it faster (GPU)
+    )
 
 
 @dataclass

@@ -133,13 +133,14 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         batch, kv_tokens = _unified(batch_cap, why_batch, seq, kv, reasons)
     inp, out = _io_lens(policy, seq, reasons)
     lanes, lane_size = _lanes(policy, batch, per_slot, reasons)
+    kv_budget = kv.budget_bytes
     if lanes > 1:  # each lane's context has compute buffers of its own: only if the KV still fits
         extra = (lanes - 1) * estimate_workspace(profile, background + batch_cap, 0)
         if kv_tokens * kv.bytes_per_token + extra > kv.budget_bytes:
             reasons["lanes"] = f"one context: {memory} has no room for {lanes - 1} more contexts' buffers"
             lanes, lane_size = 1, 0
         else:
-            workspace += extra
+            workspace, kv_budget = workspace + extra, kv_budget - extra
     return Plan(
         max_batch_size=batch,
         max_input_len=inp,
@@ -155,7 +156,7 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         weights_bytes=profile.weights_bytes,
         workspace_bytes=workspace,
         kv_bytes_per_token=kv.bytes_per_token,
-        kv_budget_bytes=kv.budget_bytes,
+        kv_budget_bytes=kv_budget,
         recommended_swap_bytes=recommend_swap(snapshot),
         reasons=reasons,
         calibration=policy.calibration,

@@ -102,7 +102,9 @@ def test_lanes_are_chosen_where_measured_faster_and_the_plan_follows():
     p = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=speed, calibration={}))
     assert (p.kv_layout, p.max_batch_size, p.lanes, p.lane_size) == ("per_slot", 32, 4, 8)
     assert "4 lanes of 8" in p.reasons["lanes"] and "calibrated" in p.reasons["lanes"]
-    capped = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=speed, caps={"max_batch_size": 12}))
+    capped = plan(
+        MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=speed, caps={"max_batch_size": 12})
+    )
     assert (capped.lanes, capped.lane_size) == (2, 8)
     small = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=speed, caps={"max_batch_size": 8}))
     assert small.lanes == 1 and "fills one lane" in small.reasons["lanes"]
@@ -110,7 +112,10 @@ def test_lanes_are_chosen_where_measured_faster_and_the_plan_follows():
     assert off.lanes == 1 and "planner.lanes" in off.reasons["lanes"]
     pool = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=False, speed=speed))
     assert pool.lanes == 1 and "stream per slot" in pool.reasons["lanes"]
-    more = p.workspace_bytes - plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=speed, lanes=False)).workspace_bytes
+    more = (
+        p.workspace_bytes
+        - plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=speed, lanes=False)).workspace_bytes
+    )
     assert more > 0  # three more contexts' compute buffers are counted
 
 
@@ -151,7 +156,9 @@ def _engine(tmp_path, lanes: int):
 
 
 def _generate_together(engine, backend, prompts, max_tokens=40):
-    reqs = [engine.make_request(backend.tokenize(t, True), SamplingParams(temperature=0), max_tokens)[0] for t in prompts]
+    reqs = [
+        engine.make_request(backend.tokenize(t, True), SamplingParams(temperature=0), max_tokens)[0] for t in prompts
+    ]
     threads = [threading.Thread(target=lambda r=r: list(engine.generate(r))) for r in reqs]
     for t in threads:
         t.start()

@@ -40,9 +40,13 @@ speeds = st.builds(  # calibration's choices (calibration.choose), the backgroun
     max_batch_size=st.integers(1, 64),
     per_slot=st.booleans(),
     reasons=st.just(
-        {k: "measured" for k in ("prefill_chunk_tokens", "max_batch_size", "kv_layout", "background_chunk_tokens")}
+        {
+            k: "measured"
+            for k in ("prefill_chunk_tokens", "max_batch_size", "kv_layout", "background_chunk_tokens", "lanes")
+        }
     ),
     background_chunk_tokens=st.sampled_from([0, 64, 256, 512]),
+    lane_size=st.sampled_from([0, 4, 8, 16]),
 )
 policies = st.builds(
     Policy,
@@ -93,6 +97,8 @@ def test_the_plan_never_exceeds_the_budget_and_caps_win(m, s, p):
     assert pl.max_seq_len <= m.n_ctx_train
     assert set(pl.reasons) == set(planner.LIMITS) | {"kv_layout", "background_chunk_tokens", "lanes"}
     assert pl.prefill_chunk_tokens <= pl.background_chunk <= pl.max_input_len
+    # lanes only with a stream per slot, each lane one block or more of the batch
+    assert pl.lanes == 1 or (pl.kv_layout == "per_slot" and (pl.lanes - 1) * pl.lane_size < pl.max_batch_size)
 
 
 @given(models, snapshots, policies, st.integers(0, 16 * GiB))

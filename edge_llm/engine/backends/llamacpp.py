@@ -204,7 +204,9 @@ class LlamaCppBackend:
                     # llama.cpp removed the failed ubatch's cells; remove all of this call's, in case
                     # it ran as several ubatches. This lane's chunks from here on run again.
                     for chunk in (c for g in groups[lane][r:] for c in g):
-                        L.llama_memory_seq_rm(self.contexts[lane].memory, lanes.local(chunk.request.seq_id), chunk.start_pos, -1)
+                        L.llama_memory_seq_rm(
+                            self.contexts[lane].memory, lanes.local(chunk.request.seq_id), chunk.start_pos, -1
+                        )
                         chunk.done = False
                     stopped.add(lane)
                     continue
