@@ -143,6 +143,7 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
             cfg.limits.max_queue,
             chat_slowdown=cfg.limits.chat_slowdown,
             max_draft_tokens=cfg.limits.lookup_draft_tokens,
+            stream_interval=cfg.limits.stream_interval_ms / 1000,
         )
     engine.start()
     if cfg.model.warmup:

@@ -106,6 +106,7 @@ class Request:
     _num_logprobs_sent: int = 0
     _text: str = ""  # decoded output (stop strings removed once matched)
     _num_sent: int = 0  # characters of _text already sent
+    _published_at: float | None = None  # when text last went to the reader (None: none yet)
     _decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
@@ -171,10 +172,17 @@ class Request:
         self._num_sent = end
         return delta
 
-    def publish(self, error: str | None = None) -> None:
-        """Send new text (and the end, if finished) to the waiting HTTP thread."""
+    def publish(self, error: str | None = None, interval: float = 0.0, now: float = 0.0) -> None:
+        """Send new text (and the end, if finished) to the waiting HTTP thread; with an interval,
+        text that follows other text within it waits for a later call (the first text and the end
+        go at once), so a reader wakes and writes an event that much less often."""
+        if interval and not self.is_finished and error is None and self._published_at is not None:
+            if now - self._published_at < interval:
+                return
         delta = self.take_delta()
         if delta or self.is_finished:
+            if interval:
+                self._published_at = now
             logprobs = None
             if self.params.logprobs is not None:
                 logprobs = self.logprobs[self._num_logprobs_sent :]

@@ -28,8 +28,10 @@ class StepEngine(EngineFront):
         metrics: EngineMetrics | None = None,
         chat_slowdown: float = 1.5,
         max_draft_tokens: int = 0,
+        stream_interval: float = 0.0,
     ):
         super().__init__(backend, plan, max_queue, metrics)
+        self.stream_interval = stream_interval  # seconds between a stream's outputs (Request.publish)
         kv = KVCacheManager(
             plan.num_seqs,
             plan.kv_cache_tokens,
@@ -126,7 +128,7 @@ class StepEngine(EngineFront):
     def _publish(self, reqs) -> None:
         """Publish every request, each end counted first; a failure for one stops none of the
         others (a finished request not published waits for ever), then is raised."""
-        error = None
+        error, now = None, time.monotonic()
         for req in reqs:
             try:
                 if req.is_finished:  # counted before the client can see its end
@@ -134,7 +136,7 @@ class StepEngine(EngineFront):
             except Exception as e:
                 error = error or e
             try:
-                req.publish()
+                req.publish(interval=self.stream_interval, now=now)
             except Exception as e:
                 error = error or e
         if error is not None:
@@ -145,6 +147,7 @@ class StepEngine(EngineFront):
         preempted, num_resumed = self.scheduler.take_events()
         for req in preempted:
             m.preemptions.labels(req.priority.name.lower()).inc()
+            req.publish()  # text held back by the stream interval goes now: no step may come for a while
         if num_resumed:
             m.resumptions.inc(num_resumed)
         for chunk in out.chunks:  # after the batch ran, before postprocess moves num_computed

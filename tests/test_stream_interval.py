@@ -1,0 +1,85 @@
+"""A stream's text goes to its reader at most every limits.stream_interval_ms (the first text and
+the end at once), all of it, in order (no model: a stand-in backend that samples a fixed token)."""
+
+import types
+
+from edge_llm.engine.batch import SampledToken
+from edge_llm.engine.request import Request, RequestStatus, SamplingParams
+from edge_llm.engine.step_engine import StepEngine
+
+
+class OneToken:
+    """Stands in for a backend: every sampled token is ' a' (the engine's own code runs)."""
+
+    def execute(self, out):
+        return {c.request.seq_id: SampledToken(7, b" a", False) for c in out.chunks if c.sample}
+
+    def release(self, request_id):
+        pass
+
+    def interrupt(self, requested):
+        pass
+
+
+PLAN = types.SimpleNamespace(
+    num_seqs=4,
+    kv_cache_tokens=4096,
+    max_batch_size=2,
+    prefill_chunk_tokens=64,
+    background_chunk=64,
+    kv_layout="per_slot",
+    lanes=1,
+    lane_size=0,
+    calibration=None,
+)
+
+
+def outputs_of(interval: float, max_tokens: int = 20) -> list:
+    engine = StepEngine(OneToken(), PLAN, stream_interval=interval)
+    req = Request([1, 2, 3], SamplingParams(temperature=0, max_tokens=max_tokens))
+    engine._add(req)
+    while engine.has_work:
+        engine.step()
+    outs = []
+    while not req.outputs.empty():
+        outs.append(req.outputs.get())
+    return outs
+
+
+def test_every_token_is_an_output_without_an_interval():
+    outs = outputs_of(0.0)
+    assert [o.text for o in outs] == [" a"] * 20 and outs[-1].finish_reason == "length"
+
+
+def test_within_the_interval_text_waits_and_nothing_is_lost():
+    outs = outputs_of(60.0)  # longer than the whole run: the first token, then the rest with the end
+    assert [o.text for o in outs] == [" a", " a" * 19]
+    assert outs[-1].finish_reason == "length" and outs[-1].num_output_tokens == 20
+
+
+def test_the_interval_lets_text_through_once_it_has_passed():
+    req = Request([1], SamplingParams(max_tokens=10))
+    for i, now in enumerate((0.0, 0.01, 0.019, 0.021, 0.03)):
+        req.append_token(7, f"{i}".encode())
+        req.publish(interval=0.02, now=now)
+    req.finish(RequestStatus.FINISHED_STOPPED)
+    req.publish(interval=0.02, now=0.031)  # the end goes at once
+    texts = []
+    while not req.outputs.empty():
+        texts.append(req.outputs.get().text)
+    assert texts == ["0", "123", "4"]
+
+
+def test_a_preempted_stream_gets_its_held_text_at_once():
+    engine = StepEngine(OneToken(), PLAN, stream_interval=60.0)
+    req = Request([1, 2, 3], SamplingParams(temperature=0, max_tokens=50))
+    engine._add(req)
+    for _ in range(6):
+        engine.step()
+    engine.scheduler.preempt(req)
+    held = req.text
+    engine.step()  # counts the preemption and publishes what was held (then resumes it: room is back)
+    texts = []
+    while not req.outputs.empty():
+        texts.append(req.outputs.get().text)
+    assert held == " a" * 6 and texts == [" a", " a" * 5]
