@@ -43,7 +43,8 @@ class Calibration:
     layout_ctx: int  # tokens each of them holds
     can_abort: bool  # a running step can be stopped (ggml's CPU backend); on a GPU the chunk bounds a stall
     measured_s: float  # how long measuring took
-    # GPU only: batch -> {lane size -> seconds per decode step of the batch spread over contexts of that many}
+    # GPU only: batch -> {lane size -> seconds per decode step of the batch spread over contexts of that
+    # many}; size == batch is one context with a stream per slot, timed the same way (the baseline)
     lanes_s: dict[int, dict[int, float]] = field(default_factory=dict)
     measured_at: float = field(default_factory=time.time)  # Unix time
     contended: bool = False  # other work held the CPUs while measuring: used once, measured again next start
@@ -141,9 +142,11 @@ def choose_lanes(cal: Calibration, batch: int) -> tuple[int, str]:
         why = "a step of one context at a time (the CPU's cores run one)" if cal.can_abort else "none measured"
         return 0, f"one context: {why}"
     at = max((b for b in cal.lanes_s if b <= batch), default=min(cal.lanes_s))
-    size, t = min(cal.lanes_s[at].items(), key=lambda kv: kv[1])
-    one = cal.decode_s[at]
-    figures = ", ".join(f"{g}: {1000 * x:.2f} ms" for g, x in sorted(cal.lanes_s[at].items()))
+    # against one context with a stream per slot (lanes have one), timed alike: lanes_s[b][b]
+    one = cal.lanes_s[at].get(at, cal.decode_s[at])
+    split = {g: t for g, t in cal.lanes_s[at].items() if g < at}
+    size, t = min(split.items(), key=lambda kv: kv[1])
+    figures = ", ".join(f"{g}: {1000 * x:.2f} ms" for g, x in sorted(split.items()))
     if t > one * LANES_BETTER:
         return 0, f"calibrated: one context; {at} sequences took {1000 * one:.2f} ms a step, in lanes of {figures}"
     return size, (
@@ -245,7 +248,9 @@ def measure(
         for b, g in ((b, g) for b in sorted(decode) for g in LANE_SIZES if 2 * g <= b):
             if time.perf_counter() - t2 > SERIES_BUDGET_S:
                 break
-            lanes.setdefault(b, {})[g] = backend.time_lanes(b, g)
+            if b not in lanes:  # the baseline: one context, a stream per slot (as lanes have), timed alike
+                lanes[b] = {b: backend.time_lanes(b, b)}
+            lanes[b][g] = backend.time_lanes(b, g)
     layout_batch = min(4, max_batch)
     rate = max(c / t for c, t in prefill.items())  # prompt tokens per second
     ctx = LAYOUT_CTX[0]

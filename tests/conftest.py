@@ -37,6 +37,9 @@ TEST_LIMITS = {
     "summarize.chunk_tokens": 160,
     "summarize.summary_tokens": 32,
     "model.aliases": ["gpt-4o-mini"],
+    # a streamed token per event: tests that count a stream's steps count its events (the default
+    # interval is tested on this server in test_stream_interval.py, set on the engine for a test)
+    "limits.stream_interval_ms": 0,
 }
 NO_EOS = {"0": -100, "2": -100, "4": -100}  # SmolLM2's end-of-generation tokens: a request runs to max_tokens
 if os.environ.get("EDGE_LLM_TEST_CALIBRATE") == "0":  # a developer's loaded machine, never CI: planner defaults

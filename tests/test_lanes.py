@@ -4,6 +4,7 @@ copying between lanes, the plan following measured costs. With the real model (o
 the lanes' steps one after another): every token of sequences spread over two lanes is the
 model's greedy token, and each sequence's KV is in its own lane's context."""
 
+import json
 import threading
 from dataclasses import replace
 
@@ -20,7 +21,7 @@ from edge_llm.telemetry.snapshot import Snapshot
 KEY = {"model": "m.gguf", "build": "b", "gpu": "NVIDIA H200", "power_mode": None}
 # an H200's figures (tools/lanes_probe.py, 2026-12-04): 16 sequences as one context 3.76 ms a step
 H200_DECODE = {1: 0.0011, 4: 0.0014, 8: 0.00185, 16: 0.00376, 32: 0.0047}
-H200_LANES = {16: {4: 0.0023, 8: 0.0021}, 32: {4: 0.0030, 8: 0.0028, 16: 0.0044}}
+H200_LANES = {16: {16: 0.00376, 4: 0.0023, 8: 0.0021}, 32: {32: 0.0047, 4: 0.0030, 8: 0.0028, 16: 0.0044}}
 
 
 def cal(lanes_s, decode=None, can_abort=False) -> Calibration:
@@ -89,8 +90,11 @@ def test_lanes_are_chosen_where_measured_faster_and_the_plan_follows():
     size, why = choose_lanes(cal(H200_LANES), 16)
     assert size == 8 and "3.76 ms" in why and "2.10 ms" in why
     assert choose_lanes(cal(H200_LANES), 64)[0] == 8  # the largest measured batch up to it
-    slower = {16: {8: 0.0036}}  # not 10% better than one context: one context
+    slower = {16: {16: 0.00376, 8: 0.0036}}  # not 10% better than one context: one context
     assert choose_lanes(cal(slower), 16)[0] == 0
+    # the baseline is one context with a stream per slot, as lanes have, not decode_s's one pool
+    per_slot_slow = {16: {16: 0.0060, 8: 0.0036}}
+    assert choose_lanes(cal(per_slot_slow), 16)[0] == 8
     cpu = cal({}, decode={1: 0.008, 4: 0.023}, can_abort=True)
     assert choose_lanes(cpu, 4) == (0, "one context: a step of one context at a time (the CPU's cores run one)")
     speed = choose(cal(H200_LANES), 0.15)
@@ -121,7 +125,7 @@ def test_lanes_are_chosen_where_measured_faster_and_the_plan_follows():
 
 def test_lane_figures_survive_the_cache_and_an_older_calibration_is_measured_again(tmp_path):
     c = cal(H200_LANES)
-    again = Calibration.from_json(c.to_json())
+    again = Calibration.from_json(json.loads(json.dumps(c.to_json())))  # as cached: keys become strings
     assert again.lanes_s == H200_LANES
     old = c.to_json() | {"version": calibration.VERSION - 1}
     with pytest.raises(ValueError):

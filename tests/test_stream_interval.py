@@ -83,3 +83,48 @@ def test_a_preempted_stream_gets_its_held_text_at_once():
     while not req.outputs.empty():
         texts.append(req.outputs.get().text)
     assert held == " a" * 6 and texts == [" a", " a" * 5]
+
+
+def test_over_http_a_stream_carries_several_tokens_an_event_and_loses_none(server, client):
+    """The real server and the openai client: with an interval the events are fewer than the
+    tokens, and the streamed text is the text of the same greedy request unstreamed."""
+    from conftest import NO_EOS
+
+    ask = dict(
+        model=server.model_id,
+        messages=[{"role": "user", "content": "Count from one to fifty."}],
+        temperature=0,
+        max_tokens=48,
+        logit_bias=NO_EOS,
+    )
+    whole = client.chat.completions.create(**ask).choices[0].message.content
+    server.engine.stream_interval = 0.25  # the engine reads it each step (the test server's is 0)
+    try:
+        chunks = [c for c in client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True})]
+    finally:
+        server.engine.stream_interval = 0.0
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(texts) == whole and chunks[-1].usage.completion_tokens == 48
+    assert len(texts) < 48 / 2, len(texts)  # ~10 ms a token here, a GPU faster: several tokens an event
+
+
+def test_held_text_of_a_stream_no_step_advances_goes_once_its_interval_passed():
+    """A running request left out of steps (a background stream the chat share holds back) still
+    gets its held text, at the next step after its interval: clock stepped by hand."""
+    clock = [100.0]
+    engine = StepEngine(OneToken(), PLAN, stream_interval=0.02)
+    engine.clock = lambda: clock[0]
+    a = Request([1, 2, 3], SamplingParams(temperature=0, max_tokens=50))
+    engine._add(a)
+    engine.step()  # its first token: at once
+    clock[0] += 0.005
+    engine.step()  # within the interval: held
+    assert [a.outputs.get_nowait().text] == [" a"] and a.outputs.empty()
+    clock[0] += 0.05
+    engine._publish([])  # a step that advanced other requests only
+    assert not a.outputs.empty() and a.outputs.get_nowait().text == " a" and a.outputs.empty()
+    engine.scheduler.abort(a)  # ended elsewhere: no second end from the held list
+    a.publish()
+    assert a.outputs.get_nowait().finish_reason == "cancelled"
+    engine._publish([])
+    assert a.outputs.empty() and not engine._held

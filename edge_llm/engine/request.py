@@ -172,13 +172,13 @@ class Request:
         self._num_sent = end
         return delta
 
-    def publish(self, error: str | None = None, interval: float = 0.0, now: float = 0.0) -> None:
+    def publish(self, error: str | None = None, interval: float = 0.0, now: float = 0.0) -> bool:
         """Send new text (and the end, if finished) to the waiting HTTP thread; with an interval,
         text that follows other text within it waits for a later call (the first text and the end
-        go at once), so a reader wakes and writes an event that much less often."""
+        go at once), so a reader wakes and writes an event that much less often. True: held back."""
         if interval and not self.is_finished and error is None and self._published_at is not None:
             if now - self._published_at < interval:
-                return
+                return True
         delta = self.take_delta()
         if delta or self.is_finished:
             if interval:
@@ -197,6 +197,7 @@ class Request:
                     logprobs,
                 )
             )
+        return False
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:

@@ -32,6 +32,8 @@ class StepEngine(EngineFront):
     ):
         super().__init__(backend, plan, max_queue, metrics)
         self.stream_interval = stream_interval  # seconds between a stream's outputs (Request.publish)
+        self._held: dict[int, Request] = {}  # requests whose last publish was held back by the interval
+        self.clock = time.monotonic  # what the interval is measured with (a test steps its own)
         kv = KVCacheManager(
             plan.num_seqs,
             plan.kv_cache_tokens,
@@ -128,7 +130,16 @@ class StepEngine(EngineFront):
     def _publish(self, reqs) -> None:
         """Publish every request, each end counted first; a failure for one stops none of the
         others (a finished request not published waits for ever), then is raised."""
-        error, now = None, time.monotonic()
+        error, now = None, self.clock()
+        reqs = list(reqs)
+        # and text held back from requests this step did not advance (a background stream the
+        # chat share left out, for instance) once their interval has passed
+        seen = {id(r) for r in reqs}
+        for k, r in list(self._held.items()):
+            if r.is_finished:  # ended elsewhere (cancelled, failed): its end went out with its text
+                del self._held[k]
+            elif k not in seen:
+                reqs.append(r)
         for req in reqs:
             try:
                 if req.is_finished:  # counted before the client can see its end
@@ -136,8 +147,12 @@ class StepEngine(EngineFront):
             except Exception as e:
                 error = error or e
             try:
-                req.publish(interval=self.stream_interval, now=now)
+                if req.publish(interval=self.stream_interval, now=now):
+                    self._held[id(req)] = req
+                else:
+                    self._held.pop(id(req), None)
             except Exception as e:
+                self._held.pop(id(req), None)
                 error = error or e
         if error is not None:
             raise error
@@ -147,7 +162,9 @@ class StepEngine(EngineFront):
         preempted, num_resumed = self.scheduler.take_events()
         for req in preempted:
             m.preemptions.labels(req.priority.name.lower()).inc()
-            req.publish()  # text held back by the stream interval goes now: no step may come for a while
+            if not req.is_finished:  # text held back by the stream interval goes now (an ended one has)
+                req.publish()
+                self._held.pop(id(req), None)
         if num_resumed:
             m.resumptions.inc(num_resumed)
         for chunk in out.chunks:  # after the batch ran, before postprocess moves num_computed

@@ -368,6 +368,8 @@ def _sse(
             continue
         quiet_since = now
         if out.error:
+            if out.text:  # text held back by the stream interval, sent before the error
+                yield event([delta(out.text, None, out.logprobs)])
             yield f"data: {json.dumps(error_body(503, out.error, 'engine_error'))}\n\n"
             break
         if out.text or out.finish_reason:
