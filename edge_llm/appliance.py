@@ -173,3 +173,5 @@ def warm_up(engine: EngineFront) -> None:
         if out.error:
             raise RuntimeError(f"warm-up failed: {out.error}")
     engine.call(engine.clear_prefix_cache)
+    if len(getattr(engine.backend, "contexts", ())) > 1:  # the generation ran in lane 0; the other lanes too
+        engine.call(lambda: engine.backend.warm_lanes(tokens), timeout=60)

@@ -83,6 +83,7 @@ class SpeedChoices:
     reasons: dict[str, str]  # limit name -> why, with the figures
     background_chunk_tokens: int = 0  # prompt tokens in a step of background prefill alone; 0 = the chunk
     lane_size: int = 0  # sequences per lane (a context of its own, steps run at once); 0 = one context
+    one_context_batch: int = 0  # the batch chosen from one context's costs alone (0: max_batch_size)
 
 
 # -- choosing (pure) ------------------------------------------------------------------------------
@@ -190,6 +191,8 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     chunk, why_chunk = choose_chunk(cal.prefill_s, max_step_s, cal.can_abort)
     batch, why_batch = choose_batch(decode_costs(cal), max_step_s)
     lane_size, why_lanes = choose_lanes(cal, batch)
+    # where the plan cannot have lanes after all (turned off, one KV pool): one context's best
+    one_batch, why_one = choose_batch(cal.decode_s, max_step_s) if lane_size else (batch, why_batch)
     per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch, cal.layout_ctx)
     background, why_background = choose_background_chunk(chunk, cal.can_abort)
     return SpeedChoices(
@@ -202,9 +205,11 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
             "kv_layout": why_layout,
             "background_chunk_tokens": why_background,
             "lanes": why_lanes,
+            "max_batch_size_one_context": why_one,
         },
         background,
         lane_size,
+        one_batch,
     )
 
 

@@ -166,6 +166,11 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     )
 
 
+def _lanes_possible(policy: Policy) -> bool:
+    """Before memory is planned: lanes are not turned off and the KV layout may be a stream per slot."""
+    return policy.lanes and policy.per_sequence_kv is not False and not (policy.speed and not policy.speed.per_slot)
+
+
 def _lanes(policy: Policy, batch: int, per_slot: bool, reasons: dict[str, str]) -> tuple[int, int]:
     """How many contexts (lanes) of how many slots each: calibration's lane size where it measured
     lanes faster, as many lanes as the batch fills; one context otherwise."""
@@ -231,7 +236,11 @@ def _speed_limits(policy: Policy, reasons: dict[str, str]) -> tuple[int, int, st
         chunk, reasons["prefill_chunk_tokens"] = _pick(
             "prefill_chunk_tokens", policy, speed.prefill_chunk_tokens, speed.reasons["prefill_chunk_tokens"]
         )
-        return chunk, *_pick("max_batch_size", policy, speed.max_batch_size, speed.reasons["max_batch_size"])
+        batch, why = speed.max_batch_size, speed.reasons["max_batch_size"]
+        if speed.lane_size and speed.one_context_batch and not _lanes_possible(policy):
+            batch = speed.one_context_batch  # the batch for one context: lanes cannot be had here
+            why = speed.reasons.get("max_batch_size_one_context", why) + " (one context: no lanes)"
+        return chunk, *_pick("max_batch_size", policy, batch, why)
     chunk, reasons["prefill_chunk_tokens"] = _pick(
         "prefill_chunk_tokens",
         policy,

@@ -102,7 +102,15 @@ def test_lanes_are_chosen_where_measured_faster_and_the_plan_follows():
     # the batch follows the lanes' costs: where 32 as one context is no faster a token than 8, 8
     flat = H200_DECODE | {16: 0.0037, 32: 0.0075}
     assert (choose(cal({}, decode=flat), 0.15).max_batch_size, choose(cal({}, decode=flat), 0.15).lane_size) == (8, 0)
-    assert choose(cal(H200_LANES, decode=flat), 0.15).max_batch_size == 32
+    with_lanes = choose(cal(H200_LANES, decode=flat), 0.15)
+    assert (with_lanes.max_batch_size, with_lanes.one_context_batch) == (32, 8)
+    # where the plan cannot have lanes, the batch is one context's choice
+    no_lanes = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=with_lanes, lanes=False))
+    assert (no_lanes.max_batch_size, no_lanes.lanes) == (8, 1) and "no lanes" in no_lanes.reasons["max_batch_size"]
+    pooled = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=False, speed=with_lanes))
+    assert pooled.max_batch_size == 8
+    lanes_plan = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=with_lanes))
+    assert (lanes_plan.max_batch_size, lanes_plan.lanes) == (32, 4)
     p = plan(MODEL, gpu(), Policy(gpu_offload=True, per_sequence_kv=None, speed=speed, calibration={}))
     assert (p.kv_layout, p.max_batch_size, p.lanes, p.lane_size) == ("per_slot", 32, 4, 8)
     assert "4 lanes of 8" in p.reasons["lanes"] and "calibrated" in p.reasons["lanes"]
@@ -171,7 +179,7 @@ def _generate_together(engine, backend, prompts, max_tokens=40):
     return reqs
 
 
-def test_sequences_in_two_lanes_get_the_models_greedy_tokens(tmp_path):
+def test_sequences_in_two_lanes_get_the_models_greedy_tokens(tmp_path, monkeypatch):
     """Every output token is the argmax at its position when the whole text is scored in one pass,
     within this device's rounding (the same prompts in one context, scored the same way: a GPU's
     batched kernels differ from a one-pass scoring by up to ~0.8 logits at a near tie). Logits read
@@ -184,9 +192,15 @@ def test_sequences_in_two_lanes_get_the_models_greedy_tokens(tmp_path):
         engine.stop()
         backend.close()
     tolerance = max(0.5, 2 * rounding)
+    from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+
+    warmed = []
+    real_warm = LlamaCppBackend.warm_lanes
+    monkeypatch.setattr(LlamaCppBackend, "warm_lanes", lambda self, t: warmed.append(len(t)) or real_warm(self, t))
     backend, p, engine = _engine(tmp_path, lanes=2)
     try:
         assert (p.lanes, p.num_seqs, len(backend.contexts)) == (2, 8, 2), p
+        assert warmed and engine.call(backend.seq_lengths) == {}  # warm-up ran in lane 1 too and left no KV
         slots = {}
         allocate = engine.scheduler.kv.allocate
 

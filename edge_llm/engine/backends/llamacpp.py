@@ -231,6 +231,15 @@ class LlamaCppBackend:
                 L.llama_set_abort_callback(context.ctx, _NO_ABORT, None)
         return outputs, rc, armed
 
+    def warm_lanes(self, tokens: list[int], steps: int = 4) -> None:
+        """Engine thread, before serving: a few one-sequence steps in each lane other than lane 0
+        (first use: buffers paged in, a GPU's graphs captured), their KV removed again."""
+        for context in self.contexts[1:]:
+            context.prefill([(t, p, 0) for p, t in enumerate(tokens)])
+            for k in range(steps):
+                context.decode([(tokens[-1], len(tokens) + k, 0)])
+            L.llama_memory_seq_rm(context.memory, 0, 0, -1)
+
     def interrupt(self, requested: bool) -> None:
         self._abort[0] = b"\x01" if requested else b"\x00"  # one byte, read by the compute thread's strlen
 
