@@ -9,13 +9,14 @@ import ctypes
 import logging
 import os
 import re
-import time
 from pathlib import Path
 
 import llama_cpp as L
 import numpy as np  # after llama_cpp: the other order segfaults in some CUDA images
 
 from edge_llm.engine.backends.base import BackendError, ContextShape
+from edge_llm.engine.backends.llamacpp_context import Context as _Context
+from edge_llm.engine.backends.llamacpp_context import StepTiming
 from edge_llm.engine.batch import Lanes, SampledToken, SchedulerOutput, TokenLogprob
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.request import SamplingParams
@@ -60,7 +61,7 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum())
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(StepTiming):
     # optional request features this backend implements (the API refuses the others)
     supports = frozenset(
         {"min_p", "presence_penalty", "frequency_penalty", "logit_bias", "response_format", "logprobs"}
@@ -393,68 +394,6 @@ class LlamaCppBackend:
                 lengths[slot] = end + 1
         return lengths
 
-    # -- calibration: step costs on this device, in contexts of their own ------------------------
-    def time_decode(self, batch: int, ctx_len: int, unified: bool, steps: int = 8) -> float:
-        """Seconds for a decode step (the fastest of `steps`) of `batch` sequences holding ctx_len
-        tokens each, in a KV cache of one pool (unified) or a stream per sequence."""
-        # only the cells the steps need (64 short sequences: 65 MB of KV here, not 424): one pool's
-        # size is rounded to 256, a stream per sequence gets 256 cells more than it holds
-        cells = -(-batch * (ctx_len + steps + 2) // 256) * 256 if unified else batch * (ctx_len + 256)
-        with _Context(self, cells, batch, min(batch * ctx_len, 2048), unified) as sc:
-            tokens = [self._filler(ctx_len) for _ in range(batch)]
-            sc.prefill([(t, p, s) for s in range(batch) for p, t in enumerate(tokens[s])])
-            sc.decode([(tokens[s][-1], ctx_len, s) for s in range(batch)])  # first use: page-in, graph
-            best = float("inf")  # the fastest step: robust to another process taking the CPU for a while
-            for k in range(steps):
-                t0 = time.perf_counter()
-                sc.decode([(tokens[s][k % ctx_len], ctx_len + 1 + k, s) for s in range(batch)])
-                best = min(best, time.perf_counter() - t0)
-            return best
-
-    def time_lanes(self, batch: int, size: int, ctx_len: int = 32, steps: int = 8) -> float:
-        """Seconds for a decode step (the fastest of `steps`) of `batch` sequences spread over
-        lanes of `size` (contexts of their own), every lane's step queued before any is waited for."""
-        count = -(-batch // size)
-        contexts: list[_Context] = []
-        try:
-            for _ in range(count):
-                contexts.append(_Context(self, size * (ctx_len + 256), size, max(size, 64), False))
-            tokens = self._filler(ctx_len)
-            for c in contexts:
-                for s in range(size):
-                    c.prefill([(t, p, s) for p, t in enumerate(tokens)])
-            best = float("inf")
-            for k in range(steps + 1):  # the first: page-in, graphs
-                t0 = time.perf_counter()
-                for c in contexts:
-                    c.launch([(tokens[k % ctx_len], ctx_len + k, s) for s in range(size)])
-                for c in contexts:
-                    L.llama_synchronize(c.ctx)
-                if k:
-                    best = min(best, time.perf_counter() - t0)
-            return best
-        finally:
-            for c in contexts:
-                c.close()
-
-    def time_prefill(self, chunk: int, reps: int = 2) -> float:
-        """Seconds for one prefill step of `chunk` prompt tokens (the best of reps)."""
-        with _Context(self, chunk + 256, 1, chunk, True) as sc:
-            tokens = self._filler(chunk)
-            sc.prefill([(t, p, 0) for p, t in enumerate(tokens[:16])])  # first use: page-in, buffers
-            best = float("inf")
-            for _ in range(reps):
-                L.llama_memory_seq_rm(sc.memory, 0, 0, -1)
-                t0 = time.perf_counter()
-                sc.prefill([(t, p, 0) for p, t in enumerate(tokens)])
-                best = min(best, time.perf_counter() - t0)
-            return best
-
-    def _filler(self, n: int) -> list[int]:
-        text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. "
-        tokens = self.tokenize(text * (1 + n // 8), False)
-        return tokens[:n]
-
     def _free_contexts(self) -> None:
         for context in self.contexts:
             context.close()
@@ -472,52 +411,3 @@ class LlamaCppBackend:
         if self.model:
             L.llama_model_free(self.model)
             self.model = None
-
-
-class _Context:
-    """A llama.cpp context over the backend's model with its KV memory and llama_batch: a serving
-    lane, or a short-lived one for timing steps (calibration: a `with` block frees it)."""
-
-    def __init__(self, backend: LlamaCppBackend, n_ctx: int, n_seq: int, n_batch: int, unified: bool):
-        cp = L.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max, cp.kv_unified, cp.no_perf = n_ctx, n_seq, unified, True
-        cp.n_batch = cp.n_ubatch = max(n_batch, n_seq)
-        cp.n_threads = cp.n_threads_batch = backend.n_threads
-        self.ctx = L.llama_init_from_model(backend.model, cp)
-        if not self.ctx:
-            raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_seq} sequences")
-        self.memory = L.llama_get_memory(self.ctx)
-        self.n_batch = cp.n_batch
-        self.batch = L.llama_batch_init(self.n_batch, 0, 1)
-
-    def __enter__(self) -> _Context:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.ctx:
-            L.llama_batch_free(self.batch)
-            L.llama_free(self.ctx)
-            self.ctx = None
-
-    def prefill(self, items: list[tuple[int, int, int]]) -> None:
-        for i in range(0, len(items), self.n_batch):
-            self.decode(items[i : i + self.n_batch], last_only=True)
-
-    def launch(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
-        """Queue a step of (token, pos, seq) items; on a GPU it returns before the step ends."""
-        b = self.batch
-        b.n_tokens = len(items)
-        for i, (tok, pos, seq) in enumerate(items):
-            b.token[i], b.pos[i], b.n_seq_id[i] = tok, pos, 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = (i == len(items) - 1) if last_only else 1
-        rc = L.llama_decode(self.ctx, b)
-        if rc != 0:
-            raise BackendError(f"llama_decode failed with {rc} while calibrating")
-
-    def decode(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
-        self.launch(items, last_only)
-        L.llama_synchronize(self.ctx)
