@@ -9,7 +9,8 @@ import threading
 from dataclasses import replace
 
 import pytest
-from test_lookup import _greedy_gaps
+from test_calibration import roomy
+from test_lookup import _greedy_gaps, assert_greedy
 
 from edge_llm import calibration, planner, profiles
 from edge_llm.calibration import Calibration, choose, choose_lanes
@@ -39,17 +40,7 @@ def cal(lanes_s, decode=None, can_abort=False) -> Calibration:
 
 
 def gpu() -> Snapshot:
-    return Snapshot(
-        source="test",
-        ram_total_bytes=64 * GiB,
-        ram_available_bytes=60 * GiB,
-        ram_used_bytes=0,
-        swap_total_bytes=0,
-        swap_used_bytes=0,
-        gpu_name="NVIDIA H200",
-        gpu_mem_total_bytes=140 * GiB,
-        gpu_mem_used_bytes=10 * GiB,
-    )
+    return replace(roomy(), gpu_name="NVIDIA H200", gpu_mem_total_bytes=140 * GiB, gpu_mem_used_bytes=10 * GiB)
 
 
 MODEL = profiles.MODELS[next(iter(profiles.MODELS))]
@@ -191,7 +182,6 @@ def test_sequences_in_two_lanes_get_the_models_greedy_tokens(tmp_path, monkeypat
     finally:
         engine.stop()
         backend.close()
-    tolerance = max(0.5, 2 * rounding)
     from edge_llm.engine.backends.llamacpp import LlamaCppBackend
 
     warmed = []
@@ -219,13 +209,8 @@ def test_sequences_in_two_lanes_get_the_models_greedy_tokens(tmp_path, monkeypat
         turn2 = engine.make_request(text2, SamplingParams(temperature=0), 24)[0]
         list(engine.generate(turn2))
         assert turn2.num_reused > 0 and slots[turn2.request_id] == slots[reqs[2].request_id]
-        for r in [*reqs, turn2]:
-            assert len(r.output_tokens) > 0
-            gaps = _greedy_gaps(backend, r.all_tokens, r.num_prompt_tokens)
-            assert max(gaps) <= tolerance, (r.request_id, rounding, gaps)
-        wrong = list(reqs[1].all_tokens)
-        wrong[-5] = (wrong[-5] + 1) % backend.profile.n_vocab  # a token the model did not choose there
-        assert max(_greedy_gaps(backend, wrong, reqs[1].num_prompt_tokens)) > max(2.0, 4 * rounding)
+        assert all(r.output_tokens for r in [*reqs, turn2])
+        assert_greedy(backend, [*reqs, turn2], rounding, wrong_in=reqs[1], wrong_at=-5)
     finally:
         engine.stop()
         backend.close()

@@ -243,6 +243,18 @@ def _greedy_gaps(backend, tokens: list[int], start: int) -> list[float]:
         return [float(logits[p - 1].max() - logits[p - 1][tokens[p]]) for p in range(start, len(tokens))]
 
 
+def assert_greedy(backend, reqs, rounding: float, wrong_in, wrong_at: int) -> None:
+    """Every output token of reqs is the model's argmax at its position (one-pass scoring), within
+    max(0.5, 2 x this device's rounding); and the check can fail: a token of wrong_in's text
+    changed by hand at wrong_at gives a gap far past it."""
+    for r in reqs:
+        gaps = _greedy_gaps(backend, r.all_tokens, r.num_prompt_tokens)
+        assert max(gaps) <= max(0.5, 2 * rounding), (r.request_id, rounding, gaps)
+    wrong = list(wrong_in.all_tokens)
+    wrong[wrong_at] = (wrong[wrong_at] + 1) % backend.profile.n_vocab  # a token the model did not choose there
+    assert max(_greedy_gaps(backend, wrong, wrong_in.num_prompt_tokens)) > max(2.0, 4 * rounding)
+
+
 def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
     """Drafts verified in one step (a stand-in for a device where drafting pays: GPU-like step
     costs whatever steps take here, so every step with a draft drafts): every output token must
@@ -279,12 +291,7 @@ def test_drafted_tokens_are_the_models_greedy_tokens(monkeypatch, tmp_path):
         for r in plain:
             list(engine.generate(r))
         rounding = max(max(_greedy_gaps(backend, r.all_tokens, r.num_prompt_tokens)) for r in plain)
-        for req in reqs:
-            gaps = _greedy_gaps(backend, req.all_tokens, req.num_prompt_tokens)
-            assert max(gaps) <= max(0.5, 2 * rounding), (rounding, gaps)  # CPU: rounding up to 0.21 seen
-        wrong = list(reqs[0].all_tokens)
-        wrong[-10] = (wrong[-10] + 1) % backend.profile.n_vocab  # a token the model did not choose there
-        assert max(_greedy_gaps(backend, wrong, reqs[0].num_prompt_tokens)) > max(2.0, 4 * rounding)
+        assert_greedy(backend, reqs, rounding, wrong_in=reqs[0], wrong_at=-10)  # CPU: rounding up to 0.21 seen
     finally:
         engine.stop()
         backend.close()

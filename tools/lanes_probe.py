@@ -20,49 +20,31 @@ import numpy as np
 
 from edge_llm.config import embedded_model_path
 from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+from edge_llm.engine.backends.llamacpp_context import Context
 
 
 class Lane:
+    """One context (the backend's own Context class) decoding n_seq greedy sequences."""
+
     def __init__(self, backend: LlamaCppBackend, n_seq: int, ctx_len: int):
-        cp = L.llama_context_default_params()
-        cp.n_ctx = n_seq * (ctx_len + 512)
-        cp.n_seq_max, cp.kv_unified, cp.no_perf = n_seq, False, True
-        cp.n_batch = cp.n_ubatch = max(ctx_len, n_seq)
-        cp.n_threads = cp.n_threads_batch = backend.n_threads
-        self.ctx = L.llama_init_from_model(backend.model, cp)
-        assert self.ctx, "context"
+        self.context = Context(backend, n_seq * (ctx_len + 512), n_seq, max(ctx_len, n_seq), unified=False)
         self.n_seq, self.n_vocab = n_seq, backend.profile.n_vocab
-        self.batch = L.llama_batch_init(cp.n_batch, 0, 1)
         self.pos = ctx_len
-        self.last = [0] * n_seq
         filler = backend._filler(ctx_len)
-        for s in range(n_seq):  # prefill each sequence
-            self._put([(t, p, s) for p, t in enumerate(filler)], last_only=True)
-            self.wait_read()
+        for s in range(n_seq):
+            self.context.prefill([(t, p, s) for p, t in enumerate(filler)])
         self.last = [filler[-1]] * n_seq
 
-    def _put(self, items, last_only=False):
-        b = self.batch
-        b.n_tokens = len(items)
-        for i, (tok, pos, seq) in enumerate(items):
-            b.token[i], b.pos[i], b.n_seq_id[i] = tok, pos, 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = (i == len(items) - 1) if last_only else 1
-        self.rows = 1 if last_only else len(items)
-        rc = L.llama_decode(self.ctx, b)
-        assert rc == 0, rc
-
     def launch(self):
-        self._put([(self.last[s], self.pos, s) for s in range(self.n_seq)])
+        self.context.launch([(self.last[s], self.pos, s) for s in range(self.n_seq)])
         self.pos += 1
 
     def wait_read(self):
-        logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(self.rows, self.n_vocab))
+        logits = np.ctypeslib.as_array(L.llama_get_logits(self.context.ctx), shape=(self.n_seq, self.n_vocab))
         self.last = logits.argmax(axis=1).tolist()
 
     def close(self):
-        L.llama_batch_free(self.batch)
-        L.llama_free(self.ctx)
+        self.context.close()
 
 
 def run(backend, seqs, lanes, steps, mode, ctx_len):

@@ -195,7 +195,6 @@ class LlamaCppBackend(StepTiming):
             by_lane[lanes.lane(chunk.request.seq_id)].append(chunk)
         groups = [self._groups(chunks) for chunks in by_lane]
         sampled: dict[int, SampledToken] = {}
-        stopped: set[int] = set()
         for r in range(max(map(len, groups))):
             # every lane's r-th batch is queued before any is waited for: on a GPU each context has
             # a CUDA stream of its own and llama_decode returns once the work is queued there
@@ -209,13 +208,12 @@ class LlamaCppBackend(StepTiming):
                             self.contexts[lane].memory, lanes.local(chunk.request.seq_id), chunk.start_pos, -1
                         )
                         chunk.done = False
-                    stopped.add(lane)
+                    groups[lane] = []  # this lane runs no more of this step
                     continue
                 if rc != 0:
                     n = self.contexts[lane].batch.n_tokens
                     raise BackendError(f"llama_decode failed with {rc} on a batch of {n} tokens")
                 sampled.update(self._sample(self.contexts[lane], outputs))  # before the next decode overwrites them
-            groups = [[] if lane in stopped else g for lane, g in enumerate(groups)]
         return sampled
 
     def _launch(self, lane: int, chunks: list, abortable: bool):
