@@ -179,6 +179,21 @@ def test_prompts_still_move_when_one_chunk_costs_more_than_the_credit_kept():
     visitor_steps = [step(s, costly)[1] for _ in range(1500)]
     assert part.num_computed >= 400  # prefilled beside the chat
     assert sum(visitor_steps) / len(visitor_steps) <= 0.018 * 1.1
+    # and no step past the credit that may be kept (a token's slack), but the one that measured
+    # a prompt token's cost (16 tokens, 106 ms): chunks are what the credit pays for, here 12-13
+    bound = 0.010 + BackgroundShare.CREDIT_STEPS * 0.010 + 0.006
+    assert len([t for t in visitor_steps if t > bound]) == 1
+
+
+def test_a_shared_step_faster_than_the_visitor_alone_is_no_free_prefill():
+    """A GPU's step with background beside the visitor can be faster than the visitor's average
+    alone: a prompt token's cost is then tiny, never 0 (the credit is divided by it)."""
+    share = BackgroundShare(1.5)
+    share.observe(1, False, 0.010)
+    share.observe(1, True, 0.005, 16)
+    assert share.prefill_token_s > 0
+    assert share.allows_background(1, wants_prefill=True)
+    assert share.prefill_tokens(1) >= BackgroundShare.MIN_PREFILL
 
 
 def test_a_waiting_background_request_times_out_only_while_nothing_comes_free():

@@ -135,6 +135,9 @@ def bench_http(port: int, n: int, tokens: int, name: str, extra: dict | None = N
     return summarize(name, n, runs, wall)
 
 
+WARMUP_TOKENS = 16  # a short unmeasured run per concurrency before the measured ones, for every server
+
+
 # -- servers ------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -231,6 +234,8 @@ def run_target(
         ]
         proc, name, extra = start(cmd, port, "/v1/models"), "llama_cpp.server", {}
     try:
+        for n in concurrency:  # unmeasured: each batch size's first steps (a GPU captures its graphs), either server
+            bench_http(port, n, WARMUP_TOKENS, name, extra)
         return [bench_http(port, n, tokens, name, extra) for n in concurrency]
     finally:
         proc.terminate()

@@ -17,6 +17,8 @@ class BackgroundShare:
     PROBE_EVERY = 32  # at most this many steps with background before one without (to measure)
     CREDIT_STEPS = 8.0  # unspent allowance kept, in visitor-alone steps: the longest a shared step may be
     MIN_PREFILL = 16  # background prefill rides in chunks of at least this many tokens (a first one measures)
+    # ... or of fewer, down to this many, where MIN_PREFILL tokens cost more than the credit kept
+    FLOOR_PREFILL = 4
 
     def __init__(self, slowdown: float):
         if not slowdown >= 1.0:  # NaN too; 1.0 itself: background never rides beside a visitor
@@ -45,9 +47,19 @@ class BackgroundShare:
 
     def _chunk_credit(self, num_decoding: int) -> float:
         """Credit saved before a chunk rides: its cost, or nearly all the credit that can be kept
-        when one chunk costs more (a prompt token over a long context on 2 cores: ~5 ms), so
-        prompts still move at the visitor's pace rather than never."""
-        return min(self.MIN_PREFILL * self.prefill_token_s, 0.9 * self.CREDIT_STEPS * self.solo_s[num_decoding])
+        when one chunk costs more, so prompts still move at the visitor's pace rather than never."""
+        return min(
+            self._min_chunk(num_decoding) * self.prefill_token_s, 0.9 * self.CREDIT_STEPS * self.solo_s[num_decoding]
+        )
+
+    def _min_chunk(self, num_decoding: int) -> int:
+        """The smallest chunk that rides: MIN_PREFILL tokens, or what nearly all the credit kept pays
+        for, when that is fewer (not under FLOOR_PREFILL). On 2 CPU cores a prompt token at a
+        2,000-token context cost ~9 ms against an 8.5 ms visitor step, so 16 of them stalled the
+        visitor 143 ms where the credit kept was 68 ms: the debt made the chat lumpy (0.47 of its
+        idle rate in its slowest chat) and held the background back for dozens of steps after."""
+        cap = 0.9 * self.CREDIT_STEPS * self.solo_s[num_decoding]
+        return max(self.FLOOR_PREFILL, min(self.MIN_PREFILL, int(cap / self.prefill_token_s)))
 
     def prefill_tokens(self, num_decoding: int) -> int:
         """Background prompt tokens this step may carry: what the credit pays for at the measured
@@ -58,7 +70,8 @@ class BackgroundShare:
             return self.MIN_PREFILL
         if self.credit_s <= 0:
             return 0
-        return max(self.MIN_PREFILL, int(self.credit_s / self.prefill_token_s))  # the debt is paid back after
+        least = self._min_chunk(num_decoding) if num_decoding in self.solo_s else self.MIN_PREFILL
+        return max(least, int(self.credit_s / self.prefill_token_s))  # the debt is paid back after
 
     def observe(self, num_decoding: int, had_background: bool, seconds: float, prefill_tokens: int = 0) -> None:
         """A step that decoded num_decoding interactive sequences (and no interactive prefill) ran,
@@ -80,9 +93,11 @@ class BackgroundShare:
 
     def _observe_prefill(self, num_decoding: int, seconds: float, tokens: int) -> None:
         solo = self.solo_s.get(num_decoding)
-        if solo is None or tokens < self.MIN_PREFILL:
+        if solo is None or tokens < self.FLOOR_PREFILL:
             return
-        per_token = max(0.0, seconds - solo) / tokens  # background decodes in the step counted too: errs short
+        # background decodes in the step counted too: errs short; never 0 (a GPU's shared step can
+        # be faster than the visitor's average alone, and the credit is divided by it)
+        per_token = max(seconds - solo, 1e-6) / tokens
         old = self.prefill_token_s if self.prefill_token_s is not None else per_token
         self.prefill_token_s = old + self.ALPHA * (per_token - old)
 
