@@ -117,7 +117,11 @@ class EngineFront:
             self._num_pending += 1
         self._inbox.put(("add", req))
         if req.priority == Priority.INTERACTIVE:  # a step of background prefill stops for it
-            self.backend.interrupt(True)
+            self._interrupt_for_visitor()
+
+    def _interrupt_for_visitor(self) -> None:
+        """Any thread: an interactive request arrived (an engine may let a step nearly done finish)."""
+        self.backend.interrupt(True)
 
     def cancel(self, req: Request) -> None:
         if not req.is_finished:

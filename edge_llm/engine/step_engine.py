@@ -4,6 +4,7 @@ decode token per running sequence), the backend runs it, the scheduler applies t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from edge_llm.engine.backends.base import Backend
@@ -17,6 +18,12 @@ from edge_llm.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
+# A step of background prefill alone that a visitor's arrival would stop loses all its work so far
+# (llama.cpp keeps no part of a stopped ubatch): one expected to end within this is let finish,
+# and the visitor waits that long instead. On 2 CPU cores a 256-token chunk late in a long prompt
+# took ~1.6 s, and a visitor every 4 s threw away half of one each time: ~0.8 s of the job's work.
+FINISH_WITHIN_S = 0.4
+ALPHA = 0.3  # weight of the newest step in the estimate of a background prompt token's cost
 
 
 class StepEngine(EngineFront):
@@ -33,6 +40,10 @@ class StepEngine(EngineFront):
         super().__init__(backend, plan, max_queue, metrics)
         self.stream_interval = stream_interval  # seconds between a stream's outputs (Request.publish)
         self._held: dict[int, Request] = {}  # requests whose last publish was held back by the interval
+        # the stoppable step running now: (step number, started, expected seconds), read by submit()
+        self._stoppable: tuple[int, float, float] | None = None
+        self._background_token_s: float | None = None  # a stoppable step's seconds per token, recently
+        self.num_let_finish = 0  # stoppable steps let finish for a visitor that arrived near their end
         self.clock = time.monotonic  # what the interval is measured with (a test steps its own)
         kv = KVCacheManager(
             plan.num_seqs,
@@ -89,12 +100,20 @@ class StepEngine(EngineFront):
             return
         t0 = time.perf_counter()
         self.energy.start()
+        if out.abortable and self._background_token_s is not None:
+            self._stoppable = (self.num_steps, time.monotonic(), self._background_token_s * out.num_tokens)
         try:
             sampled = self.backend.execute(out)
         except Exception as e:  # the batch failed as a whole (llama_decode): every request in it ends
             self._fail_batch(out, str(e))
             raise
-        self.scheduler.observe_step(out, time.perf_counter() - t0)
+        finally:
+            self._stoppable = None
+        elapsed = time.perf_counter() - t0
+        if out.abortable and all(c.done for c in out.chunks):
+            per_token, old = elapsed / out.num_tokens, self._background_token_s
+            self._background_token_s = per_token if old is None else old + ALPHA * (per_token - old)
+        self.scheduler.observe_step(out, elapsed)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
         self._apply(out, sampled)
@@ -106,6 +125,26 @@ class StepEngine(EngineFront):
         if drafter is not None and out.chunks and all(c.decode for c in out.chunks):
             extra = sum(len(c.tokens) - 1 for c in out.chunks)
             drafter.observe_step(out.num_tokens, extra, time.perf_counter() - begin)
+
+    def _interrupt_for_visitor(self) -> None:
+        """Any thread: stop the running step of background prefill, unless it is expected to end
+        within FINISH_WITHIN_S; then only if it is still running by then (and a little after)."""
+        running = self._stoppable
+        if running is None:
+            self.backend.interrupt(True)
+            return
+        left = running[1] + running[2] - time.monotonic()
+        if left > FINISH_WITHIN_S:
+            self.backend.interrupt(True)
+            return
+        self.num_let_finish += 1
+        timer = threading.Timer(max(left, 0.0) + 0.1 * FINISH_WITHIN_S, self._interrupt_if_running, (running,))
+        timer.daemon = True
+        timer.start()
+
+    def _interrupt_if_running(self, step: tuple) -> None:
+        if self._stoppable is step:  # the same step, past its expected end: the estimate was short
+            self.backend.interrupt(True)
 
     def _apply(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> None:
         """End the requests whose own part failed (the others' tokens stand), then apply the rest."""
@@ -228,5 +267,6 @@ class StepEngine(EngineFront):
             "preemptions": self.scheduler.num_preemptions,
             "resumptions": self.scheduler.num_resumptions,
             **self.scheduler.share.to_dict(),
+            "background_steps_let_finish": self.num_let_finish,
             **(self.scheduler.drafter.stats() if self.scheduler.drafter else {"draft_tokens": None}),
         }
