@@ -135,6 +135,8 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
                 plan.max_batch_tokens,
                 plan.kv_layout == "unified",
                 Lanes(plan.lanes, plan.lane_size),
+                # not with prompt lookup: its drafted rows are verified from the logits on the host
+                device_greedy=cfg.model.gpu_greedy and backend.gpu_offload and not cfg.limits.lookup_draft_tokens,
             )
         )
         engine = StepEngine(

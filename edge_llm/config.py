@@ -64,6 +64,9 @@ class ModelConfig:
     n_gpu_layers: int = -1  # layers offloaded by a GPU build of llama.cpp (-1 = all; a CPU build ignores it)
     kv_layout: str = "auto"  # llama.cpp KV: auto (per_slot when memory holds every slot) | unified | per_slot
     warmup: bool = True
+    # with llama.cpp on a GPU: greedy tokens picked by an argmax on the GPU (llama.cpp's backend
+    # sampling) instead of copying every row's logits to the host; false copies them all
+    gpu_greedy: bool = True
 
 
 @dataclass

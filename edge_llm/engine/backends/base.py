@@ -23,6 +23,7 @@ class ContextShape:
     max_batch_tokens: int  # most tokens in one step (prefill chunk + one per running sequence)
     kv_unified: bool = True  # one pool of cells for all sequences; False = a stream of its own per slot
     lanes: Lanes = Lanes()  # contexts over the one model the slots are spread over (a stream per slot)
+    device_greedy: bool = False  # greedy tokens picked where the model runs (llama.cpp backend sampling)
 
 
 class Backend(Protocol):

@@ -55,6 +55,12 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _device_greedy(chunk) -> bool:
+    """May the device pick this chunk's next token: plain greedy, no logprobs, no drafts to verify."""
+    params = chunk.request.params
+    return params.is_plain_greedy and params.logprobs is None and not chunk.num_draft and not chunk.num_pad
+
+
 def _log_softmax(row: np.ndarray) -> np.ndarray:
     x = row.astype(np.float64)
     x -= x.max()
@@ -138,7 +144,9 @@ class LlamaCppBackend(StepTiming):
             for lane in range(lanes.count):
                 n_seq = len(lanes.slots(lane, shape.num_seqs))
                 n_ctx = shape.kv_cache_tokens if lanes.count == 1 else per_slot * n_seq
-                self.contexts.append(_Context(self, n_ctx, n_seq, shape.max_batch_tokens, shape.kv_unified))
+                self.contexts.append(
+                    _Context(self, n_ctx, n_seq, shape.max_batch_tokens, shape.kv_unified, shape.device_greedy)
+                )
         except BackendError:
             self._free_contexts()
             raise
@@ -220,6 +228,10 @@ class LlamaCppBackend(StepTiming):
         """Queue one llama_decode of chunks on a lane's context: (outputs, rc, armed)."""
         context = self.contexts[lane]
         outputs = self._fill_batch(context.batch, chunks)
+        if context.device:  # each sampling sequence's token picked on the device, or its logits copied
+            for chunk in chunks:
+                if chunk.decode or chunk.sample:
+                    context.device_greedy(self.lanes.local(chunk.request.seq_id), _device_greedy(chunk))
         armed = abortable and any(not c.decode for c in chunks)  # prefill, not a decode group
         if armed:
             L.llama_set_abort_callback(context.ctx, _ABORT_IF_FLAG, self._abort_data)
@@ -228,6 +240,8 @@ class LlamaCppBackend(StepTiming):
         finally:
             if armed:
                 L.llama_set_abort_callback(context.ctx, _NO_ABORT, None)
+        if context.device:
+            context.free_retired()
         return outputs, rc, armed
 
     def warm_lanes(self, tokens: list[int], steps: int = 4) -> None:
@@ -261,18 +275,28 @@ class LlamaCppBackend(StepTiming):
         return ([decodes] if decodes else []) + list(by_length.values())
 
     def _sample(self, context: _Context, outputs: list) -> dict[int, SampledToken]:
-        """Plain greedy rows, and the rows that verify drafts (greedy too): one argmax over a
-        zero-copy view of every such row (the C sampler would build a candidate array of the whole
-        vocabulary per row). Other rows: the request's own C sampler chain (bias, penalties,
-        grammar, filters, seeded). A row whose own sampler fails marks its chunk's error; the
-        other rows' tokens stand. A drafted chunk gets every row's token (chunk.verified)."""
+        """Rows whose token the device picked (device greedy). Plain greedy rows, and the rows that
+        verify drafts (greedy too): one argmax over a zero-copy view of every such row (the C
+        sampler would build a candidate array of the whole vocabulary per row). Other rows: the
+        request's own C sampler chain (bias, penalties, grammar, filters, seeded). A row whose own
+        sampler fails marks its chunk's error; the other rows' tokens stand. A drafted chunk gets
+        every row's token (chunk.verified)."""
         result = {}
+        taken = self._device_tokens(context, outputs, result) if context.device else set()
+        if len(taken) == len(outputs):
+            return result
         # (the wait for the step: llama_get_logits synchronizes the context)
         logits = np.ctypeslib.as_array(L.llama_get_logits(context.ctx), shape=(len(outputs), self.profile.n_vocab))
-        rows = [row for row, (_, c, j) in enumerate(outputs) if j > 0 or (j == 0 and c.request.params.is_plain_greedy)]
+        rows = [
+            row
+            for row, (_, c, j) in enumerate(outputs)
+            if row not in taken and (j > 0 or (j == 0 and c.request.params.is_plain_greedy))
+        ]
         picked = logits if len(rows) == len(outputs) else logits[rows]  # (a copy only when rows differ)
         best = dict(zip(rows, picked.argmax(axis=1).tolist(), strict=True)) if rows else {}
         for row, (index, chunk, j) in enumerate(outputs):
+            if row in taken:
+                continue
             if row in best:
                 token = self.sampled(best[row])
                 if chunk.num_draft:
@@ -286,6 +310,20 @@ class LlamaCppBackend(StepTiming):
             except BackendError as e:
                 chunk.error = str(e)
         return result
+
+    def _device_tokens(self, context: _Context, outputs: list, result: dict) -> set[int]:
+        """The tokens of the rows whose sequence has its greedy chain attached (llama_get_sampled_
+        token_ith waits for the step); returns those rows."""
+        taken = set()
+        for row, (index, chunk, j) in enumerate(outputs):
+            req = chunk.request
+            if j == 0 and context.chains[self.lanes.local(req.seq_id)] is not None:
+                token = L.llama_get_sampled_token_ith(context.ctx, index)
+                if token < 0:  # LLAMA_TOKEN_NULL: no token was sampled for this row
+                    raise BackendError(f"llama.cpp picked no token for batch row {index}")
+                result[req.seq_id] = self.sampled(token)
+                taken.add(row)
+        return taken
 
     def _sample_row(self, context: _Context, result: dict, row_logits: np.ndarray, index: int, req) -> None:
         if req.params.logprobs is not None:  # from the raw logits, before the sampler reads them

@@ -3,18 +3,21 @@ the step timings calibration takes in contexts of their own (edge_llm/calibratio
 
 from __future__ import annotations
 
+import logging
 import time
 
 import llama_cpp as L
 
 from edge_llm.engine.backends.base import BackendError
 
+log = logging.getLogger(__name__)
+
 
 class Context:
     """A llama.cpp context over the backend's model with its KV memory and llama_batch: a serving
     lane, or a short-lived one for timing steps (calibration: a `with` block frees it)."""
 
-    def __init__(self, backend, n_ctx: int, n_seq: int, n_batch: int, unified: bool):
+    def __init__(self, backend, n_ctx: int, n_seq: int, n_batch: int, unified: bool, device_greedy: bool = False):
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_seq_max, cp.kv_unified, cp.no_perf = n_ctx, n_seq, unified, True
         cp.n_batch = cp.n_ubatch = max(n_batch, n_seq)
@@ -25,6 +28,53 @@ class Context:
         self.memory = L.llama_get_memory(self.ctx)
         self.n_batch = cp.n_batch
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
+        # device greedy (llama.cpp's backend sampling, llama.h "[EXPERIMENTAL]"): a sequence with a
+        # greedy chain attached gets its token picked by an argmax in the step's own graph, and no
+        # row of logits comes back to the host for it. A sequence whose request samples otherwise
+        # (or wants logprobs) is detached while it does: llama.cpp then copies its logits as before.
+        # Attaching or detaching makes the next llama_decode reserve its graphs again
+        # (llama_context::set_sampler -> sched_need_reserve), so a slot keeps its state until a
+        # request of the other kind uses it; all start attached (summaries are greedy). A chain is
+        # initialized for a context once only (llama-sampler.cpp asserts it), so a slot attached
+        # again gets a new one; a detached one is freed after the next step (graphs reserved anew).
+        self.device = device_greedy
+        self.chains: list = [None] * n_seq  # the chain attached to each sequence (None: detached)
+        self._retired: list = []
+        self.num_switches = 0
+        for seq in range(n_seq if device_greedy else 0):
+            self.device_greedy(seq, True)
+        self.num_switches = 0
+
+    @property
+    def attached(self) -> list[bool]:
+        return [c is not None for c in self.chains]
+
+    def device_greedy(self, seq: int, on: bool) -> bool:
+        """Attach (or detach) seq's greedy chain; True when seq's token is then picked on the device."""
+        if not self.device or (self.chains[seq] is not None) == on:
+            return self.chains[seq] is not None
+        if on:
+            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            if not L.llama_set_sampler(self.ctx, seq, chain):  # the device cannot run the argmax
+                L.llama_sampler_free(chain)
+                log.warning("llama.cpp cannot pick greedy tokens on this device; every row's logits go to the host")
+                self.device = False
+                return False
+            self.chains[seq] = chain
+        else:
+            if not L.llama_set_sampler(self.ctx, seq, None):
+                raise BackendError("llama.cpp could not detach a greedy sampler")
+            self._retired.append(self.chains[seq])
+            self.chains[seq] = None
+        self.num_switches += 1
+        return on
+
+    def free_retired(self) -> None:
+        """After a step: the chains detached before it are no longer in any graph."""
+        for chain in self._retired:
+            L.llama_sampler_free(chain)
+        self._retired = []
 
     def __enter__(self) -> Context:
         return self
@@ -37,6 +87,9 @@ class Context:
             L.llama_batch_free(self.batch)
             L.llama_free(self.ctx)
             self.ctx = None
+            for chain in [c for c in self.chains if c is not None] + self._retired:
+                L.llama_sampler_free(chain)
+            self.chains, self._retired = [None] * len(self.chains), []
 
     def prefill(self, items: list[tuple[int, int, int]]) -> None:
         for i in range(0, len(items), self.n_batch):
