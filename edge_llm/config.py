@@ -65,8 +65,11 @@ class ModelConfig:
     kv_layout: str = "auto"  # llama.cpp KV: auto (per_slot when memory holds every slot) | unified | per_slot
     warmup: bool = True
     # with llama.cpp on a GPU: greedy tokens picked by an argmax on the GPU (llama.cpp's backend
-    # sampling) instead of copying every row's logits to the host; false copies them all
-    gpu_greedy: bool = True
+    # sampling) instead of copying every row's logits to the host. Off: on an H200 it gained
+    # nothing at 1, 4 or 16 streams and a mixed workload's background took ~7% longer
+    # (docs/measurements/h200-2026-12-04-session11); not measured on a Jetson, whose slower CPU
+    # pays more for each row of logits it reads
+    gpu_greedy: bool = False
 
 
 @dataclass
