@@ -146,6 +146,7 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
             chat_slowdown=cfg.limits.chat_slowdown,
             max_draft_tokens=cfg.limits.lookup_draft_tokens,
             stream_interval=cfg.limits.stream_interval_ms / 1000,
+            finish_within=cfg.limits.background_finish_ms / 1000,
         )
     engine.start()
     if cfg.model.warmup:

@@ -96,6 +96,10 @@ class LimitsConfig:
     # 30% (in process 5,582-5,714 tok/s, over HTTP 3,823-4,068), Python threads taking turns at the
     # GIL; vLLM's stream_interval does the same. 0 = every token
     stream_interval_ms: int = 20
+    # a step of background prefill alone that a visitor's arrival would stop (its work lost) is let
+    # finish when it is expected to end within this; the visitor's first token waits that long at
+    # most. 0 = always stop it (engine/step_engine.py)
+    background_finish_ms: int = 400
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
     bulk_prompt_tokens: int = 1024
@@ -347,6 +351,10 @@ def _validate_limits(lim: LimitsConfig) -> None:
         raise ConfigError("limits.max_queue must be >= 1")
     if 0 < lim.chat_slowdown < 1 or lim.chat_slowdown != lim.chat_slowdown:
         raise ConfigError(f"limits.chat_slowdown must be 0 (off) or >= 1, got {lim.chat_slowdown}")
+    if lim.background_finish_ms > 1000:
+        raise ConfigError(
+            f"limits.background_finish_ms must be 0 (always stop) to 1000, got {lim.background_finish_ms}"
+        )
     if lim.stream_interval_ms > 1000:
         raise ConfigError(f"limits.stream_interval_ms must be 0 (every token) to 1000, got {lim.stream_interval_ms}")
     if lim.lookup_draft_tokens > 64:

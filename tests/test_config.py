@@ -45,6 +45,8 @@ def test_config_file_from_environment(tmp_path: Path):
         ("[limits]\nchat_slowdown = nan\n", "limits.chat_slowdown must be 0 (off) or >= 1"),
         ("[limits]\nstream_interval_ms = 5000\n", "limits.stream_interval_ms must be 0 (every token) to 1000"),
         ("[limits]\nstream_interval_ms = -1\n", "limits.stream_interval_ms must be >= 0"),
+        ("[limits]\nbackground_finish_ms = 1500\n", "limits.background_finish_ms must be 0 (always stop) to 1000"),
+        ("[limits]\nbackground_finish_ms = -5\n", "limits.background_finish_ms must be >= 0"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str):

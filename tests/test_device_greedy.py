@@ -1,8 +1,9 @@
 """Greedy tokens picked on the device (llama.cpp's backend sampling: an argmax in the step's own
 graph, no row of logits copied to the host), as the daemon does with llama.cpp on a GPU when
-model.gpu_greedy is set (off by default: no faster on an H200). Here the CPU backend runs the same sampler graph, forced on: every request's
-tokens must be what the same engine gives with every row's logits on the host, greedy ones and
-seeded sampling and logprobs beside them, as the slots switch between the two kinds."""
+model.gpu_greedy is set (off by default: no faster on an H200). Here the CPU backend runs the
+same sampler graph, forced on: every request's tokens must be what the same engine gives with
+every row's logits on the host, greedy ones and seeded sampling and logprobs beside them, as the
+slots switch between the two kinds."""
 
 import threading
 from dataclasses import replace

@@ -27,9 +27,9 @@ class HeldStep(OneToken):
         self.interrupts.append((requested, time.monotonic()))
 
 
-def engine_in_a_long_prompt(token_s: float):
+def engine_in_a_long_prompt(token_s: float, finish_within: float = FINISH_WITHIN_S):
     backend = HeldStep()
-    engine = StepEngine(backend, PLAN)
+    engine = StepEngine(backend, PLAN, finish_within=finish_within)
     engine._add(Request(list(range(1, 400)), SamplingParams(temperature=0, max_tokens=4), priority=Priority.BACKGROUND))
     engine.step()  # a first stoppable step measures a prompt token's cost
     assert engine._background_token_s is not None
@@ -90,5 +90,13 @@ def test_without_a_measured_cost_a_visitor_stops_the_step():
     assert backend.running.wait(5)
     engine.submit(visitor())
     assert [r for r, _ in backend.interrupts] == [True]
+    backend.release.set()
+    worker.join(5)
+
+
+def test_with_background_finish_ms_0_a_visitor_always_stops_the_step():
+    backend, engine, worker = engine_in_a_long_prompt(token_s=FINISH_WITHIN_S / 2 / 64, finish_within=0.0)
+    engine.submit(visitor())
+    assert [r for r, _ in backend.interrupts] == [True] and engine.num_let_finish == 0
     backend.release.set()
     worker.join(5)

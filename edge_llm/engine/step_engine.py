@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
 # A step of background prefill alone that a visitor's arrival would stop loses all its work so far
 # (llama.cpp keeps no part of a stopped ubatch): one expected to end within this is let finish,
-# and the visitor waits that long instead. On 2 CPU cores a 256-token chunk late in a long prompt
-# took ~1.6 s, and a visitor every 4 s threw away half of one each time: ~0.8 s of the job's work.
+# and the visitor waits that long instead (limits.background_finish_ms). On 2 CPU cores a
+# 256-token chunk late in a long prompt took ~1.6 s, and a visitor every 4 s threw away half of
+# one each time: ~0.8 s of the job's work.
 FINISH_WITHIN_S = 0.4
 ALPHA = 0.3  # weight of the newest step in the estimate of a background prompt token's cost
 
@@ -36,8 +37,10 @@ class StepEngine(EngineFront):
         chat_slowdown: float = 1.5,
         max_draft_tokens: int = 0,
         stream_interval: float = 0.0,
+        finish_within: float = FINISH_WITHIN_S,
     ):
         super().__init__(backend, plan, max_queue, metrics)
+        self.finish_within = finish_within  # seconds: a stoppable step ending sooner is let finish
         self.stream_interval = stream_interval  # seconds between a stream's outputs (Request.publish)
         self._held: dict[int, Request] = {}  # requests whose last publish was held back by the interval
         # the stoppable step running now: (step number, started, expected seconds), read by submit()
@@ -128,17 +131,17 @@ class StepEngine(EngineFront):
 
     def _interrupt_for_visitor(self) -> None:
         """Any thread: stop the running step of background prefill, unless it is expected to end
-        within FINISH_WITHIN_S; then only if it is still running by then (and a little after)."""
+        within finish_within; then only if it is still running by then (and a little after)."""
         running = self._stoppable
-        if running is None:
+        if running is None or self.finish_within <= 0:
             self.backend.interrupt(True)
             return
         left = running[1] + running[2] - time.monotonic()
-        if left > FINISH_WITHIN_S:
+        if left > self.finish_within:
             self.backend.interrupt(True)
             return
         self.num_let_finish += 1
-        timer = threading.Timer(max(left, 0.0) + 0.1 * FINISH_WITHIN_S, self._interrupt_if_running, (running,))
+        timer = threading.Timer(max(left, 0.0) + 0.1 * self.finish_within, self._interrupt_if_running, (running,))
         timer.daemon = True
         timer.start()
 
