@@ -53,7 +53,9 @@ case ${1:-} in
     # what edge-llm needs that the GPU image lacks (Python 3.12 there)
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux2014_x86_64 --platform any -d "$G/wheels" \
-      flask waitress pypdf diskcache itsdangerous blinker nh3
+      flask waitress pypdf diskcache itsdangerous blinker nh3 \
+      openai pydantic pydantic_core annotated_types typing_inspection typing_extensions jiter sniffio \
+      httpx2 httpcore2 anyio h11 idna truststore  # the openai client, for kiosk (kiosk_bench.py)
     model=$(.venv/bin/python -c 'from edge_llm.config import embedded_model_path; print(embedded_model_path())')
     split -b 40M -d "$model" "$B/parts/model.gguf."
     sha256sum "$model" | cut -d' ' -f1 > "$B/parts/model.sha256"
