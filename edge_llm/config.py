@@ -98,8 +98,10 @@ class LimitsConfig:
     stream_interval_ms: int = 20
     # a step of background prefill alone that a visitor's arrival would stop (its work lost) is let
     # finish when it is expected to end within this; the visitor's first token waits that long at
-    # most. 0 = always stop it (engine/step_engine.py)
-    background_finish_ms: int = 400
+    # most. 0 = always stop it, the default: on 2 cores, 400 saved the kiosk job 2-3 s of ~115 (no
+    # more than the noise) and cost the visitor's worst first token 0.49-0.55 s against 0.17-0.18
+    # (docs/measurements/cpu-2core-amd-2026-12-04-session11). On a GPU no step is stopped anyway
+    background_finish_ms: int = 0
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
     bulk_prompt_tokens: int = 1024

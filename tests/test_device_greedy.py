@@ -5,7 +5,6 @@ same sampler graph, forced on: every request's tokens must be what the same engi
 every row's logits on the host, greedy ones and seeded sampling and logprobs beside them, as the
 slots switch between the two kinds."""
 
-import threading
 from dataclasses import replace
 
 from conftest import make_config
@@ -55,11 +54,12 @@ def _rounds(engine, backend) -> list[list]:
             engine.make_request(backend.tokenize(f"{t} ({shift})", True), k, 24)[0]
             for t, k in zip(PROMPTS, kinds, strict=True)
         ]
-        threads = [threading.Thread(target=lambda r=r: list(engine.generate(r))) for r in reqs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # submitted from the engine thread in one call: the loop takes all four before its next
+        # step, so both engines batch them alike (threads racing to submit made batches differ,
+        # and greedy text can part at a near-tie)
+        engine.call(lambda reqs=reqs: [engine.submit(r) for r in reqs])
+        for r in reqs:
+            list(engine.stream(r))
         outputs.append([(r.output_tokens, [lp.token for lp in r.logprobs]) for r in reqs])
     return outputs
 

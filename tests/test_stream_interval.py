@@ -110,7 +110,7 @@ def test_over_http_a_stream_carries_several_tokens_an_event_and_loses_none(serve
     text = "".join(e.delta.content for e in events)
     tokens = [t for e in events for t in (e.logprobs.content if e.logprobs else [])]
     assert len(tokens) == 48 and chunks[-1].usage.completion_tokens == 48
-    assert bytes(b for t in tokens for b in t.bytes).decode() == text and len(text) > 48
+    assert bytes(b for t in tokens for b in t.bytes).decode("utf-8", "replace") == text and len(text) > 48
     assert len(events) < 48 / 2, len(events)  # ~10 ms a token here, a GPU faster: several tokens an event
 
 

@@ -19,11 +19,11 @@ from edge_llm.engine.scheduler import Scheduler
 log = logging.getLogger(__name__)
 HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
 # A step of background prefill alone that a visitor's arrival would stop loses all its work so far
-# (llama.cpp keeps no part of a stopped ubatch): one expected to end within this is let finish,
-# and the visitor waits that long instead (limits.background_finish_ms). On 2 CPU cores a
-# 256-token chunk late in a long prompt took ~1.6 s, and a visitor every 4 s threw away half of
-# one each time: ~0.8 s of the job's work.
-FINISH_WITHIN_S = 0.4
+# (llama.cpp keeps no part of a stopped ubatch): one expected to end within finish_within
+# (limits.background_finish_ms) is let finish, and the visitor waits that long instead. On 2 CPU
+# cores a 256-token chunk late in a long prompt took ~1.6 s, and a visitor every 4 s threw away
+# half of one each time; letting one finish within 0.4 s saved the kiosk job no more than the
+# noise, so the daemon's default is 0 (always stop).
 ALPHA = 0.3  # weight of the newest step in the estimate of a background prompt token's cost
 
 
@@ -37,7 +37,7 @@ class StepEngine(EngineFront):
         chat_slowdown: float = 1.5,
         max_draft_tokens: int = 0,
         stream_interval: float = 0.0,
-        finish_within: float = FINISH_WITHIN_S,
+        finish_within: float = 0.0,
     ):
         super().__init__(backend, plan, max_queue, metrics)
         self.finish_within = finish_within  # seconds: a stoppable step ending sooner is let finish
@@ -45,6 +45,8 @@ class StepEngine(EngineFront):
         self._held: dict[int, Request] = {}  # requests whose last publish was held back by the interval
         # the stoppable step running now: (step number, started, expected seconds), read by submit()
         self._stoppable: tuple[int, float, float] | None = None
+        self._stoppable_lock = threading.Lock()  # a late check never stops the step after the one it was for
+        self._stopped_late = False  # the late check stopped the running step: it overran its estimate
         self._background_token_s: float | None = None  # a stoppable step's seconds per token, recently
         self.num_let_finish = 0  # stoppable steps let finish for a visitor that arrived near their end
         self.clock = time.monotonic  # what the interval is measured with (a test steps its own)
@@ -111,11 +113,16 @@ class StepEngine(EngineFront):
             self._fail_batch(out, str(e))
             raise
         finally:
-            self._stoppable = None
+            with self._stoppable_lock:
+                self._stoppable = None
         elapsed = time.perf_counter() - t0
-        if out.abortable and all(c.done for c in out.chunks):
+        if out.abortable:
             per_token, old = elapsed / out.num_tokens, self._background_token_s
-            self._background_token_s = per_token if old is None else old + ALPHA * (per_token - old)
+            if all(c.done for c in out.chunks):
+                self._background_token_s = per_token if old is None else old + ALPHA * (per_token - old)
+            elif self._stopped_late:  # it cost at least this (the estimate ran short: late in a long prompt)
+                self._background_token_s = max(old or 0.0, per_token)
+            self._stopped_late = False
         self.scheduler.observe_step(out, elapsed)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
@@ -146,8 +153,10 @@ class StepEngine(EngineFront):
         timer.start()
 
     def _interrupt_if_running(self, step: tuple) -> None:
-        if self._stoppable is step:  # the same step, past its expected end: the estimate was short
-            self.backend.interrupt(True)
+        with self._stoppable_lock:
+            if self._stoppable is step:  # the same step, past its expected end: the estimate was short
+                self._stopped_late = True
+                self.backend.interrupt(True)
 
     def _apply(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> None:
         """End the requests whose own part failed (the others' tokens stand), then apply the rest."""

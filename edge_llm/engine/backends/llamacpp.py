@@ -283,9 +283,10 @@ class LlamaCppBackend(StepTiming):
         every row's token (chunk.verified)."""
         result = {}
         taken = self._device_tokens(context, outputs, result) if context.device else set()
-        if len(taken) == len(outputs):
+        if outputs and len(taken) == len(outputs):  # (llama_get_sampled_token_ith synchronized)
             return result
-        # (the wait for the step: llama_get_logits synchronizes the context)
+        # (the wait for the step: llama_get_logits synchronizes the context, also for a step
+        # without outputs, a prompt chunk mid-prompt: on a GPU its work is otherwise still queued)
         logits = np.ctypeslib.as_array(L.llama_get_logits(context.ctx), shape=(len(outputs), self.profile.n_vocab))
         rows = [
             row

@@ -45,6 +45,25 @@ class Context:
         for seq in range(n_seq if device_greedy else 0):
             self.device_greedy(seq, True)
         self.num_switches = 0
+        if self.device and not self._device_picks():
+            log.warning("llama.cpp cannot pick greedy tokens on this device; every row's logits go to the host")
+            self.stop_device_greedy()
+
+    def _device_picks(self) -> bool:
+        """One token decoded in sequence 0: did the device pick one? llama_set_sampler says true
+        even where the chain's backend_init failed (llama_context::set_sampler ignores it), and
+        then no token and no logits come back."""
+        self.launch([(0, 0, 0)])
+        token = L.llama_get_sampled_token_ith(self.ctx, 0)
+        L.llama_memory_seq_rm(self.memory, 0, 0, -1)
+        return token >= 0
+
+    def stop_device_greedy(self) -> None:
+        """Detach every chain: logits to the host for every row from the next step on."""
+        for seq, chain in enumerate(self.chains):
+            if chain is not None:
+                self.device_greedy(seq, False)
+        self.device = False
 
     @property
     def attached(self) -> list[bool]:
@@ -57,11 +76,9 @@ class Context:
         if on:
             chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-            if not L.llama_set_sampler(self.ctx, seq, chain):  # the device cannot run the argmax
+            if not L.llama_set_sampler(self.ctx, seq, chain):
                 L.llama_sampler_free(chain)
-                log.warning("llama.cpp cannot pick greedy tokens on this device; every row's logits go to the host")
-                self.device = False
-                return False
+                raise BackendError("llama.cpp could not attach a greedy sampler")
             self.chains[seq] = chain
         else:
             if not L.llama_set_sampler(self.ctx, seq, None):
