@@ -12,7 +12,7 @@
 #                    tools/gpu_bench.sh test            tests/test_gpu.py against the CUDA build
 #                    tools/gpu_bench.sh bench [ROUNDS]  tools/bench.py, ours vs llama-server, 1/4/16 streams
 #                    tools/gpu_bench.sh mixed [ROUNDS] [NAME] [--unmarked]  tools/mixed_bench.py, ours vs llama-server -ngl 99
-#                    tools/gpu_bench.sh kiosk [ROUNDS] [PARTS]  tools/kiosk_bench.py: chat through a summary job
+#                    tools/gpu_bench.sh kiosk [ROUNDS] [PARTS] [TOKENS]  tools/kiosk_bench.py: chat through a summary job
 #                    tools/gpu_bench.sh energy [SECONDS] edge-llm bench --energy-s: per-request joules summed
 #                                       against NVML's energy counter over the run (issue 24); exit 1 if not within 10%
 # Results: $OUT (or .gpu/results) as JSON, for docs/measurements/ with the date and the GPU
@@ -105,9 +105,10 @@ case ${1:-} in
     rounds=${2:-3}; name=${3:-marked}; shift $(( $# < 3 ? $# : 3 ))
     "$PY" "$SRC/tools/mixed_bench.py" --llama-server "$B/server/bin/llama-server" --llama-args "-ngl 99" \
       --rounds "$rounds" --json "$RESULTS/mixed-gpu-$name.json" "$@" ;;
-  kiosk)  # kiosk [ROUNDS] [PARTS]: tools/kiosk_bench.py, a visitor chatting through a summary job (issue 23)
+  kiosk)  # kiosk [ROUNDS] [PARTS] [TOKENS]: tools/kiosk_bench.py, a visitor chatting through a summary job (issue 23)
+    # a GPU summarizes 4 parts in ~1 s (one chat lands in it): 48 parts (~10 s) and 256-token chats by default
     env_there
-    "$PY" "$SRC/tools/kiosk_bench.py" --rounds "${2:-1}" --parts "${3:-4}" --out "$RESULTS/kiosk-gpu.json" ;;
+    "$PY" "$SRC/tools/kiosk_bench.py" --rounds "${2:-4}" --parts "${3:-48}" --tokens "${4:-256}" --out "$RESULTS/kiosk-gpu.json" ;;
   energy)  # energy [SECONDS] [STREAMS]: in process (the daemon's engine and meter); pynvml must import
     env_there
     "$PY" -m edge_llm bench --energy-s "${2:-30}" --batch "${3:-16}" --decode-tokens 256 \
