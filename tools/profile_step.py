@@ -56,6 +56,8 @@ def main() -> None:
 
     L.llama_decode = timed("llama_decode", orig_decode)
     L.llama_get_logits = timed("llama_get_logits (GPU wait)", L.llama_get_logits)
+    # with model.gpu_greedy the wait is in reading the device's tokens instead
+    L.llama_get_sampled_token_ith = timed("llama_get_logits (GPU wait)", L.llama_get_sampled_token_ith)
     L.llama_sampler_sample = timed("sample (C sampler)", orig_sample)
     # the engine's own phases (each includes the llama.cpp calls made inside it)
     s = engine.scheduler

@@ -48,9 +48,11 @@ class BackgroundShare:
     def _chunk_credit(self, num_decoding: int) -> float:
         """Credit saved before a chunk rides: its cost, or nearly all the credit that can be kept
         when one chunk costs more, so prompts still move at the visitor's pace rather than never."""
-        return min(
-            self._min_chunk(num_decoding) * self.prefill_token_s, 0.9 * self.CREDIT_STEPS * self.solo_s[num_decoding]
-        )
+        return min(self._min_chunk(num_decoding) * self.prefill_token_s, self._most_credit(num_decoding))
+
+    def _most_credit(self, num_decoding: int) -> float:
+        """Nearly all the credit that may be kept: what one chunk may cost at most."""
+        return 0.9 * self.CREDIT_STEPS * self.solo_s[num_decoding]
 
     def _min_chunk(self, num_decoding: int) -> int:
         """The smallest chunk that rides: MIN_PREFILL tokens, or what nearly all the credit kept pays
@@ -58,8 +60,8 @@ class BackgroundShare:
         2,000-token context cost ~9 ms against an 8.5 ms visitor step, so 16 of them stalled the
         visitor 143 ms where the credit kept was 68 ms: the debt made the chat lumpy (0.47 of its
         idle rate in its slowest chat) and held the background back for dozens of steps after."""
-        cap = 0.9 * self.CREDIT_STEPS * self.solo_s[num_decoding]
-        return max(self.FLOOR_PREFILL, min(self.MIN_PREFILL, int(cap / self.prefill_token_s)))
+        paid = int(self._most_credit(num_decoding) / self.prefill_token_s)
+        return max(self.FLOOR_PREFILL, min(self.MIN_PREFILL, paid))
 
     def prefill_tokens(self, num_decoding: int) -> int:
         """Background prompt tokens this step may carry: what the credit pays for at the measured

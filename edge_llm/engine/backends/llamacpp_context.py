@@ -123,7 +123,7 @@ class Context:
             b.logits[i] = (i == len(items) - 1) if last_only else 1
         rc = L.llama_decode(self.ctx, b)
         if rc != 0:
-            raise BackendError(f"llama_decode failed with {rc} while calibrating")
+            raise BackendError(f"llama_decode failed with {rc} on a step of {len(items)} tokens outside serving")
 
     def decode(self, items: list[tuple[int, int, int]], last_only: bool = False) -> None:
         self.launch(items, last_only)
