@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -29,6 +30,14 @@ MIN_STALL_S = 5.0  # an engine loop silent this long (or half WatchdogSec, if lo
 JTOP_RETRY_S = 30.0  # jtop.service starts after multi-user.target, so after us: ask for it again this often
 CUT_MARGIN_S = 1.0  # drain: requests still running this long before the deadline are ended with an error
 LOCK_FILE = "edge-llm.lock"
+# The engine thread gives up the GIL in every llama.cpp call (ctypes) and must take it back after;
+# while a thread of Python work (an HTTP handler, a summary part's thread, telemetry) holds it,
+# CPython makes the engine wait up to the switch interval (5 ms) before asking it to let go. On an
+# H200 (tools/profile_step.py --busy-thread 2, 3 runs): a 4-sequence step went from 1.76-1.86 ms
+# to 2.12-2.15 beside a thread busy 2 ms in 12, and to 1.91-2.12 with 0.5 ms; over HTTP at 16
+# streams, with summary parts and unstreamed requests woken at their end only, 5,261 tok/s
+# (median of 7 rounds) against 5,019 (5) before (docs/measurements/h200-2026-12-04-session12).
+GIL_SWITCH_S = 0.0005
 
 
 class StateDirLocked(RuntimeError):
@@ -78,6 +87,7 @@ class Daemon:
             os.close(lock)
 
     def _run(self) -> int:
+        sys.setswitchinterval(GIL_SWITCH_S)
         self._install_signals()
         self._step("starting HTTP server")
         self._start_http()

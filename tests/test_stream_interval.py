@@ -134,3 +134,53 @@ def test_held_text_of_a_stream_no_step_advances_goes_once_its_interval_passed():
     assert a.outputs.get_nowait().finish_reason == "cancelled"
     engine._publish([])
     assert a.outputs.empty() and not engine._held
+
+
+def test_a_request_that_does_not_stream_gets_its_end_only_with_all_its_text():
+    """stream=False (a summary part, a non-streaming API request): one output, the end, with every
+    token's text, through a preemption too (whose flush of held text is for streams only)."""
+    engine = StepEngine(OneToken(), PLAN, stream_interval=0.0)  # 0: a stream would get every token
+    req = Request([1, 2, 3], SamplingParams(temperature=0, max_tokens=30))
+    req.stream = False
+    engine._add(req)
+    for _ in range(8):
+        engine.step()
+    assert req.outputs.empty() and len(req.output_tokens) == 8
+    engine.scheduler.preempt(req)
+    while engine.has_work:
+        engine.step()
+    outs = []
+    while not req.outputs.empty():
+        outs.append(req.outputs.get())
+    assert [o.text for o in outs] == [" a" * 30]
+    assert outs[0].finish_reason == "length" and outs[0].num_output_tokens == 30
+
+
+def test_a_stop_string_is_found_however_little_text_was_sent():
+    """The stop search looks at the new text's neighbourhood, not at what went to the reader: a
+    request that does not stream (nothing sent until its end) still stops at once, and the stop
+    string spanning two tokens is cut off."""
+    req = Request([1], SamplingParams(max_tokens=50, stop=("END",)))
+    req.stream = False
+    for piece in (b"one ", b"two E", b"ND three"):
+        req.append_token(7, piece)
+    assert req.status == RequestStatus.FINISHED_STOPPED and req.text == "one two "
+    assert req.publish() is False and req.outputs.get_nowait().text == "one two "
+
+
+def test_over_http_a_request_that_does_not_stream_gets_all_its_text_and_logprobs(server, client):
+    """The real server and the openai client: an unstreamed answer is the whole of its tokens'
+    text (their logprobs' bytes), though the engine sent it to the handler only at the end."""
+    from conftest import NO_EOS
+
+    r = client.chat.completions.create(
+        model=server.model_id,
+        messages=[{"role": "user", "content": "Count from one to fifty."}],
+        temperature=0,
+        max_tokens=40,
+        logit_bias=NO_EOS,
+        logprobs=True,
+    )
+    tokens = r.choices[0].logprobs.content
+    assert len(tokens) == 40 and r.usage.completion_tokens == 40 and r.choices[0].finish_reason == "length"
+    assert bytes(b for t in tokens for b in t.bytes).decode("utf-8", "replace") == r.choices[0].message.content

@@ -107,6 +107,10 @@ class Request:
     _text: str = ""  # decoded output (stop strings removed once matched)
     _num_sent: int = 0  # characters of _text already sent
     _published_at: float | None = None  # when text last went to the reader (None: none yet)
+    # False: only the end goes to the reader, with all the text (a summary part, a request that
+    # does not stream): its thread wakes once rather than with every step's token, and takes no
+    # turn at the GIL beside the engine thread meanwhile
+    stream: bool = True
     _decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
@@ -146,9 +150,10 @@ class Request:
         self.output_tokens.append(token)
         if logprob is not None:
             self.logprobs.append(logprob)
+        before = len(self._text)
         self._text += self._decoder.decode(piece)
-        # only the tail can hold a new match; the earliest match wins, whichever stop it is
-        tail = max(0, self._num_sent - max((len(s) for s in self.params.stop), default=0))
+        # only a match ending in the new text is new; the earliest match wins, whichever stop it is
+        tail = max(0, before - max((len(s) for s in self.params.stop), default=0))
         hits = [at for at in (self._text.find(stop, tail) for stop in self.params.stop) if at != -1]
         if hits:
             self._text = self._text[: min(hits)]
@@ -175,7 +180,10 @@ class Request:
     def publish(self, error: str | None = None, interval: float = 0.0, now: float = 0.0) -> bool:
         """Send new text (and the end, if finished) to the waiting HTTP thread; with an interval,
         text that follows other text within it waits for a later call (the first text and the end
-        go at once), so a reader wakes and writes an event that much less often. True: held back."""
+        go at once), so a reader wakes and writes an event that much less often. True: held back.
+        A request that does not stream publishes its end only (and an error)."""
+        if not self.stream and not self.is_finished and error is None:
+            return False
         if interval and not self.is_finished and error is None and self._published_at is not None:
             if now - self._published_at < interval:
                 return True

@@ -187,6 +187,7 @@ def _respond(
             prompt_tokens=e.num_tokens,
             max_input_tokens=e.limit,
         ) from None
+    req.stream = gen.stream  # one that does not stream is woken with its end only
     if engine.scheduler.admission_paused:
         raise APIError(
             503,

@@ -75,6 +75,7 @@ class Summarizer:
             self.summary_tokens,
             Priority.BACKGROUND,
         )
+        req.stream = False  # its text is read at its end; progress reads its counters (partial_progress)
         with self._lock:
             if self.stopping.is_set() or job_id in self._cancelled:
                 return None
