@@ -66,6 +66,9 @@ def test_a_step_far_from_its_end_stops_for_a_visitor_at_once():
     backend.release.set()
     worker.join(5)
     assert engine.num_let_finish == 0
+    # counted as a stopped step, with the time it ran (its work lost)
+    stats = engine.stats()
+    assert stats["background_steps_stopped"] == 1 and stats["background_stopped_s"] > 0
 
 
 def test_a_step_near_its_end_finishes_and_is_stopped_only_if_it_overruns():
@@ -95,6 +98,7 @@ def test_a_step_that_ends_in_time_is_not_stopped_by_the_late_check():
     worker.join(5)
     time.sleep(2.0)  # past the late check
     assert backend.interrupts == [] and engine.num_let_finish == 1
+    assert engine.stats()["background_steps_stopped"] == 0  # it finished: nothing lost
 
 
 def test_without_a_measured_cost_a_visitor_stops_the_step():

@@ -99,8 +99,10 @@ def main() -> None:
     done = threading.Event()
     if args.busy_thread:
         threading.Thread(target=busy, args=(args.busy_thread / 1000, done), daemon=True).start()
-        print(f"a thread busy in Python {args.busy_thread:g} ms in every {args.busy_thread + 10:g}, switch interval "
-              f"{sys.getswitchinterval() * 1000:g} ms")
+        print(
+            f"a thread busy in Python {args.busy_thread:g} ms in every {args.busy_thread + 10:g}, switch interval "
+            f"{sys.getswitchinterval() * 1000:g} ms"
+        )
     t0 = time.perf_counter()
     if not args.no_cprofile:
         prof.enable()

@@ -25,6 +25,11 @@ HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: C
 # half of one each time; letting one finish within 0.4 s saved the kiosk job no more than the
 # noise, so the daemon's default is 0 (always stop).
 ALPHA = 0.3  # weight of the newest step in the estimate of a background prompt token's cost
+# Run as two calls of 128 tokens, a stopped step would lose only the call it stopped: on 2 CPU
+# cores the work stops lost fell from 10.2-14.7 s of a ~105 s kiosk job to 6.2-6.9 s, but 256
+# prompt tokens late in a prompt took ~6% longer so (1.38 s against 1.30), and the job with a
+# visitor took no less in 7 rounds (94-111 s against 98-113 in 4): not done
+# (docs/measurements/cpu-2core-amd-2026-12-04-session12). background_stopped_s counts that loss.
 
 
 class StepEngine(EngineFront):
@@ -49,6 +54,8 @@ class StepEngine(EngineFront):
         self._stopped_late = False  # the late check stopped the running step: it overran its estimate
         self._background_token_s: float | None = None  # a stoppable step's seconds per token, recently
         self.num_let_finish = 0  # stoppable steps let finish for a visitor that arrived near their end
+        self.num_stopped = 0  # stoppable steps a visitor stopped (their unfinished chunks run again)
+        self.stopped_s = 0.0  # the time they ran, lost (but background decodes in them): what arrivals cost
         self.clock = time.monotonic  # what the interval is measured with (a test steps its own)
         kv = KVCacheManager(
             plan.num_seqs,
@@ -117,8 +124,12 @@ class StepEngine(EngineFront):
                 self._stoppable = None
         elapsed = time.perf_counter() - t0
         if out.abortable:
+            stopped = not all(c.done for c in out.chunks)
+            if stopped:
+                self.num_stopped += 1
+                self.stopped_s += elapsed
             per_token, old = elapsed / out.num_tokens, self._background_token_s
-            if all(c.done for c in out.chunks):
+            if not stopped:
                 self._background_token_s = per_token if old is None else old + ALPHA * (per_token - old)
             elif self._stopped_late:  # it cost at least this (the estimate ran short: late in a long prompt)
                 self._background_token_s = max(old or 0.0, per_token)
@@ -280,5 +291,7 @@ class StepEngine(EngineFront):
             "resumptions": self.scheduler.num_resumptions,
             **self.scheduler.share.to_dict(),
             "background_steps_let_finish": self.num_let_finish,
+            "background_steps_stopped": self.num_stopped,
+            "background_stopped_s": round(self.stopped_s, 3),
             **(self.scheduler.drafter.stats() if self.scheduler.drafter else {"draft_tokens": None}),
         }
