@@ -15,6 +15,8 @@
 #                    tools/gpu_bench.sh kiosk [ROUNDS] [PARTS] [TOKENS]  tools/kiosk_bench.py: chat through a summary job
 #                    tools/gpu_bench.sh energy [SECONDS] edge-llm bench --energy-s: per-request joules summed
 #                                       against NVML's energy counter over the run (issue 24); exit 1 if not within 10%
+#                    tools/gpu_bench.sh graphopt [ROUNDS]  ggml-cuda's GGML_CUDA_GRAPH_OPT=1 (concurrent streams in a
+#                                       CUDA graph, read once a process) against unset: profile, bench rounds, GPU tests
 # Results: $OUT (or .gpu/results) as JSON, for docs/measurements/ with the date and the GPU
 # (energy's file is named so already: energy-gpu-DATE.json).
 # .gpu/ is for carrying, never committed (add it to .git/info/exclude). A call carries at most 64
@@ -113,5 +115,17 @@ case ${1:-} in
     env_there
     "$PY" -m edge_llm bench --energy-s "${2:-30}" --batch "${3:-16}" --decode-tokens 256 \
       --set daemon.state_dir="$PWD/$B/state" --json "$RESULTS/energy-gpu-$(date -u +%F).json" ;;
-  *) sed -n '2,18p' "$0"; exit 2 ;;
+  graphopt)  # graphopt [ROUNDS]: both servers of a round inherit the setting (llama-server reads it too)
+    env_there
+    for n in 1 4 16; do for v in unset 1; do
+      echo "== $n sequences, GGML_CUDA_GRAPH_OPT=$v"
+      if [ $v = 1 ]; then export GGML_CUDA_GRAPH_OPT=1; else unset GGML_CUDA_GRAPH_OPT; fi
+      "$PY" "$SRC/tools/profile_step.py" --seqs "$n" --steps 600 --no-cprofile 2>&1 | grep -E 'sequences,|Python \('
+    done; done | tee "$RESULTS/graphopt-profile.txt"
+    for r in $(seq "${2:-3}"); do for v in unset 1; do
+      if [ $v = 1 ]; then export GGML_CUDA_GRAPH_OPT=1; else unset GGML_CUDA_GRAPH_OPT; fi
+      "$0" bench 1 "graphopt-$v-$r" >/dev/null 2>&1 || echo "bench $v $r failed"
+    done; done
+    export GGML_CUDA_GRAPH_OPT=1; "$0" test | tail -2 ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
 esac
