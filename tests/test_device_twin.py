@@ -307,10 +307,14 @@ def test_stop_drains_an_in_flight_stream_and_exits_0(twin):
 
 
 def _enable_test_settings(twin) -> None:
-    """Small summary chunks (a job of several steps in seconds) and the hang hook; a restart."""
+    """Small summary chunks (a job of several steps in seconds), two in flight at once, and the
+    hang hook; a restart. Two at a time: with as many in flight as the plan's batch size (which
+    follows this machine's calibration), chunks of one length capped at one summary length can all
+    end in one step, level after level, and the kill test once saw its job only when it was done
+    (1 of 1 chunks: nothing left to kill it in the middle of)."""
     twin.sh(
         "grep -q debug_hooks /etc/edge-llm/edge-llm.toml || printf '\\n[daemon]\\ndebug_hooks = true\\n"
-        "\\n[summarize]\\nchunk_tokens = 160\\nsummary_tokens = 24\\n' >> /etc/edge-llm/edge-llm.toml"
+        "\\n[summarize]\\nchunk_tokens = 160\\nsummary_tokens = 24\\nparallel = 2\\n' >> /etc/edge-llm/edge-llm.toml"
     )
     twin.sh("systemctl restart edge-llm", timeout=300)
 
