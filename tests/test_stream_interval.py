@@ -85,22 +85,32 @@ def test_a_preempted_stream_gets_its_held_text_at_once():
     assert held == " a" * 6 and texts == [" a", " a" * 5]
 
 
+def _count_to_fifty(server, max_tokens: int) -> dict:
+    """A greedy request that runs to max_tokens (no end of text), with each token's logprob."""
+    from conftest import NO_EOS
+
+    return dict(
+        model=server.model_id,
+        messages=[{"role": "user", "content": "Count from one to fifty."}],
+        temperature=0,
+        max_tokens=max_tokens,
+        logit_bias=NO_EOS,
+        logprobs=True,
+    )
+
+
+def _text_of(tokens) -> str:
+    """The text of the tokens' bytes, as the request generated them."""
+    return bytes(b for t in tokens for b in t.bytes).decode("utf-8", "replace")
+
+
 def test_over_http_a_stream_carries_several_tokens_an_event_and_loses_none(server, client):
     """The real server and the openai client: with an interval the events are fewer than the
     tokens, and the streamed text is exactly the text of the tokens the request generated (their
     logprobs' bytes, sent along in the same events), none lost, none twice. (Not compared with an
     unstreamed twin: on a shared server a twin's prompt comes from the prefix cache, its batches
     differ, and greedy text can part at a near-tie.)"""
-    from conftest import NO_EOS
-
-    ask = dict(
-        model=server.model_id,
-        messages=[{"role": "user", "content": "Count from one to fifty."}],
-        temperature=0,
-        max_tokens=48,
-        logit_bias=NO_EOS,
-        logprobs=True,
-    )
+    ask = _count_to_fifty(server, 48)
     server.engine.stream_interval = 0.25  # the engine reads it each step (the test server's is 0)
     try:
         chunks = [c for c in client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True})]
@@ -110,7 +120,7 @@ def test_over_http_a_stream_carries_several_tokens_an_event_and_loses_none(serve
     text = "".join(e.delta.content for e in events)
     tokens = [t for e in events for t in (e.logprobs.content if e.logprobs else [])]
     assert len(tokens) == 48 and chunks[-1].usage.completion_tokens == 48
-    assert bytes(b for t in tokens for b in t.bytes).decode("utf-8", "replace") == text and len(text) > 48
+    assert _text_of(tokens) == text and len(text) > 48
     assert len(events) < 48 / 2, len(events)  # ~10 ms a token here, a GPU faster: several tokens an event
 
 
@@ -171,16 +181,7 @@ def test_a_stop_string_is_found_however_little_text_was_sent():
 def test_over_http_a_request_that_does_not_stream_gets_all_its_text_and_logprobs(server, client):
     """The real server and the openai client: an unstreamed answer is the whole of its tokens'
     text (their logprobs' bytes), though the engine sent it to the handler only at the end."""
-    from conftest import NO_EOS
-
-    r = client.chat.completions.create(
-        model=server.model_id,
-        messages=[{"role": "user", "content": "Count from one to fifty."}],
-        temperature=0,
-        max_tokens=40,
-        logit_bias=NO_EOS,
-        logprobs=True,
-    )
+    r = client.chat.completions.create(**_count_to_fifty(server, 40))
     tokens = r.choices[0].logprobs.content
     assert len(tokens) == 40 and r.usage.completion_tokens == 40 and r.choices[0].finish_reason == "length"
-    assert bytes(b for t in tokens for b in t.bytes).decode("utf-8", "replace") == r.choices[0].message.content
+    assert _text_of(tokens) == r.choices[0].message.content
