@@ -4,6 +4,7 @@ decode token per running sequence), the backend runs it, the scheduler applies t
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 
@@ -17,6 +18,7 @@ from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+LATE_GRACE = 0.25  # of finish_within: how far past its expected end a step let finish may run
 HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
 # A step of background prefill alone that a visitor's arrival would stop loses all its work so far
 # (llama.cpp keeps no part of a stopped ubatch): one expected to end within finish_within
@@ -24,12 +26,65 @@ HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: C
 # cores a 256-token chunk late in a long prompt took ~1.6 s, and a visitor every 4 s threw away
 # half of one each time; letting one finish within 0.4 s saved the kiosk job no more than the
 # noise, so the daemon's default is 0 (always stop).
-ALPHA = 0.3  # weight of the newest step in the estimate of a background prompt token's cost
 # Run as two calls of 128 tokens, a stopped step would lose only the call it stopped: on 2 CPU
 # cores the work stops lost fell from 10.2-14.7 s of a ~105 s kiosk job to 6.2-6.9 s, but 256
 # prompt tokens late in a prompt took ~6% longer so (1.38 s against 1.30), and the job with a
 # visitor took no less in 7 rounds (94-111 s against 98-113 in 4): not done
 # (docs/measurements/cpu-2core-amd-2026-12-04-session12). background_stopped_s counts that loss.
+
+
+class PrefillCost:
+    """How long a step of background prefill will take: seconds = a x tokens + b x the tokens'
+    context (each token attends over the cells before it), fitted to recent stoppable steps by
+    least squares that forget (DECAY a step). One figure a token was not enough: on 2 CPU cores a
+    prompt token cost 4.6 ms early in a 3,000-token prompt and 9 late (attention over the cells),
+    so an average of recent steps ran short late in a prompt and long at the next one's start; a
+    step let finish then overran its estimate, and the late check stopped it, all of it lost and
+    the visitor kept waiting too."""
+
+    DECAY = 0.85  # weight left to the past at each new step (~7 steps remembered)
+    SCALE = 1e-3  # context in thousands of tokens, so the two columns are of a size
+
+    def __init__(self):
+        self._sums = [0.0] * 5  # decayed sums of x1*x1, x1*x2, x2*x2, x1*y, x2*y
+        self.num_observed = 0
+
+    def features(self, out: SchedulerOutput) -> tuple[float, float]:
+        tokens = sum(len(c.tokens) for c in out.chunks)
+        context = sum(len(c.tokens) * (c.start_pos + (len(c.tokens) - 1) / 2) for c in out.chunks)
+        return float(tokens), context * self.SCALE
+
+    def observe(self, out: SchedulerOutput, seconds: float) -> None:
+        x1, x2 = self.features(out)
+        if x1 <= 0 or seconds <= 0:
+            return
+        new = (x1 * x1, x1 * x2, x2 * x2, x1 * seconds, x2 * seconds)
+        self._sums = [self.DECAY * old + n for old, n in zip(self._sums, new, strict=True)]
+        self.num_observed += 1
+
+    def coefficients(self) -> tuple[float, float] | None:
+        """(a, b), both >= 0; None before the first step. Steps all at one context cannot tell a
+        from b: then a alone (b = 0) or b alone, whichever fits them better."""
+        s11, s12, s22, s1y, s2y = self._sums
+        if s11 <= 0:
+            return None
+        det = s11 * s22 - s12 * s12
+        if det > 1e-9 * s11 * s22:
+            a, b = (s22 * s1y - s12 * s2y) / det, (s11 * s2y - s12 * s1y) / det
+            if a >= 0 and b >= 0:
+                return a, b
+        a_only = (s1y / s11, 0.0)  # the fit of each alone: the one leaving less squared error
+        if s22 <= 0:
+            return a_only
+        b_only = (0.0, s2y / s22)
+        return a_only if s1y * s1y / s11 >= s2y * s2y / s22 else b_only
+
+    def predict(self, out: SchedulerOutput) -> float | None:
+        coef = self.coefficients()
+        if coef is None:
+            return None
+        x1, x2 = self.features(out)
+        return coef[0] * x1 + coef[1] * x2
 
 
 class StepEngine(EngineFront):
@@ -52,7 +107,9 @@ class StepEngine(EngineFront):
         self._stoppable: tuple[int, float, float] | None = None
         self._stoppable_lock = threading.Lock()  # a late check never stops the step after the one it was for
         self._stopped_late = False  # the late check stopped the running step: it overran its estimate
-        self._background_token_s: float | None = None  # a stoppable step's seconds per token, recently
+        self.prefill_cost = PrefillCost()  # what a stoppable step will take, from the recent ones
+        self._estimate_errors: list[float] = []  # |actual / expected - 1| of recent stoppable steps run out
+        self.num_stopped_late = 0  # steps let finish that overran their estimate and were stopped after all
         self.num_let_finish = 0  # stoppable steps let finish for a visitor that arrived near their end
         self.num_stopped = 0  # stoppable steps a visitor stopped (their unfinished chunks run again)
         self.stopped_s = 0.0  # the time they ran, lost (but background decodes in them): what arrivals cost
@@ -112,8 +169,9 @@ class StepEngine(EngineFront):
             return
         t0 = time.perf_counter()
         self.energy.start()
-        if out.abortable and self._background_token_s is not None:
-            self._stoppable = (self.num_steps, time.monotonic(), self._background_token_s * out.num_tokens)
+        expected = self.prefill_cost.predict(out) if out.abortable else None
+        if expected is not None:
+            self._stoppable = (self.num_steps, time.monotonic(), expected)
         try:
             sampled = self.backend.execute(out)
         except Exception as e:  # the batch failed as a whole (llama_decode): every request in it ends
@@ -128,11 +186,13 @@ class StepEngine(EngineFront):
             if stopped:
                 self.num_stopped += 1
                 self.stopped_s += elapsed
-            per_token, old = elapsed / out.num_tokens, self._background_token_s
             if not stopped:
-                self._background_token_s = per_token if old is None else old + ALPHA * (per_token - old)
-            elif self._stopped_late:  # it cost at least this (the estimate ran short: late in a long prompt)
-                self._background_token_s = max(old or 0.0, per_token)
+                self.prefill_cost.observe(out, elapsed)
+                if expected:
+                    self._estimate_errors = [*self._estimate_errors[-63:], abs(elapsed / expected - 1)]
+            elif self._stopped_late:  # it cost at least this: learnt as if it had ended now
+                self.num_stopped_late += 1
+                self.prefill_cost.observe(out, elapsed)
             self._stopped_late = False
         self.scheduler.observe_step(out, elapsed)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
@@ -159,7 +219,7 @@ class StepEngine(EngineFront):
             self.backend.interrupt(True)
             return
         self.num_let_finish += 1
-        timer = threading.Timer(max(left, 0.0) + 0.1 * self.finish_within, self._interrupt_if_running, (running,))
+        timer = threading.Timer(max(left, 0.0) + LATE_GRACE * self.finish_within, self._interrupt_if_running, (running,))
         timer.daemon = True
         timer.start()
 
@@ -293,5 +353,9 @@ class StepEngine(EngineFront):
             "background_steps_let_finish": self.num_let_finish,
             "background_steps_stopped": self.num_stopped,
             "background_stopped_s": round(self.stopped_s, 3),
+            "background_steps_stopped_late": self.num_stopped_late,
+            "background_step_estimate_error": (
+                round(statistics.median(self._estimate_errors), 3) if self._estimate_errors else None
+            ),
             **(self.scheduler.drafter.stats() if self.scheduler.drafter else {"draft_tokens": None}),
         }
