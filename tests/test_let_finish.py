@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from test_stream_interval import PLAN, OneToken
 
 from edge_llm.engine.batch import ScheduledChunk, SchedulerOutput

@@ -219,7 +219,9 @@ class StepEngine(EngineFront):
             self.backend.interrupt(True)
             return
         self.num_let_finish += 1
-        timer = threading.Timer(max(left, 0.0) + LATE_GRACE * self.finish_within, self._interrupt_if_running, (running,))
+        timer = threading.Timer(
+            max(left, 0.0) + LATE_GRACE * self.finish_within, self._interrupt_if_running, (running,)
+        )
         timer.daemon = True
         timer.start()
 
