@@ -85,6 +85,10 @@ def test_a_step_far_from_its_end_stops_for_a_visitor_at_once():
     # counted as a stopped step, with the time it ran (its work lost)
     stats = engine.stats()
     assert stats["background_steps_stopped"] == 1 and stats["background_stopped_s"] > 0
+    # and the engine's time by kind of step: the first (run out) and the stopped one
+    times = engine.step_time_s
+    assert times["background"] > 0 and times["stopped"] == pytest.approx(engine.stopped_s)
+    assert times["visitor"] == times["shared"] == 0 and stats["step_time_s"]["stopped"] > 0
 
 
 def test_a_step_near_its_end_finishes_and_is_stopped_only_if_it_overruns():

@@ -176,15 +176,49 @@ def idle(kiosk: Kiosk, chats: int, tokens: int) -> dict:
     }
 
 
+def engine_stats(kiosk: Kiosk) -> dict:
+    return kiosk.get("/api/status").get("engine") or {}
+
+
+# the engine's counters (GET /api/status), taken as differences over one job; the rest as after it
+COUNTERS = {
+    "steps",
+    "preemptions",
+    "resumptions",
+    "background_shared_steps",
+    "background_held_steps",
+    "background_prefill_held_steps",
+    "background_steps_let_finish",
+    "background_steps_stopped",
+    "background_steps_stopped_late",
+    "background_stopped_s",
+    "step_time_s",
+}
+
+
+def delta(before: dict, after: dict) -> dict:
+    """The engine's figures over one job: after - before for the counters (COUNTERS)."""
+
+    def minus(a, b):
+        if isinstance(a, dict):
+            return {k: minus(v, (b or {}).get(k, 0)) for k, v in a.items()}
+        return round(a - (b or 0), 3) if isinstance(a, int | float) else a
+
+    return {k: minus(v, before.get(k)) if k in COUNTERS else v for k, v in after.items()}
+
+
 def alone(kiosk: Kiosk, body: str) -> dict:
     kiosk.wait_idle()
-    return kiosk.follow(kiosk.submit(body))
+    before = engine_stats(kiosk)
+    job = kiosk.follow(kiosk.submit(body))
+    return {**job, "engine": delta(before, engine_stats(kiosk))}  # the counters over this job
 
 
 def together(kiosk: Kiosk, body: str, tokens: int, interval: float) -> dict:
     """The job, and a visitor asking every `interval` s until it ends (a question that runs past
     its turn delays the next one: the visitor asks again as soon as it is answered)."""
     kiosk.wait_idle()
+    before = engine_stats(kiosk)
     done, chats = threading.Event(), []
     t0 = time.monotonic()
     job_id = kiosk.submit(body)
@@ -202,7 +236,7 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float) -> dict:
     finally:
         done.set()
         thread.join()
-    return {**job, "chats": chats, "engine": kiosk.get("/api/status").get("engine")}  # the share's counters
+    return {**job, "chats": chats, "engine": delta(before, engine_stats(kiosk))}  # the share's counters
 
 
 def rates_ttfts(chats: list[dict]) -> tuple[list[float], list[float]]:

@@ -113,6 +113,9 @@ class StepEngine(EngineFront):
         self.num_let_finish = 0  # stoppable steps let finish for a visitor that arrived near their end
         self.num_stopped = 0  # stoppable steps a visitor stopped (their unfinished chunks run again)
         self.stopped_s = 0.0  # the time they ran, lost (but background decodes in them): what arrivals cost
+        # where the engine thread's time went, by the steps' work (seconds, since start): with a
+        # job's wall, what a visitor costs it (tools/kiosk_bench.py takes the difference per job)
+        self.step_time_s = {"background": 0.0, "visitor": 0.0, "shared": 0.0, "stopped": 0.0, "host": 0.0}
         self.clock = time.monotonic  # what the interval is measured with (a test steps its own)
         kv = KVCacheManager(
             plan.num_seqs,
@@ -181,8 +184,12 @@ class StepEngine(EngineFront):
             with self._stoppable_lock:
                 self._stoppable = None
         elapsed = time.perf_counter() - t0
+        stopped = not all(c.done for c in out.chunks)
+        visitor = any(c.request.priority == Priority.INTERACTIVE for c in out.chunks)
+        background = any(c.request.priority == Priority.BACKGROUND for c in out.chunks)
+        kind = "stopped" if stopped else "shared" if visitor and background else "visitor" if visitor else "background"
+        self.step_time_s[kind] += elapsed
         if out.abortable:
-            stopped = not all(c.done for c in out.chunks)
             if stopped:
                 self.num_stopped += 1
                 self.stopped_s += elapsed
@@ -206,6 +213,7 @@ class StepEngine(EngineFront):
         if drafter is not None and out.chunks and all(c.decode for c in out.chunks):
             extra = sum(len(c.tokens) - 1 for c in out.chunks)
             drafter.observe_step(out.num_tokens, extra, time.perf_counter() - begin)
+        self.step_time_s["host"] += time.perf_counter() - begin - elapsed
 
     def _interrupt_for_visitor(self) -> None:
         """Any thread: stop the running step of background prefill, unless it is expected to end
@@ -356,6 +364,7 @@ class StepEngine(EngineFront):
             "background_steps_stopped": self.num_stopped,
             "background_stopped_s": round(self.stopped_s, 3),
             "background_steps_stopped_late": self.num_stopped_late,
+            "step_time_s": {k: round(v, 3) for k, v in self.step_time_s.items()},
             "background_step_estimate_error": (
                 round(statistics.median(self._estimate_errors), 3) if self._estimate_errors else None
             ),
