@@ -187,7 +187,6 @@ COUNTERS = {
     "resumptions",
     "background_shared_steps",
     "background_held_steps",
-    "background_prefill_held_steps",
     "background_steps_let_finish",
     "background_steps_stopped",
     "background_steps_stopped_late",
