@@ -3,7 +3,8 @@ while the device summarizes a document, and what does the visitor cost the job?
 
 Each round, against one daemon: idle, the visitor alone (--idle-chats chats, one after another);
 alone, a summary job of at least --parts parts, uploaded and polled as the summaries page does;
-together, the same job with the visitor asking a question every --interval s (from t=1 s) until
+together, the same job with the visitor asking a question every --interval s on average (from
+t=1 s; each gap drawn uniformly within +-(--jitter) s, the same draws for every run's round k) until
 the job ends (alone and together alternate which goes first). The visitor streams --tokens
 tokens through the `openai` client as the chat page sends them: no temperature unless
 --temperature is given, so the daemon's defaults apply (GET /api/sampling says which).
@@ -13,7 +14,7 @@ Reported: the visitor's worst TTFT together (goal < 1 s), the slowest decode rat
 over alone (goal <= 1.2, the daemon's own created/updated stamps), each the worst of the rounds.
 
     .venv/bin/python tools/kiosk_bench.py [--url URL [--api-key KEY] | --set k=v ...] [--rounds 1]
-                                          [--parts 4 | --chars N] [--tokens 48] [--interval 4]
+                                          [--parts 4 | --chars N] [--tokens 48] [--interval 4] [--jitter 1]
                                           [--idle-chats 5] [--temperature T] [--out F]
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import operator
+import random
 import statistics
 import subprocess
 import sys
@@ -213,10 +215,15 @@ def alone(kiosk: Kiosk, body: str) -> dict:
     return {**job, "engine": delta(before, engine_stats(kiosk))}  # the counters over this job
 
 
-def together(kiosk: Kiosk, body: str, tokens: int, interval: float) -> dict:
-    """The job, and a visitor asking every `interval` s until it ends (a question that runs past
-    its turn delays the next one: the visitor asks again as soon as it is answered)."""
+def together(kiosk: Kiosk, body: str, tokens: int, interval: float, jitter: float = 0.0, seed: int = 0) -> dict:
+    """The job, and a visitor asking every `interval` +- `jitter` s until it ends (a question that
+    runs past its turn delays the next one: the visitor asks again as soon as it is answered).
+    Gaps of exactly `interval` can lock onto the background's steps (~1.3 s each on 2 cores), each
+    question landing at the same point of a step: with a stoppable step let finish near its end,
+    rounds of one setting gave 1.02 to 1.23 (session 13). The gaps are drawn from
+    random.Random(seed), so two runs' round k ask alike."""
     kiosk.wait_idle()
+    rng = random.Random(seed)
     before = engine_stats(kiosk)
     done, chats = threading.Event(), []
     t0 = time.monotonic()
@@ -226,7 +233,7 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float) -> dict:
         due = t0 + VISITOR_START_S
         while not done.wait(max(0.0, due - time.monotonic())):
             chats.append({"t_s": round(time.monotonic() - t0, 2), **kiosk.chat(tokens)})
-            due = max(due + interval, time.monotonic())  # no burst of overdue questions
+            due = max(due + rng.uniform(interval - jitter, interval + jitter), time.monotonic())  # no burst
 
     thread = threading.Thread(target=visitor, name="visitor")
     thread.start()
@@ -283,7 +290,9 @@ def one_round(kiosk: Kiosk, k: int, chars: int, args) -> dict:
     idle_ = idle(kiosk, args.idle_chats, args.tokens)
     jobs = {
         "alone": lambda: alone(kiosk, text(chars, 1000 * (2 * k + 1))),
-        "together": lambda: together(kiosk, text(chars, 1000 * (2 * k + 2)), args.tokens, args.interval),
+        "together": lambda: together(
+            kiosk, text(chars, 1000 * (2 * k + 2)), args.tokens, args.interval, args.jitter, seed=k
+        ),
     }
     order = ["alone", "together"] if k % 2 == 0 else ["together", "alone"]
     done = {name: jobs[name]() for name in order}
@@ -326,6 +335,7 @@ def bench(url: str, args) -> dict:
             "parts_fitted": parts,
             "tokens": args.tokens,
             "interval_s": args.interval,
+            "jitter_s": args.jitter,
             "idle_chats": args.idle_chats,
             "temperature": args.temperature,
         },
@@ -375,13 +385,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--parts", type=int, default=4, help="the job's parts: the text is sized to make this many")
     ap.add_argument("--chars", type=int, default=0, help="the text's size instead (no sizing uploads)")
     ap.add_argument("--tokens", type=int, default=48, help="tokens per visitor question")
-    ap.add_argument("--interval", type=float, default=4.0, help="seconds between the visitor's questions")
+    ap.add_argument("--interval", type=float, default=4.0, help="seconds between the visitor's questions, on average")
+    ap.add_argument("--jitter", type=float, default=1.0, help="each gap drawn within interval +- this (0: exact)")
     ap.add_argument("--idle-chats", type=int, default=5, help="visitor questions with nothing else running")
     ap.add_argument("--temperature", type=float, help="send one (the chat page sends none by default)")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.parts < 1 or args.tokens < 2 or args.idle_chats < 1 or args.interval <= 0:
         ap.error("--rounds, --parts, --idle-chats must be >= 1, --tokens >= 2 and --interval > 0")
+    if not 0 <= args.jitter < args.interval:
+        ap.error("--jitter must be >= 0 and less than --interval")
     with tempfile.TemporaryDirectory(prefix="kiosk-bench-") as state:
         proc, url = (None, args.url) if args.url else serve(args.set, state)
         try:

@@ -184,10 +184,12 @@ class StepEngine(EngineFront):
             with self._stoppable_lock:
                 self._stoppable = None
         elapsed = time.perf_counter() - t0
-        stopped = not all(c.done for c in out.chunks)
-        visitor = any(c.request.priority == Priority.INTERACTIVE for c in out.chunks)
-        background = any(c.request.priority == Priority.BACKGROUND for c in out.chunks)
-        kind = "stopped" if stopped else "shared" if visitor and background else "visitor" if visitor else "background"
+        stopped = out.abortable and not all(c.done for c in out.chunks)  # only such a step is stopped
+        if stopped:
+            kind = "stopped"
+        else:
+            classes = {c.request.priority for c in out.chunks}  # one pass (a GPU step: 16-48 chunks)
+            kind = "background" if Priority.INTERACTIVE not in classes else "shared" if len(classes) > 1 else "visitor"
         self.step_time_s[kind] += elapsed
         if out.abortable:
             if stopped:
