@@ -14,7 +14,7 @@ Reported: the visitor's worst TTFT together (goal < 1 s), the slowest decode rat
 over alone (goal <= 1.2, the daemon's own created/updated stamps), each the worst of the rounds.
 
     .venv/bin/python tools/kiosk_bench.py [--url URL [--api-key KEY] | --set k=v ...] [--rounds 1]
-                                          [--parts 4 | --chars N] [--tokens 48] [--interval 4] [--jitter 1]
+                                          [--parts 4 | --chars N] [--tokens 48] [--interval 4] [--jitter 1] [--seed 0]
                                           [--idle-chats 5] [--temperature T] [--out F]
 """
 
@@ -221,7 +221,7 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float, jitter: floa
     Gaps of exactly `interval` can lock onto the background's steps (~1.3 s each on 2 cores), each
     question landing at the same point of a step: with a stoppable step let finish near its end,
     rounds of one setting gave 1.02 to 1.23 (session 13). The gaps are drawn from
-    random.Random(seed), so two runs' round k ask alike."""
+    random.Random(--seed + k), so two runs' round k ask alike."""
     kiosk.wait_idle()
     rng = random.Random(seed)
     before = engine_stats(kiosk)
@@ -291,7 +291,7 @@ def one_round(kiosk: Kiosk, k: int, chars: int, args) -> dict:
     jobs = {
         "alone": lambda: alone(kiosk, text(chars, 1000 * (2 * k + 1))),
         "together": lambda: together(
-            kiosk, text(chars, 1000 * (2 * k + 2)), args.tokens, args.interval, args.jitter, seed=k
+            kiosk, text(chars, 1000 * (2 * k + 2)), args.tokens, args.interval, args.jitter, seed=args.seed + k
         ),
     }
     order = ["alone", "together"] if k % 2 == 0 else ["together", "alone"]
@@ -336,6 +336,7 @@ def bench(url: str, args) -> dict:
             "tokens": args.tokens,
             "interval_s": args.interval,
             "jitter_s": args.jitter,
+            "seed": args.seed,
             "idle_chats": args.idle_chats,
             "temperature": args.temperature,
         },
@@ -387,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tokens", type=int, default=48, help="tokens per visitor question")
     ap.add_argument("--interval", type=float, default=4.0, help="seconds between the visitor's questions, on average")
     ap.add_argument("--jitter", type=float, default=1.0, help="each gap drawn within interval +- this (0: exact)")
+    ap.add_argument("--seed", type=int, default=0, help="round k's gaps are drawn from random.Random(seed + k)")
     ap.add_argument("--idle-chats", type=int, default=5, help="visitor questions with nothing else running")
     ap.add_argument("--temperature", type=float, help="send one (the chat page sends none by default)")
     ap.add_argument("--out", help="write the results here as JSON")
