@@ -221,7 +221,7 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float, jitter: floa
     Gaps of exactly `interval` can lock onto the background's steps (~1.3 s each on 2 cores), each
     question landing at the same point of a step: with a stoppable step let finish near its end,
     rounds of one setting gave 1.02 to 1.23 (session 13). The gaps are drawn from
-    random.Random(--seed + k), so two runs' round k ask alike."""
+    random.Random(seed) (the tool's --seed + the round's k), so two runs' round k ask alike."""
     kiosk.wait_idle()
     rng = random.Random(seed)
     before = engine_stats(kiosk)
