@@ -4,7 +4,7 @@ while the device summarizes a document, and what does the visitor cost the job?
 Each round, against one daemon: idle, the visitor alone (--idle-chats chats, one after another);
 alone, a summary job of at least --parts parts, uploaded and polled as the summaries page does;
 together, the same job with the visitor asking a question every --interval s on average (from
-t=1 s; each gap drawn uniformly within +-(--jitter) s, the same draws for every run's round k) until
+t=1 s; each gap drawn uniformly within +-(--jitter) s, alike in runs given one --seed) until
 the job ends (alone and together alternate which goes first). The visitor streams --tokens
 tokens through the `openai` client as the chat page sends them: no temperature unless
 --temperature is given, so the daemon's defaults apply (GET /api/sampling says which).
@@ -210,12 +210,18 @@ def delta(before: dict, after: dict) -> dict:
 
 def alone(kiosk: Kiosk, body: str) -> dict:
     kiosk.wait_idle()
-    before = engine_stats(kiosk)
+    t0, before = time.monotonic(), engine_stats(kiosk)
     job = kiosk.follow(kiosk.submit(body))
-    return {**job, "engine": delta(before, engine_stats(kiosk))}  # the counters over this job
+    return {**job, **over(before, t0, kiosk)}
 
 
-def together(kiosk: Kiosk, body: str, tokens: int, interval: float, jitter: float = 0.0, seed: int = 0) -> dict:
+def over(before: dict, t0: float, kiosk: Kiosk) -> dict:
+    """The engine's counters since `before` (taken at t0), and how long that was."""
+    after = engine_stats(kiosk)
+    return {"engine": delta(before, after), "engine_window_s": round(time.monotonic() - t0, 2)}
+
+
+def together(kiosk: Kiosk, body: str, tokens: int, interval: float, jitter: float, seed: int) -> dict:
     """The job, and a visitor asking every `interval` +- `jitter` s until it ends (a question that
     runs past its turn delays the next one: the visitor asks again as soon as it is answered).
     Gaps of exactly `interval` can lock onto the background's steps (~1.3 s each on 2 cores), each
@@ -224,7 +230,7 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float, jitter: floa
     random.Random(seed) (the tool's --seed + the round's k), so two runs' round k ask alike."""
     kiosk.wait_idle()
     rng = random.Random(seed)
-    before = engine_stats(kiosk)
+    since, before = time.monotonic(), engine_stats(kiosk)
     done, chats = threading.Event(), []
     t0 = time.monotonic()
     job_id = kiosk.submit(body)
@@ -242,7 +248,7 @@ def together(kiosk: Kiosk, body: str, tokens: int, interval: float, jitter: floa
     finally:
         done.set()
         thread.join()
-    return {**job, "chats": chats, "engine": delta(before, engine_stats(kiosk))}  # the share's counters
+    return {**job, "chats": chats, **over(before, since, kiosk)}  # the share's counters too
 
 
 def rates_ttfts(chats: list[dict]) -> tuple[list[float], list[float]]:

@@ -18,7 +18,6 @@ from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-LATE_GRACE = 0.25  # of finish_within: how far past its expected end a step let finish may run
 HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
 # A step of background prefill alone that a visitor's arrival would stop loses all its work so far
 # (llama.cpp keeps no part of a stopped ubatch): one expected to end within finish_within
@@ -31,16 +30,19 @@ HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: C
 # prompt tokens late in a prompt took ~6% longer so (1.38 s against 1.30), and the job with a
 # visitor took no less in 7 rounds (94-111 s against 98-113 in 4): not done
 # (docs/measurements/cpu-2core-amd-2026-12-04-session12). background_stopped_s counts that loss.
+# How far past its expected end a step let finish may run, in finish_within: 0.25 of 600 ms is
+# 150 ms, ~11% of a 1.3 s step, where PrefillCost's median miss was 1.2-5.2% (session 13)
+LATE_GRACE = 0.25
 
 
 class PrefillCost:
     """How long a step of background prefill will take: seconds = a x tokens + b x the tokens'
     context (each token attends over the cells before it), fitted to recent stoppable steps by
-    least squares that forget (DECAY a step). One figure a token was not enough: on 2 CPU cores a
-    prompt token cost 4.6 ms early in a 3,000-token prompt and 9 late (attention over the cells),
-    so an average of recent steps ran short late in a prompt and long at the next one's start; a
-    step let finish then overran its estimate, and the late check stopped it, all of it lost and
-    the visitor kept waiting too."""
+    least squares that forget (DECAY a step). One figure a token was not enough: on 2 CPU cores one
+    token took 13.2 ms at 2,000 cells of context against 6.9 at 32, and a prompt token late in a
+    3,000-token prompt 4.6-9 ms (session 11), so an average of recent steps ran short late in a
+    prompt and long at the next one's start; a step let finish then overran its estimate, and the
+    late check stopped it, all of it lost and the visitor kept waiting too."""
 
     DECAY = 0.85  # weight left to the past at each new step (~7 steps remembered)
     SCALE = 1e-3  # context in thousands of tokens, so the two columns are of a size
@@ -63,21 +65,22 @@ class PrefillCost:
         self.num_observed += 1
 
     def coefficients(self) -> tuple[float, float] | None:
-        """(a, b), both >= 0; None before the first step. Steps all at one context cannot tell a
-        from b: then a alone (b = 0) or b alone, whichever fits them better."""
+        """(a, b), both >= 0; None before the first step. Steps that cannot tell a from b (all of
+        one tokens-to-context ratio: the first step, say) give a alone (b = 0): a cost a token.
+        Where the best fit has a negative term, the better of a alone and b alone (b alone only
+        where it fits clearly better)."""
         s11, s12, s22, s1y, s2y = self._sums
         if s11 <= 0:
             return None
+        a_only = (s1y / s11, 0.0)
         det = s11 * s22 - s12 * s12
-        if det > 1e-9 * s11 * s22:
-            a, b = (s22 * s1y - s12 * s2y) / det, (s11 * s2y - s12 * s1y) / det
-            if a >= 0 and b >= 0:
-                return a, b
-        a_only = (s1y / s11, 0.0)  # the fit of each alone: the one leaving less squared error
-        if s22 <= 0:
+        if s22 <= 0 or det <= 1e-9 * s11 * s22:
             return a_only
-        b_only = (0.0, s2y / s22)
-        return a_only if s1y * s1y / s11 >= s2y * s2y / s22 else b_only
+        a, b = (s22 * s1y - s12 * s2y) / det, (s11 * s2y - s12 * s1y) / det
+        if a >= 0 and b >= 0:
+            return a, b
+        # the squared error each one-term fit removes: s1y^2 / s11 and s2y^2 / s22
+        return (0.0, s2y / s22) if s2y * s2y / s22 > 1.01 * s1y * s1y / s11 else a_only
 
     def predict(self, out: SchedulerOutput) -> float | None:
         coef = self.coefficients()
@@ -110,12 +113,13 @@ class StepEngine(EngineFront):
         self.prefill_cost = PrefillCost()  # what a stoppable step will take, from the recent ones
         self._estimate_errors: list[float] = []  # |actual / expected - 1| of recent stoppable steps run out
         self.num_stopped_late = 0  # steps let finish that overran their estimate and were stopped after all
-        self.num_let_finish = 0  # stoppable steps let finish for a visitor that arrived near their end
+        self.num_let_finish = 0  # arrivals that let a stoppable step finish (two in one step: 2)
         self.num_stopped = 0  # stoppable steps a visitor stopped (their unfinished chunks run again)
         self.stopped_s = 0.0  # the time they ran, lost (but background decodes in them): what arrivals cost
-        # where the engine thread's time went, by the steps' work (seconds, since start): with a
-        # job's wall, what a visitor costs it (tools/kiosk_bench.py takes the difference per job)
-        self.step_time_s = {"background": 0.0, "visitor": 0.0, "shared": 0.0, "stopped": 0.0, "host": 0.0}
+        # seconds in the steps that ran, from schedule to publish, by what they ran (since start;
+        # stopped ones with the background decodes done in them, host: outside llama.cpp calls):
+        # with a job's wall, what a visitor costs it (tools/kiosk_bench.py takes the difference)
+        self.step_time_s = dict.fromkeys(("background", "visitor", "shared", "stopped", "failed", "host"), 0.0)
         self.clock = time.monotonic  # what the interval is measured with (a test steps its own)
         kv = KVCacheManager(
             plan.num_seqs,
@@ -178,31 +182,32 @@ class StepEngine(EngineFront):
         try:
             sampled = self.backend.execute(out)
         except Exception as e:  # the batch failed as a whole (llama_decode): every request in it ends
+            self.step_time_s["failed"] += time.perf_counter() - t0
             self._fail_batch(out, str(e))
             raise
         finally:
-            with self._stoppable_lock:
+            with self._stoppable_lock:  # a late check that fired for a step that failed is forgotten
                 self._stoppable = None
+                late, self._stopped_late = self._stopped_late, False
         elapsed = time.perf_counter() - t0
         stopped = out.abortable and not all(c.done for c in out.chunks)  # only such a step is stopped
         if stopped:
             kind = "stopped"
+        elif not out.chunks:  # memory operations only (cells removed, a prefix cache cleared)
+            kind = "host"
         else:
             classes = {c.request.priority for c in out.chunks}  # one pass (a GPU step: 16-48 chunks)
             kind = "background" if Priority.INTERACTIVE not in classes else "shared" if len(classes) > 1 else "visitor"
         self.step_time_s[kind] += elapsed
-        if out.abortable:
-            if stopped:
-                self.num_stopped += 1
-                self.stopped_s += elapsed
-            if not stopped:
-                self.prefill_cost.observe(out, elapsed)
-                if expected:
-                    self._estimate_errors = [*self._estimate_errors[-63:], abs(elapsed / expected - 1)]
-            elif self._stopped_late:  # it cost at least this: learnt as if it had ended now
+        if stopped:
+            self.num_stopped += 1
+            self.stopped_s += elapsed
+        if out.abortable and (late or not stopped):  # run out, or stopped late: it cost at least this
+            self.prefill_cost.observe(out, elapsed)
+            if expected:  # a late stop's miss is a lower bound
+                self._estimate_errors = [*self._estimate_errors[-63:], abs(elapsed / expected - 1)]
+            if late and stopped:
                 self.num_stopped_late += 1
-                self.prefill_cost.observe(out, elapsed)
-            self._stopped_late = False
         self.scheduler.observe_step(out, elapsed)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
