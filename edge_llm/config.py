@@ -97,11 +97,13 @@ class LimitsConfig:
     # GIL; vLLM's stream_interval does the same. 0 = every token
     stream_interval_ms: int = 20
     # a step of background prefill alone that a visitor's arrival would stop (its work lost) is let
-    # finish when it is expected to end within this; the visitor's first token waits that long at
-    # most. 0 = always stop it, the default: on 2 cores, 400 saved the kiosk job 2-3 s of ~115 (no
-    # more than the noise) and cost the visitor's worst first token 0.49-0.55 s against 0.17-0.18
-    # (docs/measurements/cpu-2core-amd-2026-12-04-session11). On a GPU no step is stopped anyway
-    background_finish_ms: int = 0
+    # finish when it is expected to end within this (engine/step_engine.py: PrefillCost); the
+    # visitor's first token waits that long at most (and 0.25 of it more if the step overruns).
+    # 0 = always stop it. On 2 cores, through a kiosk job with a visitor every 4 +- 1 s, 600
+    # against 0: work lost to stops 2.1-4.6 s against 11.1-18.6, the job 1.11-1.25x its time alone
+    # against 1.25-1.45x, the visitor's worst first token 0.49-0.74 s against 0.11-0.47
+    # (docs/measurements/cpu-2core-amd-2026-12-05-session13). On a GPU no step is stopped anyway
+    background_finish_ms: int = 600
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
     bulk_prompt_tokens: int = 1024

@@ -286,6 +286,7 @@ def test_a_chat_stops_a_background_prefill_step_whose_work_is_redone_exactly(tmp
                 # prefill is cut into the same chunks as uninterrupted: llama.cpp's
                 # numbers depend on the chunking, and this test is of the redo alone
                 "limits.chat_slowdown": 1.0,
+                "limits.background_finish_ms": 0,  # always stopped, never let finish (this test's subject)
             }
         )
     )

@@ -1,7 +1,7 @@
 """A step of background prefill alone is stopped when a visitor arrives, and its work so far is
 lost; with limits.background_finish_ms, one expected to end within it is let finish instead, and
 stopped after all if it runs past that (no model: a stand-in backend whose background step waits
-to be released). The daemon's default is 0: always stopped."""
+to be released). The daemon's default is 600 ms (config.LimitsConfig)."""
 
 import threading
 import time

@@ -23,8 +23,9 @@ HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: C
 # (llama.cpp keeps no part of a stopped ubatch): one expected to end within finish_within
 # (limits.background_finish_ms) is let finish, and the visitor waits that long instead. On 2 CPU
 # cores a 256-token chunk late in a long prompt took ~1.6 s, and a visitor every 4 s threw away
-# half of one each time; letting one finish within 0.4 s saved the kiosk job no more than the
-# noise, so the daemon's default is 0 (always stop).
+# half of one each time. Session 11 let finish within 0.4 s on an estimate of one figure a token,
+# which ran short late in a prompt, and saw no gain; with PrefillCost and 0.6 s the work lost to
+# stops in a kiosk job fell from 11-19 s to 2-5 s (session 13): the daemon's default is 600 ms.
 # Run as two calls of 128 tokens, a stopped step would lose only the call it stopped: on 2 CPU
 # cores the work stops lost fell from 10.2-14.7 s of a ~105 s kiosk job to 6.2-6.9 s, but 256
 # prompt tokens late in a prompt took ~6% longer so (1.38 s against 1.30), and the job with a
