@@ -100,9 +100,10 @@ class LimitsConfig:
     # finish when it is expected to end within this (engine/step_engine.py: PrefillCost); the
     # visitor's first token waits that long at most (and 0.25 of it more if the step overruns).
     # 0 = always stop it. On 2 cores, through a kiosk job with a visitor every 4 +- 1 s, 600
-    # against 0: work lost to stops 2.1-4.6 s against 11.1-18.6, the job 1.11-1.25x its time alone
-    # against 1.25-1.45x, the visitor's worst first token 0.49-0.74 s against 0.11-0.47
-    # (docs/measurements/cpu-2core-amd-2026-12-05-session13). On a GPU no step is stopped anyway
+    # against 0 (6 runs each): work lost to stops 2.1-4.6 s against 10.4-18.6, the job 1.07-1.25x
+    # its time alone (median 1.16) against 1.16-1.45x (1.30), the visitor's worst first token
+    # 0.49-0.82 s against 0.11-0.47 (docs/measurements/cpu-2core-amd-2026-12-05-session13). On a
+    # GPU no step is stopped anyway
     background_finish_ms: int = 600
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
