@@ -7,6 +7,7 @@ import logging
 import statistics
 import threading
 import time
+from collections import deque
 
 from edge_llm.engine.backends.base import Backend
 from edge_llm.engine.batch import Lanes, SampledToken, SchedulerOutput
@@ -112,14 +113,14 @@ class StepEngine(EngineFront):
         self._stoppable_lock = threading.Lock()  # a late check never stops the step after the one it was for
         self._stopped_late = False  # the late check stopped the running step: it overran its estimate
         self.prefill_cost = PrefillCost()  # what a stoppable step will take, from the recent ones
-        self._estimate_errors: list[float] = []  # |actual / expected - 1| of recent stoppable steps run out
+        self._estimate_errors: deque[float] = deque(maxlen=64)  # |actual / expected - 1|, recent stoppable steps
         self.num_stopped_late = 0  # steps let finish that overran their estimate and were stopped after all
         self.num_let_finish = 0  # arrivals that let a stoppable step finish (two in one step: 2)
         self.num_stopped = 0  # stoppable steps a visitor stopped (their unfinished chunks run again)
-        self.stopped_s = 0.0  # the time they ran, lost (but background decodes in them): what arrivals cost
         # seconds in the steps that ran, from schedule to publish, by what they ran (since start;
-        # stopped ones with the background decodes done in them, host: outside llama.cpp calls):
-        # with a job's wall, what a visitor costs it (tools/kiosk_bench.py takes the difference)
+        # host: outside llama.cpp calls; stopped: the time stopped steps ran, lost but for the
+        # background decodes in them, what arrivals cost): with a job's wall, what a visitor costs
+        # it (tools/kiosk_bench.py takes the difference)
         self.step_time_s = dict.fromkeys(("background", "visitor", "shared", "stopped", "failed", "host"), 0.0)
         self.clock = time.monotonic  # what the interval is measured with (a test steps its own)
         kv = KVCacheManager(
@@ -202,11 +203,10 @@ class StepEngine(EngineFront):
         self.step_time_s[kind] += elapsed
         if stopped:
             self.num_stopped += 1
-            self.stopped_s += elapsed
         if out.abortable and (late or not stopped):  # run out, or stopped late: it cost at least this
             self.prefill_cost.observe(out, elapsed)
             if expected:  # a late stop's miss is a lower bound
-                self._estimate_errors = [*self._estimate_errors[-63:], abs(elapsed / expected - 1)]
+                self._estimate_errors.append(abs(elapsed / expected - 1))
             if late and stopped:
                 self.num_stopped_late += 1
         self.scheduler.observe_step(out, elapsed)
@@ -370,7 +370,7 @@ class StepEngine(EngineFront):
             **self.scheduler.share.to_dict(),
             "background_steps_let_finish": self.num_let_finish,
             "background_steps_stopped": self.num_stopped,
-            "background_stopped_s": round(self.stopped_s, 3),
+            "background_stopped_s": round(self.step_time_s["stopped"], 3),
             "background_steps_stopped_late": self.num_stopped_late,
             "step_time_s": {k: round(v, 3) for k, v in self.step_time_s.items()},
             "background_step_estimate_error": (
