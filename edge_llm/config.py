@@ -96,15 +96,15 @@ class LimitsConfig:
     # 30% (in process 5,582-5,714 tok/s, over HTTP 3,823-4,068), Python threads taking turns at the
     # GIL; vLLM's stream_interval does the same. 0 = every token
     stream_interval_ms: int = 20
-    # a step of background prefill alone that a visitor's arrival would stop (its work lost) is let
-    # finish when it is expected to end within this (engine/step_engine.py: PrefillCost); the
-    # visitor's first token waits that long at most (and 0.25 of it more if the step overruns).
-    # 0 = always stop it. On 2 cores, through a kiosk job with a visitor every 4 +- 1 s, 600
-    # against 0 (6 runs each): work lost to stops 2.1-4.6 s against 10.4-18.6, the job 1.07-1.25x
-    # its time alone (median 1.16) against 1.16-1.45x (1.30), the visitor's worst first token
-    # 0.49-0.82 s against 0.11-0.47 (docs/measurements/cpu-2core-amd-2026-12-05-session13). On a
-    # GPU no step is stopped anyway
-    background_finish_ms: int = 600
+    # the longest a visitor waits for a step of background prefill alone to end, rather than stop
+    # it (its work lost): it is let finish if expected to end with 0.25 of this to spare
+    # (engine/step_engine.py: PrefillCost, LATE_GRACE), and stopped at this if still running. 0 =
+    # always stop it. 350 keeps the mixed workload's visitor under 0.5 s to its first token on 2
+    # cores (4 rounds: worst 0.11-0.14 s, where 600 let finish within 600 ms gave 0.74-0.88 s in 2
+    # of 6); through a kiosk job the work lost to stops is then 6.4-7.1 s against 2.2-4.7 at 750
+    # (docs/measurements/cpu-2core-amd-2026-12-05-session14, session 13's for 0). On a GPU no step
+    # is stopped anyway
+    background_finish_ms: int = 350
     # a request that does not say its priority is background work when its prompt is longer than
     # this (a document, not a question: scheduled as a summary part is); 0 = always interactive
     bulk_prompt_tokens: int = 1024

@@ -26,7 +26,8 @@ HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: C
 # cores a 256-token chunk late in a long prompt took ~1.6 s, and a visitor every 4 s threw away
 # half of one each time. Session 11 let finish within 0.4 s on an estimate of one figure a token,
 # which ran short late in a prompt, and saw no gain; with PrefillCost and 0.6 s the work lost to
-# stops in a kiosk job fell from 11-19 s to 2-5 s (session 13): the daemon's default is 600 ms.
+# stops in a kiosk job fell from 11-19 s to 2-5 s (session 13). finish_within now bounds the
+# visitor's wait (below): the daemon's default is 350 ms (config.LimitsConfig).
 # Run as two calls of 128 tokens, a stopped step would lose only the call it stopped: on 2 CPU
 # cores the work stops lost fell from 10.2-14.7 s of a ~105 s kiosk job to 6.2-6.9 s, but 256
 # prompt tokens late in a prompt took ~6% longer so (1.38 s against 1.30), and the job with a
