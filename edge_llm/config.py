@@ -98,10 +98,10 @@ class LimitsConfig:
     stream_interval_ms: int = 20
     # the longest a visitor waits for a step of background prefill alone to end, rather than stop
     # it (its work lost): it is let finish if expected to end with 0.25 of this to spare
-    # (engine/step_engine.py: PrefillCost, LATE_GRACE), and stopped at this if still running. 0 =
+    # (engine/step_engine.py: PrefillCost, LATE_GRACE), and stopped by then at the latest. 0 =
     # always stop it. 350 keeps the mixed workload's visitor under 0.5 s to its first token on 2
     # cores (4 rounds: worst 0.11-0.14 s, where 600 let finish within 600 ms gave 0.74-0.88 s in 2
-    # of 6); through a kiosk job the work lost to stops is then 6.4-7.1 s against 2.2-4.7 at 750
+    # of 6); through a kiosk job the work lost to stops is then 6.4-8.6 s against 2.2-7.1 at 750
     # (docs/measurements/cpu-2core-amd-2026-12-05-session14, session 13's for 0). On a GPU no step
     # is stopped anyway
     background_finish_ms: int = 350

@@ -21,8 +21,8 @@ from edge_llm.engine.scheduler import Scheduler
 log = logging.getLogger(__name__)
 HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: CUDA graphs)
 # A step of background prefill alone that a visitor's arrival would stop loses all its work so far
-# (llama.cpp keeps no part of a stopped ubatch): one expected to end within finish_within
-# (limits.background_finish_ms) is let finish, and the visitor waits that long instead. On 2 CPU
+# (llama.cpp keeps no part of a stopped ubatch): one expected to end within 0.75 of finish_within
+# (limits.background_finish_ms) is let finish, and the visitor waits for it instead. On 2 CPU
 # cores a 256-token chunk late in a long prompt took ~1.6 s, and a visitor every 4 s threw away
 # half of one each time. Session 11 let finish within 0.4 s on an estimate of one figure a token,
 # which ran short late in a prompt, and saw no gain; with PrefillCost and 0.6 s the work lost to
@@ -34,8 +34,8 @@ HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: C
 # visitor took no less in 7 rounds (94-111 s against 98-113 in 4): not done
 # (docs/measurements/cpu-2core-amd-2026-12-04-session12). background_stopped_s counts that loss.
 # How far past its expected end a step let finish may run, in finish_within: a step is let finish
-# only if it is expected to end that much before finish_within, and is stopped finish_within after
-# the visitor came if it is still running, so finish_within bounds the visitor's wait. (Session 13
+# only if it is expected to end that much before finish_within, and is stopped that much past its
+# expected end if it is still running: finish_within after the visitor came at the latest. (Session 13
 # let finish within 600 ms and stopped 150 ms past the expected end: the visitor of the mixed
 # workload waited up to 0.75 s, its worst first token 0.74-0.88 s in 2 of 6 rounds, session 14.)
 # PrefillCost's median miss was 1.2-5.2% of a ~1.3 s step (session 13).
@@ -110,7 +110,7 @@ class StepEngine(EngineFront):
         finish_within: float = 0.0,
     ):
         super().__init__(backend, plan, max_queue, metrics)
-        self.finish_within = finish_within  # seconds: a stoppable step ending sooner is let finish
+        self.finish_within = finish_within  # seconds: the longest a visitor waits for a stoppable step
         self.stream_interval = stream_interval  # seconds between a stream's outputs (Request.publish)
         self._held: dict[int, Request] = {}  # requests whose last publish was held back by the interval
         # the stoppable step running now: (step number, started, expected seconds), read by submit()
