@@ -6,24 +6,16 @@ import time
 import types
 
 sys.path.insert(0, "tests")  # run from the repository root
-from test_stream_interval import OneToken
+from test_stream_interval import PLAN, OneToken
 
 from edge_llm.engine.request import Request, SamplingParams
 from edge_llm.engine.step_engine import StepEngine
 
 n = int(sys.argv[1])
 steps = 3000
-plan = types.SimpleNamespace(
-    num_seqs=n + 4,
-    kv_cache_tokens=(n + 4) * 4096,
-    max_batch_size=n,
-    prefill_chunk_tokens=64,
-    background_chunk=64,
-    kv_layout="per_slot",
-    lanes=1,
-    lane_size=0,
-    calibration=None,
-)
+# the tests' stand-in plan (test_stream_interval.PLAN), with room for n sequences
+room = {"num_seqs": n + 4, "kv_cache_tokens": (n + 4) * 4096, "max_batch_size": n}
+plan = types.SimpleNamespace(**{**vars(PLAN), **room})
 engine = StepEngine(OneToken(), plan, stream_interval=0.02)
 reqs = [Request([1, 2, 3, 4, 5], SamplingParams(temperature=0, max_tokens=steps + 100)) for _ in range(n)]
 for r in reqs:
