@@ -147,6 +147,7 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
             max_draft_tokens=cfg.limits.lookup_draft_tokens,
             stream_interval=cfg.limits.stream_interval_ms / 1000,
             finish_within=cfg.limits.background_finish_ms / 1000,
+            overlap={"on": True, "off": False}.get(cfg.model.overlap_steps, backend.overlaps),
         )
     engine.start()
     if cfg.model.warmup:

@@ -70,6 +70,11 @@ class ModelConfig:
     # (docs/measurements/h200-2026-12-04-session11); not measured on a Jetson, whose slower CPU
     # pays more for each row of logits it reads
     gpu_greedy: bool = False
+    # llama.cpp: a step of decodes is launched before the step before it is applied, so the engine's
+    # Python runs while the device computes (engine/step_engine.py, _launch_ahead). auto: where
+    # llama_decode returns before the step ends (a GPU build offloading every layer); on: also on
+    # the CPU (the same tokens, nothing overlaps: for tests); off: never
+    overlap_steps: str = "auto"
 
 
 @dataclass
@@ -345,6 +350,8 @@ def _validate_server(s: ServerConfig) -> None:
 def _validate_model(m: ModelConfig) -> None:
     if m.backend not in ("llamacpp", "trtllm"):
         raise ConfigError(f"model.backend must be 'llamacpp' or 'trtllm', got {m.backend!r}")
+    if m.overlap_steps not in ("auto", "on", "off"):
+        raise ConfigError(f"model.overlap_steps must be 'auto', 'on' or 'off', got {m.overlap_steps!r}")
     if m.n_gpu_layers < -1:
         raise ConfigError(f"model.n_gpu_layers must be -1 (all) or >= 0, got {m.n_gpu_layers}")
     _at_least("model", m, ("n_threads",), 0)

@@ -27,6 +27,14 @@ class ScheduledChunk:
     num_pad: int = 0
     draft_order: int = 0
     verified: list[SampledToken] | None = None  # the backend's argmax after tokens[0..num_draft]
+    seq_id: int = -1  # the KV slot it runs in (its request's when scheduled; -1: take the request's)
+    # a step launched ahead (StepEngine): the request ended or was preempted while it ran, so its
+    # row is not sampled and its one KV cell is removed again
+    dropped: bool = False
+
+    def __post_init__(self):
+        if self.seq_id < 0:
+            self.seq_id = self.request.seq_id
 
 
 @dataclass

@@ -125,6 +125,11 @@ class Scheduler:
         self._preempted.append(req)
         self._enqueue(req, front_of_class=True)
 
+    @property
+    def has_pending_ops(self) -> bool:
+        """Memory operations decided since the last schedule() (frees, a cleared cache), not yet run."""
+        return bool(self._ops)
+
     def take_events(self) -> tuple[list[Request], int]:
         """Preempted requests and the number resumed since the last call (scheduling or memory
         pressure alike), for the engine's metrics."""
@@ -340,19 +345,19 @@ class Scheduler:
         return n
 
     def postprocess(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> list[Request]:
-        """Apply one step's results (keyed by seq_id); return the requests that changed."""
+        """Apply one step's results (keyed by the chunks' seq_id); return the requests that changed."""
         changed, self.num_new_tokens = [], 0
         for chunk in out.chunks:
             req = chunk.request
             if req.is_finished or not chunk.done:  # cancelled while its batch ran, or the step was cut short
                 continue  # (an unfinished chunk is scheduled again: num_computed did not move)
             if chunk.decode:
-                self._apply_decode(chunk, chunk.verified or [sampled[req.seq_id]])
+                self._apply_decode(chunk, chunk.verified or [sampled[chunk.seq_id]])
             else:
                 req.num_computed += len(chunk.tokens)
                 if not chunk.sample:
                     continue
-                self._append(req, sampled[req.seq_id])
+                self._append(req, sampled[chunk.seq_id])
             if req.is_finished:
                 self.running.remove(req)
                 self.kv.free(req, self._ops, keep_prefix=True)

@@ -200,7 +200,7 @@ class LlamaCppBackend(StepTiming):
                 L.llama_memory_seq_rm(memory, seq, op.pos, -1)
         by_lane: list[list] = [[] for _ in self.contexts]
         for chunk in out.chunks:
-            by_lane[lanes.lane(chunk.request.seq_id)].append(chunk)
+            by_lane[lanes.lane(chunk.seq_id)].append(chunk)
         groups = [self._groups(chunks) for chunks in by_lane]
         sampled: dict[int, SampledToken] = {}
         for r in range(max(map(len, groups))):
@@ -213,7 +213,7 @@ class LlamaCppBackend(StepTiming):
                     # it ran as several ubatches. This lane's chunks from here on run again.
                     for chunk in (c for g in groups[lane][r:] for c in g):
                         L.llama_memory_seq_rm(
-                            self.contexts[lane].memory, lanes.local(chunk.request.seq_id), chunk.start_pos, -1
+                            self.contexts[lane].memory, lanes.local(chunk.seq_id), chunk.start_pos, -1
                         )
                         chunk.done = False
                     groups[lane] = []  # this lane runs no more of this step
@@ -224,6 +224,43 @@ class LlamaCppBackend(StepTiming):
                 sampled.update(self._sample(self.contexts[lane], outputs))  # before the next decode overwrites them
         return sampled
 
+    # -- a step of decodes launched ahead (StepEngine.overlap) --------------------------------------
+    @property
+    def overlaps(self) -> bool:
+        """llama_decode returns once the step is queued (a GPU build offloading every layer), so
+        host work done before its results are read runs while the step computes. On the CPU the
+        step is computed inside llama_decode: nothing to overlap."""
+        return self.gpu_offload
+
+    def launch_decodes(self, out: SchedulerOutput) -> list:
+        """Queue a step of decodes only (one llama_batch a lane, none stoppable) and return without
+        waiting for it; collect() waits and samples. Between the two, the engine thread applies the
+        step before (its postprocess, publishing, metrics) while the device computes this one."""
+        by_lane: list[list] = [[] for _ in self.contexts]
+        for chunk in out.chunks:
+            if not chunk.decode or chunk.num_draft or chunk.num_pad:
+                raise BackendError("a step launched ahead holds decodes only, without drafts")
+            by_lane[self.lanes.lane(chunk.seq_id)].append(chunk)
+        launched = []
+        for lane, chunks in enumerate(by_lane):
+            for group in self._groups(chunks):  # decodes alone: one group, in slot order
+                outputs, rc, _ = self._launch(lane, group, False)
+                if rc != 0:
+                    raise BackendError(f"llama_decode failed with {rc} on a batch of {len(group)} tokens")
+                launched.append((lane, outputs))
+        return launched
+
+    def collect(self, launched: list) -> dict[int, SampledToken]:
+        """Wait for a step launch_decodes() queued and sample its rows (not the dropped ones)."""
+        sampled: dict[int, SampledToken] = {}
+        for lane, outputs in launched:
+            sampled.update(self._sample(self.contexts[lane], outputs))
+        return sampled
+
+    def trim(self, seq_id: int, pos: int) -> None:
+        """Remove a slot's cells from pos on (a dropped row's, after its step was collected)."""
+        L.llama_memory_seq_rm(self.contexts[self.lanes.lane(seq_id)].memory, self.lanes.local(seq_id), pos, -1)
+
     def _launch(self, lane: int, chunks: list, abortable: bool):
         """Queue one llama_decode of chunks on a lane's context: (outputs, rc, armed)."""
         context = self.contexts[lane]
@@ -231,7 +268,7 @@ class LlamaCppBackend(StepTiming):
         if context.device:  # each sampling sequence's token picked on the device, or its logits copied
             for chunk in chunks:
                 if chunk.decode or chunk.sample:
-                    context.device_greedy(self.lanes.local(chunk.request.seq_id), _device_greedy(chunk))
+                    context.device_greedy(self.lanes.local(chunk.seq_id), _device_greedy(chunk))
         armed = abortable and any(not c.decode for c in chunks)  # prefill, not a decode group
         if armed:
             L.llama_set_abort_callback(context.ctx, _ABORT_IF_FLAG, self._abort_data)
@@ -268,9 +305,9 @@ class LlamaCppBackend(StepTiming):
         first token at 16 streams on an H200, against 30 ms for llama-server, which batches them)."""
         if self.shape.kv_unified or len(chunks) < 2:
             return [chunks] if chunks else []
-        decodes = sorted((c for c in chunks if c.decode), key=lambda c: c.request.seq_id)  # (local ids follow)
+        decodes = sorted((c for c in chunks if c.decode), key=lambda c: c.seq_id)  # (local ids follow)
         by_length: dict[int, list] = {}
-        for c in sorted((c for c in chunks if not c.decode), key=lambda c: c.request.seq_id):
+        for c in sorted((c for c in chunks if not c.decode), key=lambda c: c.seq_id):
             by_length.setdefault(len(c.tokens), []).append(c)
         return ([decodes] if decodes else []) + list(by_length.values())
 
@@ -283,31 +320,33 @@ class LlamaCppBackend(StepTiming):
         every row's token (chunk.verified)."""
         result = {}
         taken = self._device_tokens(context, outputs, result) if context.device else set()
-        if outputs and len(taken) == len(outputs):  # (llama_get_sampled_token_ith synchronized)
-            return result
+        if outputs and all(row in taken or c.dropped for row, (_, c, _) in enumerate(outputs)):
+            if not taken:  # every row dropped (a step launched ahead): still wait for the step's end
+                L.llama_synchronize(context.ctx)
+            return result  # (else llama_get_sampled_token_ith synchronized)
         # (the wait for the step: llama_get_logits synchronizes the context, also for a step
         # without outputs, a prompt chunk mid-prompt: on a GPU its work is otherwise still queued)
         logits = np.ctypeslib.as_array(L.llama_get_logits(context.ctx), shape=(len(outputs), self.profile.n_vocab))
         rows = [
             row
             for row, (_, c, j) in enumerate(outputs)
-            if row not in taken and (j > 0 or (j == 0 and c.request.params.is_plain_greedy))
+            if row not in taken and not c.dropped and (j > 0 or (j == 0 and c.request.params.is_plain_greedy))
         ]
         picked = logits if len(rows) == len(outputs) else logits[rows]  # (a copy only when rows differ)
         best = dict(zip(rows, picked.argmax(axis=1).tolist(), strict=True)) if rows else {}
         for row, (index, chunk, j) in enumerate(outputs):
-            if row in taken:
+            if row in taken or chunk.dropped:
                 continue
             if row in best:
                 token = self.sampled(best[row])
                 if chunk.num_draft:
                     chunk.verified = [*(chunk.verified or []), token]
                 if not j:
-                    result[chunk.request.seq_id] = token
+                    result[chunk.seq_id] = token
             if j != 0:
                 continue
             try:
-                self._sample_row(context, result, logits[row], index, chunk.request)
+                self._sample_row(context, result, logits[row], index, chunk)
             except BackendError as e:
                 chunk.error = str(e)
         return result
@@ -317,24 +356,24 @@ class LlamaCppBackend(StepTiming):
         token_ith waits for the step); returns those rows."""
         taken = set()
         for row, (index, chunk, j) in enumerate(outputs):
-            req = chunk.request
-            if j == 0 and context.chains[self.lanes.local(req.seq_id)] is not None:
+            if j == 0 and not chunk.dropped and context.chains[self.lanes.local(chunk.seq_id)] is not None:
                 token = L.llama_get_sampled_token_ith(context.ctx, index)
                 if token < 0:  # LLAMA_TOKEN_NULL: no token was sampled for this row
                     raise BackendError(f"llama.cpp picked no token for batch row {index}")
-                result[req.seq_id] = self.sampled(token)
+                result[chunk.seq_id] = self.sampled(token)
                 taken.add(row)
         return taken
 
-    def _sample_row(self, context: _Context, result: dict, row_logits: np.ndarray, index: int, req) -> None:
+    def _sample_row(self, context: _Context, result: dict, row_logits: np.ndarray, index: int, chunk) -> None:
+        req, seq = chunk.request, chunk.seq_id
         if req.params.logprobs is not None:  # from the raw logits, before the sampler reads them
             logprobs = _log_softmax(row_logits)
         if not req.params.is_plain_greedy:
             token = L.llama_sampler_sample(self._sampler(req.request_id, req.params), context.ctx, index)
-            result[req.seq_id] = self.sampled(token)
+            result[seq] = self.sampled(token)
         if req.params.logprobs is not None:
-            s = result[req.seq_id]
-            result[req.seq_id] = SampledToken(
+            s = result[seq]
+            result[seq] = SampledToken(
                 s.token, s.piece, s.is_eog, self._token_logprob(logprobs, s.token, req.params.logprobs)
             )
 
@@ -353,7 +392,7 @@ class LlamaCppBackend(StepTiming):
         token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         i, outputs = 0, []  # (batch index, chunk, j): j = 0 samples the next token, j > 0 verifies draft j
         for chunk in chunks:
-            sid = self.lanes.local(chunk.request.seq_id)
+            sid = self.lanes.local(chunk.seq_id)
             p = chunk.start_pos
             first = i
             for t in chunk.tokens:
