@@ -248,13 +248,14 @@ class StepEngine(EngineFront):
     # steps (applying the tokens, publishing, metrics, scheduling the next) left the device idle:
     # on an H200 a 4-sequence step took 1.80 ms in the engine against 1.46 in a bare context, 0.24-
     # 0.31 ms of it Python (docs/measurements/h200-2026-12-05-session14). A step that decoded every
-    # running sequence of one class, with nothing waiting to be admitted and no memory operation
-    # pending, is followed by the same decodes: those are launched with the tokens just sampled,
-    # before this step is applied, and collected by the next step() (vLLM's async scheduling, in
-    # the small). Anything else (a prompt to prefill, a request waiting, visitors beside background,
-    # a reservation to grow) is the scheduler's, the next step. A request that ends with this step (its end token or length, seen before the
-    # launch) is left out; one that ends otherwise meanwhile (a stop string, a cancel, a
-    # preemption) has its row dropped when collected and its one extra KV cell removed.
+    # running sequence, all of one class, with nothing waiting to be admitted and no memory
+    # operation pending, is followed by the same decodes: those are launched with the tokens just
+    # sampled, before this step is applied, and collected by the next step() (vLLM's async
+    # scheduling, in the small). Anything else (a prompt to prefill, a request waiting, visitors
+    # beside background, a reservation to grow) is the scheduler's, the next step. A request that
+    # ends with this step (its end token or its length, seen before the launch) is left out; one
+    # that ends otherwise meanwhile (a stop string, a cancel, a preemption) has its row dropped
+    # when collected and its one extra KV cell removed.
     def _launch_ahead(self, out: SchedulerOutput, sampled: dict[int, SampledToken]):
         if not self.overlap or not self._can_run_ahead(out):
             return None
