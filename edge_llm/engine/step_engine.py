@@ -113,7 +113,7 @@ class StepEngine(EngineFront):
         super().__init__(backend, plan, max_queue, metrics)
         # decodes launched ahead (_launch_ahead): only a backend that can (launch_decodes)
         self.overlap = overlap and hasattr(backend, "launch_decodes")
-        self._ahead: tuple | None = None  # (the step launched ahead, what the backend launched, its error, when)
+        self._ahead: tuple | None = None  # (the step launched ahead, what the backend launched, when)
         self.num_steps_ahead = 0
         self.finish_within = finish_within  # seconds: the longest a visitor waits for a stoppable step
         self.stream_interval = stream_interval  # seconds between a stream's outputs (Request.publish)
@@ -242,7 +242,7 @@ class StepEngine(EngineFront):
             drafter.observe_step(out.num_tokens, extra, time.perf_counter() - begin)
         if ahead is None:  # (else this host time overlapped the step ahead, counted in its time)
             self.step_time_s["host"] += time.perf_counter() - begin - elapsed
-        self._keep_ahead(ahead)
+        self._ahead = ahead
 
     # -- decodes launched ahead ------------------------------------------------------------------
     # On a GPU llama_decode returns once the step is queued, and the engine's Python between two
@@ -258,29 +258,33 @@ class StepEngine(EngineFront):
     # that ends otherwise meanwhile (a stop string, a cancel, a preemption) has its row dropped
     # when collected and its one extra KV cell removed.
     def _launch_ahead(self, out: SchedulerOutput, sampled: dict[int, SampledToken]):
-        if not self.overlap or not self._can_run_ahead(out):
-            return None
-        chunks = []
-        for c in out.chunks:
-            req, s = c.request, sampled.get(c.seq_id)
-            if s is None or s.is_eog or len(req.output_tokens) + 1 >= req.params.max_tokens:
-                continue  # it ends with this step
-            if req.num_tokens + 1 >= req.reserved_tokens:
-                return None  # its next cell is past its reservation: the scheduler grows it
-            chunks.append(ScheduledChunk(req, [s.token], c.start_pos + 1, True, decode=True, seq_id=c.seq_id))
-        if not chunks:
-            return None
-        ahead = SchedulerOutput(chunks)
+        """The step after out, launched now if it may be (None: the scheduler's turn)."""
         try:
-            return ahead, self.backend.launch_decodes(ahead), None, time.perf_counter()
-        except Exception as e:  # failed once this step is applied (_keep_ahead)
-            return ahead, None, e, time.perf_counter()
+            if not self.overlap or not self._can_run_ahead(out):
+                return None
+            chunks = []
+            for c in out.chunks:
+                req, s = c.request, sampled.get(c.seq_id)
+                if s is None or s.is_eog or len(req.output_tokens) + 1 >= req.params.max_tokens:
+                    continue  # it ends with this step
+                if req.num_tokens + 1 >= req.reserved_tokens:
+                    return None  # its next cell is past its reservation: the scheduler grows it
+                chunks.append(ScheduledChunk(req, [s.token], c.start_pos + 1, True, decode=True, seq_id=c.seq_id))
+            if not chunks:
+                return None
+            ahead = SchedulerOutput(chunks)
+            return ahead, self.backend.launch_decodes(ahead), time.perf_counter()
+        except Exception:  # nothing of it stays (launch_decodes): the next step runs it in turn
+            log.warning("a step could not be launched ahead; it is scheduled in turn", exc_info=True)
+            return None
 
     def _can_run_ahead(self, out: SchedulerOutput) -> bool:
         s = self.scheduler
-        if not out.chunks or out.abortable or s.drafter is not None or s.waiting or s.has_pending_ops:
+        if not out.chunks or out.abortable or s.drafter is not None or s.has_pending_ops:
             return False
         if len(out.chunks) != len(s.running):  # one left out (background the share held back): the share's turn
+            return False
+        if s.waiting and not self._none_admissible():
             return False
         kinds = set()
         for c in out.chunks:
@@ -289,16 +293,17 @@ class StepEngine(EngineFront):
             kinds.add(c.request.priority)
         return len(kinds) == 1  # visitors beside background: the share decides each step (engine/share.py)
 
-    def _keep_ahead(self, ahead) -> None:
-        """After a step was applied: hold the step launched ahead, or fail its batch if its launch failed."""
-        if ahead is not None and ahead[2] is not None:
-            self._fail_batch(ahead[0], str(ahead[2]))
-            raise ahead[2]
-        self._ahead = ahead
+    def _none_admissible(self) -> bool:
+        """Requests wait, but the scheduler would admit none of them now: the batch is full (or
+        admission paused) and none is a visitor (which may preempt background work)."""
+        s = self.scheduler
+        if any(r.priority == Priority.INTERACTIVE for r in s.waiting):
+            return False
+        return s.admission_paused or len(s.running) >= s.max_batch_size
 
     def _step_ahead(self, launch_next: bool = True) -> None:
         """Collect the step launched ahead, launch the next one if it may, then apply this one."""
-        out, launched, _, t0 = self._ahead
+        out, launched, t0 = self._ahead
         self._ahead = None
         for c in out.chunks:  # ended, or preempted, while it ran: its token is not wanted
             c.dropped = c.request.status != RequestStatus.RUNNING or c.request.seq_id != c.seq_id
@@ -306,11 +311,12 @@ class StepEngine(EngineFront):
             sampled = self.backend.collect(launched)
         except Exception as e:
             self.step_time_s["failed"] += time.perf_counter() - t0
-            self._fail_batch(out, str(e))
+            self._fail_batch(SchedulerOutput([c for c in out.chunks if not c.dropped]), str(e))
             raise
-        for c in out.chunks:
-            if c.dropped:
-                self.backend.trim(c.seq_id, c.start_pos)
+        finally:
+            for c in out.chunks:
+                if c.dropped:
+                    self.backend.trim(c.seq_id, c.start_pos)
         out.chunks = [c for c in out.chunks if not c.dropped]
         elapsed = time.perf_counter() - t0  # launch to tokens: the applying of the step before overlapped it
         ahead = self._launch_ahead(out, sampled) if launch_next else None
@@ -318,7 +324,7 @@ class StepEngine(EngineFront):
             kind = "background" if out.chunks[0].request.priority == Priority.BACKGROUND else "visitor"
             self.step_time_s[kind] += elapsed
             self.scheduler.observe_step(out, elapsed)
-            self.energy.start()  # (carried from the step before: back to back)
+            self.energy.start(carry=True)  # it ran since the step before ended
             self.energy.finish_step(out)
         self._count_admissions(out)
         try:
@@ -332,12 +338,12 @@ class StepEngine(EngineFront):
             self.metrics.step_seconds.observe(elapsed)
             self.metrics.batch_tokens.observe(out.num_tokens)
         self._update_gauges()
-        self._keep_ahead(ahead)
+        self._ahead = ahead
 
     def _abandon(self, ahead) -> None:
         """The step before failed to apply: the step launched ahead of it is waited for, its rows
         dropped and their cells removed (the requests go on, if at all, from the scheduler's state)."""
-        if ahead is None or ahead[2] is not None:
+        if ahead is None:
             return
         try:
             for c in ahead[0].chunks:
@@ -348,11 +354,26 @@ class StepEngine(EngineFront):
         except Exception:
             log.exception("a step launched ahead could not be dropped")
 
+    def _settle(self) -> None:
+        """Engine thread (or after it ended): collect a step in flight and launch none."""
+        while self._ahead is not None:
+            self._step_ahead(launch_next=False)
+
     def _handle(self, kind: str, arg) -> None:
         if kind == "call":  # a call sees no step in flight: the backend's state is the scheduler's
-            while self._ahead is not None:
-                self._step_ahead(launch_next=False)
+            try:
+                self._settle()
+            except Exception:  # its batch was failed; the call runs all the same
+                log.exception("engine step failed")
         super()._handle(kind, arg)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        if not self.is_alive and self._ahead is not None:  # the loop ended with a step in flight
+            try:
+                self._settle()
+            except Exception:
+                log.exception("a step in flight at stop failed")
 
     def _interrupt_for_visitor(self) -> None:
         """Any thread: stop the running step of background prefill, unless it is expected to end
@@ -449,6 +470,7 @@ class StepEngine(EngineFront):
 
     def clear_prefix_cache(self) -> None:
         """Engine thread only (use call()): drop every cached prefix now."""
+        self._settle()
         self.scheduler.clear_prefix_cache()
         self.step()
 

@@ -251,13 +251,15 @@ class EnergyMeter:
             self.use(None)
             return None
 
-    def start(self) -> None:
+    def start(self, carry: bool = False) -> None:
         """Before a step runs. Back-to-back steps carry over: the gap since the last step ended
-        (postprocess, scheduling) is charged to this one, so a busy run is metered whole."""
+        (postprocess, scheduling) is charged to this one, so a busy run is metered whole. carry:
+        this step ran since the last one ended, however long ago (a step launched ahead)."""
         if self.source is None:
             return
         last = self._last_end
-        self._start = last if last is not None and self.clock() - last.time_s < CARRY_S else self._read()
+        near = last is not None and (carry or self.clock() - last.time_s < CARRY_S)
+        self._start = last if near else self._read()
 
     def finish(self, shares: list[tuple[object, int]]) -> float | None:
         """After a step ran: shares are (request, tokens it processed). Returns the joules."""

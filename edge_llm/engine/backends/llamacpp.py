@@ -241,13 +241,21 @@ class LlamaCppBackend(StepTiming):
             if not chunk.decode or chunk.num_draft or chunk.num_pad:
                 raise BackendError("a step launched ahead holds decodes only, without drafts")
             by_lane[self.lanes.lane(chunk.seq_id)].append(chunk)
+        # one llama_decode a lane: a second would overwrite the first one's logits before collect()
+        groups = [(lane, g[0]) for lane, g in ((lane, self._groups(c)) for lane, c in enumerate(by_lane)) if g]
         launched = []
-        for lane, chunks in enumerate(by_lane):
-            for group in self._groups(chunks):  # decodes alone: one group, in slot order
+        try:
+            for lane, group in groups:
                 outputs, rc, _ = self._launch(lane, group, False)
+                launched.append((lane, outputs))
                 if rc != 0:
                     raise BackendError(f"llama_decode failed with {rc} on a batch of {len(group)} tokens")
-                launched.append((lane, outputs))
+        except Exception:  # nothing of this step stays: the lanes queued are waited for, every cell removed
+            for lane, _ in launched:
+                L.llama_synchronize(self.contexts[lane].ctx)
+            for chunk in out.chunks:
+                self.trim(chunk.seq_id, chunk.start_pos)
+            raise
         return launched
 
     def collect(self, launched: list) -> dict[int, SampledToken]:
