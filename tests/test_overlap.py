@@ -15,6 +15,7 @@ import types
 import pytest
 from conftest import NO_EOS, make_config, wait_until
 
+from edge_llm.engine.backends.base import BackendError
 from edge_llm.engine.batch import SampledToken
 from edge_llm.engine.request import Priority, Request, RequestStatus, SamplingParams
 from edge_llm.engine.step_engine import StepEngine
@@ -33,6 +34,10 @@ class Cells:
         self.launches: list[list[tuple[int, int]]] = []  # per launch ahead: (num_computed, start_pos)
         self.trims: list[tuple[int, int]] = []
         self.in_flight = None
+        self.fail_launch: set[int] = set()  # launches ahead (counted from 0) that fail, as llama_decode may
+        self.fail_collect: set[int] = set()  # collects that fail
+        self.num_launch = self.num_collect = 0
+        self.wrong: list[str] = []
 
     def token_at(self, chunk, pos: int) -> SampledToken:
         if self.ends_at.get(chunk.request.prompt_tokens[0]) == pos:
@@ -64,7 +69,14 @@ class Cells:
         return self._run(out.chunks)
 
     def launch_decodes(self, out):
-        assert self.in_flight is None, "two steps in flight"
+        # (the engine logs a failed launch and goes on: what is wrong is kept for held_cells to assert)
+        if self.in_flight is not None:
+            self.wrong.append("two steps in flight")
+        if any(c.start_pos >= c.request.reserved_tokens for c in out.chunks):
+            self.wrong.append("a cell past the reservation")
+        self.num_launch += 1
+        if self.num_launch - 1 in self.fail_launch:  # (the real one removes what it queued: nothing here)
+            raise BackendError("llama_decode failed with 1")
         self.launches.append([(c.request.num_computed, c.start_pos) for c in out.chunks])
         self.in_flight = out
         return out
@@ -72,7 +84,11 @@ class Cells:
     def collect(self, launched):
         assert launched is self.in_flight
         self.in_flight = None
-        return self._run(launched.chunks)
+        self.num_collect += 1
+        sampled = self._run(launched.chunks)
+        if self.num_collect - 1 in self.fail_collect:
+            raise BackendError("the device failed")
+        return sampled
 
     def trim(self, seq_id, pos):
         self.trims.append((seq_id, pos))
@@ -116,7 +132,9 @@ def run_all(engine, reqs) -> None:
 
 
 def held_cells(engine, backend) -> dict[int, int]:
-    """Positions held per slot, checked to be exactly what the KV manager keeps as cached prefixes."""
+    """Positions held per slot, checked to be exactly what the KV manager keeps as cached prefixes
+    (and no launch ahead was wrong)."""
+    assert backend.wrong == []
     cached = {slot: len(tokens) for slot, tokens in engine.scheduler.kv.cached.items()}
     held = {slot: cells for slot, cells in backend.cells.items() if cells}
     assert {s: sorted(c) for s, c in held.items()} == {s: list(range(n)) for s, n in cached.items()}
@@ -124,12 +142,13 @@ def held_cells(engine, backend) -> dict[int, int]:
 
 
 def test_the_same_tokens_and_kv_cells_as_stepping_in_turn():
-    """Lengths, an end token, a stop string: every request's text, token count and end as without
-    overlap, and the KV cells left are the cached prefixes exactly (no extra cell of a row dropped)."""
+    """Lengths (one past two reservation growths), an end token, a stop string: every request's
+    text, token count and end as without overlap, and the KV cells left are the cached prefixes
+    exactly (no extra cell of a row dropped)."""
 
     def make():
         stop_text = " w" + str(100 + (9 * 7 + 3) % 50)  # the token after position 9 of request 3
-        return [request(1, 30), request(2, 12), request(3, 40, stop=(stop_text,)), request(4, 40)]
+        return [request(1, 150), request(2, 12), request(3, 40, stop=(stop_text,)), request(4, 40)]
 
     results = {}
     for overlap in (False, True):
@@ -252,6 +271,51 @@ def test_a_call_on_the_engine_thread_sees_no_step_in_flight():
     box = []
     engine._handle("call", (lambda: (engine._ahead, backend.in_flight), types.SimpleNamespace(put=box.append)))
     assert box == [(True, (None, None))]
+
+
+def test_a_step_that_fails_to_launch_ahead_runs_in_turn():
+    reference = engine_of(Cells(), False)
+    ref = [request(1, 30), request(2, 30)]
+    run_all(reference, ref)
+    backend = Cells()
+    backend.fail_launch = {3, 4}
+    engine = engine_of(backend, True)
+    reqs = [request(1, 30), request(2, 30)]
+    run_all(engine, reqs)
+    assert [r.output_tokens for r in reqs] == [r.output_tokens for r in ref]
+    assert all(r.status == RequestStatus.FINISHED_LENGTH for r in reqs) and engine.num_steps_ahead > 10
+    held_cells(engine, backend)
+
+
+def test_a_step_ahead_that_fails_ends_the_requests_in_it_but_not_one_that_ended_before():
+    backend = Cells()
+    engine = engine_of(backend, True)
+    failing, cancelled = request(1, 30), request(2, 30)
+    for r in (failing, cancelled):
+        engine._add(r)
+    while engine._ahead is None or len(failing.output_tokens) < 5:
+        engine.step()
+    engine._end(cancelled, RequestStatus.FINISHED_CANCELLED)
+    backend.fail_collect = {backend.num_collect}
+    with pytest.raises(BackendError):
+        engine.step()
+    assert failing.status == RequestStatus.FINISHED_ERROR and cancelled.status == RequestStatus.FINISHED_CANCELLED
+    while engine.has_work:  # the memory operations of both ends
+        engine.step()
+    held_cells(engine, backend)
+
+
+def test_a_call_is_answered_when_the_step_in_flight_fails():
+    backend = Cells()
+    engine = engine_of(backend, True)
+    req = request(1, 30)
+    engine._add(req)
+    while engine._ahead is None:
+        engine.step()
+    backend.fail_collect = {backend.num_collect}
+    box = []
+    engine._handle("call", (lambda: "answered", types.SimpleNamespace(put=box.append)))
+    assert box == [(True, "answered")] and req.status == RequestStatus.FINISHED_ERROR
 
 
 def test_a_backend_without_launch_decodes_steps_in_turn():
