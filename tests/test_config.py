@@ -47,6 +47,7 @@ def test_config_file_from_environment(tmp_path: Path):
         ("[limits]\nstream_interval_ms = -1\n", "limits.stream_interval_ms must be >= 0"),
         ("[limits]\nbackground_finish_ms = 1500\n", "limits.background_finish_ms must be 0 (always stop) to 1000"),
         ("[limits]\nbackground_finish_ms = -5\n", "limits.background_finish_ms must be >= 0"),
+        ('[model]\noverlap_steps = "yes"\n', "model.overlap_steps must be 'auto', 'on' or 'off', got 'yes'"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str):

@@ -15,6 +15,8 @@
 #                    tools/gpu_bench.sh kiosk [ROUNDS] [PARTS] [TOKENS]  tools/kiosk_bench.py: chat through a summary job
 #                    tools/gpu_bench.sh energy [SECONDS] edge-llm bench --energy-s: per-request joules summed
 #                                       against NVML's energy counter over the run (issue 24); exit 1 if not within 10%
+#                    tools/gpu_bench.sh overlap [ROUNDS]  model.overlap_steps=auto (decodes launched ahead, off by
+#                                       default until measured) against off: profile_step, then bench rounds alternating
 #                    tools/gpu_bench.sh graphopt [ROUNDS]  ggml-cuda's GGML_CUDA_GRAPH_OPT=1 (concurrent streams in a
 #                                       CUDA graph, read once a process) against unset: profile, bench rounds, GPU tests
 # Results: $OUT (or .gpu/results) as JSON, for docs/measurements/ with the date and the GPU
@@ -127,5 +129,15 @@ case ${1:-} in
       "$0" bench 1 "graphopt-$v-$r" >/dev/null 2>&1 || echo "bench $v $r failed"
     done; done
     export GGML_CUDA_GRAPH_OPT=1; "$0" test | tail -2 ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  overlap)  # overlap [ROUNDS]: model.overlap_steps auto (decodes launched ahead) against off, in process then over HTTP
+    env_there
+    for n in 4 1 16; do for v in auto off; do
+      echo "== $n sequences, model.overlap_steps=$v"
+      EDGE_LLM_MODEL_OVERLAP_STEPS=$v "$PY" "$SRC/tools/profile_step.py" --seqs "$n" --steps 600 --no-cprofile 2>&1 \
+        | grep -E 'sequences,|Python \('
+    done; done | tee "$RESULTS/overlap-profile.txt"
+    for r in $(seq "${2:-3}"); do for v in auto off; do
+      "$0" bench 1 "overlap-$v-$r" --set "model.overlap_steps=$v" 2>&1 | grep -E 'streams,' || echo "bench $v $r failed"
+    done; done ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
 esac
