@@ -84,8 +84,6 @@ class SpeedChoices:
     background_chunk_tokens: int = 0  # prompt tokens in a step of background prefill alone; 0 = the chunk
     lane_size: int = 0  # sequences per lane (a context of its own, steps run at once); 0 = one context
     one_context_batch: int = 0  # the batch chosen from one context's costs alone (0: max_batch_size)
-    # the same while no visitor has been seen for a while (Scheduler.QUIET_S); 0 = background_chunk_tokens
-    background_quiet_chunk_tokens: int = 0
 
 
 # -- choosing (pure) ------------------------------------------------------------------------------
@@ -189,20 +187,6 @@ def choose_background_chunk(chunk: int, can_abort: bool) -> tuple[int, str]:
     )
 
 
-def choose_quiet_chunk(background: int, can_abort: bool) -> tuple[int, str]:
-    """Prompt tokens in a step of background prefill alone while no visitor has been seen for
-    Scheduler.QUIET_S: BACKGROUND_CHUNK_MAX, where a visitor's arrival stops such a step (it loses
-    the step's work, but none is expected); the background chunk elsewhere. On 2 CPU cores four
-    3,000-token prompts with a visitor only at their start took 1.03x llama-server's time (ubatch
-    512) in 256-token steps (session 14)."""
-    if not can_abort or background >= BACKGROUND_CHUNK_MAX:
-        return background, "the background chunk"
-    return BACKGROUND_CHUNK_MAX, (
-        f"no visitor for a while: {BACKGROUND_CHUNK_MAX}, the cheapest a token late in a long prompt (at 2,048 "
-        "tokens of context on 2 CPU cores: 5.75 ms against 6.2 in 256); a visitor stops it as any other"
-    )
-
-
 def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     chunk, why_chunk = choose_chunk(cal.prefill_s, max_step_s, cal.can_abort)
     batch, why_batch = choose_batch(decode_costs(cal), max_step_s)
@@ -211,7 +195,6 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     one_batch, why_one = choose_batch(cal.decode_s, max_step_s) if lane_size else (batch, why_batch)
     per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch, cal.layout_ctx)
     background, why_background = choose_background_chunk(chunk, cal.can_abort)
-    quiet, why_quiet = choose_quiet_chunk(background, cal.can_abort)
     return SpeedChoices(
         chunk,
         batch,
@@ -221,14 +204,12 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
             "max_batch_size": why_batch,
             "kv_layout": why_layout,
             "background_chunk_tokens": why_background,
-            "background_quiet_chunk_tokens": why_quiet,
             "lanes": why_lanes,
             "max_batch_size_one_context": why_one,
         },
         background,
         lane_size,
         one_batch,
-        quiet,
     )
 
 

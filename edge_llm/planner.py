@@ -67,8 +67,6 @@ class Plan:
     reasons: dict[str, str]  # limit name -> why it has this value
     calibration: dict | None = None  # measured step costs the speed choices came from (None: defaults)
     background_chunk_tokens: int = 0  # prompt tokens in a stoppable step of background prefill alone; 0 = the chunk
-    # the same while no visitor has been seen for a while (engine/scheduler.py QUIET_S); 0 = the above
-    background_quiet_chunk_tokens: int = 0
     lanes: int = 1  # llama.cpp contexts the sequence slots are spread over, their steps run at once (GPU)
     lane_size: int = 0  # slots in each lane's block (engine/kv_cache.py Lanes); 0 = one context
 
@@ -77,16 +75,12 @@ class Plan:
         return max(self.background_chunk_tokens, self.prefill_chunk_tokens)
 
     @property
-    def background_quiet_chunk(self) -> int:
-        return max(self.background_quiet_chunk_tokens, self.background_chunk)
-
-    @property
     def kv_cache_bytes(self) -> int:
         return self.kv_cache_tokens * self.kv_bytes_per_token
 
     @property
     def max_batch_tokens(self) -> int:
-        return self.background_quiet_chunk + self.max_batch_size
+        return self.background_chunk + self.max_batch_size
 
     @property
     def predicted_resident_bytes(self) -> int:
@@ -122,9 +116,8 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     memory, available, reserve = _memory(snapshot, policy)
     chunk, batch_cap, why_batch = _speed_limits(policy, reasons)
     background = _background_chunk(policy, chunk, reasons)  # >= chunk
-    quiet = _quiet_chunk(policy, background, reasons)  # >= background
     slots = policy.prefix_cache_slots
-    workspace = estimate_workspace(profile, quiet + batch_cap, batch_cap + slots)
+    workspace = estimate_workspace(profile, background + batch_cap, batch_cap + slots)
     kv = _KvBudget(
         memory,
         _kv_budget_bytes(profile, available, reserve, workspace),
@@ -142,7 +135,7 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
     lanes, lane_size = _lanes(policy, batch, per_slot, reasons)
     kv_budget = kv.budget_bytes
     if lanes > 1:  # each lane's context has compute buffers of its own: only if the KV still fits
-        extra = (lanes - 1) * estimate_workspace(profile, quiet + batch_cap, 0)
+        extra = (lanes - 1) * estimate_workspace(profile, background + batch_cap, 0)
         if kv_tokens * kv.bytes_per_token + extra > kv.budget_bytes:
             reasons["lanes"] = f"one context: {memory} has no room for {lanes - 1} more contexts' buffers"
             lanes, lane_size = 1, 0
@@ -168,7 +161,6 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         reasons=reasons,
         calibration=policy.calibration,
         background_chunk_tokens=min(background, inp),
-        background_quiet_chunk_tokens=min(quiet, inp),
         lanes=lanes,
         lane_size=lane_size,
     )
@@ -208,17 +200,6 @@ def _background_chunk(policy: Policy, chunk: int, reasons: dict[str, str]) -> in
         return chunk
     reasons["background_chunk_tokens"] = speed.reasons["background_chunk_tokens"]
     return speed.background_chunk_tokens
-
-
-def _quiet_chunk(policy: Policy, background: int, reasons: dict[str, str]) -> int:
-    """A step of background prefill alone while no visitor has been seen for a while: calibration's
-    choice, unless the user capped the prefill chunk (then that size for every step)."""
-    speed = policy.speed
-    if speed is None or policy.cap("prefill_chunk_tokens") or speed.background_quiet_chunk_tokens <= background:
-        reasons["background_quiet_chunk_tokens"] = "the background chunk"
-        return background
-    reasons["background_quiet_chunk_tokens"] = speed.reasons["background_quiet_chunk_tokens"]
-    return speed.background_quiet_chunk_tokens
 
 
 @dataclass(frozen=True)

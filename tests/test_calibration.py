@@ -95,13 +95,8 @@ def test_background_steps_a_visitor_stops_take_bigger_chunks_and_the_batch_holds
     assert "stops a background step" in cpu.reasons["background_chunk_tokens"]
     small = plan(model, roomy(), Policy(speed=choose(cal(prefill={32: 0.05, 64: 0.1}), 0.15)))
     assert (small.prefill_chunk_tokens, small.background_chunk_tokens) == (32, 128)  # 4x the chunk
-    # with no visitor for a while, the cheapest a token: 512, and the batch holds it
-    assert small.background_quiet_chunk == 512 and small.max_batch_tokens == 512 + small.max_batch_size
-    assert "no visitor" in small.reasons["background_quiet_chunk_tokens"]
-    assert cpu.background_quiet_chunk == 512  # already the background chunk
     gpu = plan(model, roomy(), Policy(speed=choose(cal(can_abort=False), 0.15)))
     assert gpu.background_chunk == gpu.prefill_chunk_tokens  # nothing stops a GPU step: the chunk bounds it
-    assert gpu.background_quiet_chunk == gpu.prefill_chunk_tokens
     assert plan(model, roomy(), Policy()).background_chunk == 256  # no calibration: the default chunk
 
 

@@ -42,19 +42,11 @@ speeds = st.builds(  # calibration's choices (calibration.choose), the backgroun
     reasons=st.just(
         {
             k: "measured"
-            for k in (
-                "prefill_chunk_tokens",
-                "max_batch_size",
-                "kv_layout",
-                "background_chunk_tokens",
-                "background_quiet_chunk_tokens",
-                "lanes",
-            )
+            for k in ("prefill_chunk_tokens", "max_batch_size", "kv_layout", "background_chunk_tokens", "lanes")
         }
     ),
     background_chunk_tokens=st.sampled_from([0, 64, 256, 512]),
     lane_size=st.sampled_from([0, 4, 8, 16]),
-    background_quiet_chunk_tokens=st.sampled_from([0, 256, 512]),
 )
 policies = st.builds(
     Policy,
@@ -103,14 +95,8 @@ def test_the_plan_never_exceeds_the_budget_and_caps_win(m, s, p):
     assert pl.max_seq_len <= pl.kv_cache_tokens and pl.max_input_len < pl.max_seq_len
     assert pl.max_output_len < pl.max_seq_len and pl.prefill_chunk_tokens <= pl.max_input_len
     assert pl.max_seq_len <= m.n_ctx_train
-    assert set(pl.reasons) == set(planner.LIMITS) | {
-        "kv_layout",
-        "background_chunk_tokens",
-        "background_quiet_chunk_tokens",
-        "lanes",
-    }
-    assert pl.prefill_chunk_tokens <= pl.background_chunk <= pl.background_quiet_chunk <= pl.max_input_len
-    assert pl.max_batch_tokens == pl.background_quiet_chunk + pl.max_batch_size  # the batch holds every step
+    assert set(pl.reasons) == set(planner.LIMITS) | {"kv_layout", "background_chunk_tokens", "lanes"}
+    assert pl.prefill_chunk_tokens <= pl.background_chunk <= pl.max_input_len
     # lanes only with a stream per slot, each lane one block or more of the batch
     assert pl.lanes == 1 or (pl.kv_layout == "per_slot" and (pl.lanes - 1) * pl.lane_size < pl.max_batch_size)
 

@@ -108,32 +108,6 @@ def test_background_prefill_alone_takes_the_background_chunk_and_beside_a_visito
         assert sum(len(c.tokens) for c in out.chunks if c.request is part) <= 32  # half the chunk at most
 
 
-def test_background_prefill_alone_takes_the_quiet_chunk_only_with_no_visitor_for_a_while():
-    """A stopped step's work is lost: near visitors (one seen within QUIET_S) the background chunk,
-    with none around the quiet chunk, the cheapest a token (calibration.choose_quiet_chunk)."""
-    from edge_llm.engine.request import Priority
-
-    kv = KVCacheManager(4, 100_000, max_cached=0, streams=True)
-    s = Scheduler(kv, 4, 64, 16, background_chunk_tokens=256, quiet_chunk_tokens=512)
-    part = Request(list(range(1000, 9000)), SamplingParams(max_tokens=3), priority=Priority.BACKGROUND)
-    s.add(part)
-
-    def alone():
-        return [len(c.tokens) for c in step(s).chunks if c.request is part]
-
-    assert alone() == [512]  # no visitor yet
-    visitor = request(10, 20_000, max_tokens=4)
-    s.add(visitor)
-    while not visitor.is_finished:
-        step(s)
-    assert alone() == [256]  # a visitor was just here: a step its next question stops costs less
-    s.last_visitor -= Scheduler.QUIET_S  # as if QUIET_S had passed since
-    assert alone() == [512]
-    late = request(10, 30_000, max_tokens=4)
-    s.add(late)  # seen on arrival, before it is admitted
-    assert s.last_visitor > time.monotonic() - 1
-
-
 def test_two_aged_long_prompts_for_one_slot_do_not_preempt_each_other():
     """A waiting prompt aged past its length gets the next slot while slots are short, but that is
     no reason to preempt one that runs: the two preempted each other every step, and with no

@@ -34,12 +34,6 @@ class Scheduler:
     # yields to short ones for at most ~30 s. A client marks nothing (any OpenAI client), yet a
     # short question should not wait behind someone else's 12,000 tokens of prefill.
     AGING_TOKENS_PER_S = 100.0
-    # A step of background prefill alone takes quiet_chunk_tokens of prompt once no visitor (an
-    # interactive request, waiting or running) has been seen for this long, background_chunk_tokens
-    # before: a visitor's arrival stops such a step and its work is lost, so near visitors the step
-    # is one a stop costs less (a kiosk visitor chats every few seconds), and with none around the
-    # one that costs least a token (512 late in a long prompt on 2 CPU cores: calibration.py).
-    QUIET_S = 10.0
 
     def __init__(
         self,
@@ -51,7 +45,6 @@ class Scheduler:
         background_chunk_tokens: int = 0,
         drafter: Drafter | None = None,
         max_step_tokens: int = 0,
-        quiet_chunk_tokens: int = 0,
     ):
         self.kv = kv
         self.max_batch_size = max_batch_size
@@ -59,8 +52,6 @@ class Scheduler:
         # a step of background prefill alone (stopped when a visitor arrives, where the backend can):
         # bigger chunks cost less a token late in a long prompt (calibration.choose_background_chunk)
         self.background_chunk_tokens = max(background_chunk_tokens, prefill_chunk_tokens)
-        self.quiet_chunk_tokens = max(quiet_chunk_tokens, self.background_chunk_tokens)
-        self.last_visitor = float("-inf")  # monotonic time an interactive request was last seen
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()  # by priority, then arrival (preempted ones first)
         self.running: list[Request] = []
@@ -92,7 +83,6 @@ class Scheduler:
     def add(self, req: Request) -> None:
         """Never refused: the engine front alone bounds the queue (a bound here also counted the
         preempted requests and ended a request the front had let in)."""
-        self._saw(req)
         self._enqueue(req, front_of_class=False)
 
     def _enqueue(self, req: Request, front_of_class: bool) -> None:
@@ -119,7 +109,6 @@ class Scheduler:
                 self.num_preempted_waiting -= 1
                 self.kv.unpin(req)  # its kept prefix is an ordinary cached one now, evictable
         req.finish(status)
-        self._saw(req)
         if self.drafter is not None:
             self.drafter.forget(req)
         return True
@@ -175,7 +164,7 @@ class Scheduler:
             if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):
                 # a prompt still prefilling keeps its turn; beside a decoding visitor, what the credit pays for
                 if all(c.request.priority == Priority.BACKGROUND for c in out.chunks):
-                    budget = self._background_alone_chunk()  # background alone: a step a visitor stops
+                    budget = self.background_chunk_tokens  # background alone: a step a visitor stops
                 self._prefill_class(Priority.BACKGROUND, out, min(budget, self.share.prefill_tokens(num_visitors)))
         elif any(r.priority == Priority.BACKGROUND for r in self.running):
             self.share.held()
@@ -186,18 +175,6 @@ class Scheduler:
             c.request.priority == Priority.BACKGROUND for c in out.chunks
         )
         return out
-
-    def _background_alone_chunk(self) -> int:
-        now = time.monotonic()
-        if any(r.priority == Priority.INTERACTIVE for r in self.waiting):
-            self.last_visitor = now
-        return self.quiet_chunk_tokens if now - self.last_visitor >= self.QUIET_S else self.background_chunk_tokens
-
-    def _saw(self, req: Request) -> None:
-        """A request arrived or ended: a visitor's marks the time (the one before background alone
-        was a visitor's running request: each step holds its decode)."""
-        if req.priority == Priority.INTERACTIVE:
-            self.last_visitor = time.monotonic()
 
     def _add_decodes(self, out: SchedulerOutput, cls: Priority) -> None:
         for req in self.running:
@@ -384,7 +361,6 @@ class Scheduler:
             if req.is_finished:
                 self.running.remove(req)
                 self.kv.free(req, self._ops, keep_prefix=True)
-                self._saw(req)
                 if self.drafter is not None:
                     self.drafter.forget(req)
             changed.append(req)
