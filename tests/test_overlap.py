@@ -131,6 +131,14 @@ def run_all(engine, reqs) -> None:
         engine.step()
 
 
+def run_until_ahead(engine, reqs, tokens: int = 5) -> None:
+    """Add reqs and step until each has tokens outputs and a step runs ahead."""
+    for r in reqs:
+        engine._add(r)
+    while engine._ahead is None or min(len(r.output_tokens) for r in reqs) < tokens:
+        engine.step()
+
+
 def held_cells(engine, backend) -> dict[int, int]:
     """Positions held per slot, checked to be exactly what the KV manager keeps as cached prefixes
     (and no launch ahead was wrong)."""
@@ -188,10 +196,7 @@ def test_a_request_cancelled_while_its_step_runs_ahead_gets_no_more_tokens_and_l
     backend = Cells()
     engine = engine_of(backend, True)
     keep, gone = request(1, 30), request(2, 30)
-    for r in (keep, gone):
-        engine._add(r)
-    while engine._ahead is None or len(gone.output_tokens) < 5:
-        engine.step()
+    run_until_ahead(engine, [keep, gone])
     n, slot = len(gone.output_tokens), gone.seq_id
     engine._end(gone, RequestStatus.FINISHED_CANCELLED)  # what the front does with a cancel
     while engine.has_work:
@@ -291,10 +296,7 @@ def test_a_step_ahead_that_fails_ends_the_requests_in_it_but_not_one_that_ended_
     backend = Cells()
     engine = engine_of(backend, True)
     failing, cancelled = request(1, 30), request(2, 30)
-    for r in (failing, cancelled):
-        engine._add(r)
-    while engine._ahead is None or len(failing.output_tokens) < 5:
-        engine.step()
+    run_until_ahead(engine, [failing, cancelled])
     engine._end(cancelled, RequestStatus.FINISHED_CANCELLED)
     backend.fail_collect = {backend.num_collect}
     with pytest.raises(BackendError):

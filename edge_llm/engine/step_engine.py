@@ -226,11 +226,7 @@ class StepEngine(EngineFront):
         self.scheduler.observe_step(out, elapsed)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
-        try:
-            self._apply(out, sampled)
-        except Exception:
-            self._abandon(ahead)
-            raise
+        self._apply(out, sampled, ahead)
         self.num_steps += 1
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.batch_tokens.observe(out.num_tokens)
@@ -326,11 +322,7 @@ class StepEngine(EngineFront):
             self.energy.start(carry=True)  # it ran since the step before ended
             self.energy.finish_step(out)
         self._count_admissions(out)
-        try:
-            self._apply(out, sampled)
-        except Exception:
-            self._abandon(ahead)
-            raise
+        self._apply(out, sampled, ahead)
         if out.chunks:
             self.num_steps += 1
             self.num_steps_ahead += 1
@@ -398,8 +390,16 @@ class StepEngine(EngineFront):
                 self._stopped_late = True
                 self.backend.interrupt(True)
 
-    def _apply(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> None:
-        """End the requests whose own part failed (the others' tokens stand), then apply the rest."""
+    def _apply(self, out: SchedulerOutput, sampled: dict[int, SampledToken], ahead=None) -> None:
+        """End the requests whose own part failed (the others' tokens stand), then apply the rest;
+        if that fails, the step launched ahead of this one is abandoned."""
+        try:
+            self._apply_step(out, sampled)
+        except Exception:
+            self._abandon(ahead)
+            raise
+
+    def _apply_step(self, out: SchedulerOutput, sampled: dict[int, SampledToken]) -> None:
         for chunk in out.chunks:
             if chunk.error is not None:
                 self._end(chunk.request, RequestStatus.FINISHED_ERROR, f"engine error: {chunk.error}")
