@@ -75,7 +75,7 @@ class ModelConfig:
     # llama_decode returns before the step ends (a GPU build offloading every layer); on: also on
     # the CPU (the same tokens, nothing overlaps: for tests); off: never. Off by default until it
     # is measured on a GPU (session 15 was lent none): its tokens and KV cells are tested here,
-    # its speed is not known (.gpu/exp7.sh and exp8.sh in docs/measurements/ are the runs to make)
+    # its speed is not known (`tools/gpu_bench.sh overlap` is the run to make)
     overlap_steps: str = "off"
 
 

@@ -216,9 +216,7 @@ def test_a_preempted_request_resumes_with_the_same_tokens():
     backend = Cells()
     engine = engine_of(backend, True)
     req = request(5, 30, priority=Priority.BACKGROUND)
-    engine._add(req)
-    while engine._ahead is None or len(req.output_tokens) < 6:
-        engine.step()
+    run_until_ahead(engine, [req], tokens=6)
     engine._relieve_pressure(1, "test pressure")  # what the front does under memory pressure
     assert req.status == RequestStatus.PREEMPTED
     while engine.has_work:
@@ -234,9 +232,7 @@ def test_a_waiting_request_goes_to_the_scheduler_first():
     backend = Cells()
     engine = engine_of(backend, True)
     first = request(1, 40)
-    engine._add(first)
-    while engine._ahead is None:
-        engine.step()
+    run_until_ahead(engine, [first], tokens=0)
     launches = len(backend.launches)
     late = request(2, 10)
     engine._add(late)
@@ -270,9 +266,7 @@ def test_visitors_beside_background_are_scheduled_each_step():
 def test_a_call_on_the_engine_thread_sees_no_step_in_flight():
     backend = Cells()
     engine = engine_of(backend, True)
-    engine._add(request(1, 30))
-    while engine._ahead is None:
-        engine.step()
+    run_until_ahead(engine, [request(1, 30)], tokens=0)
     box = []
     engine._handle("call", (lambda: (engine._ahead, backend.in_flight), types.SimpleNamespace(put=box.append)))
     assert box == [(True, (None, None))]
@@ -311,9 +305,7 @@ def test_a_call_is_answered_when_the_step_in_flight_fails():
     backend = Cells()
     engine = engine_of(backend, True)
     req = request(1, 30)
-    engine._add(req)
-    while engine._ahead is None:
-        engine.step()
+    run_until_ahead(engine, [req], tokens=0)
     backend.fail_collect = {backend.num_collect}
     box = []
     engine._handle("call", (lambda: "answered", types.SimpleNamespace(put=box.append)))

@@ -303,15 +303,11 @@ class StepEngine(EngineFront):
         for c in out.chunks:  # ended, or preempted, while it ran: its token is not wanted
             c.dropped = c.request.status != RequestStatus.RUNNING or c.request.seq_id != c.seq_id
         try:
-            sampled = self.backend.collect(launched)
+            sampled = self._collect(out, launched)
         except Exception as e:
             self.step_time_s["failed"] += time.perf_counter() - t0
             self._fail_batch(SchedulerOutput([c for c in out.chunks if not c.dropped]), str(e))
             raise
-        finally:
-            for c in out.chunks:
-                if c.dropped:
-                    self.backend.trim(c.seq_id, c.start_pos)
         out.chunks = [c for c in out.chunks if not c.dropped]
         elapsed = time.perf_counter() - t0  # launch to tokens: the applying of the step before overlapped it
         ahead = self._launch_ahead(out, sampled) if launch_next else None
@@ -339,11 +335,19 @@ class StepEngine(EngineFront):
         try:
             for c in ahead[0].chunks:
                 c.dropped = True
-            self.backend.collect(ahead[1])
-            for c in ahead[0].chunks:
-                self.backend.trim(c.seq_id, c.start_pos)
+            self._collect(ahead[0], ahead[1])
         except Exception:
             log.exception("a step launched ahead could not be dropped")
+
+    def _collect(self, out: SchedulerOutput, launched) -> dict[int, SampledToken]:
+        """Wait for a step launched ahead and sample its rows; the dropped rows' cells are removed
+        whether or not that succeeds."""
+        try:
+            return self.backend.collect(launched)
+        finally:
+            for c in out.chunks:
+                if c.dropped:
+                    self.backend.trim(c.seq_id, c.start_pos)
 
     def _settle(self) -> None:
         """Engine thread (or after it ended): collect a step in flight and launch none."""

@@ -198,10 +198,7 @@ class LlamaCppBackend(StepTiming):
             else:  # between streams llama.cpp copies whole buffers only: copy, then trim the tail
                 L.llama_memory_seq_cp(memory, src, seq, -1, -1)
                 L.llama_memory_seq_rm(memory, seq, op.pos, -1)
-        by_lane: list[list] = [[] for _ in self.contexts]
-        for chunk in out.chunks:
-            by_lane[lanes.lane(chunk.seq_id)].append(chunk)
-        groups = [self._groups(chunks) for chunks in by_lane]
+        groups = [self._groups(chunks) for chunks in self._by_lane(out.chunks)]
         sampled: dict[int, SampledToken] = {}
         for r in range(max(map(len, groups))):
             # every lane's r-th batch is queued before any is waited for: on a GPU each context has
@@ -236,13 +233,10 @@ class LlamaCppBackend(StepTiming):
         """Queue a step of decodes only (one llama_batch a lane, none stoppable) and return without
         waiting for it; collect() waits and samples. Between the two, the engine thread applies the
         step before (its postprocess, publishing, metrics) while the device computes this one."""
-        by_lane: list[list] = [[] for _ in self.contexts]
-        for chunk in out.chunks:
-            if not chunk.decode or chunk.num_draft or chunk.num_pad:
-                raise BackendError("a step launched ahead holds decodes only, without drafts")
-            by_lane[self.lanes.lane(chunk.seq_id)].append(chunk)
+        if any(not c.decode or c.num_draft or c.num_pad for c in out.chunks):
+            raise BackendError("a step launched ahead holds decodes only, without drafts")
         # one llama_decode a lane: a second would overwrite the first one's logits before collect()
-        groups = [(lane, g[0]) for lane, g in ((lane, self._groups(c)) for lane, c in enumerate(by_lane)) if g]
+        groups = [(lane, g[0]) for lane, c in enumerate(self._by_lane(out.chunks)) if (g := self._groups(c))]
         launched = []
         try:
             for lane, group in groups:
@@ -268,6 +262,13 @@ class LlamaCppBackend(StepTiming):
     def trim(self, seq_id: int, pos: int) -> None:
         """Remove a slot's cells from pos on (a dropped row's, after its step was collected)."""
         L.llama_memory_seq_rm(self.contexts[self.lanes.lane(seq_id)].memory, self.lanes.local(seq_id), pos, -1)
+
+    def _by_lane(self, chunks: list) -> list[list]:
+        """The chunks of each lane's context, in step order."""
+        by_lane: list[list] = [[] for _ in self.contexts]
+        for chunk in chunks:
+            by_lane[self.lanes.lane(chunk.seq_id)].append(chunk)
+        return by_lane
 
     def _launch(self, lane: int, chunks: list, abortable: bool):
         """Queue one llama_decode of chunks on a lane's context: (outputs, rc, armed)."""
