@@ -95,8 +95,14 @@ def test_background_steps_a_visitor_stops_take_bigger_chunks_and_the_batch_holds
     assert "stops a background step" in cpu.reasons["background_chunk_tokens"]
     small = plan(model, roomy(), Policy(speed=choose(cal(prefill={32: 0.05, 64: 0.1}), 0.15)))
     assert (small.prefill_chunk_tokens, small.background_chunk_tokens) == (32, 128)  # 4x the chunk
+    # while visitors come, twice the chunk: a visitor's arrival stops it, and a smaller step loses less
+    assert (cpu.background_visitor_chunk, small.background_visitor_chunk) == (256, 64)
+    assert "256 while a visitor was seen" in cpu.reasons["background_chunk_tokens"]
+    assert cpu.to_dict()["background_visitor_chunk_tokens"] == 256
     gpu = plan(model, roomy(), Policy(speed=choose(cal(can_abort=False), 0.15)))
     assert gpu.background_chunk == gpu.prefill_chunk_tokens  # nothing stops a GPU step: the chunk bounds it
+    assert gpu.background_visitor_chunk == gpu.prefill_chunk_tokens
+    assert "while a visitor" not in gpu.reasons["background_chunk_tokens"]
     assert plan(model, roomy(), Policy()).background_chunk == 256  # no calibration: the default chunk
 
 

@@ -187,6 +187,7 @@ def _two_finishing(monkeypatch=None):
         max_batch_size=4,
         prefill_chunk_tokens=64,
         background_chunk=64,  # Plan.background_chunk
+        background_visitor_chunk=64,
         kv_layout="unified",
         lanes=1,
         lane_size=0,

@@ -107,6 +107,7 @@ PLAN = types.SimpleNamespace(
     max_batch_size=4,
     prefill_chunk_tokens=64,
     background_chunk=64,
+    background_visitor_chunk=64,
     kv_layout="per_slot",
     lanes=1,
     lane_size=0,

@@ -108,6 +108,40 @@ def test_background_prefill_alone_takes_the_background_chunk_and_beside_a_visito
         assert sum(len(c.tokens) for c in out.chunks if c.request is part) <= 32  # half the chunk at most
 
 
+def test_background_prefill_alone_takes_the_visitor_chunk_while_visitors_come():
+    """A stopped step's work is lost: while a visitor was seen within NEAR_S, a step of background
+    prefill alone takes the visitor chunk (Plan.background_visitor_chunk), else the background chunk."""
+    from edge_llm.engine.request import Priority
+
+    kv = KVCacheManager(4, 100_000, max_cached=0, streams=True)
+    s = Scheduler(kv, 4, 64, 16, background_chunk_tokens=256, visitor_chunk_tokens=128)
+    part = Request(list(range(1000, 9000)), SamplingParams(max_tokens=3), priority=Priority.BACKGROUND)
+    s.add(part)
+
+    def alone():
+        out = step(s)
+        assert out.abortable
+        return [len(c.tokens) for c in out.chunks if c.request is part]
+
+    assert alone() == [256]  # no visitor yet
+    visitor = request(10, 20_000, max_tokens=4)
+    s.add(visitor)
+    while not visitor.is_finished:
+        assert not step(s).abortable  # the visitor's prompt and decodes are in every step
+    assert alone() == [128]  # a visitor was just here: its next question stops a shorter step
+    s.last_visitor -= Scheduler.NEAR_S  # as if NEAR_S had passed since it ended
+    assert alone() == [256]
+    cancelled = request(10, 30_000, max_tokens=4)
+    s.add(cancelled)  # seen on arrival
+    s.abort(cancelled)
+    assert alone() == [128]
+    s.last_visitor -= Scheduler.NEAR_S
+    background = Request(list(range(50_000, 50_100)), SamplingParams(max_tokens=2), priority=Priority.BACKGROUND)
+    s.add(background)  # a background request is no visitor: the step stays the background chunk
+    out = step(s)
+    assert out.abortable and [(c.request, len(c.tokens)) for c in out.chunks] == [(background, 100), (part, 156)]
+
+
 def test_two_aged_long_prompts_for_one_slot_do_not_preempt_each_other():
     """A waiting prompt aged past its length gets the next slot while slots are short, but that is
     no reason to preempt one that runs: the two preempted each other every step, and with no

@@ -12,6 +12,7 @@ from edge_llm.engine.kv_cache import KVCacheManager, MemoryOp
 from edge_llm.engine.lookup import Draft, Drafter
 from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.share import BackgroundShare
+from edge_llm.planner import VISITOR_NEAR_S
 
 
 class Scheduler:
@@ -34,6 +35,11 @@ class Scheduler:
     # yields to short ones for at most ~30 s. A client marks nothing (any OpenAI client), yet a
     # short question should not wait behind someone else's 12,000 tokens of prefill.
     AGING_TOKENS_PER_S = 100.0
+    # A step of background prefill alone takes visitor_chunk_tokens of prompt while a visitor (an
+    # interactive request, waiting or running) was seen within this long, background_chunk_tokens
+    # otherwise: where a visitor's arrival stops such a step, its work so far is lost, and a kiosk
+    # visitor asks again within seconds (Plan.background_visitor_chunk says why the smaller step).
+    NEAR_S = VISITOR_NEAR_S
 
     def __init__(
         self,
@@ -45,6 +51,7 @@ class Scheduler:
         background_chunk_tokens: int = 0,
         drafter: Drafter | None = None,
         max_step_tokens: int = 0,
+        visitor_chunk_tokens: int = 0,
     ):
         self.kv = kv
         self.max_batch_size = max_batch_size
@@ -52,6 +59,9 @@ class Scheduler:
         # a step of background prefill alone (stopped when a visitor arrives, where the backend can):
         # bigger chunks cost less a token late in a long prompt (calibration.choose_background_chunk)
         self.background_chunk_tokens = max(background_chunk_tokens, prefill_chunk_tokens)
+        # ... and while visitors come (NEAR_S): 0 = the same
+        self.visitor_chunk_tokens = min(visitor_chunk_tokens or self.background_chunk_tokens, self.background_chunk_tokens)
+        self.last_visitor = float("-inf")  # monotonic time an interactive request was last seen
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()  # by priority, then arrival (preempted ones first)
         self.running: list[Request] = []
@@ -83,6 +93,7 @@ class Scheduler:
     def add(self, req: Request) -> None:
         """Never refused: the engine front alone bounds the queue (a bound here also counted the
         preempted requests and ended a request the front had let in)."""
+        self._saw(req)
         self._enqueue(req, front_of_class=False)
 
     def _enqueue(self, req: Request, front_of_class: bool) -> None:
@@ -109,6 +120,7 @@ class Scheduler:
                 self.num_preempted_waiting -= 1
                 self.kv.unpin(req)  # its kept prefix is an ordinary cached one now, evictable
         req.finish(status)
+        self._saw(req)
         if self.drafter is not None:
             self.drafter.forget(req)
         return True
@@ -164,7 +176,7 @@ class Scheduler:
             if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):
                 # a prompt still prefilling keeps its turn; beside a decoding visitor, what the credit pays for
                 if all(c.request.priority == Priority.BACKGROUND for c in out.chunks):
-                    budget = self.background_chunk_tokens  # background alone: a step a visitor stops
+                    budget = self._background_alone_chunk()  # background alone: a step a visitor stops
                 self._prefill_class(Priority.BACKGROUND, out, min(budget, self.share.prefill_tokens(num_visitors)))
         elif any(r.priority == Priority.BACKGROUND for r in self.running):
             self.share.held()
@@ -175,6 +187,16 @@ class Scheduler:
             c.request.priority == Priority.BACKGROUND for c in out.chunks
         )
         return out
+
+    def _background_alone_chunk(self) -> int:
+        near = time.monotonic() - self.last_visitor < self.NEAR_S
+        return self.visitor_chunk_tokens if near else self.background_chunk_tokens
+
+    def _saw(self, req: Request) -> None:
+        """A request arrived or ended: a visitor's marks the time (while one runs, each step
+        holds its decode or prefill, so background prefill does not run alone)."""
+        if req.priority == Priority.INTERACTIVE:
+            self.last_visitor = time.monotonic()
 
     def _add_decodes(self, out: SchedulerOutput, cls: Priority) -> None:
         for req in self.running:
@@ -361,6 +383,7 @@ class Scheduler:
             if req.is_finished:
                 self.running.remove(req)
                 self.kv.free(req, self._ops, keep_prefix=True)
+                self._saw(req)
                 if self.drafter is not None:
                     self.drafter.forget(req)
             changed.append(req)

@@ -147,6 +147,7 @@ class StepEngine(EngineFront):
             max_queue,
             chat_slowdown=chat_slowdown or float("inf"),  # 0: background always rides along
             background_chunk_tokens=plan.background_chunk,
+            visitor_chunk_tokens=plan.background_visitor_chunk,
             drafter=(drafter := self._drafter(plan, max_draft_tokens)),
             max_step_tokens=plan.max_batch_tokens if drafter else 0,
         )
