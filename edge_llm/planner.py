@@ -17,8 +17,9 @@ from edge_llm.telemetry.snapshot import Snapshot
 MiB = 1 << 20
 GiB = 1 << 30
 MIN_USEFUL_SEQ = 256  # memory bounds the batch by sequences this short: admission reserves the rest
-# While visitors come (one seen within VISITOR_NEAR_S seconds), a stoppable step of background
-# prefill alone holds at most VISITOR_CHUNK_FACTOR times the prefill chunk (Plan.background_visitor_chunk).
+# While a visitor is expected back (engine/scheduler.py: within twice the visitors' usual pause, at
+# most VISITOR_NEAR_S seconds), a stoppable step of background prefill alone holds at most
+# VISITOR_CHUNK_FACTOR times the prefill chunk (Plan.background_visitor_chunk).
 VISITOR_NEAR_S = 30.0
 VISITOR_CHUNK_FACTOR = 2
 VISITOR_WHY = (
@@ -85,7 +86,7 @@ class Plan:
 
     @property
     def background_visitor_chunk(self) -> int:
-        """The same while visitors come (engine/scheduler.py NEAR_S): at most VISITOR_CHUNK_FACTOR
+        """The same while a visitor is expected back (engine/scheduler.py NEAR_S): at most VISITOR_CHUNK_FACTOR
         times the prefill chunk, since a visitor's arrival stops the step and its work is lost."""
         return min(self.background_chunk, VISITOR_CHUNK_FACTOR * self.prefill_chunk_tokens)
 
@@ -217,7 +218,8 @@ def _background_chunk(policy: Policy, chunk: int, reasons: dict[str, str]) -> in
         return chunk
     near = min(speed.background_chunk_tokens, VISITOR_CHUNK_FACTOR * chunk)
     reasons["background_chunk_tokens"] = speed.reasons["background_chunk_tokens"] + (
-        f"; {near} while a visitor was seen in the last {VISITOR_NEAR_S:g} s: {VISITOR_WHY}"
+        f"; {near} while a visitor is expected back (within twice the visitors' usual pause, {VISITOR_NEAR_S:g} s "
+        f"at most): {VISITOR_WHY}"
         if near < speed.background_chunk_tokens
         else ""
     )

@@ -97,7 +97,7 @@ def test_background_steps_a_visitor_stops_take_bigger_chunks_and_the_batch_holds
     assert (small.prefill_chunk_tokens, small.background_chunk_tokens) == (32, 128)  # 4x the chunk
     # while visitors come, twice the chunk: a visitor's arrival stops it, and a smaller step loses less
     assert (cpu.background_visitor_chunk, small.background_visitor_chunk) == (256, 64)
-    assert "256 while a visitor was seen" in cpu.reasons["background_chunk_tokens"]
+    assert "256 while a visitor is expected back" in cpu.reasons["background_chunk_tokens"]
     assert cpu.to_dict()["background_visitor_chunk_tokens"] == 256
     gpu = plan(model, roomy(), Policy(speed=choose(cal(can_abort=False), 0.15)))
     assert gpu.background_chunk == gpu.prefill_chunk_tokens  # nothing stops a GPU step: the chunk bounds it

@@ -4,6 +4,8 @@ prompt still prefilling yields its slot to a short one that waits."""
 
 import time
 
+import pytest
+
 from edge_llm.engine.kv_cache import KVCacheManager
 from edge_llm.engine.request import Request, RequestStatus, SamplingParams
 from edge_llm.engine.scheduler import SampledToken, Scheduler
@@ -140,6 +142,49 @@ def test_background_prefill_alone_takes_the_visitor_chunk_while_visitors_come():
     s.add(background)  # a background request is no visitor: the step stays the background chunk
     out = step(s)
     assert out.abortable and [(c.request, len(c.tokens)) for c in out.chunks] == [(background, 100), (part, 156)]
+
+
+def test_a_visitor_is_expected_back_for_twice_the_visitors_usual_pause():
+    """A kiosk visitor reading each answer pauses seconds between questions: the smaller background
+    steps go on between them. A client asking one question right after another pauses ~0: once it
+    has done, the background chunk comes back at once (the mixed benchmark's visitor)."""
+    from edge_llm.engine.request import Priority
+
+    kv = KVCacheManager(4, 100_000, max_cached=0, streams=True)
+    s = Scheduler(kv, 4, 64, 16, background_chunk_tokens=256, visitor_chunk_tokens=128)
+    part = Request(list(range(1000, 20_000)), SamplingParams(max_tokens=3), priority=Priority.BACKGROUND)
+    s.add(part)
+
+    def ask(first: int, paused: float) -> None:
+        s.last_visitor -= paused  # as if the visitor had paused this long since the last answer ended
+        visitor = request(10, first, max_tokens=2)
+        s.add(visitor)
+        while not visitor.is_finished:
+            step(s)
+
+    def alone() -> int:
+        out = step(s)
+        assert out.abortable
+        return sum(len(c.tokens) for c in out.chunks)
+
+    for k in range(4):  # a reader: 3 s between an answer and the next question
+        ask(20_000 + 100 * k, 3.0)
+        assert alone() == 128
+    assert s.think_s == pytest.approx(3.0, abs=0.5)
+    s.last_visitor -= 5.0  # within twice the pause: still expected
+    assert alone() == 128
+    s.last_visitor -= 2.0  # past it
+    assert alone() == 256
+    for k in range(6):  # one question right after another: the usual pause falls to ~0
+        ask(30_000 + 100 * k, 0.0)
+    assert s.think_s < 0.5
+    s.last_visitor -= 1.0
+    assert alone() == 256
+    first = Scheduler(kv, 4, 64, 16, background_chunk_tokens=256, visitor_chunk_tokens=128)
+    first.last_visitor = time.monotonic() - Scheduler.NEAR_S + 1  # one visitor, no pause seen yet: NEAR_S
+    assert first.visitor_expected()
+    first.last_visitor -= 1.0
+    assert not first.visitor_expected()
 
 
 def test_two_aged_long_prompts_for_one_slot_do_not_preempt_each_other():

@@ -35,11 +35,17 @@ class Scheduler:
     # yields to short ones for at most ~30 s. A client marks nothing (any OpenAI client), yet a
     # short question should not wait behind someone else's 12,000 tokens of prefill.
     AGING_TOKENS_PER_S = 100.0
-    # A step of background prefill alone takes visitor_chunk_tokens of prompt while a visitor (an
-    # interactive request, waiting or running) was seen within this long, background_chunk_tokens
-    # otherwise: where a visitor's arrival stops such a step, its work so far is lost, and a kiosk
-    # visitor asks again within seconds (Plan.background_visitor_chunk says why the smaller step).
+    # A step of background prefill alone takes visitor_chunk_tokens of prompt while a visitor is
+    # expected back (Plan.background_visitor_chunk says why the smaller step: a visitor's arrival
+    # stops such a step and its work so far is lost), background_chunk_tokens otherwise. Expected
+    # back: an interactive request arrived or ended within NEAR_THINKS times the visitors' usual
+    # pause between one's end and the next's arrival (a moving average, THINK_ALPHA the newest's
+    # weight; a pause longer than NEAR_S counts as NEAR_S), and at most NEAR_S. A kiosk visitor
+    # reading each answer pauses seconds, and the smaller steps go on; a client asking one question
+    # right after another pauses ~0, and the bigger steps come back once it has done.
     NEAR_S = VISITOR_NEAR_S
+    NEAR_THINKS = 2.0
+    THINK_ALPHA = 0.5
 
     def __init__(
         self,
@@ -61,7 +67,8 @@ class Scheduler:
         self.background_chunk_tokens = max(background_chunk_tokens, prefill_chunk_tokens)
         # ... and while visitors come (NEAR_S): 0 = the same
         self.visitor_chunk_tokens = min(visitor_chunk_tokens or self.background_chunk_tokens, self.background_chunk_tokens)
-        self.last_visitor = float("-inf")  # monotonic time an interactive request was last seen
+        self.last_visitor = float("-inf")  # monotonic time an interactive request last arrived or ended
+        self.think_s: float | None = None  # the visitors' pause between one's end and the next's arrival
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()  # by priority, then arrival (preempted ones first)
         self.running: list[Request] = []
@@ -93,7 +100,8 @@ class Scheduler:
     def add(self, req: Request) -> None:
         """Never refused: the engine front alone bounds the queue (a bound here also counted the
         preempted requests and ended a request the front had let in)."""
-        self._saw(req)
+        if req.priority == Priority.INTERACTIVE:
+            self._visitor_arrived()
         self._enqueue(req, front_of_class=False)
 
     def _enqueue(self, req: Request, front_of_class: bool) -> None:
@@ -189,12 +197,26 @@ class Scheduler:
         return out
 
     def _background_alone_chunk(self) -> int:
-        near = time.monotonic() - self.last_visitor < self.NEAR_S
-        return self.visitor_chunk_tokens if near else self.background_chunk_tokens
+        return self.visitor_chunk_tokens if self.visitor_expected() else self.background_chunk_tokens
+
+    def visitor_expected(self) -> bool:
+        """Is a visitor expected back (NEAR_S)? (While one runs, each step holds its decode or
+        prefill: background prefill does not run alone.)"""
+        window = self.NEAR_S if self.think_s is None else min(self.NEAR_S, self.NEAR_THINKS * self.think_s)
+        return time.monotonic() - self.last_visitor < window
+
+    def _visitor_arrived(self) -> None:
+        now = time.monotonic()
+        if self.last_visitor > float("-inf"):
+            busy = any(r.priority == Priority.INTERACTIVE for r in self.running) or any(
+                r.priority == Priority.INTERACTIVE for r in self.waiting
+            )
+            pause = 0.0 if busy else min(now - self.last_visitor, self.NEAR_S)
+            self.think_s = pause if self.think_s is None else self.think_s + self.THINK_ALPHA * (pause - self.think_s)
+        self.last_visitor = now
 
     def _saw(self, req: Request) -> None:
-        """A request arrived or ended: a visitor's marks the time (while one runs, each step
-        holds its decode or prefill, so background prefill does not run alone)."""
+        """A request ended: a visitor's marks the time (its pause before the next counts from it)."""
         if req.priority == Priority.INTERACTIVE:
             self.last_visitor = time.monotonic()
 
