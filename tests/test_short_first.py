@@ -111,8 +111,9 @@ def test_background_prefill_alone_takes_the_background_chunk_and_beside_a_visito
 
 
 def test_background_prefill_alone_takes_the_visitor_chunk_while_visitors_come():
-    """A stopped step's work is lost: while a visitor was seen within NEAR_S, a step of background
-    prefill alone takes the visitor chunk (Plan.background_visitor_chunk), else the background chunk."""
+    """A stopped step's work is lost: while a visitor is expected back (arrived or ended within
+    NEAR_S, no pause seen yet), a step of background prefill alone takes the visitor chunk
+    (Plan.background_visitor_chunk), else the background chunk."""
     from edge_llm.engine.request import Priority
 
     kv = KVCacheManager(4, 100_000, max_cached=0, streams=True)
@@ -128,14 +129,17 @@ def test_background_prefill_alone_takes_the_visitor_chunk_while_visitors_come():
     assert alone() == [256]  # no visitor yet
     visitor = request(10, 20_000, max_tokens=4)
     s.add(visitor)
+    assert not step(s).abortable  # the visitor's prompt and decodes are in every step
+    s.last_visitor -= Scheduler.NEAR_S  # as if it had run NEAR_S: its end is what counts
     while not visitor.is_finished:
-        assert not step(s).abortable  # the visitor's prompt and decodes are in every step
+        assert not step(s).abortable
     assert alone() == [128]  # a visitor was just here: its next question stops a shorter step
     s.last_visitor -= Scheduler.NEAR_S  # as if NEAR_S had passed since it ended
     assert alone() == [256]
     cancelled = request(10, 30_000, max_tokens=4)
     s.add(cancelled)  # seen on arrival
-    s.abort(cancelled)
+    s.last_visitor -= Scheduler.NEAR_S
+    s.abort(cancelled)  # ... and on its end
     assert alone() == [128]
     s.last_visitor -= Scheduler.NEAR_S
     background = Request(list(range(50_000, 50_100)), SamplingParams(max_tokens=2), priority=Priority.BACKGROUND)
@@ -180,6 +184,15 @@ def test_a_visitor_is_expected_back_for_twice_the_visitors_usual_pause():
     assert s.think_s < 0.5
     s.last_visitor -= 1.0
     assert alone() == 256
+    # a visitor arriving while another runs is no pause: the usual one stands
+    running = request(10, 40_000, max_tokens=50)
+    s.add(running)
+    step(s)
+    before = s.think_s
+    s.last_visitor -= 10.0
+    beside = request(10, 41_000, max_tokens=2)
+    s.add(beside)
+    assert s.think_s == before
     first = Scheduler(kv, 4, 64, 16, background_chunk_tokens=256, visitor_chunk_tokens=128)
     first.last_visitor = time.monotonic() - Scheduler.NEAR_S + 1  # one visitor, no pause seen yet: NEAR_S
     assert first.visitor_expected()

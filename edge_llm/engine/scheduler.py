@@ -12,7 +12,7 @@ from edge_llm.engine.kv_cache import KVCacheManager, MemoryOp
 from edge_llm.engine.lookup import Draft, Drafter
 from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.share import BackgroundShare
-from edge_llm.planner import VISITOR_NEAR_S
+from edge_llm.planner import VISITOR_NEAR_S, VISITOR_NEAR_THINKS
 
 
 class Scheduler:
@@ -40,11 +40,12 @@ class Scheduler:
     # stops such a step and its work so far is lost), background_chunk_tokens otherwise. Expected
     # back: an interactive request arrived or ended within NEAR_THINKS times the visitors' usual
     # pause between one's end and the next's arrival (a moving average, THINK_ALPHA the newest's
-    # weight; a pause longer than NEAR_S counts as NEAR_S), and at most NEAR_S. A kiosk visitor
-    # reading each answer pauses seconds, and the smaller steps go on; a client asking one question
-    # right after another pauses ~0, and the bigger steps come back once it has done.
+    # weight; a pause longer than NEAR_S counts as NEAR_S; an arrival while another visitor runs or
+    # waits is no pause, and counts not), and at most NEAR_S. A kiosk visitor reading each answer
+    # pauses seconds, and the smaller steps go on; a client asking one question right after another
+    # pauses ~0, and the bigger steps come back once it has done.
     NEAR_S = VISITOR_NEAR_S
-    NEAR_THINKS = 2.0
+    NEAR_THINKS = VISITOR_NEAR_THINKS
     THINK_ALPHA = 0.5
 
     def __init__(
@@ -200,18 +201,17 @@ class Scheduler:
         return self.visitor_chunk_tokens if self.visitor_expected() else self.background_chunk_tokens
 
     def visitor_expected(self) -> bool:
-        """Is a visitor expected back (NEAR_S)? (While one runs, each step holds its decode or
-        prefill: background prefill does not run alone.)"""
+        """Is a visitor expected back (NEAR_S)?"""
         window = self.NEAR_S if self.think_s is None else min(self.NEAR_S, self.NEAR_THINKS * self.think_s)
         return time.monotonic() - self.last_visitor < window
 
     def _visitor_arrived(self) -> None:
         now = time.monotonic()
-        if self.last_visitor > float("-inf"):
-            busy = any(r.priority == Priority.INTERACTIVE for r in self.running) or any(
-                r.priority == Priority.INTERACTIVE for r in self.waiting
-            )
-            pause = 0.0 if busy else min(now - self.last_visitor, self.NEAR_S)
+        busy = any(r.priority == Priority.INTERACTIVE for r in self.running) or any(
+            r.priority == Priority.INTERACTIVE for r in self.waiting
+        )
+        if self.last_visitor > float("-inf") and not busy:
+            pause = min(now - self.last_visitor, self.NEAR_S)
             self.think_s = pause if self.think_s is None else self.think_s + self.THINK_ALPHA * (pause - self.think_s)
         self.last_visitor = now
 

@@ -526,6 +526,9 @@ class StepEngine(EngineFront):
             "resumptions": self.scheduler.num_resumptions,
             **self.scheduler.share.to_dict(),
             "steps_ahead": self.num_steps_ahead,
+            # a visitor expected back: background prefill alone in smaller steps (Scheduler.NEAR_S)
+            "visitor_expected": self.scheduler.visitor_expected(),
+            "visitor_pause_s": None if (pause := self.scheduler.think_s) is None else round(pause, 2),
             "background_steps_let_finish": self.num_let_finish,
             "background_steps_stopped": self.num_stopped,
             "background_stopped_s": round(self.step_time_s["stopped"], 3),
