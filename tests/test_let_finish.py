@@ -6,6 +6,7 @@ background step waits to be released). The daemon's default is in config.LimitsC
 
 import threading
 import time
+import types
 
 import pytest
 from test_stream_interval import PLAN, OneToken
@@ -212,3 +213,27 @@ def test_the_engine_s_time_by_kind_of_step():
     assert times["shared"] > 0 and times["background"] == 0
     engine.step()
     assert times["background"] > 0 and times["host"] > 0 and times["stopped"] == times["failed"] == 0
+
+
+def test_the_daemons_warm_up_is_no_visitor():
+    """appliance.warm_up runs as background work: as a visitor's request it made background steps
+    smaller for NEAR_S after every start (Scheduler.visitor_expected), and the mixed workload's first
+    question waited for a step let finish (0.34 s against 0.11, session 16)."""
+    from edge_llm.appliance import warm_up
+
+    class Tokenizing(OneToken):
+        def tokenize(self, text, add_special=True):
+            return [5, 6, 7]
+
+    plan = types.SimpleNamespace(**vars(PLAN), max_input_len=512, max_seq_len=1024, max_output_len=512)
+    engine = StepEngine(Tokenizing(), plan)
+    engine.start()
+    try:
+        warm_up(engine)
+        stats = engine.call(engine.stats)
+        assert stats["visitor_expected"] is False and stats["visitor_pause_s"] is None
+        req, _ = engine.make_request([5, 6, 8], SamplingParams(temperature=0), 2)  # a visitor
+        assert [o for o in engine.generate(req)][-1].finish_reason == "length"
+        assert engine.call(engine.stats)["visitor_expected"] is True
+    finally:
+        engine.stop()
