@@ -66,8 +66,9 @@ class Scheduler:
         # a step of background prefill alone (stopped when a visitor arrives, where the backend can):
         # bigger chunks cost less a token late in a long prompt (calibration.choose_background_chunk)
         self.background_chunk_tokens = max(background_chunk_tokens, prefill_chunk_tokens)
-        # ... and while visitors come (NEAR_S): 0 = the same
-        self.visitor_chunk_tokens = min(visitor_chunk_tokens or self.background_chunk_tokens, self.background_chunk_tokens)
+        # ... and while a visitor is expected back (NEAR_S): 0 = the same
+        near = visitor_chunk_tokens or self.background_chunk_tokens
+        self.visitor_chunk_tokens = min(near, self.background_chunk_tokens)
         self.last_visitor = float("-inf")  # monotonic time an interactive request last arrived or ended
         self.think_s: float | None = None  # the visitors' pause between one's end and the next's arrival
         self.max_queue = max_queue
