@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import fakes
@@ -54,6 +55,24 @@ def wait_until(condition, timeout: float = 120, what: str = "the state"):
         assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
         time.sleep(0.02)
     return value
+
+
+def stand_in_plan(**changes) -> types.SimpleNamespace:
+    """What StepEngine reads of a planner.Plan, for engines over a stand-in backend (no model): one
+    place to add what the engine comes to read (Plan.background_chunk, background_visitor_chunk)."""
+    fields = dict(
+        num_seqs=4,
+        kv_cache_tokens=4096,
+        max_batch_size=2,
+        prefill_chunk_tokens=64,
+        background_chunk=64,
+        background_visitor_chunk=64,
+        kv_layout="per_slot",
+        lanes=1,
+        lane_size=0,
+        calibration=None,
+    )
+    return types.SimpleNamespace(**{**fields, **changes})
 
 
 def make_config(**overrides) -> config_mod.Config:

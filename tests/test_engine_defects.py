@@ -5,7 +5,7 @@ import time
 
 import llama_cpp as L
 import pytest
-from conftest import NO_EOS
+from conftest import NO_EOS, stand_in_plan
 
 from edge_llm.engine.backends.base import BackendError
 from edge_llm.engine.front import EngineBusy
@@ -181,17 +181,7 @@ def _two_finishing(monkeypatch=None):
 
     from edge_llm.engine.step_engine import StepEngine
 
-    plan = types.SimpleNamespace(
-        num_seqs=4,
-        kv_cache_tokens=4096,
-        max_batch_size=4,
-        prefill_chunk_tokens=64,
-        background_chunk=64,  # Plan.background_chunk
-        background_visitor_chunk=64,
-        kv_layout="unified",
-        lanes=1,
-        lane_size=0,
-    )
+    plan = stand_in_plan(max_batch_size=4, kv_layout="unified")
     engine = StepEngine(types.SimpleNamespace(release=lambda rid: None, interrupt=lambda r: None), plan)
     reqs = [Request([1, 2, 3, i], SamplingParams(temperature=0, max_tokens=1)) for i in (4, 5)]
     for r in reqs:

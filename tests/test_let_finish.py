@@ -6,9 +6,9 @@ background step waits to be released). The daemon's default is in config.LimitsC
 
 import threading
 import time
-import types
 
 import pytest
+from conftest import stand_in_plan
 from test_stream_interval import PLAN, OneToken
 
 from edge_llm.engine.batch import ScheduledChunk, SchedulerOutput
@@ -225,7 +225,7 @@ def test_the_daemons_warm_up_is_no_visitor():
         def tokenize(self, text, add_special=True):
             return [5, 6, 7]
 
-    plan = types.SimpleNamespace(**vars(PLAN), max_input_len=512, max_seq_len=1024, max_output_len=512)
+    plan = stand_in_plan(max_input_len=512, max_seq_len=1024, max_output_len=512)
     engine = StepEngine(Tokenizing(), plan)
     engine.start()
     try:

@@ -13,7 +13,7 @@ import threading
 import types
 
 import pytest
-from conftest import NO_EOS, make_config, wait_until
+from conftest import NO_EOS, make_config, stand_in_plan, wait_until
 
 from edge_llm.engine.backends.base import BackendError
 from edge_llm.engine.batch import SampledToken
@@ -101,18 +101,7 @@ class Cells:
         pass
 
 
-PLAN = types.SimpleNamespace(
-    num_seqs=8,
-    kv_cache_tokens=8 * 512,
-    max_batch_size=4,
-    prefill_chunk_tokens=64,
-    background_chunk=64,
-    background_visitor_chunk=64,
-    kv_layout="per_slot",
-    lanes=1,
-    lane_size=0,
-    calibration=None,
-)
+PLAN = stand_in_plan(num_seqs=8, kv_cache_tokens=8 * 512, max_batch_size=4)
 
 
 def engine_of(backend, overlap: bool) -> StepEngine:

@@ -1,7 +1,7 @@
 """A stream's text goes to its reader at most every limits.stream_interval_ms (the first text and
 the end at once), all of it, in order (no model: a stand-in backend that samples a fixed token)."""
 
-import types
+from conftest import stand_in_plan
 
 from edge_llm.engine.batch import SampledToken
 from edge_llm.engine.request import Request, RequestStatus, SamplingParams
@@ -21,18 +21,7 @@ class OneToken:
         pass
 
 
-PLAN = types.SimpleNamespace(
-    num_seqs=4,
-    kv_cache_tokens=4096,
-    max_batch_size=2,
-    prefill_chunk_tokens=64,
-    background_chunk=64,
-    background_visitor_chunk=64,
-    kv_layout="per_slot",
-    lanes=1,
-    lane_size=0,
-    calibration=None,
-)
+PLAN = stand_in_plan()
 
 
 def outputs_of(interval: float, max_tokens: int = 20) -> list:
