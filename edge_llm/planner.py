@@ -19,9 +19,12 @@ GiB = 1 << 30
 MIN_USEFUL_SEQ = 256  # memory bounds the batch by sequences this short: admission reserves the rest
 # While a visitor is expected back (engine/scheduler.py: within VISITOR_NEAR_THINKS times the
 # visitors' usual pause, at most VISITOR_NEAR_S seconds), a stoppable step of background prefill
-# alone holds at most VISITOR_CHUNK_FACTOR times the prefill chunk (Plan.background_visitor_chunk).
+# alone holds at most VISITOR_CHUNK_FACTOR times the prefill chunk (Plan.background_visitor_chunk),
+# except a step that, by the recent steps' pace, ends within VISITOR_CLEAR_THINKS of the usual pause
+# after the last visitor's end: no visitor is likely back yet, and the bigger step is the cheaper.
 VISITOR_NEAR_S = 30.0
 VISITOR_NEAR_THINKS = 2.0
+VISITOR_CLEAR_THINKS = 0.5
 VISITOR_CHUNK_FACTOR = 2
 VISITOR_WHY = (
     "a visitor's arrival stops the step and loses its work so far, and a kiosk visitor asks again within "
@@ -230,7 +233,8 @@ def _visitor_chunk_reason(plan: Plan) -> None:
     if near < plan.background_chunk:
         plan.reasons["background_chunk_tokens"] += (
             f"; {near} while a visitor is expected back (within {VISITOR_NEAR_THINKS:g}x the visitors' usual "
-            f"pause, {VISITOR_NEAR_S:g} s at most): {VISITOR_WHY}"
+            f"pause, {VISITOR_NEAR_S:g} s at most; the full step still where it ends within "
+            f"{VISITOR_CLEAR_THINKS:g}x that pause after the last visitor's end): {VISITOR_WHY}"
         )
 
 

@@ -200,6 +200,68 @@ def test_a_visitor_is_expected_back_for_twice_the_visitors_usual_pause():
     assert not first.visitor_expected()
 
 
+def test_a_full_background_step_still_runs_where_it_ends_before_the_visitor_is_likely_back():
+    """Right after a kiosk visitor's answer, the next question is seconds away: a step of background
+    prefill alone that, at the pace of the recent ones, ends within CLEAR_THINKS of the usual pause
+    after that end is of the background chunk (the cheaper a token); later in the pause, or with a
+    visitor arrived since, the visitor chunk. A stopped step's time is no pace."""
+    from edge_llm.engine.request import Priority
+
+    kv = KVCacheManager(4, 100_000, max_cached=0, streams=True)
+    s = Scheduler(kv, 4, 64, 16, background_chunk_tokens=256, visitor_chunk_tokens=128)
+    part = Request(list(range(1000, 30_000)), SamplingParams(max_tokens=3), priority=Priority.BACKGROUND)
+    s.add(part)
+
+    def alone(seconds_a_token: float | None = None, stopped: bool = False) -> int:
+        out = step(s)
+        assert out.abortable
+        if seconds_a_token is not None:
+            s.observe_step(out, seconds_a_token * out.num_tokens, stopped)
+        return out.num_tokens
+
+    def ask(first: int, paused: float) -> None:
+        s.last_visitor -= paused
+        s.last_end -= paused
+        visitor = request(10, first, max_tokens=2)
+        s.add(visitor)
+        while not visitor.is_finished:
+            step(s)
+
+    for k in range(3):  # a reader: 4 s between an answer and the next question
+        ask(40_000 + 100 * k, 4.0)
+    assert s.think_s == pytest.approx(4.0, abs=0.5) and s.alone_token_s is None
+    assert alone(0.005) == 128  # no pace measured yet: the smaller step
+    assert s.alone_token_s == pytest.approx(0.005)
+    assert alone() == 256  # 256 x 5 ms = 1.3 s, ends before 0.5 x 4 s after the answer
+    s.last_visitor -= 1.0
+    s.last_end -= 1.0  # a second into the pause: 1 + 1.3 s runs past 2 s
+    assert alone() == 128
+    assert s.visitor_expected()
+    s.observe_step(s.schedule(), 0.0001, stopped=True)  # stopped early: its time is no pace
+    assert s.alone_token_s == pytest.approx(0.005)
+    ask(41_000, 4.0)
+    for _ in range(6):  # the steps slow down (late in a long prompt): 256 x 10 ms = 2.6 s, past the
+        alone(0.010)  # half pause (4.5 s since the last pause counted 5)
+    assert s.think_s == pytest.approx(4.5, abs=0.1) and s.alone_token_s > 0.009
+    s.last_end = s.last_visitor = time.monotonic()
+    assert alone() == 128
+    s.alone_token_s = 0.005
+    assert alone() == 256
+    late = request(10, 42_000, max_tokens=50)
+    s.add(late)  # arrived: no pause now, though the last end was just now
+    while late.is_prefilling:
+        step(s)
+    s.abort(late)
+    assert s.last_end >= s.last_visitor  # it ended alone: its end counts
+    beside = request(10, 43_000, max_tokens=50)
+    other = request(10, 44_000, max_tokens=2)
+    s.add(beside)
+    s.add(other)
+    while not other.is_finished:
+        step(s)
+    assert s.last_end < s.last_visitor  # ended while another visitor ran: no pause begins
+
+
 def test_two_aged_long_prompts_for_one_slot_do_not_preempt_each_other():
     """A waiting prompt aged past its length gets the next slot while slots are short, but that is
     no reason to preempt one that runs: the two preempted each other every step, and with no

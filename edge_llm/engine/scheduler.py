@@ -12,7 +12,7 @@ from edge_llm.engine.kv_cache import KVCacheManager, MemoryOp
 from edge_llm.engine.lookup import Draft, Drafter
 from edge_llm.engine.request import Priority, Request, RequestStatus
 from edge_llm.engine.share import BackgroundShare
-from edge_llm.planner import VISITOR_NEAR_S, VISITOR_NEAR_THINKS
+from edge_llm.planner import VISITOR_CLEAR_THINKS, VISITOR_NEAR_S, VISITOR_NEAR_THINKS
 
 
 class Scheduler:
@@ -43,10 +43,15 @@ class Scheduler:
     # weight; a pause longer than NEAR_S counts as NEAR_S; an arrival while another visitor runs or
     # waits is no pause, and counts not), and at most NEAR_S. A kiosk visitor reading each answer
     # pauses seconds, and the smaller steps go on; a client asking one question right after another
-    # pauses ~0, and the bigger steps come back once it has done.
+    # pauses ~0, and the bigger steps come back once it has done. Within the pause, a step that by
+    # the recent steps' pace (ALONE_ALPHA the newest's weight) ends within CLEAR_THINKS times the
+    # usual pause after the last visitor's end is of the bigger size still: no visitor is likely
+    # back so soon, and the smaller steps cost more a token (planner.VISITOR_WHY).
     NEAR_S = VISITOR_NEAR_S
     NEAR_THINKS = VISITOR_NEAR_THINKS
+    CLEAR_THINKS = VISITOR_CLEAR_THINKS
     THINK_ALPHA = 0.5
+    ALONE_ALPHA = 0.3
 
     def __init__(
         self,
@@ -71,6 +76,8 @@ class Scheduler:
         self.visitor_chunk_tokens = min(near, self.background_chunk_tokens)
         self.last_visitor = float("-inf")  # monotonic time an interactive request last arrived or ended
         self.think_s: float | None = None  # the visitors' pause between one's end and the next's arrival
+        self.last_end = float("-inf")  # monotonic time a visitor last ended with no other running or waiting
+        self.alone_token_s: float | None = None  # seconds a token of a background-alone prefill step took
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()  # by priority, then arrival (preempted ones first)
         self.running: list[Request] = []
@@ -199,7 +206,17 @@ class Scheduler:
         return out
 
     def _background_alone_chunk(self) -> int:
-        return self.visitor_chunk_tokens if self.visitor_expected() else self.background_chunk_tokens
+        big = self.background_chunk_tokens
+        if big == self.visitor_chunk_tokens or not self.visitor_expected() or self._clear_until(big):
+            return big
+        return self.visitor_chunk_tokens
+
+    def _clear_until(self, tokens: int) -> bool:
+        """Would a step of `tokens` prompt tokens end before the next visitor is likely back
+        (CLEAR_THINKS of the usual pause after the last one's end, none arrived since)?"""
+        if self.think_s is None or self.alone_token_s is None or self.last_end < self.last_visitor:
+            return False
+        return time.monotonic() + tokens * self.alone_token_s < self.last_end + self.CLEAR_THINKS * self.think_s
 
     def visitor_expected(self) -> bool:
         """Is a visitor expected back (NEAR_S)?"""
@@ -220,6 +237,11 @@ class Scheduler:
         """A request ended: a visitor's marks the time (its pause before the next counts from it)."""
         if req.priority == Priority.INTERACTIVE:
             self.last_visitor = time.monotonic()
+            busy = any(r.priority == Priority.INTERACTIVE and r is not req for r in self.running) or any(
+                r.priority == Priority.INTERACTIVE for r in self.waiting
+            )
+            if not busy:
+                self.last_end = self.last_visitor
 
     def _add_decodes(self, out: SchedulerOutput, cls: Priority) -> None:
         for req in self.running:
@@ -258,9 +280,15 @@ class Scheduler:
             return Draft([], 0, 0.0)
         return self.drafter.propose(req, room)
 
-    def observe_step(self, out: SchedulerOutput, seconds: float) -> None:
+    def observe_step(self, out: SchedulerOutput, seconds: float, stopped: bool = False) -> None:
         """The engine ran out in seconds: a step that decoded visitors and prefilled none is a
-        measure of what background work beside them costs."""
+        measure of what background work beside them costs; one of background prefill alone, of the
+        pace such steps go at (_clear_until); a stopped one ran only part of its work."""
+        if out.abortable and not stopped and (tokens := out.num_tokens) > 0 and seconds > 0:
+            pace, a = seconds / tokens, self.ALONE_ALPHA
+            self.alone_token_s = (
+                pace if self.alone_token_s is None else self.alone_token_s + a * (pace - self.alone_token_s)
+            )
         if any(c.request.priority == Priority.INTERACTIVE and c.start_pos < c.request.prefill_len for c in out.chunks):
             return
         num_visitors = sum(1 for c in out.chunks if c.request.priority == Priority.INTERACTIVE)

@@ -224,7 +224,7 @@ class StepEngine(EngineFront):
                 self._estimate_errors.append(abs(elapsed / expected - 1))
             if late and stopped:
                 self.num_stopped_late += 1
-        self.scheduler.observe_step(out, elapsed)
+        self.scheduler.observe_step(out, elapsed, stopped)
         self.energy.finish_step(out)  # before postprocess publishes: a finished request's energy is final
         self._count_admissions(out)
         self._apply(out, sampled, ahead)
