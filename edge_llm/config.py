@@ -1,7 +1,8 @@
 """One validated configuration: defaults < TOML file < EDGE_LLM_* environment < CLI flags.
 
 Every section is a plain dataclass; every key is typed, and a value of the wrong type, an
-unknown key or a missing model file is a ConfigError that names the key and its source.
+unknown key or a missing model file is a ConfigError that names the key and its source. A value
+out of its key's range (NaN and infinity included, which TOML and float() both accept) is one too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.util
 import ipaddress
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -155,7 +157,7 @@ class SummarizeConfig:
     chunk_tokens: int = 0  # document tokens per chunk; 0 = what the plan's max_input_len allows
     summary_tokens: int = 200  # tokens generated per chunk summary
     parallel: int = 0  # chunks in flight at once; 0 = the plan's max_batch_size
-    max_pdf_pages: int = 500  # longer PDFs get 413
+    max_pdf_pages: int = 500  # longer PDFs get 413; 0 = no bound
     extract_timeout_s: float = 120.0  # a job whose text extraction takes longer fails
     retention_days: float = 30.0  # finished jobs are deleted after this; 0 = keep forever
     max_jobs: int = 2  # jobs summarized at once (their chunks share the engine's batch)
@@ -299,7 +301,13 @@ def _load_toml(cfg: Config, path: Path) -> None:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except OSError as e:  # permission denied, an I/O error
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from None
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     for section, table in data.items():
         if not isinstance(table, dict):
@@ -326,6 +334,8 @@ def validate(cfg: Config) -> None:
     _validate_daemon(cfg.daemon)
     _validate_sampling(cfg.sampling)
     _validate_summarize(cfg.summarize)
+    _validate_thermal(cfg.thermal)
+    _validate_finite(cfg)
     _validate_model_files(cfg)
 
 
@@ -333,6 +343,22 @@ def _at_least(section: str, values: object, names: typing.Iterable[str], lo: int
     for name in names:
         if getattr(values, name) < lo:
             raise ConfigError(f"{section}.{name} must be >= {lo}{note}, got {getattr(values, name)}")
+
+
+def _require(ok: bool, key: str, rule: str, value: object) -> None:
+    # conditions are written so that NaN fails them (every comparison with NaN is False)
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value}")
+
+
+def _validate_finite(cfg: Config) -> None:
+    """NaN or infinity in any float key: a timer that spins or never fires, a crash later on."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section.name}.{f.name} must be a finite number, got {value}")
 
 
 def _validate_server(s: ServerConfig) -> None:
@@ -345,8 +371,8 @@ def _validate_server(s: ServerConfig) -> None:
         )
     _at_least("server", s, ("max_body_bytes", "max_document_bytes"), 1)
     _at_least("server", s, ("threads", "connection_limit"), 0, " (0 = sized automatically)")
-    if s.channel_timeout_s <= 0 or s.queue_timeout_s <= 0:
-        raise ConfigError("server.channel_timeout_s and server.queue_timeout_s must be > 0")
+    _require(s.channel_timeout_s > 0, "server.channel_timeout_s", "> 0", s.channel_timeout_s)
+    _require(s.queue_timeout_s > 0, "server.queue_timeout_s", "> 0", s.queue_timeout_s)
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -354,6 +380,8 @@ def _validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.backend must be 'llamacpp' or 'trtllm', got {m.backend!r}")
     if m.overlap_steps not in ("auto", "on", "off"):
         raise ConfigError(f"model.overlap_steps must be 'auto', 'on' or 'off', got {m.overlap_steps!r}")
+    if m.kv_layout not in ("auto", "unified", "per_slot"):
+        raise ConfigError(f"model.kv_layout must be 'auto', 'unified' or 'per_slot', got {m.kv_layout!r}")
     if m.n_gpu_layers < -1:
         raise ConfigError(f"model.n_gpu_layers must be -1 (all) or >= 0, got {m.n_gpu_layers}")
     _at_least("model", m, ("n_threads",), 0)
@@ -363,8 +391,10 @@ def _validate_limits(lim: LimitsConfig) -> None:
     _at_least("limits", lim, (f.name for f in dataclasses.fields(lim)), 0)
     if lim.max_queue < 1:
         raise ConfigError("limits.max_queue must be >= 1")
-    if 0 < lim.chat_slowdown < 1 or lim.chat_slowdown != lim.chat_slowdown:
-        raise ConfigError(f"limits.chat_slowdown must be 0 (off) or >= 1, got {lim.chat_slowdown}")
+    slowdown = lim.chat_slowdown
+    # infinity would mean what 0 does (engine/step_engine.py): one spelling, the documented one
+    ok = slowdown == 0 or (slowdown >= 1 and math.isfinite(slowdown))
+    _require(ok, "limits.chat_slowdown", "0 (off) or >= 1 and finite", slowdown)
     if lim.background_finish_ms > 1000:
         raise ConfigError(
             f"limits.background_finish_ms must be 0 (always stop) to 1000, got {lim.background_finish_ms}"
@@ -388,33 +418,64 @@ def _validate_daemon(d: DaemonConfig) -> None:
         raise ConfigError(f"daemon.log_format must be auto, text or journal, got {d.log_format!r}")
     if d.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"daemon.log_level must be debug, info, warning or error, got {d.log_level!r}")
-    if d.drain_timeout_s < 0 or d.telemetry_interval_s <= 0:
-        raise ConfigError("daemon.drain_timeout_s must be >= 0 and telemetry_interval_s > 0")
+    _require(d.drain_timeout_s >= 0, "daemon.drain_timeout_s", ">= 0", d.drain_timeout_s)
+    # jtop samples no faster (telemetry/jtop.py); a shorter sleep only keeps a core busy
+    _require(d.telemetry_interval_s >= 0.1, "daemon.telemetry_interval_s", ">= 0.1", d.telemetry_interval_s)
 
 
 def _validate_sampling(sp: SamplingConfig) -> None:
-    if sp.temperature > 2 or sp.top_p > 1 or sp.top_p == 0:
-        raise ConfigError(
-            f"sampling.temperature must be <= 2 and top_p in (0, 1] (negative = the model's own), "
-            f"got {sp.temperature} and {sp.top_p}"
-        )
+    # negative = the model's own (README), as it always was; NaN fails both sides
+    t, p = sp.temperature, sp.top_p
+    _require(t < 0 or 0 <= t <= 2, "sampling.temperature", "negative (the model's own) or 0..2", t)
+    _require(p < 0 or 0 < p <= 1, "sampling.top_p", "negative (the model's own) or in (0, 1]", p)
 
 
 def _validate_summarize(sm: SummarizeConfig) -> None:
-    if sm.chunk_tokens < 0 or sm.summary_tokens < 8 or sm.parallel < 0 or sm.max_jobs < 1 or sm.max_chunks < 0:
+    _at_least("summarize", sm, ("parallel", "max_pdf_pages", "max_chunks"), 0)
+    _at_least("summarize", sm, ("summary_tokens",), 8)
+    _at_least("summarize", sm, ("max_jobs",), 1)
+    # a chunk must leave room to shrink into its summary (summarize/pipeline.py, Summarizer)
+    least = 2 * sm.summary_tokens + 16
+    ok = sm.chunk_tokens == 0 or sm.chunk_tokens >= least
+    rule = f"0 (from the plan) or >= {least} (2 * summary_tokens + 16)"
+    _require(ok, "summarize.chunk_tokens", rule, sm.chunk_tokens)
+    _require(sm.extract_timeout_s > 0, "summarize.extract_timeout_s", "> 0", sm.extract_timeout_s)
+    # negative would put the purge's cut-off in the future: every finished job deleted at start
+    _require(sm.retention_days >= 0, "summarize.retention_days", ">= 0 (0 = keep forever)", sm.retention_days)
+
+
+def _validate_thermal(th: ThermalConfig) -> None:
+    # no chip runs above ~150 C; at or below 0 C every reading would be past the throttle point
+    ok = th.throttle_c == 0 or 0 < th.throttle_c <= 150
+    _require(ok, "thermal.throttle_c", "0 (the device's) or in (0, 150] C", th.throttle_c)
+    _require(th.margin_c >= 0, "thermal.margin_c", ">= 0", th.margin_c)
+    if th.throttle_c and th.margin_c >= th.throttle_c:
         raise ConfigError(
-            "summarize.chunk_tokens, parallel and max_chunks must be >= 0, summary_tokens >= 8, max_jobs >= 1"
+            f"thermal.margin_c must be below thermal.throttle_c ({th.throttle_c}) or admission is always "
+            f"held back, got {th.margin_c}"
         )
+    _require(th.hysteresis_c >= 0, "thermal.hysteresis_c", ">= 0", th.hysteresis_c)
+    _require(th.hold_s >= 0, "thermal.hold_s", ">= 0", th.hold_s)
 
 
 def _validate_model_files(cfg: Config) -> None:
     m = cfg.model
     if m.backend == "llamacpp":
-        path = cfg.model_path
-        if not path.is_file():
-            raise ConfigError(f"model file {path} does not exist (model.path / EDGE_LLM_MODEL_PATH)")
+        _check_model_file(cfg.model_path)
     elif not m.path or not Path(m.path).is_dir():
         raise ConfigError(f"model.backend=trtllm needs model.path = an engine directory, got {m.path!r}")
+
+
+def _check_model_file(path: Path) -> None:
+    where = "(model.path / EDGE_LLM_MODEL_PATH)"
+    if path.is_dir():
+        raise ConfigError(f"model file {path} is a directory, not a GGUF file {where}")
+    if not path.exists():
+        raise ConfigError(f"model file {path} does not exist {where}")
+    if not path.is_file():
+        raise ConfigError(f"model file {path} is not a regular file {where}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"model file {path} cannot be read (permission denied) {where}")
 
 
 def state_dir(cfg: Config) -> Path:
