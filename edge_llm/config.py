@@ -75,10 +75,10 @@ class ModelConfig:
     # llama.cpp: a step of decodes is launched before the step before it is applied, so the engine's
     # Python runs while the device computes (engine/step_engine.py, _launch_ahead). auto: where
     # llama_decode returns before the step ends (a GPU build offloading every layer); on: also on
-    # the CPU (the same tokens, nothing overlaps: for tests); off: never. Off by default until it
-    # is measured on a GPU (session 15 was lent none): its tokens and KV cells are tested here,
-    # its speed is not known (`tools/gpu_bench.sh overlap` is the run to make)
-    overlap_steps: str = "off"
+    # the CPU (the same tokens, nothing overlaps: for tests); off: never. On an H100 over HTTP, 6
+    # alternating rounds against llama-server: 1.06 / 1.18 / 2.21x at 1 / 4 / 16 streams (medians)
+    # against 0.95 / 1.07 / 1.90x off (docs/measurements/h100-2026-12-05-session17)
+    overlap_steps: str = "auto"
 
 
 @dataclass
