@@ -17,10 +17,13 @@ answer (stdin is /dev/null), so such a mode does not take effect and is reported
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from edge_llm.bench_energy import chat_tokens
 from edge_llm.engine.request import Priority, SamplingParams
@@ -36,7 +39,39 @@ FILLER = (
 )
 
 
+class BenchError(ValueError):
+    """What stops a bench before it runs: power modes without nvpmodel, an unknown mode, an
+    output file that cannot be written."""
+
+
+def check_output(path: str) -> None:
+    """BenchError unless the results can be written to path (checked before minutes of running)."""
+    if not path:
+        return
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise BenchError(f"--json {path}: is a directory")
+    if not folder.is_dir():
+        raise BenchError(f"--json {path}: no directory {folder}")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise BenchError(f"--json {path}: not writable")
+
+
 # -- nvpmodel ----------------------------------------------------------------------------------
+def read_modes(conf: str, wanted: str) -> list[tuple[int, str]]:
+    """The power modes asked for ('all' or ids), checked against nvpmodel.conf; BenchError where
+    there is no nvpmodel (not a Jetson) or a mode is not listed."""
+    try:
+        text = Path(conf).read_text()
+    except OSError as e:
+        raise BenchError(f"power modes need a Jetson's nvpmodel: cannot read {conf} ({e.strerror})") from None
+    if shutil.which("nvpmodel") is None:
+        raise BenchError("power modes need a Jetson's nvpmodel: no nvpmodel command on PATH")
+    modes, _ = parse_nvpmodel_conf(text)
+    return select_modes(modes, wanted)
+
+
 def parse_nvpmodel_conf(text: str) -> tuple[list[tuple[int, str]], int | None]:
     """(modes as (id, name) in file order, the default id) from /etc/nvpmodel.conf."""
     modes = [(int(m["id"]), m["name"]) for m in POWER_MODEL_RE.finditer(text)]
@@ -49,10 +84,13 @@ def select_modes(modes: list[tuple[int, str]], wanted: str) -> list[tuple[int, s
     if wanted == "all":
         return modes
     known = dict(modes)
-    ids = [int(x) for x in wanted.split(",") if x.strip()]
+    parts = [x.strip() for x in wanted.split(",") if x.strip()]
+    if not parts or not all(x.isascii() and x.isdigit() for x in parts):
+        raise BenchError(f"--power-modes {wanted!r}: expected 'all' or ids like 0,2")
+    ids = [int(x) for x in parts]
     missing = [i for i in ids if i not in known]
     if missing:
-        raise ValueError(f"power modes {missing} are not in nvpmodel.conf (it lists {sorted(known)})")
+        raise BenchError(f"power modes {missing} are not in nvpmodel.conf (it lists {sorted(known)})")
     return [(i, known[i]) for i in ids]
 
 
@@ -245,6 +283,7 @@ def run(
     from edge_llm import appliance, telemetry
     from edge_llm.telemetry import heat
 
+    modes = read_modes(nvpmodel_conf, power_modes) if power_modes else None  # before the model loads
     sampler = telemetry.Sampler(
         telemetry.open_sources(cfg.daemon.telemetry_interval_s), cfg.daemon.telemetry_interval_s
     )
@@ -277,10 +316,8 @@ def run(
             print(report(result))
             return result
 
-        if power_modes:
-            with open(nvpmodel_conf) as f:
-                modes, _ = parse_nvpmodel_conf(f.read())
-            results = walk_modes(select_modes(modes, power_modes), one, settle_s)
+        if modes is not None:
+            results = walk_modes(modes, one, settle_s)
         else:
             results = [{"power_mode": snap.nvpmodel, **one()}]
     finally:

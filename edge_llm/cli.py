@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,6 +13,50 @@ from edge_llm import config as config_mod
 
 MiB = 1 << 20
 GiB = 1 << 30
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what the daemon takes (int64 or uint64)
+
+
+def _number(kind, lo: float, hi: float = math.inf, lo_open: bool = False, what: str = ""):
+    """An argparse type: kind (int or float) in [lo, hi], or (lo, hi] with lo_open; what says the range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_KINDS[kind]}, got {text!r}") from None
+        if not ((lo < value if lo_open else lo <= value) and value <= hi):  # NaN is in no range
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+_KINDS = {int: "an integer", float: "a number"}
+
+
+def _text(text: str) -> str:
+    from edge_llm.client import as_text
+
+    return as_text(text)
+
+
+def _url(text: str) -> str:
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError as e:  # a port out of range, or not a number
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    if not valid:
+        raise argparse.ArgumentTypeError(f"expected http://HOST[:PORT], got {text!r}")
+    return text
+
+
+def _api_key(text: str) -> str:
+    if not (text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError("a Bearer key is printable ASCII")
+    return text
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -64,32 +109,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from edge_llm import planner, profiles
-    from edge_llm.appliance import policy_from_config
+    from edge_llm import planner
 
-    cfg = _load(args)
-    policy = policy_from_config(cfg)
-    rows = []
-    if not args.device and not args.model_profile:
-        from edge_llm.engine.backends.llamacpp import LlamaCppBackend
-        from edge_llm.telemetry import Sampler, open_sources
-
-        backend = LlamaCppBackend(cfg.model_path, n_gpu_layers=cfg.model.n_gpu_layers, name=cfg.model_id)
-        snap = Sampler(open_sources()).read()
-        from edge_llm.appliance import calibrate
-
-        here = policy_from_config(
-            cfg, gpu_offload=backend.gpu_offload, total_bytes=snap.ram_total_bytes, cal=calibrate(cfg, backend, snap)
-        )
-        rows.append(("this machine", snap, backend.profile, here))
-        backend.close()
-    devices = args.device or (list(profiles.DEVICES) if args.all else [])
-    models = args.model_profile or list(profiles.MODELS)
-    for d in devices:
-        for m in models:
-            rows.append((d, profiles.DEVICES[d], profiles.MODELS[m], policy))  # speed defaults: not measured there
     results = []
-    for where, snap, prof, policy in rows:
+    for where, snap, prof, policy in _plan_rows(args, _load(args)):
         try:
             results.append((where, prof, planner.plan(prof, snap, policy), None))
         except planner.PlanError as e:
@@ -115,6 +138,45 @@ def cmd_plan(args) -> int:
         print(f"== {prof.name} on {where}")
         print(f"   does not fit: {err}" if err else _describe(pl))
     return 0
+
+
+def _plan_rows(args, cfg) -> list[tuple]:
+    """(where, memory snapshot, model profile, policy) for each plan asked for: this machine's
+    model here without --device or --model-profile; a named model without --device, here too."""
+    from edge_llm import profiles
+    from edge_llm.appliance import policy_from_config
+
+    rows = [_this_model_here(cfg)] if not args.device and not args.model_profile else []
+    devices = args.device or (list(profiles.DEVICES) if args.all else [])
+    models = args.model_profile or list(profiles.MODELS)
+    policy = policy_from_config(cfg)
+    rows += [(d, profiles.DEVICES[d], profiles.MODELS[m], policy) for d in devices for m in models]
+    if args.model_profile and not devices:  # its memory here, the speed defaults: the model is not measured
+        snap = _this_machine()
+        here = policy_from_config(cfg, total_bytes=snap.ram_total_bytes)
+        rows += [("this machine", snap, profiles.MODELS[m], here) for m in models]
+    return rows
+
+
+def _this_machine():
+    from edge_llm.telemetry import Sampler, open_sources
+
+    return Sampler(open_sources()).read()
+
+
+def _this_model_here(cfg) -> tuple:
+    """The configured model, loaded and calibrated here (as the daemon would plan it)."""
+    from edge_llm.appliance import calibrate, policy_from_config
+    from edge_llm.engine.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(cfg.model_path, n_gpu_layers=cfg.model.n_gpu_layers, name=cfg.model_id)
+    try:
+        snap = _this_machine()
+        cal = calibrate(cfg, backend, snap)
+        policy = policy_from_config(cfg, gpu_offload=backend.gpu_offload, total_bytes=snap.ram_total_bytes, cal=cal)
+        return "this machine", snap, backend.profile, policy
+    finally:
+        backend.close()
 
 
 def _describe(pl) -> str:
@@ -237,35 +299,50 @@ def cmd_bench(args) -> int:
     """Prefill/decode rates and tokens per joule here, per nvpmodel mode on a Jetson (issue 24)."""
     from edge_llm import bench
 
-    if args.energy_s:
-        from edge_llm import bench_energy
+    try:
+        bench.check_output(args.json)  # before the run, not after minutes of it
+        if args.energy_s:
+            from edge_llm import bench_energy
 
-        return bench_energy.run(_load(args), args.batch, args.energy_s, args.decode_tokens, args.json)
-    return bench.run(
-        _load(args),
-        args.batch,
-        args.prompt_tokens,
-        args.decode_tokens,
-        args.power_modes,
-        args.nvpmodel_conf,
-        args.settle_s,
-        args.json,
-    )
+            return bench_energy.run(_load(args), args.batch, args.energy_s, args.decode_tokens, args.json)
+        return bench.run(
+            _load(args),
+            args.batch,
+            args.prompt_tokens,
+            args.decode_tokens,
+            args.power_modes,
+            args.nvpmodel_conf,
+            args.settle_s,
+            args.json,
+        )
+    except bench.BenchError as e:
+        print(f"edge-llm bench: {e}", file=sys.stderr)
+        return 2
 
 
 def _bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="prefill and decode rates and tokens per joule on this device")
+    p = _parser(
+        "bench",
+        sub,
+        "prefill and decode rates and tokens per joule on this device",
+        "Loads the model in this process (the daemon's engine, not the daemon: stop it first for clean "
+        "numbers), prefills --batch prompts of --prompt-tokens, then generates --decode-tokens for each, "
+        "and prints tokens/s, the joules each phase took where energy can be read (NVML, RAPL, jtop) and "
+        "whether the per-request joules add up to the counter's. On a Jetson, --power-modes measures in "
+        "each nvpmodel mode and sets the mode in effect before back at the end.",
+    )
     _config_args(p)
-    p.add_argument("--batch", type=int, default=4, help="sequences at once (at most the plan's batch)")
-    p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length of the prefill phase")
-    p.add_argument("--decode-tokens", type=int, default=128, help="tokens generated per sequence")
+    positive, at_least_0 = _number(int, 1, what="1 or more"), _number(float, 0, what="0 or more")
+    p.add_argument("--batch", type=positive, default=4, help="sequences at once (at most the plan's batch)")
+    p.add_argument("--prompt-tokens", type=positive, default=512, help="prompt length of the prefill phase")
+    p.add_argument("--decode-tokens", type=positive, default=128, help="tokens generated per sequence")
     p.add_argument("--power-modes", default="", help="Jetson: 'all' or ids like 0,2 from nvpmodel.conf")
     p.add_argument("--nvpmodel-conf", default="/etc/nvpmodel.conf")
-    p.add_argument("--settle-s", type=float, default=5.0, help="wait after each power mode change")
+    p.add_argument("--settle-s", type=at_least_0, default=5.0, help="wait after each power mode change")
     p.add_argument("--json", default="", metavar="FILE", help="write the results here")
     p.add_argument(
         "--energy-s",
-        type=float,
+        type=at_least_0,
         default=0.0,
         metavar="S",
         help="instead: keep --batch streams busy for S seconds and compare the per-request joules "
@@ -291,27 +368,51 @@ def _version() -> str:
 
 
 def _parser(name: str, sub, help: str, description: str) -> argparse.ArgumentParser:
-    return sub.add_parser(
+    p = sub.add_parser(
         name,
         help=help,
         description=f"{help[0].upper()}{help[1:]}. {description}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.set_defaults(command_parser=p)
+    return p
 
 
 def _chat_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the daemon (default: %(default)s)")
-    p.add_argument("--api-key", default="", help="Bearer key, for a daemon on another host (server.api_key)")
-    p.add_argument("--model-id", default="", help="the model name to send (default: the one the daemon serves)")
-    p.add_argument("--system", default="", help="a system prompt")
+    _daemon_args(p, "the daemon")
+    p.add_argument(
+        "--model-id", default="", type=_text, help="the model name to send (default: the one the daemon serves)"
+    )
+    p.add_argument("--system", default="", type=_text, help="a system prompt")
     p.add_argument(
         "--temperature",
-        type=float,
+        type=_number(float, 0, 2, what="from 0 to 2"),
         help="0 (always the likeliest token) to 2; default: the model's (GET /api/sampling shows it)",
     )
-    p.add_argument("--top-p", type=float, help="sample from the likeliest tokens covering this much probability")
-    p.add_argument("--max-tokens", type=int, help="longest answer in tokens (default: the plan's max_output_len)")
-    p.add_argument("--seed", type=int, help="repeatable sampling")
+    p.add_argument(
+        "--top-p",
+        type=_number(float, 0, 1, lo_open=True, what="above 0 and at most 1"),
+        help="sample from the likeliest tokens covering this much probability (above 0, at most 1)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=_number(int, 1, what="1 or more"),
+        help="longest answer in tokens (default: the plan's max_output_len)",
+    )
+    p.add_argument("--seed", type=_number(int, *SEED_RANGE, what="a 64-bit integer"), help="repeatable sampling")
+    p.add_argument(
+        "--wait",
+        type=_number(float, 0, what="0 or more"),
+        default=0.0,
+        help="seconds to wait for a daemon that is starting or loading its model (default: %(default)s, say so)",
+    )
+
+
+def _daemon_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--url", default="http://127.0.0.1:8000", type=_url, help=f"{what} (default: %(default)s)")
+    p.add_argument(
+        "--api-key", default="", type=_api_key, help="Bearer key, for a daemon on another host (server.api_key)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,13 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     _config_args(p)
     p.add_argument("file", help="the document")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="a running daemon (default: %(default)s)")
-    p.add_argument("--api-key", default="", help="Bearer key, for a daemon on another host")
+    _daemon_args(p, "a running daemon")
     p.add_argument(
         "--wait",
-        type=float,
+        type=_number(float, 0, what="0 or more"),
         default=300.0,
-        help="seconds to wait for a daemon that stopped answering (default: %(default)s)",
+        help="seconds to wait for a daemon that is loading its model or stopped answering (default: %(default)s)",
     )
     p.add_argument("--in-process", action="store_true", help="load the model here instead of using a daemon")
     p.set_defaults(fn=cmd_summarize)
@@ -385,12 +485,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_doctor)
-    args = ap.parse_args(argv)
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:  # said by the command's parser: its usage, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from edge_llm.engine.backends.base import BackendError
+    from edge_llm.planner import PlanError
+
     try:
         return args.fn(args)
     except config_mod.ConfigError as e:
         print(f"edge-llm: configuration error: {e}", file=sys.stderr)
         return 2
+    except (BackendError, PlanError) as e:  # a model that does not load or fit: the message says which
+        print(f"edge-llm {args.cmd}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -15,8 +15,10 @@ import time
 from edge_llm import appliance, pressure, telemetry
 from edge_llm import config as config_mod
 from edge_llm.config import Config
+from edge_llm.engine.backends.base import BackendError
 from edge_llm.logs import setup_logging
 from edge_llm.notify import Notifier
+from edge_llm.planner import PlanError
 from edge_llm.pressure import PressureGuard
 from edge_llm.runtime import Phase, Runtime
 from edge_llm.server import create_app, wsgi
@@ -40,15 +42,23 @@ LOCK_FILE = "edge-llm.lock"
 GIL_SWITCH_S = 0.0005
 
 
-class StateDirLocked(RuntimeError):
-    pass
+class StateDirError(RuntimeError):
+    """The state directory cannot be used: it cannot be made, is a file, or is not writable."""
+
+
+class StateDirLocked(StateDirError):
+    """Another process holds the state directory's lock."""
 
 
 def lock_state_dir(path) -> int:
     """An exclusive lock on the state directory for this process's life (two daemons on one
     store would both resume its jobs); returns the descriptor that holds it."""
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        why = "it is not a directory" if isinstance(e, FileExistsError) else e.strerror
+        raise StateDirError(f"cannot use the state directory {path} (daemon.state_dir): {why}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -77,7 +87,7 @@ class Daemon:
     def run(self) -> int:
         try:
             lock = lock_state_dir(config_mod.state_dir(self.cfg))
-        except StateDirLocked as e:
+        except StateDirError as e:
             log.error("%s", e)
             self.runtime.phase, self.runtime.status = Phase.FAILED, str(e)
             return 1
@@ -109,7 +119,10 @@ class Daemon:
         try:
             self._load(snapshot)
         except Exception as e:
-            log.exception("loading the model failed")
+            if isinstance(e, (BackendError, PlanError)):  # a model that does not load or fit: its message says why
+                log.error("loading the model failed: %s", e)
+            else:
+                log.exception("loading the model failed")
             self.runtime.phase, self.runtime.status = Phase.FAILED, f"load failed: {e}"
             self.notifier.send(STATUS=f"load failed: {e}", ERRNO=1)
             self._close_http()

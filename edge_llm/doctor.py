@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grp
 import importlib.metadata
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -73,6 +72,21 @@ def llama_cpu_features() -> str | None:
     return " ".join(feats) or info.strip()
 
 
+def nvml() -> str | None:
+    """'present' when NVML answers (nvmlInit), not merely when pynvml imports: the package is
+    a wrapper, and without the driver's libnvidia-ml every NVML reading fails."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        return f"library missing: pynvml is installed, NVML does not start ({type(e).__name__})"
+    pynvml.nvmlShutdown()
+    return "present"
+
+
 def checks() -> dict[str, str | None]:
     l4t = Path("/etc/nv_tegra_release")
     sw = psutil.swap_memory()
@@ -101,7 +115,7 @@ def checks() -> dict[str, str | None]:
         "llama_cpp": _version("llama_cpp_python", "llama-cpp-python"),
         "llama_cpp_gpu_offload": None if llama_gpu is None else str(llama_gpu).lower(),
         "llama_cpp_cpu_features": llama_cpu_features(),
-        "nvml": "present" if importlib.util.find_spec("pynvml") else None,
+        "nvml": nvml(),
     }
 
 

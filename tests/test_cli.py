@@ -1,6 +1,8 @@
 """The CLI as a user meets it (issue 23, item 8): no tracebacks, --version, help that says what
 each command does, chat options, and `summarize` following its job through a daemon restart."""
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -8,10 +10,11 @@ import threading
 import time
 
 import pytest
-from conftest import RunningDaemon, make_config
+from conftest import RunningDaemon, make_config, wait_until
 
-from edge_llm import cli
+from edge_llm import appliance, cli
 from edge_llm.client import Progress
+from edge_llm.daemon import Daemon
 
 
 def edge_llm(*args, stdin="", timeout=120):
@@ -49,6 +52,7 @@ def test_version_and_help_describe_every_command(capsys):
         ("summarize", "time left"),
         ("plan", "which limit binds"),
         ("doctor", "command that fixes"),
+        ("bench", "sets the mode in effect before back"),
     ]:
         with pytest.raises(SystemExit):
             cli.main([cmd, "--help"])
@@ -66,7 +70,7 @@ def test_no_daemon_is_a_message_not_a_traceback(tmp_path):
     doc.write_text("A short note.")
     for args in (
         ["chat", "--url", f"http://127.0.0.1:{port}"],
-        ["summarize", str(doc), "--url", f"http://127.0.0.1:{port}"],
+        ["summarize", str(doc), "--url", f"http://127.0.0.1:{port}", "--wait", "1"],  # 1 s for one starting
     ):
         r = edge_llm(*args, stdin="hello\n")
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
@@ -260,3 +264,184 @@ def test_summarize_in_process_stops_when_the_job_thread_ends_without_a_status(tm
     else:
         assert result == [1] and "the job failed" in err
         assert ("summary runner stopped" if how == "runner_dead" else "its thread ended") in err, err
+
+
+# -- a daemon still loading, a document over the limit, options refused, input that is not text ----------
+class Stderr:
+    """A child's stderr as it comes (its waiting lines end in a carriage return, not a newline)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.chunks: list[bytes] = []
+        threading.Thread(target=self._read, args=(proc.stderr.fileno(),), daemon=True).start()
+
+    def _read(self, fd: int) -> None:
+        while chunk := os.read(fd, 4096):
+            self.chunks.append(chunk)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+
+class HeldDaemon:
+    """The real daemon on a given port with its model load held until release(): its loading
+    phase (/api/status says "loading", work gets 503) lasts as long as a test needs."""
+
+    def __init__(self, port: int, state, monkeypatch):
+        self.loaded = threading.Event()
+        build = appliance.build_engine
+
+        def held_build(*args, **kwargs):
+            self.loaded.wait(120)
+            return build(*args, **kwargs)
+
+        monkeypatch.setattr(appliance, "build_engine", held_build)
+        cfg = make_config(**{"server.port": port, "daemon.state_dir": str(state), "planner.calibrate": False})
+        self.daemon = Daemon(cfg)
+        self.thread = threading.Thread(target=self.daemon.run, name="held-daemon", daemon=True)
+
+    def stop(self) -> None:
+        self.loaded.set()
+        self.daemon.stop_requested.set()
+        if self.thread.is_alive():
+            self.thread.join(60)
+
+
+@pytest.mark.parametrize("command", ["summarize", "chat"])
+def test_a_daemon_started_after_the_client_is_waited_for_while_it_loads(tmp_path, monkeypatch, command):
+    """`edge-llm serve & edge-llm summarize doc.txt`: the client comes first (no daemon yet),
+    then the daemon listens and loads its model (503 "loading"): the client waits, saying so,
+    and gets its answer once the model is ready; nothing tells it to start a daemon."""
+    port, doc = free_port(), tmp_path / "doc.txt"
+    doc.write_text("The ferry carried forty cars across the bay on Monday. On Tuesday the sea was rough.")
+    held = HeldDaemon(port, tmp_path / "state", monkeypatch)
+    args = [str(doc)] if command == "summarize" else ["--max-tokens", "8", "--temperature", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_llm", command, *args, "--url", f"http://127.0.0.1:{port}", "--wait", "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    err = Stderr(proc)
+    try:
+        proc.stdin.write(b"Name a fruit.\n")
+        proc.stdin.close()
+        wait_until(lambda: "no daemon answers yet" in err.text or proc.poll() is not None, 60, "a client waiting")
+        assert proc.poll() is None, err.text  # it did not give up on a daemon that is starting
+        held.thread.start()
+        wait_until(lambda: "the daemon is loading" in err.text or proc.poll() is not None, 60, "the loading line")
+        assert proc.poll() is None, err.text
+        held.loaded.set()
+        out = proc.stdout.read()
+        assert proc.wait(120) == 0, err.text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        held.stop()
+    assert out.strip() and "Traceback" not in err.text and "start one" not in err.text, err.text
+
+
+@pytest.mark.parametrize("num_bytes", [(20 << 20) + (1 << 10), 21 << 20])
+def test_a_document_over_the_limit_names_both_sizes(server, tmp_path, num_bytes):
+    """Over the limit (20 MiB) the daemon answers 413; over the HTTP server's own cap (64 KiB
+    more) it does so from the headers and closes, and the client, sending on, was reset and
+    said "no daemon answers". Now it stops sending, and says both sizes."""
+    doc, line = tmp_path / "big.txt", b"The ferry crossed the bay.\n"
+    doc.write_bytes((line * (num_bytes // len(line) + 1))[:num_bytes])
+    r = edge_llm("summarize", str(doc), "--url", server.url)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    size = "20.1" if num_bytes < 21 << 20 else "21.0"
+    assert f"the document is {size} MiB, the daemon at {server.url} accepts at most 20.0 MiB" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--temperature", "5"], ["--max-tokens", "-3"], ["--top-p", "0"], ["--seed", str(2**64)], ["--url", "nope"]],
+)
+def test_chat_options_out_of_range_are_refused_before_asking(capsys, option):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["chat", *option])
+    assert e.value.code == 2 and f"argument {option[0]}:" in capsys.readouterr().err
+
+
+def test_chat_exits_1_at_a_model_the_daemon_refuses(server):
+    r = edge_llm("chat", "--url", server.url, "--model-id", "nope", stdin="Name a fruit.\nAnd a colour?\n")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("404: model 'nope' does not exist") == 1  # stopped: every question would be refused
+
+
+def test_startup_errors_are_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just notes")
+    serve = ["serve", "--port", "0", "--set", "planner.calibrate=false"]
+    for args, says in (
+        (["serve", "--set", "daemon.state_dir=/proc/nope"], "cannot use the state directory /proc/nope"),
+        (["serve", "--set", f"daemon.state_dir={tmp_path / 'a-file'}"], "a-file (daemon.state_dir): it is not a"),
+        ([*serve, "--set", f"daemon.state_dir={tmp_path}", "--model", str(notes)], "not a GGUF model?"),
+        (["plan", "--model", str(notes)], f"edge-llm plan: llama.cpp could not load {notes}"),
+    ):
+        r = edge_llm(*args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and says in r.stderr, (args, r.stderr[-2000:])
+
+
+def test_input_that_is_not_utf8_is_replaced_not_a_traceback(server, tmp_path):
+    """Python holds bytes that are no UTF-8 (stdin, a file name) as lone surrogates, which no
+    JSON body or URL can carry: they go out replaced."""
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    run = [sys.executable, "-m", "edge_llm"]
+    r = subprocess.run(
+        [*run, "chat", "--url", server.url, "--max-tokens", "4"], input=b"caf\xe9?\n", capture_output=True, env=env
+    )
+    assert r.returncode == 0 and b"Traceback" not in r.stderr and r.stdout.strip(), r.stderr
+    doc = os.fsencode(tmp_path) + b"/caf\xe9.txt"
+    with open(doc, "w") as f:
+        f.write("The cat sat on the mat. It was a sunny day.")
+    r = subprocess.run([*run, "summarize", doc, "--url", server.url], capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr and r.stdout.strip(), r.stderr
+
+
+def test_bench_refuses_bad_options_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    def no_model(*args):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(appliance, "build_engine", no_model)
+    for option in (["--batch", "0"], ["--prompt-tokens", "0"], ["--decode-tokens", "-1"], ["--settle-s", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["bench", *option])
+        assert e.value.code == 2 and f"argument {option[0]}:" in capsys.readouterr().err
+    for option, says in (
+        (["--power-modes", "all", "--nvpmodel-conf", str(tmp_path / "none")], "power modes need a Jetson's nvpmodel"),
+        (["--json", str(tmp_path / "no-dir" / "x.json")], f"no directory {tmp_path / 'no-dir'}"),
+        (["--json", str(tmp_path)], "is a directory"),
+    ):
+        assert cli.main(["bench", *option]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_plan_for_a_model_profile_alone_is_for_this_machine(capsys):
+    assert cli.main(["plan", "--model-profile", "llama-3-8b-int4"]) == 0
+    assert "== Llama-3-8B INT4 on this machine" in capsys.readouterr().out
+    assert cli.main(["plan", "--model-profile", "llama-3-8b-int4", "--json"]) == 0
+    assert [row["device"] for row in json.loads(capsys.readouterr().out)] == ["this machine"]
+
+
+def test_an_unknown_option_shows_the_command_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["doctor", "--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: edge-llm doctor") and "--bogus" in err
+
+
+def test_doctor_says_nvml_is_present_only_where_it_starts():
+    """pynvml is a wrapper: importable without the driver's libnvidia-ml, where every reading fails."""
+    from edge_llm import doctor
+
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        starts = True
+    except pynvml.NVMLError:
+        starts = False
+    assert (doctor.checks()["nvml"] == "present") == starts
