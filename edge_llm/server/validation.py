@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -33,16 +34,23 @@ def json_body(request: Request) -> dict:
         raise APIError(
             415, f"expected Content-Type: application/json, got {request.mimetype or 'none'}", "unsupported_media_type"
         )
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json") from None
-    if body is None:
-        raise APIError(400, "the request body is not valid JSON", "invalid_json")
+    body = parse_json(request.get_data())
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", "invalid_json")
     check_json_values(body)
     return body
+
+
+def parse_json(data: bytes) -> object:
+    """The body as JSON; what is wrong with it, if anything, as a 400 that says so."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise APIError(400, "the request body is not valid JSON", "invalid_json") from None
+    except ValueError:  # valid JSON, but Python refuses to read an integer of over 4300 digits
+        raise APIError(400, "a number in the request body has too many digits", "invalid_json") from None
 
 
 def check_json_values(body: object) -> None:
@@ -134,15 +142,30 @@ def generation(body: dict, endpoint: str = "chat", defaults: SamplingDefaults | 
     return GenerationRequest(model, params, max_tokens, stream, include_usage, _features(params), _priority(body))
 
 
+# fields of OpenAI's API that this server has no use for, and why
+UNSUPPORTED = {
+    "tools": "this server does not do tool calling",
+    "functions": "this server does not do function calling",
+    "suffix": "this server does not insert text (fill-in-the-middle); it continues the prompt only",
+}
+NO_TOOL_CHOICE = ("none", "auto")  # tool_choice / function_call values that ask for no tool call
+
+
 def _refuse_unsupported(body: dict) -> None:
-    n = _int(body, "n", lo=1)
-    if n not in (None, 1):
-        raise bad("n", f"only n=1 is supported, got {n}")
+    for name in ("n", "best_of"):  # one choice per request; best_of would pick it from several
+        v = _int(body, name, lo=1)
+        if v not in (None, 1):
+            raise bad(name, f"only {name}=1 is supported, got {v}")
     if body.get("echo") not in (None, False):
         raise bad("echo", "is not supported by this server")
-    for name in ("tools", "functions", "suffix"):
+    for name, why in UNSUPPORTED.items():
         if body.get(name):
-            raise bad(name, "is not supported by this server (no tool calling)")
+            raise bad(name, f"is not supported: {why}")
+    for name in ("tool_choice", "function_call"):
+        v = body.get(name)
+        if v is not None and v not in NO_TOOL_CHOICE:
+            why = "this server does not do tool calling"
+            raise bad(name, f"must be {' or '.join(map(repr, NO_TOOL_CHOICE))} ({why}), got {json.dumps(v)[:80]}")
 
 
 def _stream(body: dict) -> tuple[bool, bool]:

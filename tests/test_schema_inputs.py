@@ -1,0 +1,268 @@
+"""Inputs a tester found mishandled: JSON-schema patterns with escapes (refused), schemas no
+output can satisfy or whose keywords the converter ignored (accepted, then broken by a "stop"
+answer), unsupported OpenAI fields (suffix, best_of, tool_choice) and a body with a huge integer.
+The real model, the real daemon on loopback, the official openai client (raw HTTP where the
+client cannot send the body)."""
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import jsonschema
+import openai
+import pytest
+from conftest import Http, RunningDaemon, make_config
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_llm.engine import grammar
+
+ASK = [{"role": "user", "content": "Fill in the form."}]
+SEEDS = range(3)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = RunningDaemon(make_config(**{"daemon.state_dir": str(tmp_path_factory.mktemp("schema-inputs"))}))
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def api(daemon):
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "form", "schema": schema}}
+
+
+def form(api, daemon, schema: dict, seed: int = 0, max_tokens: int = 300):
+    return api.chat.completions.create(
+        model=daemon.model_id,
+        messages=ASK,
+        temperature=0.9,
+        seed=seed,
+        max_tokens=max_tokens,
+        response_format=schema_format(schema),
+    )
+
+
+def refused(call) -> dict:
+    """The OpenAI error object of a call that must be a 400."""
+    with pytest.raises(openai.BadRequestError) as e:
+        call()
+    assert e.value.status_code == 400
+    return e.value.body
+
+
+def answers_satisfy(api, daemon, schema: dict) -> list:
+    """Seeded samples (batched together), each a "stop" answer that satisfies the schema."""
+    with ThreadPoolExecutor(len(SEEDS)) as pool:
+        results = list(pool.map(lambda seed: form(api, daemon, schema, seed), SEEDS))
+    docs = []
+    for r in results:
+        assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+        docs.append(json.loads(r.choices[0].message.content))
+        jsonschema.validate(docs[-1], schema)
+    return docs
+
+
+# -- 1. patterns with escapes ----------------------------------------------------------------------
+
+PATTERNS = [
+    r"^\d{3}-\d{4}$",
+    r"^a\.b$",
+    r"^\w{1,12}$",
+    r"^[a-z]{3}\d{1,4}$",
+    r'^say "\w{1,6}"\\$',  # a quote and a backslash: written escaped in the JSON string
+    r"^\/\(\-\)[^\d\s]{2}\s?.{0,6}$",
+]
+
+
+def test_patterns_with_escapes_are_accepted_and_the_output_matches_them(api, daemon):
+    names = [f"p{i}" for i in range(len(PATTERNS))]
+    schema = {
+        "type": "object",
+        "properties": {name: {"type": "string", "pattern": p} for name, p in zip(names, PATTERNS, strict=True)},
+        "required": names,
+        "additionalProperties": False,
+    }
+    for doc in answers_satisfy(api, daemon, schema):
+        for name, pattern in zip(names, PATTERNS, strict=True):
+            assert re.fullmatch(pattern, doc[name]), (pattern, doc[name])
+
+
+@pytest.mark.parametrize("pattern", [r"^\d+$", r"^a\.b$", r"^\w+$", r"^[a-z]{3}\d+$"])
+def test_the_testers_patterns_are_accepted(api, daemon, pattern):
+    r = form(api, daemon, {"type": "string", "pattern": pattern}, max_tokens=4)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("pattern", [r"^(?=a)a\d$", r"^(a)\1$", r"\d+", r"^\bword$", r"^(a*)*$"])
+def test_an_unsupported_pattern_is_a_400_naming_response_format_and_the_pattern(api, daemon, pattern):
+    error = refused(lambda: form(api, daemon, {"type": "string", "pattern": pattern}, max_tokens=1))
+    assert error["param"].startswith("response_format") and pattern in error["message"], error
+
+
+# -- 2. schemas no output can satisfy, keywords the converter ignored ------------------------------
+
+INT = {"type": "integer"}
+
+
+@pytest.mark.parametrize(
+    ("schema", "where", "keyword"),
+    [
+        ({"type": "string", "minLength": 10, "maxLength": 2}, "#", "minLength"),
+        ({"type": "array", "items": INT, "minItems": 3, "maxItems": 1}, "#", "minItems"),
+        ({"type": "integer", "minimum": 10, "maximum": 2}, "#", "minimum"),
+        ({"type": "number", "exclusiveMinimum": 2, "exclusiveMaximum": 2}, "#", "exclusiveMinimum"),
+        ({"type": "object", "minProperties": 3, "maxProperties": 1}, "#", "minProperties"),
+        (
+            {"type": "object", "properties": {"tags": {"type": "array", "items": {"maxLength": 1, "minLength": 5}}}},
+            "#/properties/tags/items",
+            "minLength",
+        ),
+        (
+            {"$defs": {"n": {"type": "integer", "minimum": 3, "maximum": 1}}, "$ref": "#/$defs/n"},
+            "#/$defs/n",
+            "minimum",
+        ),
+    ],
+)
+def test_contradictory_bounds_are_a_400_naming_the_place(api, daemon, schema, where, keyword):
+    error = refused(lambda: form(api, daemon, schema, max_tokens=1))
+    assert error["param"] == "response_format.json_schema.schema", error
+    assert f"at {where}:" in error["message"] and keyword in error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("schema", "named"),
+    [
+        ({"type": "array", "items": INT, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "object", "properties": {"a": INT}, "minProperties": 1}, "minProperties"),
+        ({"type": "string", "format": "email"}, "email"),
+        ({"type": "integer", "multipleOf": 5}, "multipleOf"),
+        ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "maxLength"),
+        ({"type": ["string", "null"], "maxLength": 3}, "maxLength"),
+        ({"type": "array", "minItems": 2}, "minItems"),
+        ({"type": "object", "properties": {"a": INT}, "required": ["b"]}, "'b'"),
+        ({"oneOf": [INT, {"type": "number"}]}, "oneOf"),
+    ],
+)
+def test_a_keyword_the_grammar_cannot_hold_to_is_a_400_naming_it(api, daemon, schema, named):
+    error = refused(lambda: form(api, daemon, schema, max_tokens=1))
+    assert error["param"] == "response_format.json_schema.schema" and named in error["message"], error
+
+
+def test_numeric_bounds_are_enforced(api, daemon):
+    schema = {
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer", "minimum": 1000, "maximum": 1005},
+            "debt": {"type": "integer", "minimum": -20, "exclusiveMaximum": -10},
+            "share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "price": {"type": "number", "minimum": 250.5},
+        },
+        "required": ["count", "debt", "share", "price"],
+        "additionalProperties": False,
+    }
+    answers_satisfy(api, daemon, schema)  # jsonschema checks every bound
+
+
+def test_supported_keywords_still_hold(api, daemon):
+    """What the converter does honour (pydantic's shapes among them) is still accepted and held to."""
+    schema = {
+        "$defs": {
+            "Cat": {"type": "object", "properties": {"kind": {"const": "cat"}, "lives": INT}, "required": ["kind"]},
+            "Dog": {"type": "object", "properties": {"kind": {"const": "dog"}}, "required": ["kind"]},
+        },
+        "type": "object",
+        "properties": {
+            "pet": {
+                "oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+                "discriminator": {"propertyName": "kind"},
+            },
+            "name": {"anyOf": [{"type": "string", "maxLength": 8}, {"type": "null"}], "default": None},
+            "born": {"type": "string", "format": "date"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 2},
+        },
+        "required": ["pet", "name", "born", "tags"],
+    }
+    answers_satisfy(api, daemon, schema)
+
+
+# -- 3-5. fields this server does not support --------------------------------------------------------
+
+
+def test_suffix_is_refused_for_its_own_reason(api, daemon):
+    error = refused(lambda: api.completions.create(model=daemon.model_id, prompt="Hi", suffix="!", max_tokens=1))
+    assert error["param"] == "suffix" and "fill-in-the-middle" in error["message"], error
+    assert "tool" not in error["message"], error
+
+
+def test_best_of_is_treated_like_n(api, daemon):
+    error = refused(lambda: api.completions.create(model=daemon.model_id, prompt="Hi", best_of=2, max_tokens=1))
+    assert error["param"] == "best_of", error
+    r = api.completions.create(model=daemon.model_id, prompt="Hi", best_of=1, max_tokens=1)
+    assert r.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tool_choice": "required"},
+        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+        {"function_call": {"name": "f"}},
+    ],
+)
+def test_a_tool_choice_that_asks_for_a_tool_call_is_a_400(api, daemon, fields):
+    call = lambda: api.chat.completions.create(model=daemon.model_id, messages=ASK, max_tokens=1, **fields)  # noqa: E731
+    error = refused(call)
+    assert error["param"] == next(iter(fields)) and "tool calling" in error["message"], error
+
+
+@pytest.mark.parametrize("choice", ["none", "auto"])
+def test_a_tool_choice_of_none_or_auto_is_accepted(api, daemon, choice):
+    r = api.chat.completions.create(model=daemon.model_id, messages=ASK, max_tokens=1, tool_choice=choice)
+    assert r.choices[0].finish_reason == "length"
+
+
+# -- 6. a body Python will not read ------------------------------------------------------------------
+
+
+def test_an_integer_of_5000_digits_is_named_as_such(daemon):
+    http = Http(daemon.daemon.port)
+    body = '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1' + "0" * 4999 + "}"
+    r = http.post("/v1/chat/completions", body, {"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "a number in the request body has too many digits"
+    r = http.post("/v1/chat/completions", body[:40], {"Content-Type": "application/json"})  # cut short
+    assert r.status_code == 400 and r.json()["error"]["message"] == "the request body is not valid JSON"
+
+
+# -- the numeric grammar, on made-up bounds ----------------------------------------------------------
+
+
+def as_regex(alternatives: list[str]) -> re.Pattern:
+    """The GBNF that number_gbnf writes (quoted literals, classes, {m,n}) as a Python regex."""
+    token = lambda t: re.escape(t[1:-1]) if t.startswith('"') else t  # noqa: E731
+    return re.compile("|".join("".join(token(t) for t in a.split(" ")) for a in alternatives) or "(?!)")
+
+
+BOUND = st.one_of(st.none(), st.integers(-2000, 2000))
+
+
+@given(lo=BOUND, hi=BOUND)
+def test_integers_gbnf_matches_exactly_the_integers_within_the_bounds(lo, hi):
+    regex = as_regex(grammar.integers_gbnf(lo, hi))
+    for n in range(-2100, 2100, 7):
+        assert bool(regex.fullmatch(str(n))) == ((lo is None or n >= lo) and (hi is None or n <= hi)), n
+    assert not regex.fullmatch("-0") and not regex.fullmatch("007")
+
+
+@given(low=st.one_of(st.none(), st.floats(-50, 50)), high=st.one_of(st.none(), st.floats(-50, 50)))
+def test_decimals_gbnf_never_writes_a_number_outside_or_on_the_bounds(low, high):
+    regex = as_regex(grammar.decimals_gbnf(low, high))
+    for x in (i / 8 for i in range(-480, 480)):
+        if regex.fullmatch(repr(x)):
+            assert (low is None or x > low) and (high is None or x < high), x
