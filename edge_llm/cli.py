@@ -219,7 +219,7 @@ def cmd_summarize(args) -> int:
     path = Path(args.file)
     try:
         data = path.read_bytes()
-        kind = extract.media_type(path.name, None)
+        kind = extract.media_type(path.name, None, data)
     except (OSError, extract.UnsupportedType) as e:
         print(f"edge-llm summarize: {e}", file=sys.stderr)
         return 2

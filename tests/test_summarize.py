@@ -410,3 +410,239 @@ def test_chat_during_a_summary_job_gets_its_first_token_quickly_and_the_job_fini
             assert value >= 1, line
     finally:
         d.stop()
+
+
+# -- defects: chunking a long document, binary data, PDF sniffing, names, messages, logs ---------
+
+
+def one_sentence(num_bytes: int) -> str:
+    """One paragraph, no full stops: a single "sentence" chunked by its words."""
+    words_ = (f"pump{i % 97} pressure {i % 13} bar valve{i % 7}" for i in range(num_bytes))
+    text, size = [], 0
+    for w in words_:
+        if size >= num_bytes:
+            return " ".join(text)
+        text.append(w)
+        size += len(w) + 1
+
+
+def summarizer(server):
+    return server.daemon.runtime.extensions["summaries"].summarizer
+
+
+def test_a_long_sentence_is_counted_in_runs_not_word_by_word():
+    """A 5.7 MB sentence took 28 s: the tokenizer was called once per word."""
+    seen = []
+
+    def counting(s: str) -> int:
+        seen.append(len(s))
+        return len(s.split())
+
+    text = one_sentence(200_000)
+    chunks = chunking.split(text, 160, counting)
+    assert all(words(c) <= 160 for c in chunks) and " ".join(chunks).split() == text.split()
+    assert all(words(c) == 160 for c in chunks[:-1])  # full: cut at the last word that fits
+    assert len(seen) < len(text.split()) / 4 and sum(seen) <= 3 * len(text)
+
+
+def test_chunking_stops_at_once_when_its_check_raises():
+    """A deleted job, or one past max_chunks parts, stops here, not after the whole split."""
+    seen = []
+
+    def counting(s: str) -> int:
+        seen.append(len(s))
+        return len(s.split())
+
+    def check(chunks):
+        if len(chunks) > 3:
+            raise RuntimeError("stop")
+
+    text = one_sentence(500_000)
+    with pytest.raises(RuntimeError, match="stop"):
+        chunking.split(text, 160, counting, check)
+    assert sum(seen) < len(text) / 20  # four parts of 160 words, not the 500 KB
+
+
+@pytest.mark.parametrize(
+    "data, words_",
+    [
+        (bytes(range(256)) * 8, "NUL bytes"),
+        (bytes(range(1, 256)) * 8, "control characters"),
+        (b"\x1b\x02\x03\x04" * 100 + b"some words", "control characters"),
+    ],
+)
+def test_binary_data_is_not_text(data, words_):
+    with pytest.raises(extract.ExtractError, match=words_):
+        extract.extract(data, "text/plain")
+
+
+def test_latin_1_and_cp1252_text_is_still_text():
+    assert extract.extract("Café crème, naïve façade".encode("latin-1"), "text/plain") == "Café crème, naïve façade"
+    assert extract.extract("It’s 5 € – “quoted”".encode("cp1252"), "text/plain") == "It’s 5 € – “quoted”"
+    assert extract.extract(b"\x1b[31mERROR\x1b[0m pump stopped\n" * 3, "text/plain").startswith("\x1b[31m")
+
+
+def text_pdf(text: str) -> bytes:
+    """A one-page PDF with a text layer, made with pypdf."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    w = PdfWriter()
+    page = w.add_blank_page(612, 792)
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+    )
+    content = DecodedStreamObject()
+    content.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode())
+    page.replace_contents(content)
+    buf = io.BytesIO()
+    w.write(buf)
+    return buf.getvalue()
+
+
+def test_pdf_magic_wins_over_the_declared_type():
+    pdf = text_pdf("The generator ran.")
+    assert extract.media_type("x.pdf", "text/plain", pdf) == "application/pdf"
+    assert extract.media_type("x.txt", "text/plain", pdf) == "application/pdf"
+    assert extract.media_type("x.pdf", "text/plain", b"plain words") == "text/plain"
+
+
+def multipart(filename_params: str, data: bytes, ctype: str) -> tuple[bytes, dict]:
+    boundary = "edgeLLMboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; {filename_params}\r\n'
+        f"Content-Type: {ctype}\r\n\r\n"
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.parametrize("how", ["raw", "multipart", "html"])
+def test_binary_data_declared_as_text_is_a_400(http, how):
+    """It was a "done" job with an invented summary (latin-1 decodes any bytes)."""
+    data = bytes(range(256)) * 16
+    if how == "multipart":
+        r = http.post("/api/summaries", *multipart('filename="data.txt"', data, "text/plain"))
+    else:
+        name, ctype = ("a.html", "text/html") if how == "html" else ("data.txt", "text/plain")
+        r = http.post(f"/api/summaries?filename={name}", data, {"Content-Type": ctype})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "unreadable_document" and "not text" in err["message"]
+
+
+def test_a_pdf_sent_as_text_plain_is_read_as_a_pdf(http):
+    """curl -F "file=@x.pdf;type=text/plain": its raw bytes were summarized."""
+    sentence = "The generator served the clinic for 40 hours."
+    r = http.post("/api/summaries", *multipart('filename="log.pdf"', text_pdf(sentence), "text/plain"))
+    assert r.status_code == 202, r.text
+    job = wait_done(http, r.json()["id"])
+    assert job["status"] == "done" and job["num_chars"] == len(sentence), job
+
+
+@pytest.mark.parametrize(
+    "how, sent, stored",
+    [
+        ("header", "résumé.txt".encode(), "résumé.txt"),
+        ("header", "café.txt".encode("latin-1"), "café.txt"),  # not UTF-8: read as latin-1
+        ("multipart", 'filename="résumé.txt"', "résumé.txt"),
+        ("multipart", "filename*=UTF-8''r%C3%A9sum%C3%A9.txt", "résumé.txt"),
+    ],
+)
+def test_a_filename_in_utf_8_is_kept(http, how, sent, stored):
+    """X-Filename: résumé.txt was stored as rÃ©sumÃ©.txt."""
+    data = b"The ferry leaves at 9. The return trip is at 17."
+    if how == "header":
+        r = http.post("/api/summaries", data, {"Content-Type": "text/plain", "X-Filename": sent})
+    else:
+        r = http.post("/api/summaries", *multipart(sent, data, "text/plain"))
+    assert r.status_code == 202, r.text
+    assert r.json()["filename"] == stored
+    assert http.get(f"/api/summaries/{r.json()['id']}").json()["filename"] == stored
+
+
+def test_an_encrypted_pdf_is_said_once(http):
+    r = http.post("/api/summaries?filename=a.pdf", blank_pdf(1, password="x"), {"Content-Type": "application/pdf"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "the PDF is encrypted: send it without a password"
+
+
+def test_the_413_names_the_document_limit_in_mb(http, server):
+    limit = server.daemon.cfg.server.max_document_bytes
+    r = http.post("/api/summaries?filename=a.txt", b"a" * (limit + 10), {"Content-Type": "text/plain"})
+    assert r.status_code == 413
+    err = r.json()["error"]
+    assert err["code"] == "document_too_large"
+    assert f"{limit / 2**20:g} MB" in err["message"] and "server.max_document_bytes" in err["message"]
+
+
+def test_the_413_of_a_body_over_the_http_servers_limit_names_the_document_limit(server):
+    """The HTTP server refuses a body past max_document_bytes + 64 KiB from its Content-Length,
+    with its own limit ("exceeds max_body of 21037056")."""
+    import socket
+
+    limit = server.daemon.cfg.server.max_document_bytes
+    with socket.create_connection(("127.0.0.1", server.daemon.port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /api/summaries?filename=a.txt HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {limit + 10**6}\r\n\r\n".encode()
+        )
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert f"{limit / 2**20:g} MB".encode() in reply and b"max_body" not in reply
+
+
+def test_a_job_deleted_while_its_document_is_chunked_stops_chunking(http, server, monkeypatch):
+    """DELETE answered 204 and chunking went on (28 s at 100% of a core for 5.7 MB)."""
+    monkeypatch.setattr(summarizer(server), "max_chunks", 0)  # no bound: the whole document is chunked
+    runner, store = server.daemon.runtime.extensions["summaries"].runner, summarizer(server).store
+    job = http.post(
+        "/api/summaries?filename=long.txt", one_sentence(5_700_000).encode(), {"Content-Type": "text/plain"}
+    )
+    job_id = job.json()["id"]
+    wait_until(lambda: job_id in runner._jobs and store.get(job_id).status == "running", 60, "the job running")
+    thread = runner._jobs[job_id]
+    time.sleep(0.5)  # into the split
+    assert thread.is_alive() and store.document(job_id) is not None, "chunked already: the test saw no chunking"
+    t0 = time.monotonic()
+    assert http.request("DELETE", f"/api/summaries/{job_id}").status_code == 204
+    wait_until(lambda: not thread.is_alive(), 3, "the job's thread to end")
+    print(f"chunking ended {time.monotonic() - t0:.2f} s after DELETE")
+
+
+def test_a_document_over_max_chunks_fails_at_once_with_a_clear_error(http, server, caplog):
+    limit = summarizer(server).max_chunks
+    with caplog.at_level("INFO", logger="edge_llm.summarize.pipeline"):
+        r = http.post(
+            "/api/summaries?filename=long.txt", one_sentence(400_000).encode(), {"Content-Type": "text/plain"}
+        )
+        job = wait_done(http, r.json()["id"], timeout=60)
+    assert job["status"] == "error" and f"at most {limit} (summarize.max_chunks)" in job["error"], job
+    assert re.search(r"the document is too long: about \d+ parts of up to 160 tokens", job["error"])
+    records = [rec for rec in caplog.records if job["id"] in rec.getMessage()]
+    assert [rec.levelname for rec in records] == ["WARNING"] and records[0].exc_info is None
+
+
+def test_chunking_counts_against_extract_timeout_s(http, server, monkeypatch):
+    monkeypatch.setattr(summarizer(server), "extract_timeout_s", 0.0)
+    r = http.post("/api/summaries?filename=report.txt", REPORT.encode(), {"Content-Type": "text/plain"})
+    job = wait_done(http, r.json()["id"], timeout=60)
+    assert job["status"] == "error" and "longer than 0 s (summarize.extract_timeout_s)" in job["error"], job
+
+
+def test_a_pdf_without_text_is_logged_as_a_warning_without_a_traceback(http, caplog):
+    with caplog.at_level("INFO", logger="edge_llm.summarize.pipeline"):
+        r = http.post("/api/summaries?filename=scan.pdf", blank_pdf(2), {"Content-Type": "application/pdf"})
+        job = wait_done(http, r.json()["id"], timeout=60)
+    assert job["status"] == "error" and "no extractable text" in job["error"]
+    records = [rec for rec in caplog.records if job["id"] in rec.getMessage()]
+    assert [rec.levelname for rec in records] == ["WARNING"] and records[0].exc_info is None

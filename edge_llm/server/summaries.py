@@ -8,7 +8,7 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from edge_llm.runtime import Runtime
-from edge_llm.server.errors import APIError
+from edge_llm.server.errors import APIError, error_response
 from edge_llm.summarize import extract
 
 bp = Blueprint("summaries", __name__, url_prefix="/api/summaries")
@@ -33,6 +33,30 @@ def document_limit():
     request.max_content_length = current_app.config["RUNTIME"].config.server.max_document_bytes
 
 
+def too_large_message(max_document_bytes: int) -> str:
+    """The limit a sender can act on: the document's, in MB, with its setting (not the body
+    limit of the HTTP server, which adds room for multipart headers)."""
+    return (
+        f"the document is over the limit of {max_document_bytes / 2**20:.3g} MB "
+        f"(server.max_document_bytes = {max_document_bytes})"
+    )
+
+
+@bp.errorhandler(413)
+def document_too_large(e):
+    limit = current_app.config["RUNTIME"].config.server.max_document_bytes
+    return error_response(APIError(413, too_large_message(limit), "document_too_large"))
+
+
+def _header_text(value: str) -> str:
+    """A header value as UTF-8 where it is (PEP 3333 hands headers over as latin-1-decoded
+    bytes: X-Filename: résumé.txt was stored as rÃ©sumÃ©.txt), else as it came."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def _document() -> tuple[str, bytes, str]:
     """(filename, bytes, media type) from a multipart 'file' field or a raw body."""
     if request.mimetype == "multipart/form-data":
@@ -41,10 +65,10 @@ def _document() -> tuple[str, bytes, str]:
             raise APIError(400, "multipart upload without a 'file' field", "missing_file", "file")
         name, data, ctype = f.filename or "document", f.read(), f.mimetype
     else:
-        name = request.args.get("filename") or request.headers.get("X-Filename") or "document"
+        name = request.args.get("filename") or _header_text(request.headers.get("X-Filename", "")) or "document"
         data, ctype = request.get_data(), request.mimetype
     try:
-        kind = extract.media_type(name, ctype if ctype not in ("application/octet-stream", "") else None)
+        kind = extract.media_type(name, ctype if ctype not in ("application/octet-stream", "") else None, data)
     except extract.UnsupportedType as e:
         raise APIError(415, str(e), "unsupported_media_type") from None
     if not data:

@@ -29,6 +29,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from edge_llm.config import Config
 from edge_llm.server.errors import error_body
+from edge_llm.server.summaries import too_large_message
 
 log = logging.getLogger(__name__)
 SPARE_THREADS = 16  # always free for /health, the pages, /metrics and the quick API routes
@@ -133,8 +134,11 @@ class OpenAIErrorTask(ErrorTask):
 
     def execute(self):
         e = self.request.error
-        message = " ".join(str(e.body).split()) or e.reason
-        data = json.dumps(error_body(e.code, f"{e.reason}: {message}", _CODES.get(e.code))).encode()
+        message = f"{e.reason}: {' '.join(str(e.body).split()) or e.reason}"
+        if e.code == 413 and self.request.path.startswith("/api/summaries"):
+            # the limit a sender can set, not waitress's max_body (the document's + 64 KiB)
+            message = too_large_message(self.channel.server.max_document_bytes)
+        data = json.dumps(error_body(e.code, message, _CODES.get(e.code))).encode()
         self.status = f"{e.code} {e.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
@@ -165,6 +169,7 @@ def create_server(app, cfg: Config, max_batch_size: int):
     )
     server.channel_class = Channel
     server.gate = gate
+    server.max_document_bytes = s.max_document_bytes  # named in the 413 of a document over it
     return server
 
 

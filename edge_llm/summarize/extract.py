@@ -1,4 +1,5 @@
-"""Text out of a document: .txt, .md, .html, .pdf (pypdf). Bad input is an ExtractError.
+"""Text out of a document: .txt, .md, .html, .pdf (pypdf). Bad input (corrupt, or binary data
+sent as text) is an ExtractError.
 
 A PDF is read in two steps: check() opens it and counts its pages (cheap: the HTTP request
 does it, so a corrupt, encrypted or oversized PDF is refused at once), and pdf_text() pulls
@@ -9,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections.abc import Callable
 from html.parser import HTMLParser
 
 TYPES = {  # extension -> media type
@@ -20,6 +22,10 @@ TYPES = {  # extension -> media type
     ".pdf": "application/pdf",
 }
 MEDIA_TYPES = set(TYPES.values())
+PDF_MAGIC = b"%PDF-"
+SNIFF_BYTES = 1024  # PDF readers find the header within the first KB
+MAX_CONTROL_SHARE = 0.1  # text with more control characters than this is binary data (bytes 0-255: 24%)
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab, newlines, \v, \f
 
 
 class ExtractError(ValueError):
@@ -34,7 +40,11 @@ class TooLarge(ExtractError):
     """The document is over a configured limit (pages)."""
 
 
-def media_type(filename: str, content_type: str | None) -> str:
+def media_type(filename: str, content_type: str | None, data: bytes = b"") -> str:
+    """The document's type: a PDF by its magic bytes whatever it was declared as (a declared
+    text/plain PDF was summarized as its raw bytes), else the declared type, else the name's."""
+    if data[:SNIFF_BYTES].lstrip().startswith(PDF_MAGIC):
+        return "application/pdf"
     ct = (content_type or "").split(";")[0].strip().lower()
     if ct in MEDIA_TYPES:
         return ct
@@ -48,7 +58,7 @@ def extract(data: bytes, kind: str) -> str:
     if kind == "application/pdf":
         text = _pdf(data)
     else:
-        text = _decode(data)
+        text = decode(data)
         if kind == "text/html":
             text = _html(text)
     text = normalize(text)
@@ -64,8 +74,23 @@ def normalize(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def _decode(data: bytes) -> str:
-    for enc in ("utf-8-sig", "utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8-sig",):
+def decode(data: bytes) -> str:
+    """The text, or ExtractError for binary data (latin-1 decodes any bytes: a binary file
+    became a "done" job with an invented summary)."""
+    text = _decode_any(data)
+    if "\x00" in text:
+        raise ExtractError("the document is not text: it holds NUL bytes (binary data, or UTF-16 without a BOM?)")
+    controls = len(text) - len(_CONTROL.sub("", text))
+    if controls > MAX_CONTROL_SHARE * len(text):
+        raise ExtractError(
+            f"the document is not text: {controls / len(text):.0%} of its characters are control characters"
+        )
+    return text
+
+
+def _decode_any(data: bytes) -> str:
+    encodings = ("utf-8-sig", "utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8-sig",)
+    for enc in (*encodings, "cp1252"):  # cp1252 before latin-1: its quotes and euro sign are text, not C1 controls
         try:
             return data.decode(enc)
         except UnicodeDecodeError:
@@ -82,12 +107,14 @@ def _reader(data: bytes):
 
     try:
         reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise ExtractError("the PDF is encrypted: send it without a password")
-        len(reader.pages)
-        return reader
+        encrypted = reader.is_encrypted
+        if not encrypted:
+            len(reader.pages)
     except (PdfReadError, *_PDF_ERRORS) as e:
         raise ExtractError(f"the PDF cannot be read: {e}") from None
+    if encrypted:  # raised outside the try: ExtractError is a ValueError, which it rewraps
+        raise ExtractError("the PDF is encrypted: send it without a password")
+    return reader
 
 
 def check_pdf(data: bytes, max_pages: int) -> int:
@@ -98,8 +125,9 @@ def check_pdf(data: bytes, max_pages: int) -> int:
     return pages
 
 
-def pdf_text(data: bytes, max_pages: int, timeout_s: float) -> str:
-    """The text of every page, giving up after timeout_s (checked between pages)."""
+def pdf_text(data: bytes, max_pages: int, timeout_s: float, check: Callable[[], None] = lambda: None) -> str:
+    """The text of every page, giving up after timeout_s (checked between pages). check() is
+    called after each page; it raises to stop (the job was deleted)."""
     from pypdf.errors import PdfReadError
 
     reader, deadline, parts = _reader(data), time.monotonic() + timeout_s, []
@@ -109,6 +137,7 @@ def pdf_text(data: bytes, max_pages: int, timeout_s: float) -> str:
             parts.append(page.extract_text() or "")
         except (PdfReadError, *_PDF_ERRORS) as e:
             raise ExtractError(f"the PDF cannot be read (page {n}): {e}") from None
+        check()
         if time.monotonic() > deadline and n < len(pages):
             raise ExtractError(
                 f"text extraction took longer than {timeout_s:g} s (summarize.extract_timeout_s); "

@@ -4,6 +4,7 @@ they do not fit one prompt, chunked again, until one summary is left."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -25,6 +26,18 @@ DAY_S = 86400.0
 
 class SummaryError(RuntimeError):
     pass
+
+
+class DocumentRejected(SummaryError):
+    """The document cannot be summarized as it is (too many parts, too slow to read): the
+    sender's to fix, so its job ends with this error and no traceback in the log."""
+
+
+class JobCancelled(SummaryError):
+    """The job was deleted, or the daemon is stopping, while its document was prepared."""
+
+
+USER_ERRORS = (extract.ExtractError, DocumentRejected)  # a job's error, logged in one line
 
 
 def chunk_budget(plan, summary_tokens: int, configured: int = 0) -> int:
@@ -59,8 +72,8 @@ class Summarizer:
     def count(self, text: str) -> int:
         return len(self.backend.tokenize(text, False))
 
-    def split(self, text: str) -> list[str]:
-        return chunking.split(text, self.chunk_tokens, self.count)
+    def split(self, text: str, check=None) -> list[str]:
+        return chunking.split(text, self.chunk_tokens, self.count, check)
 
     def summarize(self, text: str, level: int, job_id: str = "") -> str | None:
         """One chunk through the engine; None if it was cancelled (the daemon is stopping, or
@@ -106,17 +119,38 @@ class Summarizer:
         if upload is None:
             return  # chunked already (a resumed job)
         data, kind = upload
+        deadline = time.monotonic() + self.extract_timeout_s  # extraction and chunking together
         if kind == "application/pdf":
-            text = extract.pdf_text(data, self.max_pdf_pages, self.extract_timeout_s)
+            check_page = functools.partial(self._check_cancelled, job_id)
+            text = extract.pdf_text(data, self.max_pdf_pages, self.extract_timeout_s, check_page)
         else:
             text = extract.extract(data, kind)
-        chunks = self.split(text)
-        if self.max_chunks and len(chunks) > self.max_chunks:
-            raise SummaryError(
-                f"the document is too long: {len(chunks)} parts of up to {self.chunk_tokens} tokens, "
-                f"at most {self.max_chunks} (summarize.max_chunks)"
-            )
+        chunks = self.split(text, self._chunk_check(job_id, len(text), deadline))
         self.store.set_chunks(job_id, len(text), chunks)
+
+    def _check_cancelled(self, job_id: str) -> None:
+        if self.is_cancelled(job_id):
+            raise JobCancelled(f"job {job_id} was deleted or the daemon is stopping")
+
+    def _chunk_check(self, job_id: str, num_chars: int, deadline: float):
+        """What chunking calls after each part: it stops a deleted job, a document past
+        max_chunks parts, or one past its time, at once (not after the whole split)."""
+
+        def check(chunks: list[str]) -> None:
+            self._check_cancelled(job_id)
+            if self.max_chunks and len(chunks) > self.max_chunks:
+                about = num_chars * len(chunks) // max(1, sum(map(len, chunks)))  # at the parts' length so far
+                raise DocumentRejected(
+                    f"the document is too long: about {about} parts of up to {self.chunk_tokens} tokens, "
+                    f"at most {self.max_chunks} (summarize.max_chunks)"
+                )
+            if time.monotonic() > deadline:
+                raise DocumentRejected(
+                    f"reading and splitting the document took longer than {self.extract_timeout_s:g} s "
+                    f"(summarize.extract_timeout_s); stopped after {len(chunks)} parts"
+                )
+
+        return check
 
     def is_cancelled(self, job_id: str) -> bool:
         return self.stopping.is_set() or job_id in self._cancelled
@@ -188,7 +222,10 @@ def run_job(summarizer: Summarizer, job_id: str) -> None:
         if summarizer.is_cancelled(job_id) or not summarizer.store.exists(job_id):
             log.info("summary job %s: deleted or stopped while running (%s)", job_id, e)
             return
-        log.exception("summary job %s failed", job_id)
+        if isinstance(e, USER_ERRORS):  # the document's fault, told in the job's error: no traceback
+            log.warning("summary job %s failed: %s", job_id, e)
+        else:
+            log.exception("summary job %s failed", job_id)
         summarizer.store.set_status(job_id, "error", error=str(e) or type(e).__name__)
 
 
@@ -265,6 +302,7 @@ class SummaryService:
             extract.check_pdf(data, self.max_pdf_pages)
             job = self.store.create(filename, data, kind, 0)
         elif kind == "text/html":
+            extract.decode(data)  # binary data is refused now; the page is parsed by the runner
             job = self.store.create(filename, data, kind, 0)
         else:
             text = extract.extract(data, kind)
