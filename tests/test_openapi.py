@@ -81,6 +81,35 @@ def test_real_responses_match_the_document(http, server):
         conforms("ChatCompletion", text.json())
 
 
+def conforms_to(name: str, instance) -> bool:
+    try:
+        conforms(name, instance)
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("best_of", 1),
+        ("best_of", 2),
+        ("tool_choice", "auto"),
+        ("tool_choice", None),
+        ("tool_choice", "required"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("function_call", "none"),
+        ("function_call", {"name": "f"}),
+    ],
+)
+def test_the_document_allows_the_values_the_server_accepts(http, field, value):
+    """best_of and tool_choice are validated by the server; the document says the same."""
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, field: value}
+    r = http.post("/v1/chat/completions", body)
+    assert r.status_code in (200, 400), r.content
+    assert conforms_to("ChatCompletionRequest", body) == (r.status_code == 200), r.content
+
+
 @pytest.fixture(scope="module")
 def fuzz_daemon(tmp_path_factory):
     """Its own daemon with tiny generations, so thousands of fuzzed requests stay cheap."""

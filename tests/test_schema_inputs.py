@@ -1,8 +1,9 @@
 """Inputs a tester found mishandled: JSON-schema patterns with escapes (refused), schemas no
 output can satisfy or whose keywords the converter ignored (accepted, then broken by a "stop"
-answer), unsupported OpenAI fields (suffix, best_of, tool_choice) and a body with a huge integer.
-The real model, the real daemon on loopback, the official openai client (raw HTTP where the
-client cannot send the body)."""
+answer), a string format that is only an annotation ("email" was refused), unsupported OpenAI
+fields (suffix, best_of, tool_choice), a body with a huge integer and a malformed body to
+/api/markdown. The real model, the real daemon on loopback, the official openai client (raw HTTP
+where the client cannot send the body)."""
 
 import json
 import re
@@ -15,7 +16,7 @@ from conftest import Http, RunningDaemon, make_config
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_llm.engine import grammar
+from edge_llm.engine import number_gbnf
 
 ASK = [{"role": "user", "content": "Fill in the form."}]
 SEEDS = range(3)
@@ -141,7 +142,8 @@ def test_contradictory_bounds_are_a_400_naming_the_place(api, daemon, schema, wh
     [
         ({"type": "array", "items": INT, "uniqueItems": True}, "uniqueItems"),
         ({"type": "object", "properties": {"a": INT}, "minProperties": 1}, "minProperties"),
-        ({"type": "string", "format": "email"}, "email"),
+        ({"type": "string", "pattern": "^a+$", "format": "date"}, "format"),  # the pattern would drop the date
+        ({"type": "string", "format": 5}, "format"),
         ({"type": "integer", "multipleOf": 5}, "multipleOf"),
         ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "maxLength"),
         ({"type": ["string", "null"], "maxLength": 3}, "maxLength"),
@@ -153,6 +155,24 @@ def test_contradictory_bounds_are_a_400_naming_the_place(api, daemon, schema, wh
 def test_a_keyword_the_grammar_cannot_hold_to_is_a_400_naming_it(api, daemon, schema, named):
     error = refused(lambda: form(api, daemon, schema, max_tokens=1))
     assert error["param"] == "response_format.json_schema.schema" and named in error["message"], error
+
+
+def test_a_format_the_grammar_does_not_write_is_an_annotation_and_accepted(api, daemon):
+    """JSON Schema 2020-12 asserts no format by default: "email" and "uri" (pydantic's EmailStr,
+    AnyUrl) ask for a string, which a plain string satisfies; date is still held."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "email": {"type": "string", "format": "email", "maxLength": 24},
+            "site": {"type": "string", "format": "uri", "minLength": 1, "maxLength": 24},
+            "born": {"type": "string", "format": "date"},
+        },
+        "required": ["email", "site", "born"],
+        "additionalProperties": False,
+    }
+    for doc in answers_satisfy(api, daemon, schema):
+        assert isinstance(doc["email"], str) and isinstance(doc["site"], str), doc
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc["born"]), doc
 
 
 def test_numeric_bounds_are_enforced(api, daemon):
@@ -240,6 +260,20 @@ def test_an_integer_of_5000_digits_is_named_as_such(daemon):
     assert r.status_code == 400 and r.json()["error"]["message"] == "the request body is not valid JSON"
 
 
+# -- 7. a malformed body to the kiosk's Markdown renderer ---------------------------------------------
+
+
+def test_a_malformed_markdown_body_gets_the_apis_json_errors(daemon):
+    http = Http(daemon.daemon.port)
+    r = http.post("/api/markdown", '{"texts": ["**a**"', {"Content-Type": "application/json"})  # cut short
+    assert r.status_code == 400 and r.json()["error"]["message"] == "the request body is not valid JSON", r.content
+    assert r.json()["error"]["code"] == "invalid_json"
+    r = http.post("/api/markdown", '{"texts": ["a"]}', {"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.content
+    r = http.post("/api/markdown", {"texts": ["**a**"]})
+    assert r.status_code == 200 and r.json() == {"html": ["<p><strong>a</strong></p>\n"]}
+
+
 # -- the numeric grammar, on made-up bounds ----------------------------------------------------------
 
 
@@ -254,7 +288,7 @@ BOUND = st.one_of(st.none(), st.integers(-2000, 2000))
 
 @given(lo=BOUND, hi=BOUND)
 def test_integers_gbnf_matches_exactly_the_integers_within_the_bounds(lo, hi):
-    regex = as_regex(grammar.integers_gbnf(lo, hi))
+    regex = as_regex(number_gbnf.integers_gbnf(lo, hi))
     for n in range(-2100, 2100, 7):
         assert bool(regex.fullmatch(str(n))) == ((lo is None or n >= lo) and (hi is None or n <= hi)), n
     assert not regex.fullmatch("-0") and not regex.fullmatch("007")
@@ -262,7 +296,7 @@ def test_integers_gbnf_matches_exactly_the_integers_within_the_bounds(lo, hi):
 
 @given(low=st.one_of(st.none(), st.floats(-50, 50)), high=st.one_of(st.none(), st.floats(-50, 50)))
 def test_decimals_gbnf_never_writes_a_number_outside_or_on_the_bounds(low, high):
-    regex = as_regex(grammar.decimals_gbnf(low, high))
+    regex = as_regex(number_gbnf.decimals_gbnf(low, high))
     for x in (i / 8 for i in range(-480, 480)):
         if regex.fullmatch(repr(x)):
             assert (low is None or x > low) and (high is None or x < high), x

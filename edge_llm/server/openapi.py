@@ -64,6 +64,10 @@ _SAMPLING = {
         ]
     },
     "n": {"type": ["integer", "null"], "const": 1},
+    "best_of": {"type": ["integer", "null"], "const": 1},
+    # this server does no tool calling: only the values that ask for none (validation.NO_TOOL_CHOICE)
+    "tool_choice": {"enum": ["none", "auto", None]},
+    "function_call": {"enum": ["none", "auto", None]},
     "priority": {
         "enum": ["interactive", "background", None],
         "description": "background work is admitted after interactive work and may be preempted; "

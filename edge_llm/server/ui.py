@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
-from edge_llm.server import markdown, sampling
+from edge_llm.server import markdown, sampling, validation
 from edge_llm.server.errors import APIError
 
 bp = Blueprint("ui", __name__, static_folder="static", static_url_path="/static", template_folder="templates")
@@ -31,8 +31,7 @@ def dashboard():
 @bp.post("/api/markdown")
 def render_markdown():
     """{"texts": [...]} -> {"html": [...]}: sanitized HTML for each message."""
-    body = request.get_json(silent=True)
-    texts = body.get("texts") if isinstance(body, dict) else None
+    texts = validation.json_body(request).get("texts")  # a body that is no JSON object: the API's own 4xx
     if not isinstance(texts, list) or len(texts) > MAX_TEXTS or not all(isinstance(t, str) for t in texts):
         raise APIError(400, f"'texts': must be a list of at most {MAX_TEXTS} strings", "invalid_value", "texts")
     return jsonify({"html": [markdown.render(t) for t in texts]})
