@@ -11,13 +11,14 @@ import json
 import math
 import re
 import select
+import ssl
 import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
 
 RETRY_S = 1.0
-STARTING_S = 5.0  # `edge-llm serve &` listens about a second after it starts: a refused first try is retried this long
+STARTING_S = 5.0  # `edge-llm serve &` listens ~1 s after it starts: with --wait, a refused try is retried this long
 SEND_BYTES = 1 << 16  # a body goes out in parts of this size, watching for an early answer between them
 MiB = 1 << 20
 FLAG_PARAMS = {"model", "temperature", "top_p", "max_tokens", "seed"}  # a refusal naming one refuses every question
@@ -253,9 +254,12 @@ def _send(conn: http.client.HTTPConnection, body: bytes) -> None:
     limit (413) from the headers and closes, and a body sent on into the closed connection
     resets it, losing that answer."""
     view = memoryview(body)
+    # over TLS the socket is readable with TLS 1.3's session tickets too, and its data cannot be
+    # peeked at: no early look there (a review's finding: a 1 MB upload stalled after 64 KiB)
+    watch = not isinstance(conn.sock, ssl.SSLSocket)
     try:
         for start in range(0, len(body), SEND_BYTES):
-            if select.select([conn.sock], [], [], 0)[0]:
+            if watch and select.select([conn.sock], [], [], 0)[0]:
                 return
             conn.sock.sendall(view[start : start + SEND_BYTES])
     except (BrokenPipeError, ConnectionResetError):

@@ -445,3 +445,58 @@ def test_doctor_says_nvml_is_present_only_where_it_starts():
     except pynvml.NVMLError:
         starts = False
     assert (doctor.checks()["nvml"] == "present") == starts
+
+
+def test_a_large_upload_over_https_is_sent_whole(tmp_path, monkeypatch):
+    """A daemon behind a TLS proxy (`--url https://...`). The client watches for an early answer
+    (a 413) between the parts of a body, but over TLS 1.3 the session tickets make the socket
+    readable too: it stopped after 64 KiB and the upload timed out (a review's finding). The
+    proxy here is a stand-in (the daemon serves plain HTTP): a TLS server that reads the whole
+    body, then answers 202."""
+    import socket
+    import ssl
+    import subprocess
+    import threading
+
+    from edge_llm import client
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    got = {}
+
+    def serve():
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True) as s:
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            )
+            while len(body) < length:
+                body += s.recv(65536)
+            got["body"] = len(body)
+            s.sendall(b'HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{"id":"x"}')
+
+    threading.Thread(target=serve, daemon=True).start()
+    trusting = ssl.create_default_context(cafile=str(cert))
+    trusting.check_hostname, trusting.verify_mode = False, ssl.CERT_NONE  # as the review's repro ran
+    monkeypatch.setattr(ssl, "_create_default_https_context", lambda: trusting)
+    daemon = client.Daemon(f"https://127.0.0.1:{listener.getsockname()[1]}")
+    assert daemon.request("POST", "/api/summaries", b"x" * 1_000_000, {"Content-Type": "text/plain"}) == (
+        202,
+        {"id": "x"},
+    )
+    assert got == {"body": 1_000_000}
+    listener.close()

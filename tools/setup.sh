@@ -79,6 +79,7 @@ if [ "$MODE" = test ]; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v openssl >/dev/null || missing+=(openssl)  # a TLS stand-in's certificate (tests/test_cli.py)
   # the device twin (tests/test_device_twin.py): a Debian rootfs booted by systemd-nspawn
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
