@@ -23,7 +23,14 @@ import re
 from edge_llm.engine.grammar_error import GrammarError
 from edge_llm.engine.number_gbnf import number_gbnf
 from edge_llm.engine.regex_gbnf import pattern_gbnf
-from edge_llm.engine.schema_check import NUMBER_BOUNDS, NUMBER_KEYS, REPEAT_KEYS, check_schema_support, schema_kind
+from edge_llm.engine.schema_check import (
+    NUMBER_BOUNDS,
+    NUMBER_KEYS,
+    REPEAT_KEYS,
+    check_schema_support,
+    expand_type_lists,
+    schema_kind,
+)
 
 # {"type": "json_object"}: any JSON object, with llama.cpp's bounded whitespace (the plain
 # JSON grammar allows endless whitespace, which a small model can fall into)
@@ -144,6 +151,7 @@ def _convert(schema: dict) -> str:
 
 def from_json_schema(schema: dict) -> str:
     check_schema_cost(schema)
+    schema = expand_type_lists(schema)  # after the cost check, which bounds the schema as sent
     check_schema_support(schema)
     try:
         gbnf = _CHAR_RULE.sub(lambda _: JSON_CHAR, _convert(schema))

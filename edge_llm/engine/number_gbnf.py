@@ -1,16 +1,21 @@
 """Numeric bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum) as GBNF: llama-cpp-python's
 SchemaConverter ignores them, so an integer or number schema with bounds is written here. A grammar
-cannot compare, so each range of whole numbers is spelt digit by digit ("1" [2-5] [0-9]), and a
-decimal is allowed only strictly between two whole numbers within the bounds."""
+cannot compare, so each range of whole numbers is spelt digit by digit ("1" [2-5] [0-9]), and so is
+a fraction at a bound that is not whole (minimum 0.1: "0." then [2-9] and free digits, or "1" and
+more digits). Bounds are compared as Python floats (json.loads): an exclusive bound becomes the
+next float inward, and a decimal is written only with at most MAX_FRACTION fraction digits, as the
+number the bound's repr spells; rounding is monotonic, so float(answer) is within the bounds."""
 
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 from edge_llm.engine.grammar_error import GrammarError
 
 MAX_DIGITS = 16  # of a whole number's part, as the converter's own integral-part rule
-FRACTION = '"." [0-9]{0,14} [1-9]'  # never .0, .50: a decimal lies strictly between two whole numbers
+MAX_FRACTION = 15  # digits after the point
+FRACTION = f'"." [0-9]{{0,{MAX_FRACTION - 1}}} [1-9]'  # never .0, .50: no trailing zeros
 
 
 def lower_bound(node: dict) -> tuple[float, bool, str] | None:
@@ -24,17 +29,23 @@ def upper_bound(node: dict) -> tuple[float, bool, str] | None:
     return min(bounds, key=lambda b: (b[0], not b[1]), default=None)
 
 
+def inclusive_bounds(node: dict) -> tuple[float | None, float | None]:
+    """(low, high) as inclusive float bounds: an exclusive bound moves to the next float inward."""
+    low, high = lower_bound(node), upper_bound(node)
+    lo = None if low is None else (math.nextafter(low[0], math.inf) if low[1] else float(low[0]))
+    hi = None if high is None else (math.nextafter(high[0], -math.inf) if high[1] else float(high[0]))
+    return lo, hi
+
+
 def number_gbnf(node: dict) -> str:
     """GBNF for the numbers of an integer or number schema within its bounds, as JSON writes them:
-    whole numbers, and (type number) decimals between whole numbers within the bounds."""
-    low, high = lower_bound(node), upper_bound(node)
-    lo = None if low is None else (math.floor(low[0]) + 1 if low[1] else math.ceil(low[0]))
-    hi = None if high is None else (math.ceil(high[0]) - 1 if high[1] else math.floor(high[0]))
-    alternatives = integers_gbnf(lo, hi)
+    whole numbers, and (type number) decimals."""
+    low, high = inclusive_bounds(node)
+    alternatives = integers_gbnf(None if low is None else math.ceil(low), None if high is None else math.floor(high))
     if node["type"] == "number":
-        alternatives += decimals_gbnf(None if low is None else low[0], None if high is None else high[0])
+        alternatives += decimals_gbnf(low, high)
     if not alternatives:
-        what = "whole number" if node["type"] == "integer" else "number with whole-number bounds"
+        what = "whole number" if node["type"] == "integer" else "number"
         raise GrammarError(f"no {what} lies within the bounds")
     return "(" + " | ".join(alternatives) + ")"
 
@@ -50,13 +61,84 @@ def integers_gbnf(lo: int | None, hi: int | None) -> list[str]:
 
 
 def decimals_gbnf(low: float | None, high: float | None) -> list[str]:
-    """Decimals k.f (0 < f < 1) with k and k+1 within [low, high] (-k and -k-1 for -k.f): they
-    never land on a bound, exclusive or not."""
-    lowest = None if low is None else math.ceil(low)  # the whole numbers within the bounds
-    highest = None if high is None else math.floor(high)
-    positive = naturals_gbnf(max(lowest or 0, 0), None if highest is None else highest - 1)
-    negative = naturals_gbnf(max(-(highest or 0), 0), None if lowest is None else -lowest - 1)
-    return [f"{a} {FRACTION}" for a in positive] + [f'"-" {a} {FRACTION}' for a in negative]
+    """Numbers with a fraction within the inclusive bounds [low, high] (None: unbounded): positive
+    ones by their magnitude, negative ones as "-" and the magnitude."""
+    lo, hi = (None if b is None else Decimal(repr(b)) for b in (low, high))
+    positive = [] if hi is not None and hi <= 0 else _fractional_gbnf(max(lo, 0) if lo is not None else Decimal(0), hi)
+    if lo is not None and lo >= 0:
+        return positive
+    negative = _fractional_gbnf(max(-hi, 0) if hi is not None else Decimal(0), None if lo is None else -lo)
+    return positive + ['"-" ' + a for a in negative]
+
+
+def _fractional_gbnf(lo: Decimal, hi: Decimal | None) -> list[str]:
+    """Magnitudes k.f (f > 0) within [lo, hi], lo >= 0: whole unit intervals inside the bounds
+    with free fractions, the intervals at a bound that is not whole with its digits."""
+    if hi is not None and hi < lo:
+        return []
+    k_lo, k_hi = math.floor(lo), None if hi is None else math.floor(hi)
+    lo_digits, hi_digits = _fraction_digits(lo), None if hi is None else _fraction_digits(hi)
+    if k_lo == k_hi:  # both bounds in one unit interval
+        return _with_whole(k_lo, fraction_gbnf(lo_digits, hi_digits))
+    out = _with_whole(k_lo, fraction_gbnf(lo_digits, None))
+    middle = naturals_gbnf(k_lo + 1, None if k_hi is None else k_hi - 1) if k_hi is None or k_hi > k_lo + 1 else []
+    out += [f"{a} {FRACTION}" for a in middle]
+    if k_hi is not None and hi_digits:
+        out += _with_whole(k_hi, fraction_gbnf("", hi_digits))
+    return out
+
+
+def _fraction_digits(x: Decimal) -> str:
+    """The digits after the point, without trailing zeros: 2.50 -> "5", 3 -> ""."""
+    return format(x - math.floor(x), "f").partition(".")[2].rstrip("0")
+
+
+def _with_whole(k: int, fractions: list[str]) -> list[str]:
+    return [f'"{k}" "." {f}' for f in fractions]
+
+
+def fraction_gbnf(lo: str, hi: str | None) -> list[str]:
+    """GBNF alternatives for the digits f after a point (1..MAX_FRACTION, the last not 0) with
+    0.lo <= 0.f <= 0.hi (hi None: no upper bound), written digit by digit as the bounds' digits are
+    followed, then left (a digit strictly between them, and free digits after it)."""
+    out: list[str] = []
+    _walk(lo, hi, [], 0, True, hi is not None, out)
+    return out
+
+
+def _walk(lo: str, hi: str | None, prefix: list[str], i: int, tight_lo: bool, tight_hi: bool, out: list[str]) -> None:
+    """Alternatives whose first i digits are prefix (equal to lo's while tight_lo, hi's while tight_hi)."""
+    tight_lo = tight_lo and i < len(lo)  # past lo's digits: anything more is above lo
+    if i == MAX_FRACTION or (tight_hi and i >= len(hi)):  # past hi's digits: any more digit is above it
+        return
+    a = int(lo[i]) if tight_lo else 0
+    b = int(hi[i]) if tight_hi else 9
+    free_lo, free_hi = a + tight_lo, b - tight_hi  # digits that leave both bounds behind
+    if free_lo <= free_hi:
+        _free(prefix, free_lo, free_hi, MAX_FRACTION - i - 1, out)
+    for d, next_lo, next_hi in _tight_digits(a, b, tight_lo, tight_hi):
+        ends_above_lo = not next_lo or i == len(lo) - 1
+        if d != 0 and ends_above_lo:  # f may end here: at or above lo, a prefix of hi or under it
+            out.append(" ".join([*prefix, f'"{d}"']))
+        _walk(lo, hi, [*prefix, f'"{d}"'], i + 1, next_lo, next_hi, out)
+
+
+def _tight_digits(a: int, b: int, tight_lo: bool, tight_hi: bool) -> list[tuple[int, bool, bool]]:
+    """(digit, still tight to lo, still tight to hi) for the digits on a bound."""
+    if tight_lo and tight_hi and a == b:
+        return [(a, True, True)]
+    return ([(a, True, False)] if tight_lo else []) + ([(b, False, True)] if tight_hi else [])
+
+
+def _free(prefix: list[str], d1: int, d2: int, rest: int, out: list[str]) -> None:
+    """prefix, a digit d1..d2, then up to `rest` free digits ending in 1-9."""
+    tail = f"[0-9]{{0,{rest - 1}}} [1-9]" if rest > 1 else "[1-9]" if rest else ""
+    if d1 == 0 and tail:  # a 0 cannot end the fraction
+        out.append(" ".join([*prefix, '"0"', tail]))
+    d1 = max(d1, 1)
+    if d1 <= d2:
+        digit = f'"{d1}"' if d1 == d2 else f"[{d1}-{d2}]"
+        out.append(" ".join([*prefix, digit] + ([f"( {tail} )?"] if tail else [])))
 
 
 def naturals_gbnf(lo: int, hi: int | None) -> list[str]:

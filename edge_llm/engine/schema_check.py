@@ -33,10 +33,14 @@ NUMBER_KEYS = (*NUMBER_BOUNDS, "multipleOf")
 
 TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
 STRING_FORMATS = re.compile(r"date|time|date-time|uuid[1-5]?")  # the converter's own
-# what no output can break: allowed beside anything
-ANNOTATIONS = frozenset(
-    ("title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "discriminator")
-    + ("$schema", "$id", "$comment", "$defs", "definitions")
+# the keywords that ask something of the value (JSON Schema 2020-12, draft 7's too): any other
+# keyword (example, nullable, x-*, $comment, readOnly, ...) is an annotation, which JSON Schema ignores
+ASSERTIONS = frozenset(
+    ("type", "enum", "const", "format", "pattern", *REPEAT_KEYS, *NUMBER_KEYS, "uniqueItems")
+    + ("properties", "required", "additionalProperties", "patternProperties", "propertyNames")
+    + ("dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties")
+    + ("items", "prefixItems", "additionalItems", "contains", "unevaluatedItems")
+    + ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "$recursiveRef")
 )
 # the keywords SchemaConverter.visit honours, by the branch it takes for a schema (schema_kind)
 HONOURED = {
@@ -49,7 +53,7 @@ HONOURED = {
     "an object": {"type", "properties", "required", "additionalProperties"},
     "allOf": {"type", "allOf"},
     "an array": {"type", "items", "minItems", "maxItems"},
-    "a tuple": {"type", "items", "prefixItems"},
+    "a tuple": {"type", "items", "prefixItems", "minItems", "maxItems"},
     "an array without items": {"type"},
     "a string with a pattern": {"type", "pattern"},
     "a string with a format": {"type", "format"},
@@ -63,6 +67,54 @@ BOUND_PAIRS = (
     ("minProperties", "maxProperties"),
     ("minContains", "maxContains"),
 )
+
+
+# the keywords that apply to one type only: a list of types hands each to its own alternative
+TYPE_KEYS = {
+    "string": {"minLength", "maxLength", "pattern", "format", "contentMediaType", "contentEncoding"},
+    "number": set(NUMBER_KEYS),
+    "integer": set(NUMBER_KEYS),
+    "array": {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains"}
+    | {"minContains", "maxContains", "unevaluatedItems"},
+    "object": {"properties", "required", "additionalProperties", "patternProperties", "propertyNames"}
+    | {"minProperties", "maxProperties", "dependentRequired", "dependentSchemas", "dependencies"}
+    | {"unevaluatedProperties"},
+}
+SUBSCHEMA_KEYS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+
+
+def expand_type_lists(node: object) -> object:
+    """node, with each list of types beside other keywords ({"type": ["string", "null"], "enum": [...]})
+    written as anyOf one alternative per type, each with the keywords that apply to it: the
+    converter would write the bare types and drop the rest. A copy; a malformed node is left as it is."""
+    if isinstance(node, list):
+        return [expand_type_lists(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: (expand_type_lists(v) if k not in SUBSCHEMA_KEYS else _expand_values(v)) for k, v in node.items()}
+    t = out.get("type")
+    if not isinstance(t, list) or len(out) == 1 or not t or not all(isinstance(x, str) and x in TYPES for x in t):
+        return out
+    if not {"$ref", "anyOf", "oneOf", "allOf"}.isdisjoint(out):  # the converter takes those before the type
+        return out
+    alternatives = [a for a in (_for_type(out, x) for x in dict.fromkeys(t)) if a is not None]
+    return {"anyOf": alternatives} if alternatives else out
+
+
+def _expand_values(mapping: object) -> object:
+    return {k: expand_type_lists(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping
+
+
+def _for_type(node: dict, t: str) -> dict | None:
+    """node's keywords for values of type t; None where its enum or const leaves no value of t."""
+    others = set().union(*TYPE_KEYS.values()) - TYPE_KEYS.get(t, set())
+    out = {k: v for k, v in node.items() if k not in others} | {"type": t}
+    if "const" in out and not _has_type(out["const"], t):
+        return None
+    if isinstance(out.get("enum"), list):
+        out["enum"] = [v for v in out["enum"] if _has_type(v, t)]
+        return out if out["enum"] else None
+    return out
 
 
 def check_schema_support(schema: dict) -> None:
@@ -89,7 +141,7 @@ def _check_node(node: dict, root: dict) -> None:
     _check_bounds(node)
     _check_type(node)
     kind = schema_kind(node)
-    extra = sorted(set(node) - HONOURED[kind] - ANNOTATIONS - _annotation_format(node))
+    extra = sorted(set(node) & ASSERTIONS - HONOURED[kind] - _annotation_format(node))
     if extra:
         supported = ", ".join(sorted(HONOURED[kind])) or "none"
         raise GrammarError(f"'{extra[0]}' is not supported for {kind} (supported there: {supported})")
@@ -228,7 +280,8 @@ def _check_one_of(node: dict, root: dict) -> None:
 
 
 def _disjoint(a: dict, b: dict, root: dict) -> bool:
-    """True where no value matches both (by type, by const/enum, or by a required discriminator)."""
+    """True where no value matches both (by type, by const/enum, by a required discriminator, or by
+    required keys the other object does not write)."""
     types_a, types_b = _types(a), _types(b)
     if types_a and types_b and not types_a & types_b:
         return True
@@ -240,7 +293,20 @@ def _disjoint(a: dict, b: dict, root: dict) -> bool:
         values_a, values_b = _values(_deref(props_a[key], root)), _values(_deref(props_b[key], root))
         if values_a is not None and values_b is not None and not values_a & values_b:
             return True
-    return False
+    return _keys_apart(a, b) or _keys_apart(b, a)
+
+
+def _keys_apart(a: dict, b: dict) -> bool:
+    """Objects a's grammar writes lack a key b requires; b's have it, which a refuses (additionalProperties
+    false) or is written without a key a requires (so a's are refused by b, b's by a)."""
+    if schema_kind(a) != "an object" or schema_kind(b) != "an object":
+        return False
+    b_needs_more = bool(_required(b) - set(_properties(a)))
+    a_needs_more = bool(_required(a) - set(_properties(b)))
+    if a.get("additionalProperties") is False:
+        return b_needs_more
+    # additionalProperties absent: the converter writes no extra keys, but a (as JSON Schema) admits them
+    return "additionalProperties" not in a and b_needs_more and a_needs_more and "additionalProperties" not in b
 
 
 def _types(node: dict) -> set[str]:
@@ -281,7 +347,7 @@ def _check_all_of(node: dict, root: dict) -> None:
     nothing else in them."""
     seen: set[str] = set()
     for i, part in enumerate(_deref(p, root) for p in node["allOf"]):
-        extra = sorted(set(part) - {"type", "properties", "required"} - ANNOTATIONS)
+        extra = sorted(set(part) & ASSERTIONS - {"type", "properties", "required"})
         if extra:
             raise GrammarError(f"allOf/{i}: '{extra[0]}' is not supported in allOf (only objects' properties are)")
         if part.get("type", "object") != "object":
@@ -295,6 +361,10 @@ def _check_all_of(node: dict, root: dict) -> None:
 def _check_tuple(node: dict, root: dict) -> None:
     if "prefixItems" in node and node.get("items", False) is not False:
         raise GrammarError("'items' beside 'prefixItems' is not supported (only items: false)")
+    length = len(node.get("prefixItems") or node["items"])  # the converter writes exactly these items
+    for key in ("minItems", "maxItems"):
+        if key in node and (node[key] > length if key == "minItems" else node[key] < length):
+            raise GrammarError(f"'{key}' ({node[key]}) is not met by the tuple's {length} items")
 
 
 def _check_pattern(node: dict, root: dict) -> None:
