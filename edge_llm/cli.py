@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -502,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edge-llm plan --json | head`: the reader has gone, and so does the rest
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's docs: no error at exit
+        return 141  # as a shell reports SIGPIPE
 
 
 if __name__ == "__main__":

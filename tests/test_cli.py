@@ -500,3 +500,26 @@ def test_a_large_upload_over_https_is_sent_whole(tmp_path, monkeypatch):
     )
     assert got == {"body": 1_000_000}
     listener.close()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`edge-llm plan --device ... --json | head -c 100`: the pipe closes under a long output, and the
+    BrokenPipeError came out as a traceback (a review's finding)."""
+    import subprocess
+    import sys
+
+    from edge_llm.profiles import DEVICES, MODELS
+
+    named = [a for d in sorted(DEVICES) for a in ("--device", d)] + [
+        a for m in sorted(MODELS) for a in ("--model-profile", m)
+    ]
+    proc = subprocess.Popen(  # named devices only: this machine's plan would calibrate (seconds, and its cache)
+        [sys.executable, "-m", "edge_llm", "plan", *named, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    proc.stdout.read(100)
+    proc.stdout.close()  # as head does once it has its bytes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
