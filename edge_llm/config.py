@@ -434,14 +434,19 @@ def _validate_summarize(sm: SummarizeConfig) -> None:
     _at_least("summarize", sm, ("parallel", "max_pdf_pages", "max_chunks"), 0)
     _at_least("summarize", sm, ("summary_tokens",), 8)
     _at_least("summarize", sm, ("max_jobs",), 1)
-    # a chunk must leave room to shrink into its summary (summarize/pipeline.py, Summarizer)
-    least = 2 * sm.summary_tokens + 16
+    least = least_chunk_tokens(sm.summary_tokens)
     ok = sm.chunk_tokens == 0 or sm.chunk_tokens >= least
     rule = f"0 (from the plan) or >= {least} (2 * summary_tokens + 16)"
     _require(ok, "summarize.chunk_tokens", rule, sm.chunk_tokens)
     _require(sm.extract_timeout_s > 0, "summarize.extract_timeout_s", "> 0", sm.extract_timeout_s)
     # negative would put the purge's cut-off in the future: every finished job deleted at start
     _require(sm.retention_days >= 0, "summarize.retention_days", ">= 0 (0 = keep forever)", sm.retention_days)
+
+
+def least_chunk_tokens(summary_tokens: int) -> int:
+    """The smallest chunk that leaves room to shrink into its summary (checked here for the
+    configured value, and by summarize/pipeline.py's Summarizer for the one the plan allows)."""
+    return 2 * summary_tokens + 16
 
 
 def _validate_thermal(th: ThermalConfig) -> None:

@@ -225,10 +225,7 @@ class Scheduler:
 
     def _visitor_arrived(self) -> None:
         now = time.monotonic()
-        busy = any(r.priority == Priority.INTERACTIVE for r in self.running) or any(
-            r.priority == Priority.INTERACTIVE for r in self.waiting
-        )
-        if self.last_visitor > float("-inf") and not busy:
+        if self.last_visitor > float("-inf") and not self._other_visitor():
             pause = min(now - self.last_visitor, self.NEAR_S)
             self.think_s = pause if self.think_s is None else self.think_s + self.THINK_ALPHA * (pause - self.think_s)
         self.last_visitor = now
@@ -237,11 +234,12 @@ class Scheduler:
         """A request ended: a visitor's marks the time (its pause before the next counts from it)."""
         if req.priority == Priority.INTERACTIVE:
             self.last_visitor = time.monotonic()
-            busy = any(r.priority == Priority.INTERACTIVE and r is not req for r in self.running) or any(
-                r.priority == Priority.INTERACTIVE for r in self.waiting
-            )
-            if not busy:
+            if not self._other_visitor(req):
                 self.last_end = self.last_visitor
+
+    def _other_visitor(self, req: Request | None = None) -> bool:
+        """Is an interactive request other than req running or waiting (no pause between them)?"""
+        return any(r.priority == Priority.INTERACTIVE and r is not req for r in (*self.running, *self.waiting))
 
     def _add_decodes(self, out: SchedulerOutput, cls: Priority) -> None:
         for req in self.running:

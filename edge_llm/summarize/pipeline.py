@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from edge_llm.config import least_chunk_tokens
 from edge_llm.engine.request import Priority, Request, SamplingParams
 from edge_llm.summarize import chunking, extract
 from edge_llm.summarize.jobs import JobStore
@@ -58,7 +59,7 @@ class Summarizer:
         max_pdf_pages: int = 0,
         extract_timeout_s: float = float("inf"),
     ):
-        if chunk_tokens < 2 * summary_tokens + 16:
+        if chunk_tokens < least_chunk_tokens(summary_tokens):
             raise ValueError(f"chunks of {chunk_tokens} tokens cannot shrink into summaries of {summary_tokens}")
         self.engine, self.backend, self.store = engine, backend, store
         self.chunk_tokens, self.summary_tokens, self.parallel = chunk_tokens, summary_tokens, parallel
