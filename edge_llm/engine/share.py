@@ -11,9 +11,14 @@ background work is cheap beside a decode (a GPU), it rides along in nearly every
 
 from __future__ import annotations
 
+from collections import deque
+from statistics import median
+
 
 class BackgroundShare:
-    ALPHA = 0.2  # weight of the newest step in the moving average of a visitor-alone step
+    ALPHA = 0.2  # weight of the newest step in the moving average of a background prompt token's cost
+    SOLO_WINDOW = 16  # a visitor-alone step is the mean of the last this many alone steps, ...
+    SOLO_CLIP = 4.0  # ... each counted at most this many times their median (one preempted step is not it)
     PROBE_EVERY = 32  # at most this many steps with background before one without (to measure)
     CREDIT_STEPS = 8.0  # unspent allowance kept, in visitor-alone steps: the longest a shared step may be
     MIN_PREFILL = 16  # background prefill rides in chunks of at least this many tokens (a first one measures)
@@ -25,6 +30,7 @@ class BackgroundShare:
             raise ValueError(f"slowdown must be at least 1.0, not {slowdown}")
         self.slowdown = slowdown
         self.solo_s: dict[int, float] = {}  # seconds of a step decoding n interactive sequences alone
+        self._solo_seen: dict[int, deque[float]] = {}  # the last such steps, whose median solo_s is
         self.credit_s = 0.0  # time the visitor's steps may still lose to background work
         self.num_shared = 0  # steps that carried background work beside a visitor's decode
         self.num_held = 0  # steps that held background work back for a visitor
@@ -85,13 +91,22 @@ class BackgroundShare:
             self.num_shared += 1
             self._observe_prefill(num_decoding, seconds, prefill_tokens)
         else:
-            old = self.solo_s.get(num_decoding, seconds)
-            self.solo_s[num_decoding] = old + self.ALPHA * (seconds - old)
+            # a clipped mean, not a moving average: on a loaded machine one alone step preempted
+            # for a second raised the average ~10x, every shared step was then let cost 1.5x that
+            # and spent it (its chunk sized to the credit), and only the probes (one in 32 steps)
+            # brought it down: five chats in a row streamed at 2-5 tokens/s against 75
+            # (kiosk-clear-213, session 17). The mean, so a machine evenly busier counts in full.
+            seen = self._solo_seen.setdefault(num_decoding, deque(maxlen=self.SOLO_WINDOW))
+            seen.append(seconds)
+            most = self.SOLO_CLIP * median(seen)
+            self.solo_s[num_decoding] = sum(min(s, most) for s in seen) / len(seen)
             self._since_probe = 0
         solo = self.solo_s.get(num_decoding)
         if solo is not None:
             cap = self.CREDIT_STEPS * solo
-            self.credit_s = min(self.credit_s + self.slowdown * solo - seconds, cap)
+            # a debt no larger than one shared step may cost (_most_credit): a step preempted by
+            # other work on the machine is not the background's to pay back for hundreds of steps
+            self.credit_s = max(min(self.credit_s + self.slowdown * solo - seconds, cap), -cap)
 
     def _observe_prefill(self, num_decoding: int, seconds: float, tokens: int) -> None:
         solo = self.solo_s.get(num_decoding)
