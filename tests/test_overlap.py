@@ -380,10 +380,15 @@ def test_the_model_gives_the_same_text_with_steps_launched_ahead(engines, scorer
 
 def greedy_misses(scorer, prompt: list[int], output: list[int], tolerance: float = 0.5) -> list[int]:
     """Positions of output whose token is not within `tolerance` (logits) of the best token the
-    model gives after prompt + output[:i], all positions scored in one llama.cpp evaluation
-    (on the GPU where the build offloads)."""
+    model gives after prompt + output[:i]: the prompt evaluated in one batch and each output token
+    on its own, as the engine runs them (on the GPU where the build offloads). Scored in one
+    batch instead, the output went through ggml-cuda's kernels for many tokens rather than its
+    per-token ones, whose sums round otherwise: on an H100 a token the engine had picked with no
+    step launched ahead (overlap off) missed that pass's greedy pick by more than 0.5 (session 18)."""
     scorer.reset()
-    scorer.eval(prompt + output)
+    scorer.eval(prompt)
+    for token in output:
+        scorer.eval([token])
     scores = scorer.scores[len(prompt) - 1 : len(prompt) - 1 + len(output)]
     return [i for i, (row, token) in enumerate(zip(scores, output, strict=True)) if row[token] < row.max() - tolerance]
 
