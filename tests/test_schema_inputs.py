@@ -413,3 +413,50 @@ def test_a_real_model_answers_a_tuple_and_an_optional_enum(api, daemon):
         "additionalProperties": False,
     }
     answers_satisfy(api, daemon, schema)
+
+
+# -- any value: pydantic's Any is {} or annotations only ({"title": "X"}) ----------------------------
+
+
+@pytest.mark.parametrize("anything", [{}, {"title": "Extra"}, {"description": "whatever fits", "example": 3}])
+def test_a_node_with_annotations_only_is_any_value(anything):
+    """JSON Schema's {} admits every value; llama-cpp-python's converter wrote it as an object, and a
+    node with only annotations (pydantic's `extra: Any` gives {"title": "Extra"}) was refused."""
+    schema = {"type": "object", "properties": {"extra": anything, "items": {"type": "array", "items": anything}}}
+    gbnf = grammar.for_response_format(schema_format(schema))
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines() if " ::= " in line)
+    assert rules["extra-kv"].endswith("space value"), rules["extra-kv"]
+    assert rules["items-kv"].endswith("space items"), rules["items-kv"]
+    assert "value" in rules["items"]
+    assert rules["value"] == "object | array | string | number | boolean | null"
+
+
+def test_the_whole_answer_with_annotations_only_is_an_object_as_with_an_empty_schema():
+    empty, annotated = (grammar.for_response_format(schema_format(s)) for s in ({}, {"title": "Answer"}))
+    assert empty == annotated and "root ::= object" in empty
+
+
+@pytest.mark.parametrize("schema", [{"minimum": 3}, {"required": ["a"]}, {"maxLength": 2}])
+def test_a_node_with_assertions_but_no_kind_is_still_refused(schema):
+    with pytest.raises(GrammarError, match="say what the value is"):
+        grammar.for_response_format(schema_format({"type": "object", "properties": {"a": schema}}))
+
+
+def test_a_real_model_answers_a_schema_with_any_values(api, daemon):
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "extra": {"title": "Extra"}, "more": {}},
+        "required": ["name", "extra", "more"],
+        "additionalProperties": False,
+    }
+    for seed in SEEDS:  # at 0.9 the model rambled in an array of any values past 300 tokens
+        r = api.chat.completions.create(
+            model=daemon.model_id,
+            messages=ASK,
+            temperature=0.2,
+            seed=seed,
+            max_tokens=600,
+            response_format=schema_format(schema),
+        )
+        assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)

@@ -24,6 +24,7 @@ from edge_llm.engine.grammar_error import GrammarError
 from edge_llm.engine.number_gbnf import number_gbnf
 from edge_llm.engine.regex_gbnf import pattern_gbnf
 from edge_llm.engine.schema_check import (
+    ASSERTIONS,
     NUMBER_BOUNDS,
     NUMBER_KEYS,
     REPEAT_KEYS,
@@ -127,13 +128,19 @@ def _groups_only(gbnf: str) -> str:
 def _converter_class() -> type:
     """llama-cpp-python's converter with patterns and numeric bounds done here (imported when a
     schema first comes: importing llama_cpp loads libllama)."""
-    from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
+    from llama_cpp.llama_grammar import PRIMITIVE_RULES, RESERVED_NAMES, SchemaConverter
 
     class Converter(SchemaConverter):
         def _visit_pattern(self, pattern: str, name: str) -> str:
             return self._add_rule(name, f'"\\"" {pattern_gbnf(pattern)} "\\"" space')
 
         def visit(self, schema: dict, name: str) -> str:
+            if isinstance(schema, dict) and ASSERTIONS.isdisjoint(schema):  # {} or annotations only
+                if name:  # any JSON value (pydantic's Any); the converter wrote {} as an object
+                    return self._add_primitive("value", PRIMITIVE_RULES["value"])
+                schema = {}  # the whole answer: an object, as the converter writes {} (json_object)
+            if schema.get("items") == {}:  # the converter reads `items or prefixItems`: {} is falsy
+                schema = {**schema, "items": {"$comment": "any value"}}
             if schema_kind(schema) == "a number" and not set(NUMBER_BOUNDS).isdisjoint(schema):
                 rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
                 return self._add_rule(rule_name, number_gbnf(schema) + " space")

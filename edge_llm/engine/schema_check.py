@@ -192,7 +192,7 @@ def _check_type(node: dict) -> None:
     types = t if isinstance(t, list) else [t]
     if "type" in node and (not types or not all(isinstance(x, str) and x in TYPES for x in types)):
         raise GrammarError(f"'type' must be one of {list(TYPES)} or a list of them, got {t!r}")
-    if t is None and schema_kind(node) == "a value":
+    if t is None and schema_kind(node) == "a value" and not ASSERTIONS.isdisjoint(node):  # annotations only: any value
         raise GrammarError("say what the value is: 'type', 'properties', 'items', 'enum', 'const', 'anyOf' or '$ref'")
 
 
