@@ -19,6 +19,7 @@ class BackgroundShare:
     ALPHA = 0.2  # weight of the newest step in the moving average of a background prompt token's cost
     SOLO_WINDOW = 16  # a visitor-alone step is the mean of the last this many alone steps, ...
     SOLO_CLIP = 4.0  # ... each counted at most this many times their median (one preempted step is not it)
+    SOLO_FIRST = 3  # alone steps measured before background rides beside a visitor (a median of 3 holds one off)
     PROBE_EVERY = 32  # at most this many steps with background before one without (to measure)
     CREDIT_STEPS = 8.0  # unspent allowance kept, in visitor-alone steps: the longest a shared step may be
     MIN_PREFILL = 16  # background prefill rides in chunks of at least this many tokens (a first one measures)
@@ -30,7 +31,7 @@ class BackgroundShare:
             raise ValueError(f"slowdown must be at least 1.0, not {slowdown}")
         self.slowdown = slowdown
         self.solo_s: dict[int, float] = {}  # seconds of a step decoding n interactive sequences alone
-        self._solo_seen: dict[int, deque[float]] = {}  # the last such steps, whose median solo_s is
+        self._solo_seen: dict[int, deque[float]] = {}  # the last such steps, whose clipped mean solo_s is
         self.credit_s = 0.0  # time the visitor's steps may still lose to background work
         self.num_shared = 0  # steps that carried background work beside a visitor's decode
         self.num_held = 0  # steps that held background work back for a visitor
@@ -45,7 +46,7 @@ class BackgroundShare:
             return True
         if self.slowdown == 1.0:  # waits: a visitor's step a hair faster than its average is no credit
             return False
-        if num_decoding not in self.solo_s or self._since_probe >= self.PROBE_EVERY:
+        if len(self._solo_seen.get(num_decoding, ())) < self.SOLO_FIRST or self._since_probe >= self.PROBE_EVERY:
             return False  # measure the visitor's step alone first
         if wants_prefill and self.prefill_token_s is not None:
             return self.credit_s >= self._chunk_credit(num_decoding)
@@ -86,6 +87,8 @@ class BackgroundShare:
         with prefill_tokens of background prompt in it."""
         if num_decoding == 0:
             return
+        # what the step's prompt tokens were expected to cost, at the pace known before it
+        expected = prefill_tokens * (self.prefill_token_s or 0.0) if had_background else 0.0
         if had_background:
             self._since_probe += 1
             self.num_shared += 1
@@ -104,9 +107,12 @@ class BackgroundShare:
         solo = self.solo_s.get(num_decoding)
         if solo is not None:
             cap = self.CREDIT_STEPS * solo
-            # a debt no larger than one shared step may cost (_most_credit): a step preempted by
-            # other work on the machine is not the background's to pay back for hundreds of steps
-            self.credit_s = max(min(self.credit_s + self.slowdown * solo - seconds, cap), -cap)
+            # one step adds no more debt than the credit that may be kept, or than its prompt
+            # tokens were expected to cost where that is more (a 4-token chunk late in a long
+            # prompt, paid back in full): the rest of a step preempted by other work on the
+            # machine is not the background's to pay back over hundreds of steps
+            charge = min(seconds - self.slowdown * solo, max(cap, expected))
+            self.credit_s = min(self.credit_s - charge, cap)
 
     def _observe_prefill(self, num_decoding: int, seconds: float, tokens: int) -> None:
         solo = self.solo_s.get(num_decoding)
