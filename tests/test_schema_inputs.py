@@ -460,3 +460,78 @@ def test_a_real_model_answers_a_schema_with_any_values(api, daemon):
         )
         assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
         jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def grammar_rules(schema: dict) -> dict[str, str]:
+    gbnf = grammar.for_response_format(schema_format(schema))
+    return dict(line.split(" ::= ", 1) for line in gbnf.splitlines() if " ::= " in line)
+
+
+def test_a_format_alone_is_an_annotation_too():
+    rules = grammar_rules({"type": "object", "properties": {"e": {"format": "email"}}})
+    assert rules["e-kv"].endswith("space value")
+
+
+@pytest.mark.parametrize("name", ["value", "string", "object", "integer"])
+def test_a_definition_named_like_a_built_in_rule_keeps_its_own_shape(name):
+    """The converter named a $ref's rule by its last segment and took any rule of that name: a
+    def called "value" became the any-value rule once a {} node had written it, and SmolLM2's
+    answers to it broke the schema in 3 of 3 seeds (a review's finding)."""
+    schema = {
+        "type": "object",
+        "properties": {"w": {}, "v": {"$ref": f"#/$defs/{name}"}},
+        "required": ["w", "v"],
+        "$defs": {name: {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}},
+    }
+    rules = grammar_rules(schema)
+    assert rules["v"] == f"ref-{name}" and rules[f"ref-{name}"].startswith('"{" space'), rules
+
+
+def test_a_definition_named_like_a_top_level_property_keeps_its_own_shape():
+    schema = {
+        "type": "object",
+        "properties": {"Address": {"type": "string"}, "home": {"$ref": "#/$defs/Address"}},
+        "$defs": {"Address": {"type": "object", "properties": {"street": {"type": "string"}}}},
+    }
+    rules = grammar_rules(schema)
+    assert rules["Address-kv"].endswith("space string") and rules["home"] == "ref-Address"
+    assert rules["ref-Address"].startswith('"{" space'), rules
+
+
+def test_a_recursive_definition_still_converts():
+    node = {"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}}
+    rules = grammar_rules({"type": "object", "properties": {"tree": {"$ref": "#/$defs/Node"}}, "$defs": {"Node": node}})
+    assert rules["ref-Node-next-0"] == "ref-Node"
+
+
+def test_a_top_level_property_named_empty_is_refused():
+    """The converter names a top-level property's rule by the property, and "" is the root's: the
+    answer became a bare string (a review's finding)."""
+    with pytest.raises(GrammarError, match="property named ''"):
+        grammar.for_response_format(schema_format({"type": "object", "properties": {"": {"type": "string"}}}))
+
+
+# an array of any values with no room for one: it writes the `value` rule before v is visited, and
+# the model cannot ramble in it (given {} there, it wrote a string of digits past 600 tokens)
+EMPTY_ANY_LIST = {"type": "array", "items": {}, "maxItems": 0}
+
+
+def test_the_model_answers_a_definition_named_value_by_its_shape(api, daemon):
+    schema = {
+        "type": "object",
+        "properties": {"x": EMPTY_ANY_LIST, "w": {"type": "integer"}, "v": {"$ref": "#/$defs/value"}},
+        "required": ["x", "w", "v"],
+        "additionalProperties": False,
+        "$defs": {"value": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}},
+    }
+    for seed in SEEDS:
+        r = api.chat.completions.create(
+            model=daemon.model_id,
+            messages=ASK,
+            temperature=0.2,
+            seed=seed,
+            max_tokens=600,
+            response_format=schema_format(schema),
+        )
+        assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)

@@ -28,6 +28,7 @@ from edge_llm.engine.schema_check import (
     NUMBER_BOUNDS,
     NUMBER_KEYS,
     REPEAT_KEYS,
+    annotation_format,
     check_schema_support,
     expand_type_lists,
     schema_kind,
@@ -128,14 +129,31 @@ def _groups_only(gbnf: str) -> str:
 def _converter_class() -> type:
     """llama-cpp-python's converter with patterns and numeric bounds done here (imported when a
     schema first comes: importing llama_cpp loads libllama)."""
-    from llama_cpp.llama_grammar import PRIMITIVE_RULES, RESERVED_NAMES, SchemaConverter
+    from llama_cpp.llama_grammar import INVALID_RULE_CHARS_RE, PRIMITIVE_RULES, RESERVED_NAMES, SchemaConverter
 
     class Converter(SchemaConverter):
+        def _resolve_ref(self, ref: str) -> str:
+            """Each $ref's target its own rule, named apart from every rule written: the converter
+            named it by the ref's last segment and took whatever rule had that name, so a def
+            called "value" or "string" became the built-in rule, one named like a top-level
+            property became that property (a review's finding: answers that broke the schema)."""
+            names = self.__dict__.setdefault("_ref_rules", {})
+            if ref not in names:
+                base = "ref-" + INVALID_RULE_CHARS_RE.sub("-", ref.split("/")[-1])
+                name, i = base, 0
+                while name in self._rules or name in names.values():
+                    i += 1
+                    name = f"{base}-{i}"
+                names[ref] = name  # what a recursive reference inside it names
+                names[ref] = self.visit(self._refs[ref], name)  # a primitive's own rule, where it is one
+            return names[ref]
+
         def _visit_pattern(self, pattern: str, name: str) -> str:
             return self._add_rule(name, f'"\\"" {pattern_gbnf(pattern)} "\\"" space')
 
         def visit(self, schema: dict, name: str) -> str:
-            if isinstance(schema, dict) and ASSERTIONS.isdisjoint(schema):  # {} or annotations only
+            if isinstance(schema, dict) and ASSERTIONS.isdisjoint(set(schema) - annotation_format(schema)):
+                # {} or annotations only
                 if name:  # any JSON value (pydantic's Any); the converter wrote {} as an object
                     return self._add_primitive("value", PRIMITIVE_RULES["value"])
                 schema = {}  # the whole answer: an object, as the converter writes {} (json_object)

@@ -120,6 +120,9 @@ def _for_type(node: dict, t: str) -> dict | None:
 def check_schema_support(schema: dict) -> None:
     """Raise GrammarError, naming the place (#/properties/age), where no output can satisfy the
     schema or the grammar could not hold the output to it."""
+    if isinstance(schema.get("properties"), dict) and "" in schema["properties"]:
+        # the converter names a top-level property's rule by the property: "" is the root's name
+        raise GrammarError("at #/properties/: a top-level property named '' is not supported")
     nodes, stack = [], [(schema, "#")]
     while stack:  # every node's shape first: a node's checks read the nodes below it (oneOf, allOf)
         node, path = stack.pop()
@@ -141,7 +144,7 @@ def _check_node(node: dict, root: dict) -> None:
     _check_bounds(node)
     _check_type(node)
     kind = schema_kind(node)
-    extra = sorted(set(node) & ASSERTIONS - HONOURED[kind] - _annotation_format(node))
+    extra = sorted(set(node) & ASSERTIONS - HONOURED[kind] - annotation_format(node))
     if extra:
         supported = ", ".join(sorted(HONOURED[kind])) or "none"
         raise GrammarError(f"'{extra[0]}' is not supported for {kind} (supported there: {supported})")
@@ -178,7 +181,7 @@ def schema_kind(node: dict) -> str:
     return "an array without items" if t == "array" else "a value"
 
 
-def _annotation_format(node: dict) -> set[str]:
+def annotation_format(node: dict) -> set[str]:
     """{"format"} where it asks nothing of the output: a format the converter does not write
     ("email", "uri") is an annotation; date, time, date-time and uuid are held, so not ignored."""
     fmt = node.get("format")
@@ -192,7 +195,7 @@ def _check_type(node: dict) -> None:
     types = t if isinstance(t, list) else [t]
     if "type" in node and (not types or not all(isinstance(x, str) and x in TYPES for x in types)):
         raise GrammarError(f"'type' must be one of {list(TYPES)} or a list of them, got {t!r}")
-    if t is None and schema_kind(node) == "a value" and not ASSERTIONS.isdisjoint(node):  # annotations only: any value
+    if t is None and schema_kind(node) == "a value" and not ASSERTIONS.isdisjoint(set(node) - annotation_format(node)):
         raise GrammarError("say what the value is: 'type', 'properties', 'items', 'enum', 'const', 'anyOf' or '$ref'")
 
 
