@@ -82,3 +82,48 @@ def test_kiosk_bench_runs_a_whole_job_with_the_visitor_against_the_daemon(server
     assert server.engine.num_running == 0 and not server.engine.num_waiting  # it cleaned up behind it
     jobs = json.loads(kiosk_bench.requests.get(server.url + "/api/summaries?limit=500", timeout=10).text)["data"]
     assert not [j for j in jobs if j["filename"] == "kiosk-bench.txt"]  # and deleted its jobs
+
+
+def test_stall_probe_stops_its_daemon_mid_chat_and_reports_the_pace_after(tmp_path):
+    """tools/stall_probe.py end to end, one short chat: its own daemon (a process it can stop),
+    stopped 0.3 s once 12 tokens came, and running again after (the job is read at the end)."""
+    pytest.importorskip("openai")
+    from tools import stall_probe
+
+    out = tmp_path / "stall.json"
+    r = stall_probe.main(
+        ["--trials", "1", "--parts", "2", "--tokens", "64", "--stop-at", "12", "--stop-s", "0.3", "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    (t,) = r["trials"]
+    assert t["tokens"] >= 1 and r["job_status_at_end"] in ("queued", "running", "done")
+    if t["tokens"] > 12:  # the answer outlasted the stop: the stop is in its pace
+        assert t["before_ms"] > 0 and t["after_50_ms"] > 0 and t["longest_gap_ms"] >= 300
+
+
+@pytest.mark.parametrize(
+    "argv", [["--trials", "0"], ["--stop-at", "5"], ["--tokens", "40", "--stop-at", "30"], ["--stop-s", "0"]]
+)
+def test_stall_probe_refuses_settings_it_cannot_measure_with(argv):
+    from tools import stall_probe
+
+    with pytest.raises(SystemExit) as e:
+        stall_probe.main(argv)
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["--procs", "0"], ["--busy", "2", "1"], ["--rest", "-1", "1"]])
+def test_busy_neighbour_refuses_bad_ranges(argv):
+    from tools import busy_neighbour
+
+    with pytest.raises(SystemExit) as e:
+        busy_neighbour.main(argv)
+    assert e.value.code == 2
+
+
+def test_busy_neighbour_spins_for_its_bursts_and_stops(capsys):
+    from tools import busy_neighbour
+
+    busy_neighbour.main(["--procs", "1", "--busy", "0.05", "0.05", "--rest", "0.05", "0.05", "--seconds", "0.3"])
+    words = capsys.readouterr().out.split()  # "3 bursts of 1 processes, 0.2 s busy"
+    assert int(words[0]) >= 2 and words[3] == "1" and float(words[5]) >= 0.1

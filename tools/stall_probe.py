@@ -70,7 +70,12 @@ def trial(kiosk: kiosk_bench.Kiosk, pid: int, k: int, args) -> dict:
     finally:
         done.set()
         thread.join()
-    record = {"tokens": len(stamps), "before_ms": per_token_ms(stamps, 5, args.stop_at - 6)}
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    record = {
+        "tokens": len(stamps),
+        "before_ms": per_token_ms(stamps, 5, args.stop_at - 6),
+        "longest_gap_ms": round(max(gaps, default=0.0) * 1000, 1),
+    }
     if resumed:
         first = next((i for i, t in enumerate(stamps) if t > resumed[0]), len(stamps))
         record |= {"after_50_ms": per_token_ms(stamps, first, 50), "after_100_ms": per_token_ms(stamps, first, 100)}
