@@ -96,6 +96,16 @@ def test_a_chunk_dearer_than_the_credit_kept_is_paid_back_in_full():
         assert sum(steps) / len(steps) <= 1.5 * 0.0085 * 1.05, token_s
 
 
+def test_a_run_of_preempted_alone_steps_leaves_a_bounded_debt():
+    """Each step's charge bounded is not enough: one alone step in 12 preempted for 0.3 s took
+    the debt to -3.9 s, ~770 steps of background held once the load stopped (a second review)."""
+    share = BackgroundShare(1.5)
+    shared_prompt_steps(share, 600, lambda i: 0.3 if i % 12 == 0 and i > 50 else 0.010)
+    assert share.credit_s >= -BackgroundShare.CREDIT_STEPS * share.solo_s[1] - 1e-9
+    after = shared_prompt_steps(share, 60, lambda i: 0.010)
+    assert any(t > 0.010 for t in after)  # background rides again within a chat's worth of steps
+
+
 def test_a_machine_evenly_busier_counts_in_full():
     """Other work slows every step alike: the visitor alone is its mean then, so background still
     gets its share of the slower steps (a median would leave out one slow step in three)."""

@@ -490,7 +490,7 @@ def test_a_definition_named_like_a_built_in_rule_keeps_its_own_shape(name):
         "$defs": {name: {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}},
     }
     rules = grammar_rules(schema)
-    assert rules["v"] == f"ref-{name}" and rules[f"ref-{name}"].startswith('"{" space'), rules
+    assert rules["v"] != name and rules[rules["v"]].startswith('"{" space'), rules
 
 
 def test_a_definition_named_like_a_top_level_property_keeps_its_own_shape():
@@ -500,21 +500,41 @@ def test_a_definition_named_like_a_top_level_property_keeps_its_own_shape():
         "$defs": {"Address": {"type": "object", "properties": {"street": {"type": "string"}}}},
     }
     rules = grammar_rules(schema)
-    assert rules["Address-kv"].endswith("space string") and rules["home"] == "ref-Address"
-    assert rules["ref-Address"].startswith('"{" space'), rules
+    assert rules["Address-kv"].endswith("space string") and rules["home"] != "Address"
+    assert rules[rules["home"]].startswith('"{" space'), rules
 
 
 def test_a_recursive_definition_still_converts():
     node = {"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}}
     rules = grammar_rules({"type": "object", "properties": {"tree": {"$ref": "#/$defs/Node"}}, "$defs": {"Node": node}})
-    assert rules["ref-Node-next-0"] == "ref-Node"
+    assert rules[rules["tree"] + "-next-0"] == rules["tree"] and rules[rules["tree"]].startswith('"{" space')
+
+
+def test_a_definition_named_like_a_rule_written_inside_another_keeps_its_own_shape():
+    """A's property next writes a rule named like the def "A-next" while A-next is being written
+    (a second review's finding: A-next became a 2-character string)."""
+    a_next = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/A"}, "self": {"anyOf": [{"$ref": "#/$defs/A-next"}, {"type": "null"}]}},
+    }
+    a = {"type": "object", "properties": {"next": {"type": "string", "maxLength": 2}}}
+    rules = grammar_rules(
+        {"type": "object", "properties": {"p": {"$ref": "#/$defs/A-next"}}, "$defs": {"A-next": a_next, "A": a}}
+    )
+    assert rules[rules["p"]].startswith('"{" space'), rules
+    assert rules[rules["p"] + "-self-0"] == rules["p"]
 
 
 def test_a_top_level_property_named_empty_is_refused():
     """The converter names a top-level property's rule by the property, and "" is the root's: the
     answer became a bare string (a review's finding)."""
-    with pytest.raises(GrammarError, match="property named ''"):
-        grammar.for_response_format(schema_format({"type": "object", "properties": {"": {"type": "string"}}}))
+    for schema in (
+        {"type": "object", "properties": {"": {"type": "string"}}},
+        {"allOf": [{"type": "object", "properties": {"": {"type": "string"}}}]},  # a second review's finding
+    ):
+        with pytest.raises(GrammarError, match="property named ''"):
+            grammar.for_response_format(schema_format(schema))
+    assert grammar_rules({"type": "object", "properties": {"a": {"type": "object", "properties": {"": {}}}}})
 
 
 # an array of any values with no room for one: it writes the `value` rule before v is visited, and

@@ -139,9 +139,11 @@ def _converter_class() -> type:
             property became that property (a review's finding: answers that broke the schema)."""
             names = self.__dict__.setdefault("_ref_rules", {})
             if ref not in names:
-                base = "ref-" + INVALID_RULE_CHARS_RE.sub("-", ref.split("/")[-1])
+                # numbered: the rules written inside it (ref1-A-next) never name another ref's
+                # (ref2-A-next), even one still being written (a second review's finding)
+                base = f"ref{len(names) + 1}-" + INVALID_RULE_CHARS_RE.sub("-", ref.split("/")[-1])
                 name, i = base, 0
-                while name in self._rules or name in names.values():
+                while name in self._rules:
                     i += 1
                     name = f"{base}-{i}"
                 names[ref] = name  # what a recursive reference inside it names
@@ -152,6 +154,10 @@ def _converter_class() -> type:
             return self._add_rule(name, f'"\\"" {pattern_gbnf(pattern)} "\\"" space')
 
         def visit(self, schema: dict, name: str) -> str:
+            if name == "":  # the root's name, and a top-level property's ("" in properties or allOf)
+                if self.__dict__.get("_root_visited"):
+                    raise GrammarError("a top-level property named '' is not supported (its rule would be the root)")
+                self._root_visited = True
             if isinstance(schema, dict) and ASSERTIONS.isdisjoint(set(schema) - annotation_format(schema)):
                 # {} or annotations only
                 if name:  # any JSON value (pydantic's Any); the converter wrote {} as an object

@@ -120,9 +120,6 @@ def _for_type(node: dict, t: str) -> dict | None:
 def check_schema_support(schema: dict) -> None:
     """Raise GrammarError, naming the place (#/properties/age), where no output can satisfy the
     schema or the grammar could not hold the output to it."""
-    if isinstance(schema.get("properties"), dict) and "" in schema["properties"]:
-        # the converter names a top-level property's rule by the property: "" is the root's name
-        raise GrammarError("at #/properties/: a top-level property named '' is not supported")
     nodes, stack = [], [(schema, "#")]
     while stack:  # every node's shape first: a node's checks read the nodes below it (oneOf, allOf)
         node, path = stack.pop()
