@@ -176,8 +176,31 @@ def _converter_class() -> type:
 def _convert(schema: dict) -> str:
     """As llama_cpp.llama_grammar.json_schema_to_gbnf, with the converter above."""
     converter = _converter_class()(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    converter.visit(converter.resolve_refs(copy.deepcopy(schema), "stdin"), "")  # resolve_refs rewrites $refs
+    schema = _inline_root_ref(copy.deepcopy(schema))
+    converter.visit(converter.resolve_refs(schema, "stdin"), "")  # resolve_refs rewrites $refs
     return converter.format_grammar()
+
+
+def _inline_root_ref(schema: dict) -> dict:
+    """A root that is a $ref to one of its own definitions, as the definition beside those
+    definitions: llama-cpp-python's resolve_refs does not look inside a node with a $ref, so the
+    definitions' own refs were never registered and a recursive root model (pydantic v2 writes
+    {"$defs": {"Node": ...}, "$ref": "#/$defs/Node"}) was a 400."""
+    for _ in range(32):  # a chain of refs at the root; a cycle of them is left to the converter's error
+        ref = schema.get("$ref")
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return schema
+        target = schema
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                return schema  # the converter names the missing place
+            target = target[part]
+        if not isinstance(target, dict):
+            return schema
+        defs = {k: schema[k] for k in ("$defs", "definitions") if k in schema}
+        schema = {**copy.deepcopy(target), **defs}
+    return schema
 
 
 def from_json_schema(schema: dict) -> str:
