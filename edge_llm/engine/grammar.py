@@ -24,13 +24,13 @@ from edge_llm.engine.grammar_error import GrammarError
 from edge_llm.engine.number_gbnf import number_gbnf
 from edge_llm.engine.regex_gbnf import pattern_gbnf
 from edge_llm.engine.schema_check import (
-    ASSERTIONS,
     NUMBER_BOUNDS,
     NUMBER_KEYS,
     REPEAT_KEYS,
-    annotation_format,
+    asks_nothing,
     check_schema_support,
     expand_type_lists,
+    local_target,
     schema_kind,
 )
 
@@ -158,8 +158,7 @@ def _converter_class() -> type:
                 if self.__dict__.get("_root_visited"):
                     raise GrammarError("a top-level property named '' is not supported (its rule would be the root)")
                 self._root_visited = True
-            if isinstance(schema, dict) and ASSERTIONS.isdisjoint(set(schema) - annotation_format(schema)):
-                # {} or annotations only
+            if isinstance(schema, dict) and asks_nothing(schema):
                 if name:  # any JSON value (pydantic's Any); the converter wrote {} as an object
                     return self._add_primitive("value", PRIMITIVE_RULES["value"])
                 schema = {}  # the whole answer: an object, as the converter writes {} (json_object)
@@ -187,17 +186,9 @@ def _inline_root_ref(schema: dict) -> dict:
     definitions' own refs were never registered and a recursive root model (pydantic v2 writes
     {"$defs": {"Node": ...}, "$ref": "#/$defs/Node"}) was a 400."""
     for _ in range(32):  # a chain of refs at the root; a cycle of them is left to the converter's error
-        ref = schema.get("$ref")
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            return schema
-        target = schema
-        for part in ref[2:].split("/"):
-            part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(target, dict) or part not in target:
-                return schema  # the converter names the missing place
-            target = target[part]
-        if not isinstance(target, dict):
-            return schema
+        target = local_target(schema.get("$ref"), schema)
+        if target is None:
+            return schema  # no local ref, or the converter names the missing place
         defs = {k: schema[k] for k in ("$defs", "definitions") if k in schema}
         schema = {**copy.deepcopy(target), **defs}
     return schema

@@ -185,6 +185,11 @@ def annotation_format(node: dict) -> set[str]:
     return {"format"} if isinstance(fmt, str) and not STRING_FORMATS.fullmatch(fmt) else set()
 
 
+def asks_nothing(node: dict) -> bool:
+    """{} or annotations only (pydantic's Any): a node that admits any value."""
+    return ASSERTIONS.isdisjoint(set(node) - annotation_format(node))
+
+
 def _check_type(node: dict) -> None:
     if "format" in node and not isinstance(node["format"], str):
         raise GrammarError(f"'format' must be a string, got {node['format']!r}")
@@ -192,7 +197,7 @@ def _check_type(node: dict) -> None:
     types = t if isinstance(t, list) else [t]
     if "type" in node and (not types or not all(isinstance(x, str) and x in TYPES for x in types)):
         raise GrammarError(f"'type' must be one of {list(TYPES)} or a list of them, got {t!r}")
-    if t is None and schema_kind(node) == "a value" and not ASSERTIONS.isdisjoint(set(node) - annotation_format(node)):
+    if t is None and schema_kind(node) == "a value" and not asks_nothing(node):
         raise GrammarError("say what the value is: 'type', 'properties', 'items', 'enum', 'const', 'anyOf' or '$ref'")
 
 
@@ -331,15 +336,26 @@ def _values(node: dict) -> set[str] | None:
     return None
 
 
-def _deref(node: object, root: dict) -> dict:
-    """The schema a local $ref (#/$defs/x) points to, one step, as the converter resolves allOf's."""
-    ref = node.get("$ref") if isinstance(node, dict) else None
+def local_target(ref: object, root: dict) -> dict | None:
+    """The schema a local $ref (#/$defs/x) points to in root, one step; None for another kind of
+    ref, or one that points at nothing or at no schema."""
     if not isinstance(ref, str) or not ref.startswith("#/"):
-        return node if isinstance(node, dict) else {}
+        return None
     target = root
     for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
         target = target.get(part) if isinstance(target, dict) else None
-    return target if isinstance(target, dict) else {}
+    return target if isinstance(target, dict) else None
+
+
+def _deref(node: object, root: dict) -> dict:
+    """The schema a local $ref (#/$defs/x) points to, one step, as the converter resolves allOf's."""
+    if not isinstance(node, dict):
+        return {}
+    ref = node.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return node
+    return local_target(ref, root) or {}
 
 
 def _check_all_of(node: dict, root: dict) -> None:

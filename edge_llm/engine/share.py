@@ -107,15 +107,14 @@ class BackgroundShare:
         solo = self.solo_s.get(num_decoding)
         if solo is not None:
             cap = self.CREDIT_STEPS * solo
-            # one step adds no more debt than the credit that may be kept, or than its prompt
-            # tokens were expected to cost where that is more (a 4-token chunk late in a long
-            # prompt, paid back in full): the rest of a step preempted by other work on the
-            # machine is not the background's to pay back over hundreds of steps
-            # and no run of such steps takes the debt past that either (a second review's finding:
-            # one alone step in 12 preempted for 0.3 s took it to -3.9 s, ~770 held steps)
-            floor = -max(cap, expected)
-            charge = min(seconds - self.slowdown * solo, max(cap, expected))
-            self.credit_s = max(min(self.credit_s - charge, cap), min(self.credit_s, floor))
+            # the debt one step may leave: the credit that may be kept, or what its prompt tokens
+            # were expected to cost where that is more (a 4-token chunk late in a long prompt,
+            # paid back in full). The rest of a step preempted by other work on the machine is not
+            # the background's to pay back over hundreds of steps, nor is a run of such steps (one
+            # alone step in 12 preempted for 0.3 s took it to -3.9 s, ~770 held steps: a review)
+            most_debt = max(cap, expected)
+            charge = min(seconds - self.slowdown * solo, most_debt)
+            self.credit_s = max(min(self.credit_s - charge, cap), min(self.credit_s, -most_debt))
 
     def _observe_prefill(self, num_decoding: int, seconds: float, tokens: int) -> None:
         solo = self.solo_s.get(num_decoding)
