@@ -235,6 +235,13 @@ def test_delete_mid_job_cancels_its_requests_and_later_jobs_run(jobs_daemon):
         "/api/summaries?filename=b.txt", b"The ferry leaves at 9. It returns at 5.", {"Content-Type": "text/plain"}
     ).json()
     assert wait_job(http, later["id"])["status"] == "done"
+    # the deleted job's mark is dropped once its run ends (it was kept for the daemon's life)
+    summarizer = jobs_daemon.daemon.runtime.extensions["summaries"].summarizer
+    deadline = time.monotonic() + 10
+    while job["id"] in summarizer._running:
+        assert time.monotonic() < deadline, "the deleted job's run did not end"
+        time.sleep(0.05)
+    assert job["id"] not in summarizer._cancelled
 
 
 def test_jobs_interleave_so_a_long_document_does_not_hold_a_short_one(jobs_daemon):

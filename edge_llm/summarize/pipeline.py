@@ -67,7 +67,10 @@ class Summarizer:
         self.max_chunks = 0  # chunks one document may have; 0 = no bound
         self.stopping = threading.Event()
         self._in_flight: dict[str, set[Request]] = {}  # job id -> its chunks in the engine
-        self._cancelled: set[str] = set()  # deleted jobs: their chunks are not submitted again
+        self._running: set[str] = set()  # jobs whose run() has begun and not yet ended
+        # deleted jobs that were running: their chunks are not submitted again; each id is
+        # forgotten when its run ends (it grew by one id per deleted job, for the daemon's life)
+        self._cancelled: set[str] = set()
         self._lock = threading.Lock()
 
     def count(self, text: str) -> int:
@@ -157,9 +160,11 @@ class Summarizer:
         return self.stopping.is_set() or job_id in self._cancelled
 
     def cancel_job(self, job_id: str) -> None:
-        """A deleted job: end its chunks in the engine now and submit no more."""
+        """A deleted job (gone from the store already): end its chunks in the engine now and
+        submit no more. A job not running needs no mark: run() starts only for a stored job."""
         with self._lock:
-            self._cancelled.add(job_id)
+            if job_id in self._running:
+                self._cancelled.add(job_id)
             for req in self._in_flight.get(job_id, ()):
                 self.engine.cancel(req)
 
@@ -175,6 +180,18 @@ class Summarizer:
         )
 
     def run(self, job_id: str) -> None:
+        with self._lock:
+            self._running.add(job_id)
+        try:
+            # after the mark: a job deleted before it is gone here, one deleted after is cancelled
+            if self.store.exists(job_id):
+                self._run(job_id)
+        finally:
+            with self._lock:
+                self._running.discard(job_id)
+                self._cancelled.discard(job_id)  # nothing of the job is left to stop
+
+    def _run(self, job_id: str) -> None:
         self.store.set_status(job_id, "running")
         self.prepare(job_id)
         for _ in range(MAX_LEVELS):
@@ -315,9 +332,11 @@ class SummaryService:
         self.runner.start()
 
     def delete(self, job_id: str) -> bool:
-        """Delete a job and end its chunks in the engine."""
+        """Delete a job and end its chunks in the engine: the store first, so a run that begins
+        meanwhile finds no job, and one already begun is marked cancelled (Summarizer.run)."""
+        deleted = self.store.delete(job_id)
         self.summarizer.cancel_job(job_id)
-        return self.store.delete(job_id)
+        return deleted
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.runner.stop(timeout):
