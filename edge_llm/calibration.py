@@ -23,13 +23,14 @@ log = logging.getLogger(__name__)
 
 CHUNKS = (64, 128, 256, 512, 1024, 2048)  # prefill chunk candidates, tokens
 BATCHES = (1, 2, 4, 8, 16, 32, 64)  # decode batch candidates, sequences
-LAYOUT_CTX = (64, 2048)  # tokens per sequence when the layouts are compared: as long as ~2 s of prefill allows
-LAYOUT_FILL_S = 2.0
+LAYOUT_CTX = (64, 2048)  # tokens each held sequence has when the layouts are compared: as long as ...
+LAYOUT_FILL_S = 6.0  # ... both layouts' fills (a sequence each, copied) take at the measured prefill rate
+LAYOUT_CHUNK = 128  # prompt tokens of the prefill step timed beside the held sequences
 EFFICIENT = 1.10  # a chunk within 10% of the best cost per token is efficient enough
 NEAR_BEST = 0.90  # a batch this close to the best decode throughput is large enough
 LANE_SIZES = (4, 8, 16)  # sequences per lane (a context of its own) tried on a GPU
 LANES_BETTER = 0.90  # lanes are used when a step of them takes at most this share of one context's
-VERSION = 4  # bump when what is measured changes
+VERSION = 5  # bump when what is measured changes
 SERIES_BUDGET_S = 4.0  # a series of candidates stops once it has taken this long
 
 
@@ -49,6 +50,10 @@ class Calibration:
     measured_at: float = field(default_factory=time.time)  # Unix time
     contended: bool = False  # other work held the CPUs while measuring: used once, measured again next start
     cpu_share: float = 0.0  # CPU time the measuring process got / (wall time x its threads)
+    # "unified" | "per_slot" -> seconds for a prefill step of layout_chunk tokens of one more sequence
+    # beside the layout_batch held ones (what a summary part's prompt meets beside the other parts)
+    layout_prefill_s: dict[str, float] = field(default_factory=dict)
+    layout_chunk: int = 0
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -72,6 +77,8 @@ class Calibration:
             measured_at=float(d["measured_at"]),
             contended=bool(d.get("contended", False)),
             cpu_share=float(d.get("cpu_share", 0.0)),
+            layout_prefill_s={k: float(v) for k, v in d.get("layout_prefill_s", {}).items()},
+            layout_chunk=int(d.get("layout_chunk", 0)),
         )
 
 
@@ -156,15 +163,28 @@ def choose_lanes(cal: Calibration, batch: int) -> tuple[int, str]:
     )
 
 
-def choose_layout(layout_s: dict[str, float], batch: int, ctx: int) -> tuple[bool, str]:
-    """A stream per slot unless one pool is measurably (5%) faster: per slot, each sequence
-    attends over its own cells only, which matters more as contexts grow."""
+def choose_layout(
+    layout_s: dict[str, float], batch: int, ctx: int, prefill_s: dict[str, float] | None = None, chunk: int = 0
+) -> tuple[bool, str]:
+    """A stream per slot unless one pool is measurably (5%) faster at both a decode step of the
+    held sequences and a prefill step beside them: per slot, each sequence attends over its own
+    cells only, in one pool over every sequence's (masked). A decode step at 4 x 128 tokens chose
+    one pool on this 2-core CPU by noise (19.5 against 22.8 ms; 23.0 against 21.8 and 25.3 against
+    19.0 in two later tries), and with it a 4-part kiosk summary job took 110-130 s alone against
+    84 in session 18, and 1.8-2.0x that beside a visitor (kiosk-501, session 19)."""
     per_slot, unified = layout_s["per_slot"], layout_s["unified"]
     use = per_slot <= unified * 1.05
-    return use, (
+    why = (
         f"calibrated: a decode step of {batch} sequences x {ctx} tokens took "
         f"{1000 * per_slot:.1f} ms with a stream per slot, {1000 * unified:.1f} ms in one pool"
     )
+    if prefill_s:
+        use = use or prefill_s["per_slot"] <= prefill_s["unified"] * 1.05
+        why += (
+            f"; a {chunk}-token prefill step beside them {1000 * prefill_s['per_slot']:.0f} ms against "
+            f"{1000 * prefill_s['unified']:.0f} ms (one pool only where it is faster at both)"
+        )
+    return use, why
 
 
 BACKGROUND_CHUNK_MAX = 512  # tokens: the most a stopped background step throws away is ~3 s on 2 CPU cores
@@ -193,7 +213,9 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     lane_size, why_lanes = choose_lanes(cal, batch)
     # where the plan cannot have lanes after all (turned off, one KV pool): one context's best
     one_batch, why_one = choose_batch(cal.decode_s, max_step_s) if lane_size else (batch, why_batch)
-    per_slot, why_layout = choose_layout(cal.layout_s, cal.layout_batch, cal.layout_ctx)
+    per_slot, why_layout = choose_layout(
+        cal.layout_s, cal.layout_batch, cal.layout_ctx, cal.layout_prefill_s, cal.layout_chunk
+    )
     background, why_background = choose_background_chunk(chunk, cal.can_abort)
     return SpeedChoices(
         chunk,
@@ -233,7 +255,8 @@ def measure(
 ) -> Calibration:
     """Time prefill chunks and decode batches (a series stops once a step takes 4x max_step_s,
     or, for chunks, once the cost per token stops falling: larger ones would not be chosen), on a
-    GPU the batches spread over lanes, then the two KV layouts at a middling batch."""
+    GPU the batches spread over lanes, then the two KV layouts at a middling batch of held
+    sequences: a decode step of them and a prefill step beside them."""
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     prefill, last = {}, None
     for c in CHUNKS:
@@ -259,12 +282,9 @@ def measure(
     layout_batch = min(4, max_batch)
     rate = max(c / t for c, t in prefill.items())  # prompt tokens per second
     ctx = LAYOUT_CTX[0]
-    while ctx * 2 <= LAYOUT_CTX[1] and layout_batch * ctx * 2 <= rate * LAYOUT_FILL_S:
+    while ctx * 2 <= LAYOUT_CTX[1] and 2 * ctx * 2 <= rate * LAYOUT_FILL_S:  # a fill per layout
         ctx *= 2
-    layouts = {
-        "unified": backend.time_decode(layout_batch, ctx, unified=True),
-        "per_slot": backend.time_decode(layout_batch, ctx, unified=False),
-    }
+    timed = backend.time_layouts(layout_batch, ctx, LAYOUT_CHUNK)
     wall = time.perf_counter() - t0
     # on the CPU, ggml's threads run (or spin) for the whole of every step: less CPU time than
     # wall x threads means others had the cores; a GPU build's threads mostly wait, so no test there
@@ -273,7 +293,7 @@ def measure(
         key,
         prefill,
         decode,
-        layouts,
+        {name: t[0] for name, t in timed.items()},
         layout_batch,
         ctx,
         can_abort=not backend.gpu_offload,
@@ -281,6 +301,8 @@ def measure(
         lanes_s=lanes,
         contended=not backend.gpu_offload and contended(share),
         cpu_share=round(share, 3),
+        layout_prefill_s={name: t[1] for name, t in timed.items()},
+        layout_chunk=LAYOUT_CHUNK,
     )
 
 
@@ -337,12 +359,13 @@ def load_or_measure(
         log.warning("calibration in %s unreadable (%s): measuring again", path, e)
     cal = measure(backend, key, max_batch, max_step_s, contended)
     log.info(
-        "calibrated in %.1f s: prefill %s, decode %s, lanes %s, layouts %s%s",
+        "calibrated in %.1f s: prefill %s, decode %s, lanes %s, layouts: decode %s, prefill beside %s%s",
         cal.measured_s,
         _ms(cal.prefill_s),
         _ms(cal.decode_s),
         {b: _ms(by) for b, by in cal.lanes_s.items()},
         _ms(cal.layout_s),
+        _ms(cal.layout_prefill_s),
         " (CPUs busy: measured again at the next start)" if cal.contended else "",
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,22 @@ def roomy() -> Snapshot:
 def test_the_cheaper_layout_wins():
     assert choose_layout({"per_slot": 0.010, "unified": 0.020}, 4, 256)[0] is True
     assert choose_layout({"per_slot": 0.030, "unified": 0.020}, 4, 256)[0] is False
+
+
+def test_one_pool_only_where_it_is_faster_at_both_decode_and_prefill_beside_held_sequences():
+    """Session 19: one pool won a decode step at 4 x 128 tokens by noise, and a kiosk summary job
+    then took 1.3-1.5x as long (a prompt's tokens attend over every held sequence's cells there)."""
+    decode_pool_faster = {"per_slot": 0.030, "unified": 0.020}
+    use, why = choose_layout(decode_pool_faster, 4, 1024, {"per_slot": 0.39, "unified": 0.46}, 128)
+    assert use is True and "128-token prefill step beside them 390 ms against 460 ms" in why
+    assert choose_layout(decode_pool_faster, 4, 1024, {"per_slot": 0.46, "unified": 0.39}, 128)[0] is False
+    assert choose_layout(decode_pool_faster, 4, 1024, {"per_slot": 0.40, "unified": 0.39}, 128)[0] is True  # within 5%
+    model = profiles.MODELS[next(iter(profiles.MODELS))]
+    from dataclasses import replace
+
+    measured = replace(cal(layout=(30, 10)), layout_prefill_s={"per_slot": 0.39, "unified": 0.46}, layout_chunk=128)
+    chosen = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(measured, 0.15)))
+    assert chosen.kv_layout == "per_slot" and "prefill step beside them" in chosen.reasons["kv_layout"]
     model = profiles.MODELS[next(iter(profiles.MODELS))]
     slow_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(30, 10)), 0.15)))
     fast_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(10, 30)), 0.15)))
@@ -123,6 +139,11 @@ class ScriptedDevice:
         self.calls += 1
         return 0.01 * batch
 
+    def time_layouts(self, batch, ctx_len, chunk):
+        self.calls += 1
+        self.layouts_at = (batch, ctx_len, chunk)
+        return {"unified": (0.01 * batch, 0.002 * chunk), "per_slot": (0.01 * batch, 0.001 * chunk)}
+
 
 def test_cached_calibration_is_reused_and_redone_when_the_device_changes(tmp_path):
     path = tmp_path / "calibration.json"
@@ -167,6 +188,11 @@ def test_measuring_stops_a_series_once_larger_candidates_cannot_be_chosen():
     # prefill cost per token is flat (1 ms): 128 is no better than 64 within 10%, so no larger one
     assert sorted(c.prefill_s) == [64, 128]
     assert max(c.decode_s) == 64 or max(c.decode_s.values()) > 0.6  # stops once a step takes 4x the bound
+    # the layouts at held sequences as long as both fills take <= 6 s at 1,000 tokens/s, at most 2,048
+    assert dev.layouts_at == (4, 2048, 128) and c.layout_ctx == 2048 and c.layout_chunk == 128
+    assert c.layout_prefill_s == {"unified": 0.256, "per_slot": 0.128}
+    again = Calibration.from_json(json.loads(json.dumps(c.to_json())))
+    assert again == c and choose(again, 0.15).per_slot is True
 
 
 def test_figures_from_busy_cpus_are_reported_but_not_followed():

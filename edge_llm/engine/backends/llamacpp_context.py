@@ -3,6 +3,7 @@ the step timings calibration takes in contexts of their own (edge_llm/calibratio
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 
@@ -130,6 +131,16 @@ class Context:
         L.llama_synchronize(self.ctx)
 
 
+def _copy_state(c: Context, src: int, dst) -> None:
+    size = L.llama_state_seq_get_size(c.ctx, src)
+    state = (ctypes.c_uint8 * size)()
+    if L.llama_state_seq_get_data(c.ctx, state, size, src) != size:
+        raise BackendError("llama.cpp could not read a sequence's state for the layout timing")
+    for s in dst:
+        if L.llama_state_seq_set_data(c.ctx, state, size, s) != size:
+            raise BackendError("llama.cpp could not copy a sequence's state for the layout timing")
+
+
 class StepTiming:
     """Step costs on this device, each in contexts of its own (freed after). For a backend with
     `model`, `n_threads` and `tokenize`."""
@@ -150,6 +161,47 @@ class StepTiming:
                 sc.decode([(tokens[s][k % ctx_len], ctx_len + 1 + k, s) for s in range(batch)])
                 best = min(best, time.perf_counter() - t0)
             return best
+
+    def time_layouts(self, batch: int, ctx_len: int, chunk: int, steps: int = 8, chunks: int = 2) -> dict:
+        """The two KV layouts where a summary job runs: `batch` sequences holding ctx_len tokens
+        each, in one pool and with a stream per sequence. Per layout, seconds for a decode step of
+        the batch and for a prefill step of `chunk` tokens of one more sequence (the fastest of
+        `steps` and `chunks`), timed in turns so that a busy spell hits both. In one pool each
+        token attends over every sequence's cells, masked: on 2 CPU cores a 128-token chunk beside
+        4 x 2,048 held tokens took 437-618 ms there against 374-426 with a stream per sequence,
+        where a decode step at 4 x 128 favoured neither. The held tokens are prefilled once and
+        copied (cells of their own in either layout)."""
+        tokens = self._filler(ctx_len)
+        per_seq = ctx_len + chunk * chunks + steps + 256
+        pools = {}
+        try:
+            for name, unified in (("unified", True), ("per_slot", False)):
+                cells = -(-(batch + 1) * per_seq // 256) * 256 if unified else (batch + 1) * per_seq
+                pools[name] = c = Context(self, cells, batch + 1, max(chunk, batch, min(ctx_len, 2048)), unified)
+                c.prefill([(t, p, 0) for p, t in enumerate(tokens)])
+                if unified:  # a copy in one pool would share the cells: the state is written into new ones
+                    _copy_state(c, 0, range(1, batch))
+                else:  # from stream to stream (llama_state_seq_set_data refuses another stream count)
+                    for s in range(1, batch):
+                        L.llama_memory_seq_cp(c.memory, 0, s, -1, -1)
+                c.decode([(tokens[-1], ctx_len, s) for s in range(batch)])  # first use: page-in, graphs
+            best = {name: [float("inf"), float("inf")] for name in pools}
+            for k in range(steps):
+                for name, c in pools.items():
+                    t0 = time.perf_counter()
+                    c.decode([(tokens[k % ctx_len], ctx_len + 1 + k, s) for s in range(batch)])
+                    best[name][0] = min(best[name][0], time.perf_counter() - t0)
+            fill = self._filler(chunk * chunks)
+            for k in range(chunks):
+                items = [(t, chunk * k + p, batch) for p, t in enumerate(fill[chunk * k : chunk * (k + 1)])]
+                for name, c in pools.items():
+                    t0 = time.perf_counter()
+                    c.prefill(items)
+                    best[name][1] = min(best[name][1], time.perf_counter() - t0)
+            return {name: tuple(t) for name, t in best.items()}
+        finally:
+            for c in pools.values():
+                c.close()
 
     def time_lanes(self, batch: int, size: int, ctx_len: int = 32, steps: int = 8) -> float:
         """Seconds for a decode step (the fastest of `steps`) of `batch` sequences spread over
