@@ -10,7 +10,7 @@ from pathlib import Path
 from edge_llm import calibration, planner, pressure
 from edge_llm import config as config_mod
 from edge_llm.config import Config
-from edge_llm.engine.backends.base import ContextShape
+from edge_llm.engine.backends.base import BackendError, ContextShape
 from edge_llm.engine.batch import Lanes
 from edge_llm.engine.front import EngineFront
 from edge_llm.engine.request import Priority, SamplingParams
@@ -61,7 +61,11 @@ def calibrate(cfg: Config, backend, snapshot: Snapshot) -> calibration.Calibrati
         return None
     path = Path(cfg.planner.calibration_file or config_mod.state_dir(cfg) / "calibration.json")
     key = calibration.device_key(backend, cfg.model_path, snapshot.gpu_name, snapshot.nvpmodel)
-    return calibration.load_or_measure(path, backend, key, max(calibration.BATCHES), cfg.planner.max_step_ms / 1000)
+    try:
+        return calibration.load_or_measure(path, backend, key, max(calibration.BATCHES), cfg.planner.max_step_ms / 1000)
+    except BackendError as e:  # a timing context llama.cpp could not make (memory): serve on defaults
+        log.warning("calibration failed (%s): the plan's speed choices are defaults; measured again next start", e)
+        return None
 
 
 def load_backend(cfg: Config):

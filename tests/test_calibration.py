@@ -206,3 +206,29 @@ def test_figures_from_busy_cpus_are_reported_but_not_followed():
     assert policy_from_config(cfg, cal=busy).speed is None
     assert policy_from_config(cfg, cal=busy).calibration["contended"] is True
     assert policy_from_config(cfg, cal=replace(busy, contended=False)).speed.per_slot is False
+
+
+def test_a_calibration_that_fails_leaves_the_defaults_and_is_measured_again(tmp_path, caplog):
+    """A timing context llama.cpp cannot make (memory on a small device) must not stop the
+    daemon: it serves on the default speed choices and measures again at the next start."""
+    from edge_llm import appliance, config
+    from edge_llm.engine.backends.base import BackendError
+
+    class NoRoom(ScriptedDevice):
+        def build_id(self):
+            return "b"
+
+        def time_layouts(self, batch, ctx_len, chunk):
+            raise BackendError(f"llama.cpp could not create a context of {ctx_len} tokens for {batch + 1} sequences")
+
+    path = tmp_path / "calibration.json"
+    cfg = config.load(env={}, overrides=[("planner.calibration_file", str(path))])
+    with caplog.at_level("WARNING"):
+        assert appliance.calibrate(cfg, NoRoom(), roomy()) is None
+    assert "calibration failed" in caplog.text and not path.exists()
+
+    class Roomy(NoRoom):
+        time_layouts = ScriptedDevice.time_layouts
+
+    assert appliance.calibrate(cfg, Roomy(), roomy()) is not None  # the next start measures it
+    assert path.exists()
