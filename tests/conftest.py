@@ -14,10 +14,16 @@ import types
 from pathlib import Path
 
 import fakes
+import llama_cpp  # noqa: F401  first: see below
 import pytest
 
 from edge_llm import config as config_mod
 from edge_llm.daemon import Daemon
+
+# llama_cpp is imported before anything imports numpy: in the GPU image (Ubuntu 24.04, Python 3.12,
+# numpy with scipy-openblas64, llama.cpp built with CUDA) a daemon started after `import numpy`
+# segfaulted in a native thread (the openai client, jsonschema and others import numpy first in a
+# test module), and after `import llama_cpp` it started and served (session 19, H100).
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (benchmarks reused by tests)
 
