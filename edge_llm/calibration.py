@@ -172,6 +172,8 @@ def choose_layout(
     one pool on this 2-core CPU by noise (19.5 against 22.8 ms; 23.0 against 21.8 and 25.3 against
     19.0 in two later tries), and with it a 4-part kiosk summary job took 110-130 s alone against
     84 in session 18, and 1.8-2.0x that beside a visitor (kiosk-501, session 19)."""
+    if not layout_s:  # not timed (time_layouts could not make its contexts)
+        return True, "a stream per slot, llama.cpp's server's layout: the layouts could not be timed here"
     per_slot, unified = layout_s["per_slot"], layout_s["unified"]
     use = per_slot <= unified * 1.05
     why = (
@@ -293,7 +295,7 @@ def measure(
         key,
         prefill,
         decode,
-        {name: t[0] for name, t in timed.items()},
+        {name: t[0] for name, t in timed.items()},  # {} where they could not be timed
         layout_batch,
         ctx,
         can_abort=not backend.gpu_offload,
@@ -368,10 +370,13 @@ def load_or_measure(
         _ms(cal.layout_prefill_s),
         " (CPUs busy: measured again at the next start)" if cal.contended else "",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cal.to_json(), indent=1))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cal.to_json(), indent=1))
+        os.replace(tmp, path)
+    except OSError as e:  # a full or read-only state directory: the figures still serve this start
+        log.warning("calibration not saved to %s (%s): measured again at the next start", path, e)
     return cal
 
 

@@ -50,27 +50,27 @@ def roomy() -> Snapshot:
 def test_the_cheaper_layout_wins():
     assert choose_layout({"per_slot": 0.010, "unified": 0.020}, 4, 256)[0] is True
     assert choose_layout({"per_slot": 0.030, "unified": 0.020}, 4, 256)[0] is False
+    model = profiles.MODELS[next(iter(profiles.MODELS))]
+    slow_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(30, 10)), 0.15)))
+    fast_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(10, 30)), 0.15)))
+    assert (slow_streams.kv_layout, fast_streams.kv_layout) == ("unified", "per_slot")
+    assert "calibrated" in slow_streams.reasons["kv_layout"] and "calibrated" in fast_streams.reasons["kv_layout"]
 
 
 def test_one_pool_only_where_it_is_faster_at_both_decode_and_prefill_beside_held_sequences():
     """Session 19: one pool won a decode step at 4 x 128 tokens by noise, and a kiosk summary job
     then took 1.3-1.5x as long (a prompt's tokens attend over every held sequence's cells there)."""
+    from dataclasses import replace
+
     decode_pool_faster = {"per_slot": 0.030, "unified": 0.020}
     use, why = choose_layout(decode_pool_faster, 4, 1024, {"per_slot": 0.39, "unified": 0.46}, 128)
     assert use is True and "128-token prefill step beside them 390 ms against 460 ms" in why
     assert choose_layout(decode_pool_faster, 4, 1024, {"per_slot": 0.46, "unified": 0.39}, 128)[0] is False
     assert choose_layout(decode_pool_faster, 4, 1024, {"per_slot": 0.40, "unified": 0.39}, 128)[0] is True  # within 5%
     model = profiles.MODELS[next(iter(profiles.MODELS))]
-    from dataclasses import replace
-
     measured = replace(cal(layout=(30, 10)), layout_prefill_s={"per_slot": 0.39, "unified": 0.46}, layout_chunk=128)
     chosen = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(measured, 0.15)))
     assert chosen.kv_layout == "per_slot" and "prefill step beside them" in chosen.reasons["kv_layout"]
-    model = profiles.MODELS[next(iter(profiles.MODELS))]
-    slow_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(30, 10)), 0.15)))
-    fast_streams = plan(model, roomy(), Policy(per_sequence_kv=None, speed=choose(cal(layout=(10, 30)), 0.15)))
-    assert (slow_streams.kv_layout, fast_streams.kv_layout) == ("unified", "per_slot")
-    assert "calibrated" in slow_streams.reasons["kv_layout"] and "calibrated" in fast_streams.reasons["kv_layout"]
 
 
 def test_chunk_is_the_knee_of_the_cost_per_token_and_bounded_where_steps_cannot_stop():
@@ -218,8 +218,8 @@ def test_a_calibration_that_fails_leaves_the_defaults_and_is_measured_again(tmp_
         def build_id(self):
             return "b"
 
-        def time_layouts(self, batch, ctx_len, chunk):
-            raise BackendError(f"llama.cpp could not create a context of {ctx_len} tokens for {batch + 1} sequences")
+        def time_prefill(self, chunk):
+            raise BackendError(f"llama.cpp could not create a context of {chunk + 256} tokens for 1 sequences")
 
     path = tmp_path / "calibration.json"
     cfg = config.load(env={}, overrides=[("planner.calibration_file", str(path))])
@@ -228,7 +228,27 @@ def test_a_calibration_that_fails_leaves_the_defaults_and_is_measured_again(tmp_
     assert "calibration failed" in caplog.text and not path.exists()
 
     class Roomy(NoRoom):
-        time_layouts = ScriptedDevice.time_layouts
+        time_prefill = ScriptedDevice.time_prefill
 
     assert appliance.calibrate(cfg, Roomy(), roomy()) is not None  # the next start measures it
     assert path.exists()
+
+
+def test_layouts_that_could_not_be_timed_leave_a_stream_per_slot_and_the_other_figures(tmp_path, caplog):
+    """time_layouts gives {} where llama.cpp could not make its two contexts; a state directory
+    that cannot be written loses the cache, not the start."""
+
+    class NoLayouts(ScriptedDevice):
+        def time_layouts(self, batch, ctx_len, chunk):
+            self.calls += 1
+            return {}
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the state directory should be: mkdir fails
+    with caplog.at_level("WARNING"):
+        c = load_or_measure(blocked / "calibration.json", NoLayouts(), KEY, 8, 0.15, contended=idle)
+    assert "calibration not saved" in caplog.text
+    assert c.layout_s == {} and c.prefill_s and c.decode_s
+    chosen = choose(c, 0.15)
+    assert chosen.per_slot is True and "could not be timed" in chosen.reasons["kv_layout"]
+    assert Calibration.from_json(json.loads(json.dumps(c.to_json()))) == c
