@@ -185,6 +185,21 @@ def test_a_failed_transaction_is_rolled_back_and_the_store_goes_on(tmp_path):
     assert store.get(later.id).chunks_total == 2
 
 
+def test_a_job_deleted_before_its_run_begins_is_not_run_and_leaves_no_mark(tmp_path):
+    """The runner may pick a job just before its DELETE: the row goes first, so the run finds no
+    job; a job that is not running gets no cancel mark to forget (they piled up, one per delete)."""
+    from edge_llm.summarize.pipeline import Summarizer
+
+    store = JobStore(tmp_path / "s.sqlite3")
+    job = store.create("a.txt", b"The ferry leaves at 9.", "text/plain", 22)
+    summarizer = Summarizer(None, None, store, chunk_tokens=160, summary_tokens=32, parallel=1)  # no engine: unused
+    store.delete(job.id)
+    summarizer.cancel_job(job.id)  # SummaryService.delete's order
+    assert not summarizer._cancelled
+    summarizer.run(job.id)  # picked before the delete
+    assert store.get(job.id) is None and not summarizer._cancelled and not summarizer._running
+
+
 @pytest.fixture(scope="module")
 def jobs_daemon(tmp_path_factory):
     """Summaries with long chunk summaries, so a job's requests are in the engine for a while."""
