@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import openai
 import pytest
-from conftest import NO_EOS, Http, RunningDaemon, make_config
+from conftest import NO_EOS, Http, RunningDaemon, make_config, wait_until
 from test_daemon import spawn
 
 from edge_llm.server.openapi import document
@@ -252,10 +252,7 @@ def test_delete_mid_job_cancels_its_requests_and_later_jobs_run(jobs_daemon):
     assert wait_job(http, later["id"])["status"] == "done"
     # the deleted job's mark is dropped once its run ends (it was kept for the daemon's life)
     summarizer = jobs_daemon.daemon.runtime.extensions["summaries"].summarizer
-    deadline = time.monotonic() + 10
-    while job["id"] in summarizer._running:
-        assert time.monotonic() < deadline, "the deleted job's run did not end"
-        time.sleep(0.05)
+    wait_until(lambda: job["id"] not in summarizer._running, 10, "the deleted job's run to end")
     assert job["id"] not in summarizer._cancelled
 
 
