@@ -334,7 +334,7 @@ def engines(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scorer():
     """The embedded model in llama-cpp-python's own Llama, every position's logits kept: to
-    re-score a whole sequence in one evaluation (greedy_misses)."""
+    re-score a sequence as the engine ran it (greedy_gaps)."""
     import llama_cpp
 
     from edge_llm.config import embedded_model_path
@@ -372,32 +372,35 @@ def test_the_model_gives_the_same_text_with_steps_launched_ahead(engines, scorer
     # On a GPU a batch's shape picks the kernels, and their sums differ in the last bits: where two
     # tokens nearly tie, greedy text may part (an H100, session 17: "def fib(n):" went on
     # differently). What ahead steps must never do is feed a row a token it did not pick: each
-    # token is the model's greedy pick after the tokens before it, re-scored in one pass.
-    for mode, seqs in sequences.items():
-        for prompt, output in seqs:
-            assert greedy_misses(scorer, prompt, output) == [], (mode, output)
+    # token is the model's greedy pick after the tokens before it, re-scored as the engine ran it,
+    # within this device's rounding: the gaps of the run with no step ahead (on an H100 one token
+    # of that run was 0.50 logits below the scorer's best: a batch of 4 in a stream per slot
+    # against one sequence in one pool, session 20). The check can fail: a token changed by hand
+    # gives a gap far past it.
+    gaps = {mode: [greedy_gaps(scorer, p, o) for p, o in seqs] for mode, seqs in sequences.items()}
+    rounding = max(max(g, default=0.0) for g in gaps["off"])
+    assert rounding <= 1.0, gaps["off"]  # rounding, not a wrong token (test_lanes bounds it likewise)
+    for (_, output), g in zip(sequences["on"], gaps["on"], strict=True):
+        assert max(g, default=0.0) <= max(0.5, 2 * rounding), (output, g, rounding)
+    prompt, output = sequences["on"][2]
+    wrong = list(output)
+    wrong[3] = (wrong[3] + 1) % scorer.n_vocab()  # a token the model did not choose there
+    assert greedy_gaps(scorer, prompt, wrong)[3] > max(2.0, 4 * rounding)
 
 
-def greedy_misses(scorer, prompt: list[int], output: list[int], tolerance: float = 0.5) -> list[tuple]:
-    """(position, logits below the best, the best token) for each output token not within
-    `tolerance` (logits) of the best token the
-    model gives after prompt + output[:i]: the prompt evaluated in one batch and each output token
-    on its own, as the engine runs them (on the GPU where the build offloads). Scored in one
-    batch instead, the output went through ggml-cuda's kernels for many tokens rather than its
-    per-token ones, whose sums round otherwise: on an H100 a token the engine had picked with no
-    step launched ahead (overlap off) missed that pass's greedy pick by more than 0.5 (session 18); re-scored
-    token by token, one token at position 1 still did (session 19, H100): the gap is reported."""
+def greedy_gaps(scorer, prompt: list[int], output: list[int]) -> list[float]:
+    """How far each output token's logit is below the best token the model gives after
+    prompt + output[:i]: the prompt evaluated in one batch and each output token on its own, as
+    the engine runs them (on the GPU where the build offloads). Scored in one batch instead, the
+    output went through ggml-cuda's kernels for many tokens rather than its per-token ones, whose
+    sums round otherwise (session 18: a token the engine picked with no step ahead missed that
+    pass's greedy pick by more than 0.5)."""
     scorer.reset()
     scorer.eval(prompt)
     for token in output:
         scorer.eval([token])
     scores = scorer.scores[len(prompt) - 1 : len(prompt) - 1 + len(output)]
-    rows = enumerate(zip(scores, output, strict=True))
-    return [
-        (i, round(float(row.max() - row[t]), 2), int(row.argmax()))
-        for i, (row, t) in rows
-        if row[t] < row.max() - tolerance
-    ]
+    return [round(float(row.max() - row[t]), 3) for row, t in zip(scores, output, strict=True)]
 
 
 def test_a_stream_given_up_mid_way_leaves_the_kv_cache_as_the_scheduler_thinks(engines):

@@ -83,7 +83,13 @@ def main() -> None:
 
         return wrapper
 
-    L.llama_decode = timed("llama_decode", orig_decode)
+    decodes = [0]
+
+    def counted_decode(*a):
+        decodes[0] += 1
+        return orig_decode(*a)
+
+    L.llama_decode = timed("llama_decode", counted_decode)
     L.llama_get_logits = timed("llama_get_logits (GPU wait)", L.llama_get_logits)
     # with model.gpu_greedy the wait is in reading the device's tokens instead
     L.llama_get_sampled_token_ith = timed("llama_get_logits (GPU wait)", L.llama_get_sampled_token_ith)
@@ -103,6 +109,7 @@ def main() -> None:
             f"a thread busy in Python {args.busy_thread:g} ms in every {args.busy_thread + 10:g}, switch interval "
             f"{sys.getswitchinterval() * 1000:g} ms"
         )
+    reused0 = graphs_reused(backend)
     t0 = time.perf_counter()
     if not args.no_cprofile:
         prof.enable()
@@ -110,6 +117,7 @@ def main() -> None:
         engine.step()
     prof.disable()
     total = time.perf_counter() - t0
+    reused = graphs_reused(backend) - reused0
     done.set()
     if args.resident:
         held = sum(1 for r in engine.scheduler.running if r.priority == Priority.BACKGROUND)
@@ -122,8 +130,15 @@ def main() -> None:
         print(f"  {name:<22} {1e6 * secs / args.steps:8.0f} us/step")
     flat = sum(v for k, v in phases.items() if not k.startswith("["))
     print(f"  {'Python (not llama.cpp)':<22} {1e6 * (total - flat) / args.steps:8.0f} us/step")
+    print(f"  graphs reused          {reused} of {decodes[0]} llama_decode calls (llama.cpp built the rest anew)")
     if not args.no_cprofile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
+def graphs_reused(backend) -> int:
+    """How many steps llama.cpp ran on the graph of the step before (llama_context::process_ubatch:
+    same ubatch shape, sequences and outputs) instead of building and allocating one anew."""
+    return sum(L.llama_perf_context(c.ctx).n_reused for c in backend.contexts)
 
 
 def busy(burst_s: float, done: threading.Event) -> None:
