@@ -236,10 +236,36 @@ def run_target(
     try:
         for n in concurrency:  # unmeasured: each batch size's first steps (a GPU captures its graphs), either server
             bench_http(port, n, WARMUP_TOKENS, name, extra)
-        return [bench_http(port, n, tokens, name, extra) for n in concurrency]
+        if target != "http":
+            return [bench_http(port, n, tokens, name, extra) for n in concurrency]
+        results = []
+        for n in concurrency:  # ours: the engine's own step times over the run, beside the client's view
+            before = engine_stats(port)
+            results.append({**bench_http(port, n, tokens, name, extra), **engine_delta(before, engine_stats(port))})
+        return results
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def engine_stats(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/health")
+    return json.loads(conn.getresponse().read())
+
+
+def engine_delta(before: dict, after: dict) -> dict:
+    """What the engine thread spent a step over a run: in llama.cpp's steps (launch to tokens) and
+    on the host around them (schedule, apply, publish; GIL waits included): against
+    tools/profile_step.py's figures, what serving over HTTP adds inside the engine."""
+    steps = after["steps"] - before["steps"]
+    t0, t1 = before["step_time_s"], after["step_time_s"]
+    device = sum(t1[k] - t0[k] for k in ("visitor", "shared", "background"))
+    return {
+        "engine_steps": steps,
+        "engine_step_ms": round(1000 * device / max(steps, 1), 3),
+        "engine_host_ms": round(1000 * (t1["host"] - t0["host"]) / max(steps, 1), 3),
+    }
 
 
 def main() -> None:
@@ -296,6 +322,12 @@ def main() -> None:
             f"{r['target']:<18}{r['round']:>6}{r['concurrency']:>5}{r['aggregate_tok_s']:>11.1f}"
             f"{r['per_stream_tok_s']:>14.1f}{r['ttft_p50_ms']:>10.0f}{r['ttft_p99_ms']:>8.0f}{r['tpot_ms']:>9.2f}"
         )
+    for r in results:
+        if "engine_steps" in r:
+            print(
+                f"  engine, round {r['round']}, {r['concurrency']} streams: {r['engine_steps']} steps, "
+                f"{r['engine_step_ms']:.3f} ms in llama.cpp + {r['engine_host_ms']:.3f} ms on the host a step"
+            )
     for line in ratio_lines(results, "edge-llm http", "llama-server"):
         print(line)
     if args.json:
