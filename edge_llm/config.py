@@ -103,7 +103,8 @@ class LimitsConfig:
     # a streaming request's new text goes to its reader at most this often (its first token and its
     # end at once): on an H200 at 16 streams, one event per token (4,000 a second) cost the engine
     # 30% (in process 5,582-5,714 tok/s, over HTTP 3,823-4,068), Python threads taking turns at the
-    # GIL; vLLM's stream_interval does the same. 0 = every token
+    # GIL; vLLM's stream_interval does the same. Beyond 4 streams it grows in proportion, to at
+    # most 100 ms (StepEngine.interval_for). 0 = every token
     stream_interval_ms: int = 20
     # the longest a visitor waits for a step of background prefill alone to end, rather than stop
     # it (its work lost): it is let finish if expected to end with 0.25 of this to spare

@@ -175,3 +175,40 @@ def test_over_http_a_request_that_does_not_stream_gets_all_its_text_and_logprobs
     tokens = r.choices[0].logprobs.content
     assert len(tokens) == 40 and r.usage.completion_tokens == 40 and r.choices[0].finish_reason == "length"
     assert _text_of(tokens) == r.choices[0].message.content
+
+
+def test_with_many_streams_each_ones_interval_grows_so_all_events_keep_one_rate():
+    engine = StepEngine(OneToken(), PLAN, stream_interval=0.02)
+    assert [engine.interval_for(n) for n in (0, 1, 4)] == [0.02] * 3
+    assert engine.interval_for(8) == 0.04 and engine.interval_for(16) == 0.08
+    assert engine.interval_for(64) == 0.1  # at most 100 ms between a reader's texts
+    assert StepEngine(OneToken(), PLAN, stream_interval=0.0).interval_for(64) == 0.0  # 0: every token
+    assert StepEngine(OneToken(), PLAN, stream_interval=0.25).interval_for(64) == 0.25  # a longer one stays
+
+
+def test_sixteen_streams_get_fewer_events_than_four_and_lose_no_text():
+    """Through the engine: 16 streams of 40 tokens each send fewer events per stream than 4
+    streams do at the same interval (steps 2 ms apart on a stepped clock), and every stream's
+    text arrives whole."""
+
+    def events_per_stream(n: int) -> float:
+        plan = stand_in_plan(num_seqs=16, max_batch_size=16, kv_cache_tokens=16 * 64)
+        engine = StepEngine(OneToken(), plan, stream_interval=0.02)
+        clock = iter(i * 0.002 for i in range(100_000))
+        engine.clock = lambda: next(clock)
+        reqs = [Request([1, 2, 3], SamplingParams(temperature=0, max_tokens=40)) for _ in range(n)]
+        for r in reqs:
+            engine._add(r)
+        while engine.has_work:
+            engine.step()
+        counts = []
+        for r in reqs:
+            outs = []
+            while not r.outputs.empty():
+                outs.append(r.outputs.get())
+            assert "".join(o.text for o in outs) == " a" * 40 and outs[-1].finish_reason == "length"
+            counts.append(len(outs))
+        return sum(counts) / n
+
+    four, sixteen = events_per_stream(4), events_per_stream(16)
+    assert sixteen < four, (four, sixteen)

@@ -40,6 +40,11 @@ HOLD_STEPS = 16  # steps a GPU keeps a drafted step's shape (engine/lookup.py: C
 # workload waited up to 0.75 s, its worst first token 0.74-0.88 s in 2 of 6 rounds, session 14.)
 # PrefillCost's median miss was 1.2-5.2% of a ~1.3 s step (session 13).
 LATE_GRACE = 0.25
+# streams that get limits.stream_interval_ms as it is; with more, each one's interval grows in
+# proportion up to STREAM_INTERVAL_MAX_S, so that all streams' events together keep one rate
+# (StepEngine.interval_for): at 20 ms, 200 events a second
+STREAMS_AT_INTERVAL = 4
+STREAM_INTERVAL_MAX_S = 0.1  # a reader's text still comes 10 times a second
 
 
 class PrefillCost:
@@ -436,6 +441,7 @@ class StepEngine(EngineFront):
                 del self._held[k]
             elif k not in seen:
                 reqs.append(r)
+        interval = self.interval_for(sum(1 for r in reqs if r.stream))
         for req in reqs:
             try:
                 if req.is_finished:  # counted before the client can see its end
@@ -443,7 +449,7 @@ class StepEngine(EngineFront):
             except Exception as e:
                 error = error or e
             try:
-                if req.publish(interval=self.stream_interval, now=now):
+                if req.publish(interval=interval, now=now):
                     self._held[id(req)] = req
                 else:
                     self._held.pop(id(req), None)
@@ -452,6 +458,18 @@ class StepEngine(EngineFront):
                 error = error or e
         if error is not None:
             raise error
+
+    def interval_for(self, streams: int) -> float:
+        """A stream's interval with this many streams advancing: stream_interval up to
+        STREAMS_AT_INTERVAL of them, then in proportion (the events of all streams together stay
+        at one rate: each wakes a reader thread that takes turns with this one at the GIL), at most
+        STREAM_INTERVAL_MAX_S (or stream_interval, where that is longer). On an H100 at 16 streams,
+        20 ms gave 3,395-3,462 tok/s, 50 ms 3,741-3,771, 100 ms 4,036-4,058 (2 rounds each,
+        docs/measurements/h100-2026-12-06-session20); on 2 CPU cores 20 and 50 ms were alike."""
+        if streams <= STREAMS_AT_INTERVAL or not self.stream_interval:
+            return self.stream_interval
+        cap = max(self.stream_interval, STREAM_INTERVAL_MAX_S)
+        return min(cap, self.stream_interval * streams / STREAMS_AT_INTERVAL)
 
     def _count_admissions(self, out: SchedulerOutput) -> None:
         m = self.metrics
