@@ -104,7 +104,7 @@ class LimitsConfig:
     # end at once): on an H200 at 16 streams, one event per token (4,000 a second) cost the engine
     # 30% (in process 5,582-5,714 tok/s, over HTTP 3,823-4,068), Python threads taking turns at the
     # GIL; vLLM's stream_interval does the same. Beyond 4 streams it grows in proportion, to at
-    # most 100 ms (StepEngine.interval_for). 0 = every token
+    # most 100 ms (StepEngine.interval_for; a setting over 100 ms stays as set). 0 = every token
     stream_interval_ms: int = 20
     # the longest a visitor waits for a step of background prefill alone to end, rather than stop
     # it (its work lost): it is let finish if expected to end with 0.25 of this to spare

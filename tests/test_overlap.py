@@ -379,10 +379,11 @@ def test_the_model_gives_the_same_text_with_steps_launched_ahead(engines, scorer
     # gives a gap far past it.
     gaps = {mode: [greedy_gaps(scorer, p, o) for p, o in seqs] for mode, seqs in sequences.items()}
     rounding = max(max(g, default=0.0) for g in gaps["off"])
-    assert rounding <= 1.0, gaps["off"]  # rounding, not a wrong token (test_lanes bounds it likewise)
+    assert rounding <= 1.0, gaps["off"]  # rounding (test_lanes' docstring saw ~0.8), not a wrong token
     for (_, output), g in zip(sequences["on"], gaps["on"], strict=True):
         assert max(g, default=0.0) <= max(0.5, 2 * rounding), (output, g, rounding)
     prompt, output = sequences["on"][2]
+    assert len(output) > 3, output
     wrong = list(output)
     wrong[3] = (wrong[3] + 1) % scorer.n_vocab()  # a token the model did not choose there
     assert greedy_gaps(scorer, prompt, wrong)[3] > max(2.0, 4 * rounding)

@@ -211,4 +211,4 @@ def test_sixteen_streams_get_fewer_events_than_four_and_lose_no_text():
         return sum(counts) / n
 
     four, sixteen = events_per_stream(4), events_per_stream(16)
-    assert sixteen < four, (four, sixteen)
+    assert sixteen <= four / 2, (four, sixteen)  # 80 ms against 20: here 2 events a stream against 5

@@ -250,14 +250,22 @@ def run_target(
 
 def engine_stats(port: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/health")
-    return json.loads(conn.getresponse().read())
+    try:
+        conn.request("GET", "/health")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
 
 
 def engine_delta(before: dict, after: dict) -> dict:
     """What the engine thread spent a step over a run: in llama.cpp's steps (launch to tokens) and
     on the host around them (schedule, apply, publish; GIL waits included): against
-    tools/profile_step.py's figures, what serving over HTTP adds inside the engine."""
+    tools/profile_step.py's figures, what serving over HTTP adds inside the engine. With steps
+    launched ahead (a GPU) a step's time runs from its launch to its tokens and holds the host's
+    work done meanwhile, so "host" counts only steps that were not. None for an engine that does
+    not report step times (TensorRT-LLM's)."""
+    if "step_time_s" not in before or "step_time_s" not in after:
+        return {}
     steps = after["steps"] - before["steps"]
     t0, t1 = before["step_time_s"], after["step_time_s"]
     device = sum(t1[k] - t0[k] for k in ("visitor", "shared", "background"))

@@ -59,7 +59,10 @@ case ${1:-} in
       --platform manylinux2014_x86_64 --platform any -d "$G/wheels" \
       flask waitress pypdf diskcache itsdangerous blinker nh3 \
       openai pydantic pydantic_core annotated_types typing_inspection typing_extensions jiter sniffio \
-      httpx2 httpcore2 anyio h11 idna truststore  # the openai client, for kiosk (kiosk_bench.py)
+      httpx2 httpcore2 anyio h11 idna truststore \
+      jsonschema jsonschema_specifications referencing rpds_py attrs hypothesis sortedcontainers
+    # (the openai client for kiosk_bench.py; jsonschema and hypothesis for tests/test_schema_inputs.py,
+    # which one lent image of session 20 lacked)
     model=$(.venv/bin/python -c 'from edge_llm.config import embedded_model_path; print(embedded_model_path())')
     split -b 40M -d "$model" "$B/parts/model.gguf."
     sha256sum "$model" | cut -d' ' -f1 > "$B/parts/model.sha256"

@@ -463,9 +463,12 @@ class StepEngine(EngineFront):
         """A stream's interval with this many streams advancing: stream_interval up to
         STREAMS_AT_INTERVAL of them, then in proportion (the events of all streams together stay
         at one rate: each wakes a reader thread that takes turns with this one at the GIL), at most
-        STREAM_INTERVAL_MAX_S (or stream_interval, where that is longer). On an H100 at 16 streams,
-        20 ms gave 3,395-3,462 tok/s, 50 ms 3,741-3,771, 100 ms 4,036-4,058 (2 rounds each,
-        docs/measurements/h100-2026-12-06-session20); on 2 CPU cores 20 and 50 ms were alike."""
+        STREAM_INTERVAL_MAX_S (or stream_interval, where that is longer: it then stays as it is).
+        On an H100 at 16 streams (a fixed interval, 2 rounds each) 20 ms gave 3,395-3,462 tok/s,
+        50 ms 3,741-3,771, 100 ms 4,036-4,058; with this rule (80 ms there) 5,680-5,928 on another
+        H100 (docs/measurements/h100-2026-12-06-session20); on 2 CPU cores 20 and 50 ms were alike.
+        Every streaming request counts, a kiosk visitor's and an API caller's alike: beside 16
+        streams a visitor's text comes every 80 ms."""
         if streams <= STREAMS_AT_INTERVAL or not self.stream_interval:
             return self.stream_interval
         cap = max(self.stream_interval, STREAM_INTERVAL_MAX_S)
