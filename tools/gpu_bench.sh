@@ -23,6 +23,8 @@
 # (energy's file is named so already: energy-gpu-DATE.json).
 # .gpu/ is for carrying, never committed (add it to .git/info/exclude). A call carries at most 64
 # MiB, so the 98 MB model travels in parts: carry the parts in separate calls to a warm machine.
+# With built.tar.xz.* (44 MB) the sdist and wheels no longer fit beside the tree: build then needs
+# only the sdist's llama_cpp/ folder, so carry a tarball of that alone under the sdist's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=0.3.36
