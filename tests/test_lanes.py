@@ -159,10 +159,18 @@ def _engine(tmp_path, lanes: int):
 
 
 def _generate_together(engine, backend, prompts, max_tokens=40):
+    """The prompts admitted in one step (admission held while they are submitted), so each gets
+    its own slot: one that ended at its first token before another was submitted would have its
+    cached slot taken by that one, the lowest not running (kv_cache._streams_slot; a CI run saw
+    "What is 2 + 2?" end at once and its prefix gone for the second turn)."""
     reqs = [
         engine.make_request(backend.tokenize(t, True), SamplingParams(temperature=0), max_tokens)[0] for t in prompts
     ]
-    threads = [threading.Thread(target=lambda r=r: list(engine.generate(r))) for r in reqs]
+    engine.set_admission_paused(True)
+    for r in reqs:
+        engine.submit(r)
+    engine.set_admission_paused(False)
+    threads = [threading.Thread(target=lambda r=r: list(engine.stream(r))) for r in reqs]
     for t in threads:
         t.start()
     for t in threads:
