@@ -30,6 +30,11 @@ def outputs_of(interval: float, max_tokens: int = 20) -> list:
     engine._add(req)
     while engine.has_work:
         engine.step()
+    return drained(req)
+
+
+def drained(req: Request) -> list:
+    """Every output waiting in req's queue, in order."""
     outs = []
     while not req.outputs.empty():
         outs.append(req.outputs.get())
@@ -54,10 +59,7 @@ def test_the_interval_lets_text_through_once_it_has_passed():
         req.publish(interval=0.02, now=now)
     req.finish(RequestStatus.FINISHED_STOPPED)
     req.publish(interval=0.02, now=0.031)  # the end goes at once
-    texts = []
-    while not req.outputs.empty():
-        texts.append(req.outputs.get().text)
-    assert texts == ["0", "123", "4"]
+    assert [o.text for o in drained(req)] == ["0", "123", "4"]
 
 
 def test_a_preempted_stream_gets_its_held_text_at_once():
@@ -69,10 +71,7 @@ def test_a_preempted_stream_gets_its_held_text_at_once():
     engine.scheduler.preempt(req)
     held = req.text
     engine.step()  # counts the preemption and publishes what was held (then resumes it: room is back)
-    texts = []
-    while not req.outputs.empty():
-        texts.append(req.outputs.get().text)
-    assert held == " a" * 6 and texts == [" a", " a" * 5]
+    assert held == " a" * 6 and [o.text for o in drained(req)] == [" a", " a" * 5]
 
 
 def _count_to_fifty(server, max_tokens: int) -> dict:
@@ -149,9 +148,7 @@ def test_a_request_that_does_not_stream_gets_its_end_only_with_all_its_text():
     engine.scheduler.preempt(req)
     while engine.has_work:
         engine.step()
-    outs = []
-    while not req.outputs.empty():
-        outs.append(req.outputs.get())
+    outs = drained(req)
     assert [o.text for o in outs] == [" a" * 30]
     assert outs[0].finish_reason == "length" and outs[0].num_output_tokens == 30
 
@@ -203,9 +200,7 @@ def test_sixteen_streams_get_fewer_events_than_four_and_lose_no_text():
             engine.step()
         counts = []
         for r in reqs:
-            outs = []
-            while not r.outputs.empty():
-                outs.append(r.outputs.get())
+            outs = drained(r)
             assert "".join(o.text for o in outs) == " a" * 40 and outs[-1].finish_reason == "length"
             counts.append(len(outs))
         return sum(counts) / n

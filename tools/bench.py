@@ -262,8 +262,8 @@ def engine_delta(before: dict, after: dict) -> dict:
     on the host around them (schedule, apply, publish; GIL waits included): against
     tools/profile_step.py's figures, what serving over HTTP adds inside the engine. With steps
     launched ahead (a GPU) a step's time runs from its launch to its tokens and holds the host's
-    work done meanwhile, so "host" counts only steps that were not. None for an engine that does
-    not report step times (TensorRT-LLM's)."""
+    work done meanwhile, so "host" counts only steps that were not. Nothing for an engine that
+    does not report step times (TensorRT-LLM's)."""
     if "step_time_s" not in before or "step_time_s" not in after:
         return {}
     steps = after["steps"] - before["steps"]
