@@ -148,7 +148,6 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
             plan,
             cfg.limits.max_queue,
             chat_slowdown=cfg.limits.chat_slowdown,
-            chat_enough_tok_s=cfg.limits.chat_enough_tok_s,
             max_draft_tokens=cfg.limits.lookup_draft_tokens,
             stream_interval=cfg.limits.stream_interval_ms / 1000,
             finish_within=cfg.limits.background_finish_ms / 1000,

@@ -100,13 +100,6 @@ class LimitsConfig:
     # little (kiosk_bench, 4 parts: slowest chat 0.50-0.58x idle, job 155-178 s together, over 3
     # rounds; one round at 1.8: 0.43x, 179 s)
     chat_slowdown: float = 1.5
-    # ... unless the visitor's stream alone is faster than this (tokens/s): background work may then
-    # slow it down to this pace (no one reads 100 tokens a second). On an H100 the 135M model's
-    # visitor streamed ~490 tok/s alone, a step carrying 48 summary parts took 5x its step alone,
-    # and 1.5x held the parts back in 85% of its steps: the job waited out each chat. On 2 CPU
-    # cores (85-114 tok/s alone) chat_slowdown rules as before. 0 = chat_slowdown alone; with
-    # chat_slowdown 1, background never rides beside a visitor, however fast
-    chat_enough_tok_s: float = 100.0
     # a streaming request's new text goes to its reader at most this often (its first token and its
     # end at once): on an H200 at 16 streams, one event per token (4,000 a second) cost the engine
     # 30% (in process 5,582-5,714 tok/s, over HTTP 3,823-4,068), Python threads taking turns at the
@@ -403,8 +396,6 @@ def _validate_limits(lim: LimitsConfig) -> None:
     # infinity would mean what 0 does (engine/step_engine.py): one spelling, the documented one
     ok = slowdown == 0 or (slowdown >= 1 and math.isfinite(slowdown))
     _require(ok, "limits.chat_slowdown", "0 (off) or >= 1 and finite", slowdown)
-    enough = lim.chat_enough_tok_s
-    _require(enough == 0 or 1 <= enough < math.inf, "limits.chat_enough_tok_s", "0 (off) or >= 1 and finite", enough)
     if lim.background_finish_ms > 1000:
         raise ConfigError(
             f"limits.background_finish_ms must be 0 (always stop) to 1000, got {lim.background_finish_ms}"

@@ -36,40 +36,6 @@ def test_cheap_background_rides_along_nearly_always():
     assert mean < 0.0020
 
 
-# an H100 (session 19's kiosk bench): the 135M model's visitor step took 2.1 ms alone, a step
-# carrying 48 summary parts beside it 10.7 ms
-GPU_SOLO_S, GPU_SHARED_S = 0.0021, 0.0107
-
-
-def test_a_fast_visitor_is_slowed_to_the_pace_that_is_enough_not_held_to_the_slowdown():
-    mean, shared = simulate(BackgroundShare(1.5, enough_s=0.010), GPU_SOLO_S, GPU_SHARED_S, 2000)
-    assert mean <= 0.010 * 1.01  # 100 tokens/s: the visitor still streams that fast
-    # 10.7f + 2.1(1 - f) <= 10: up to 7.9/8.6 of the steps carry the parts, less the probes
-    assert shared >= 0.85
-    # 1.5x of the visitor alone (3.15 ms) let the parts into one step in eight: the job waited
-    mean, shared = simulate(BackgroundShare(1.5), GPU_SOLO_S, GPU_SHARED_S, 2000)
-    assert mean <= 1.5 * GPU_SOLO_S * 1.01 and shared <= 0.13
-
-
-def test_a_visitor_slower_than_the_pace_that_is_enough_keeps_the_slowdown():
-    # 2 CPU cores: 10 ms alone, and 1.5x that is more than 10 ms: the same steps as without it
-    args = (0.010, 0.040, 1000)
-    assert simulate(BackgroundShare(1.5, enough_s=0.010), *args) == simulate(BackgroundShare(1.5), *args)
-
-
-def test_slowdown_one_holds_background_back_however_fast_the_visitor():
-    share = BackgroundShare(1.0, enough_s=0.010)
-    for _ in range(20):
-        share.observe(1, False, GPU_SOLO_S)
-        assert not share.allows_background(1) and not share.allows_background(1, wants_prefill=True)
-
-
-@pytest.mark.parametrize("bad", [-0.001, float("inf"), float("nan")])
-def test_the_pace_that_is_enough_is_checked(bad):
-    with pytest.raises(ValueError, match="enough_s must be 0"):
-        BackgroundShare(1.5, enough_s=bad)
-
-
 def test_the_visitor_alone_is_measured_first_and_again_as_it_changes():
     share = BackgroundShare(1.8)
     for _ in range(BackgroundShare.SOLO_FIRST):
@@ -216,31 +182,6 @@ def test_summaries_progress_beside_a_steady_chat_and_the_chat_keeps_its_pace():
     # no single step stalls the visitor for a whole chunk: at most the saved credit's worth
     assert max(visitor_steps) <= 0.010 + BackgroundShare.CREDIT_STEPS * 0.010 + 3 * 0.005 + 0.002
     assert s.share.num_held > 0 and s.share.num_shared > 0
-
-
-def gpu_cost(out) -> float:
-    """2.1 ms a visitor's decode alone; a step with background sequences 10.7 ms (an H100 beside
-    48 summary parts: the size of the batch hardly counts), each prompt token 5 us more."""
-    bg = any(c.request.priority == Priority.BACKGROUND for c in out.chunks)
-    return (GPU_SHARED_S if bg else GPU_SOLO_S) + 5e-6 * sum(len(c.tokens) for c in out.chunks if len(c.tokens) > 1)
-
-
-@pytest.mark.parametrize("enough", [0.0, 100.0])
-def test_summaries_go_on_beside_a_fast_chat_at_the_pace_that_is_enough(enough):
-    s = Scheduler(KVCacheManager(8, 100_000, max_cached=0, streams=True), 8, 512, 16, chat_enough_tok_s=enough)
-    visitor = request(8, Priority.INTERACTIVE)
-    s.add(visitor)
-    step(s, gpu_cost)
-    parts = [request(300, Priority.BACKGROUND) for _ in range(4)]
-    for p in parts:
-        s.add(p)
-    visitor_steps = [step(s, gpu_cost)[1] for _ in range(600)]
-    made = sum(len(p.output_tokens) for p in parts)
-    mean = sum(visitor_steps) / len(visitor_steps)
-    if enough:  # the parts decode in nearly every one of the visitor's steps, at 100 tokens/s
-        assert made >= 0.8 * 600 * len(parts) and mean <= 0.010 * 1.05
-    else:  # held to 1.5x its 2.1 ms: the parts decode in one step in eight or fewer
-        assert made <= 600 * len(parts) / 6 and mean <= 1.5 * GPU_SOLO_S * 1.1
 
 
 def test_a_visitor_prefill_step_carries_background_decodes_but_no_background_prefill():

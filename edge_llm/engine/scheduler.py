@@ -24,9 +24,9 @@ class Scheduler:
     interactive prompt still prefilling yields its slot to a shorter one that waits (its KV
     kept, it resumes where it was), so nothing needs marking for a question to pass a document.
     Background work is never starved, nor does it slow a visitor's stream past chat_slowdown
-    times its pace alone (or to chat_enough_tok_s, where that is slower): beside a visitor's decode
-    it rides along in the steps that measured step times allow (engine/share.py), prefill included.
-    A step of background work alone is abortable: an interactive request arriving mid-step stops it
+    times its pace alone: beside a visitor's decode it rides along in the steps that measured
+    step times allow (engine/share.py), prefill included. A step of
+    background work alone is abortable: an interactive request arriving mid-step stops it
     (Backend.interrupt), and its unfinished chunks are scheduled again."""
 
     STARVATION_S = 5.0  # a request waiting this long is no longer bypassed by smaller ones
@@ -64,7 +64,6 @@ class Scheduler:
         drafter: Drafter | None = None,
         max_step_tokens: int = 0,
         visitor_chunk_tokens: int = 0,
-        chat_enough_tok_s: float = 0.0,
     ):
         self.kv = kv
         self.max_batch_size = max_batch_size
@@ -90,8 +89,7 @@ class Scheduler:
         self._preempted: list[Request] = []  # since the last take_events() (for metrics)
         self._num_resumed = 0
         self._ops: list[MemoryOp] = []  # frees decided between steps
-        # background work beside a visitor's decode; a stream chat_enough_tok_s fast is fast enough
-        self.share = BackgroundShare(chat_slowdown, 1 / chat_enough_tok_s if chat_enough_tok_s else 0.0)
+        self.share = BackgroundShare(chat_slowdown)  # background work beside a visitor's decode
         self.drafter = drafter  # prompt lookup: decodes carry draft tokens to verify (None: off)
         self.max_step_tokens = max_step_tokens  # tokens a step may hold (the backend's batch)
         self.num_new_tokens = 0  # tokens the last postprocess appended to outputs

@@ -4,18 +4,10 @@ On a small device one step costs roughly the sum of its sequences' work: on 2 CP
 visitor's token took 10 ms alone and 42 ms beside seven summary parts decoding over 3,000-token
 contexts (the stream fell to 0.25x its idle rate). Background steps are therefore shared out
 in time: a step that decodes the visitor carries background work only while the visitor's
-steps have, on average, cost no more than `slowdown` times the visitor's step alone, or
-`enough_s` where that is longer: a stream that fast is fast enough. That step alone is measured
-(steps without background, and a probe now and then when background always rides along), so the
-rule is the same on a Jetson, a GPU or 2 CPU cores: where background work is cheap beside a
-decode, it rides along in nearly every step.
-
-Why enough_s: on an H100 the 135M model's visitor step took 2.1 ms alone (~490 tok/s) and a step
-carrying 48 summary parts 10.7 ms, so 1.5x held the background back in 619 of the visitor's 730
-steps and the job waited out each chat: 1.17-1.40x its wall alone with 2-3 chats (sessions 18-19).
-Nobody reads 490 tokens a second; at enough_s (limits.chat_enough_tok_s: 100 tok/s, 10 ms) the
-parts ride along instead. On 2 CPU cores the visitor's step alone is 8-12 ms, 1.5x that over 10
-ms: there slowdown alone rules."""
+steps have, on average, cost no more than `slowdown` times the visitor's step alone. That
+step alone is measured (steps without background, and a probe now and then when background
+always rides along), so the rule is the same on a Jetson, a GPU or 2 CPU cores: where
+background work is cheap beside a decode (a GPU), it rides along in nearly every step."""
 
 from __future__ import annotations
 
@@ -34,15 +26,10 @@ class BackgroundShare:
     # ... or of fewer, down to this many, where MIN_PREFILL tokens cost more than the credit kept
     FLOOR_PREFILL = 4
 
-    def __init__(self, slowdown: float, enough_s: float = 0.0):
+    def __init__(self, slowdown: float):
         if not slowdown >= 1.0:  # NaN too; 1.0 itself: background never rides beside a visitor
             raise ValueError(f"slowdown must be at least 1.0, not {slowdown}")
-        if not 0.0 <= enough_s < float("inf"):
-            raise ValueError(f"enough_s must be 0 (off) or more and finite, not {enough_s}")
         self.slowdown = slowdown
-        # a visitor's step this long is fast enough: background work may make it so, past slowdown
-        # (not at slowdown 1.0: background then never rides beside a visitor, however fast)
-        self.enough_s = enough_s
         self.solo_s: dict[int, float] = {}  # seconds of a step decoding n interactive sequences alone
         self._solo_seen: dict[int, deque[float]] = {}  # the last such steps, whose clipped mean solo_s is
         self.credit_s = 0.0  # time the visitor's steps may still lose to background work
@@ -64,11 +51,6 @@ class BackgroundShare:
         if wants_prefill and self.prefill_token_s is not None:
             return self.credit_s >= self._chunk_credit(num_decoding)
         return self.credit_s > 0
-
-    def allowed_s(self, num_decoding: int) -> float:
-        """What a step decoding num_decoding visitors may cost on average: slowdown times their step
-        alone, or enough_s where that is longer (measured alone first)."""
-        return max(self.slowdown * self.solo_s[num_decoding], self.enough_s)
 
     def _chunk_credit(self, num_decoding: int) -> float:
         """Credit saved before a chunk rides: its cost, or nearly all the credit that can be kept
@@ -131,7 +113,7 @@ class BackgroundShare:
             # the background's to pay back over hundreds of steps, nor is a run of such steps (one
             # alone step in 12 preempted for 0.3 s took it to -3.9 s, ~770 held steps: a review)
             most_debt = max(cap, expected)
-            charge = min(seconds - self.allowed_s(num_decoding), most_debt)
+            charge = min(seconds - self.slowdown * solo, most_debt)
             self.credit_s = max(min(self.credit_s - charge, cap), min(self.credit_s, -most_debt))
 
     def _observe_prefill(self, num_decoding: int, seconds: float, tokens: int) -> None:
@@ -150,7 +132,6 @@ class BackgroundShare:
     def to_dict(self) -> dict:
         return {
             "chat_slowdown": self.slowdown if self.slowdown != float("inf") else None,
-            "chat_enough_tok_s": round(1 / self.enough_s, 1) if self.enough_s and self.slowdown > 1.0 else None,
             "visitor_step_ms": {n: round(s * 1000, 2) for n, s in sorted(self.solo_s.items())},
             "background_shared_steps": self.num_shared,
             "background_held_steps": self.num_held,

@@ -110,7 +110,6 @@ class StepEngine(EngineFront):
         max_queue: int = 64,
         metrics: EngineMetrics | None = None,
         chat_slowdown: float = 1.5,
-        chat_enough_tok_s: float = 0.0,
         max_draft_tokens: int = 0,
         stream_interval: float = 0.0,
         finish_within: float = 0.0,
@@ -152,7 +151,6 @@ class StepEngine(EngineFront):
             plan.prefill_chunk_tokens,
             max_queue,
             chat_slowdown=chat_slowdown or float("inf"),  # 0: background always rides along
-            chat_enough_tok_s=chat_enough_tok_s,
             background_chunk_tokens=plan.background_chunk,
             visitor_chunk_tokens=plan.background_visitor_chunk,
             drafter=(drafter := self._drafter(plan, max_draft_tokens)),
