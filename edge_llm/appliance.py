@@ -50,6 +50,7 @@ def policy_from_config(
         speed=calibration.choose(cal, p.max_step_ms / 1000) if cal and not cal.contended else None,
         calibration=cal.to_json() if cal else None,
         lanes=p.lanes,
+        chat_slowdown=lim.chat_slowdown,
     )
 
 
@@ -147,7 +148,7 @@ def build_engine(cfg: Config, snapshot: Snapshot, on_step: Callable[[str], None]
             backend,
             plan,
             cfg.limits.max_queue,
-            chat_slowdown=cfg.limits.chat_slowdown,
+            chat_slowdown=plan.chat_slowdown,  # the user's, or the calibration's choice
             max_draft_tokens=cfg.limits.lookup_draft_tokens,
             stream_interval=cfg.limits.stream_interval_ms / 1000,
             finish_within=cfg.limits.background_finish_ms / 1000,

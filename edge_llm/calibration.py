@@ -91,6 +91,7 @@ class SpeedChoices:
     background_chunk_tokens: int = 0  # prompt tokens in a step of background prefill alone; 0 = the chunk
     lane_size: int = 0  # sequences per lane (a context of its own, steps run at once); 0 = one context
     one_context_batch: int = 0  # the batch chosen from one context's costs alone (0: max_batch_size)
+    chat_slowdown: float = 0.0  # limits.chat_slowdown where it is left to the plan (choose_chat_slowdown)
 
 
 # -- choosing (pure) ------------------------------------------------------------------------------
@@ -209,6 +210,42 @@ def choose_background_chunk(chunk: int, can_abort: bool) -> tuple[int, str]:
     )
 
 
+# a visitor's stream keeps 1/this of its pace beside background work, where that pays. 1.5, not
+# 1.8: on 2 cores a prompt token beside a visitor cost 12.8 ms (16-token chunks late in a long
+# prompt), twice what it costs in a step of its own, so holding more back cost the job little
+# (kiosk_bench, 4 parts: slowest chat 0.50-0.58x idle over 3 rounds; one round at 1.8: 0.43x)
+SHARE_SLOWDOWN = 1.5
+
+
+def choose_chat_slowdown(decode_s: dict[int, float]) -> tuple[float, str]:
+    """limits.chat_slowdown where the user leaves it to the plan. A background sequence decoded in a
+    visitor's step costs the visitor r - 1 of its step alone and saves the job 2 - r of one (its
+    step apart), where r is a step of 2 sequences over a step of 1: beside a visitor's decode,
+    background work rides along (SHARE_SLOWDOWN) only where it saves the job more than it costs the
+    visitor, r < 1.5; elsewhere it waits while a visitor decodes (1.0). On 2 CPU cores r was 1.78:
+    there background work beside a visitor cost about what it costs apart (16-token prompt chunks
+    in the steps it shared), and through a kiosk summary job 1.0 kept the chat at 0.79-0.86 of its
+    idle pace against 0.46 at 1.5, the job no slower (docs/measurements/cpu-2core-amd-2026-12-06-
+    session21). On an H100 r was 1.29, and 1.5 kept the job shorter than 1.0 did (h100-2026-12-06-
+    session21)."""
+    one, two = decode_s.get(1), decode_s.get(2)
+    if not one or not two:
+        return SHARE_SLOWDOWN, "no decode steps of 1 and 2 sequences measured: background rides beside a visitor"
+    r = two / one
+    figures = f"a decode step of 2 sequences took {r:.2f}x one ({1000 * two:.1f} ms against {1000 * one:.1f})"
+    if r < SHARE_SLOWDOWN:
+        return SHARE_SLOWDOWN, (
+            f"calibrated: {figures}: a background sequence beside a visitor's decode saves the job more of a "
+            f"step ({2 - r:.2f}) than it costs the visitor ({r - 1:.2f}), so background work rides along while "
+            f"the visitor keeps 1/{SHARE_SLOWDOWN:g} of its pace"
+        )
+    return 1.0, (
+        f"calibrated: {figures}: a background sequence beside a visitor's decode would cost the visitor more "
+        f"of a step ({r - 1:.2f}) than it saves the job ({2 - r:.2f}), so background work waits while a "
+        f"visitor decodes (the visitor at its full pace)"
+    )
+
+
 def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
     chunk, why_chunk = choose_chunk(cal.prefill_s, max_step_s, cal.can_abort)
     batch, why_batch = choose_batch(decode_costs(cal), max_step_s)
@@ -219,6 +256,7 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
         cal.layout_s, cal.layout_batch, cal.layout_ctx, cal.layout_prefill_s, cal.layout_chunk
     )
     background, why_background = choose_background_chunk(chunk, cal.can_abort)
+    slowdown, why_slowdown = choose_chat_slowdown(decode_costs(cal))
     return SpeedChoices(
         chunk,
         batch,
@@ -230,10 +268,12 @@ def choose(cal: Calibration, max_step_s: float) -> SpeedChoices:
             "background_chunk_tokens": why_background,
             "lanes": why_lanes,
             "max_batch_size_one_context": why_one,
+            "chat_slowdown": why_slowdown,
         },
         background,
         lane_size,
         one_batch,
+        slowdown,
     )
 
 

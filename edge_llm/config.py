@@ -95,11 +95,11 @@ class LimitsConfig:
     prefix_cache_slots: int = 4  # finished sequences kept for prefix reuse
     # while background work (summaries) runs, a visitor's stream keeps at least 1/this of its pace
     # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits.
-    # 1.5, not 1.8: on 2 cores a prompt token beside a visitor cost 12.8 ms (16-token chunks late in
-    # a long prompt), twice what it costs in a step of its own, so holding more back costs the job
-    # little (kiosk_bench, 4 parts: slowest chat 0.50-0.58x idle, job 155-178 s together, over 3
-    # rounds; one round at 1.8: 0.43x, 179 s)
-    chat_slowdown: float = 1.5
+    # Negative (the default): the plan's choice from the calibration (calibration.choose_chat_slowdown):
+    # 1.5 where a decode step of 2 sequences costs under 1.5x one (a GPU), 1.0 where it costs more
+    # (2 CPU cores: 1.78x; through a kiosk job 1.0 kept the chat at 0.79-0.86 of idle against 0.46,
+    # the job no slower), 1.5 without a calibration
+    chat_slowdown: float = -1.0
     # a streaming request's new text goes to its reader at most this often (its first token and its
     # end at once): on an H200 at 16 streams, one event per token (4,000 a second) cost the engine
     # 30% (in process 5,582-5,714 tok/s, over HTTP 3,823-4,068), Python threads taking turns at the
@@ -389,13 +389,13 @@ def _validate_model(m: ModelConfig) -> None:
 
 
 def _validate_limits(lim: LimitsConfig) -> None:
-    _at_least("limits", lim, (f.name for f in dataclasses.fields(lim)), 0)
+    _at_least("limits", lim, (f.name for f in dataclasses.fields(lim) if f.name != "chat_slowdown"), 0)
     if lim.max_queue < 1:
         raise ConfigError("limits.max_queue must be >= 1")
     slowdown = lim.chat_slowdown
     # infinity would mean what 0 does (engine/step_engine.py): one spelling, the documented one
-    ok = slowdown == 0 or (slowdown >= 1 and math.isfinite(slowdown))
-    _require(ok, "limits.chat_slowdown", "0 (off) or >= 1 and finite", slowdown)
+    ok = slowdown < 0 or slowdown == 0 or (slowdown >= 1 and math.isfinite(slowdown))
+    _require(ok, "limits.chat_slowdown", "negative (the plan's), 0 (off) or >= 1 and finite", slowdown)
     if lim.background_finish_ms > 1000:
         raise ConfigError(
             f"limits.background_finish_ms must be 0 (always stop) to 1000, got {lim.background_finish_ms}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from edge_llm.calibration import SpeedChoices
+from edge_llm.calibration import SHARE_SLOWDOWN, SpeedChoices
 from edge_llm.profile import ModelProfile
 from edge_llm.telemetry.snapshot import Snapshot
 
@@ -56,6 +56,7 @@ class Policy:
     speed: SpeedChoices | None = None  # chunk, batch and layout measured on this device (calibration)
     calibration: dict | None = None  # the figures behind speed, reported with the plan
     lanes: bool = True  # may spread sequences over contexts (speed.lane_size); False: one context
+    chat_slowdown: float = -1.0  # limits.chat_slowdown: negative = the calibration's choice (speed)
 
     def cap(self, name: str) -> int:
         return self.caps.get(name) or 0
@@ -84,6 +85,9 @@ class Plan:
     background_chunk_tokens: int = 0  # prompt tokens in a stoppable step of background prefill alone; 0 = the chunk
     lanes: int = 1  # llama.cpp contexts the sequence slots are spread over, their steps run at once (GPU)
     lane_size: int = 0  # slots in each lane's block (engine/kv_cache.py Lanes); 0 = one context
+    # how far background work may slow a visitor's stream (engine/share.py): 0 = not at all bounded
+    # (background always rides along), 1.0 = it waits while a visitor decodes
+    chat_slowdown: float = SHARE_SLOWDOWN
 
     @property
     def background_chunk(self) -> int:
@@ -185,9 +189,24 @@ def plan(profile: ModelProfile, snapshot: Snapshot, policy: Policy) -> Plan:
         background_chunk_tokens=min(background, inp),
         lanes=lanes,
         lane_size=lane_size,
+        chat_slowdown=_chat_slowdown(policy, reasons),
     )
     _visitor_chunk_reason(result)
     return result
+
+
+def _chat_slowdown(policy: Policy, reasons: dict[str, str]) -> float:
+    """The user's limits.chat_slowdown, else the calibration's choice, else SHARE_SLOWDOWN."""
+    if policy.chat_slowdown >= 0:
+        reasons["chat_slowdown"] = "user setting limits.chat_slowdown" + (
+            " (0: background always rides along)" if policy.chat_slowdown == 0 else ""
+        )
+        return policy.chat_slowdown
+    if policy.speed and policy.speed.chat_slowdown:
+        reasons["chat_slowdown"] = policy.speed.reasons["chat_slowdown"]
+        return policy.speed.chat_slowdown
+    reasons["chat_slowdown"] = f"policy default: background rides beside a visitor at 1/{SHARE_SLOWDOWN:g} of its pace"
+    return SHARE_SLOWDOWN
 
 
 def _lanes_possible(policy: Policy) -> bool:

@@ -122,6 +122,31 @@ def test_background_steps_a_visitor_stops_take_bigger_chunks_and_the_batch_holds
     assert plan(model, roomy(), Policy()).background_chunk == 256  # no calibration: the default chunk
 
 
+def test_background_waits_beside_a_visitor_where_a_step_of_two_costs_over_one_and_a_half():
+    """The plan's chat_slowdown: where a step of 2 sequences costs r steps of one, a background
+    sequence beside a visitor costs it r - 1 and saves the job 2 - r: rides along only for r < 1.5."""
+    model = profiles.MODELS[next(iter(profiles.MODELS))]
+    cpu = {1: 1 / 95, 2: 2 / 107, 4: 4 / 133}  # 2 AMD cores (session 21's calibration): r = 1.78
+    h100 = {1: 1 / 899, 2: 2 / 1398, 4: 4 / 2590}  # an H100 (session 20's): r = 1.29
+    assert calibration.choose_chat_slowdown(cpu)[0] == 1.0
+    assert calibration.choose_chat_slowdown(h100)[0] == 1.5
+    assert "took 1.78x one" in calibration.choose_chat_slowdown(cpu)[1]
+    assert calibration.choose_chat_slowdown({1: 0.010, 2: 0.0149})[0] == 1.5  # 1.49: just under
+    assert calibration.choose_chat_slowdown({1: 0.010, 2: 0.0150})[0] == 1.0
+    assert calibration.choose_chat_slowdown({4: 0.01})[0] == 1.5  # not measured: the default
+    held = plan(model, roomy(), Policy(speed=choose(cal(decode=cpu), 0.15)))
+    assert held.chat_slowdown == 1.0 and "waits while a visitor decodes" in held.reasons["chat_slowdown"]
+    rides = plan(model, roomy(), Policy(speed=choose(cal(decode=h100, can_abort=False), 0.15)))
+    assert rides.chat_slowdown == 1.5 and "rides along" in rides.reasons["chat_slowdown"]
+    # the user's setting wins, 0 included; no calibration: 1.5
+    for setting in (0.0, 1.0, 2.5):
+        mine = plan(model, roomy(), Policy(speed=choose(cal(decode=cpu), 0.15), chat_slowdown=setting))
+        assert mine.chat_slowdown == setting and mine.reasons["chat_slowdown"].startswith("user setting")
+    default = plan(model, roomy(), Policy())
+    assert default.chat_slowdown == 1.5 and default.reasons["chat_slowdown"].startswith("policy default")
+    assert held.to_dict()["chat_slowdown"] == 1.0
+
+
 class ScriptedDevice:
     """Step costs as a device would report them; counts how often it was measured."""
 

@@ -44,8 +44,8 @@ def test_config_file_from_environment(tmp_path: Path):
         ("server = 3\n", "'server' must be a [table]"),
         ("[server\n", "is not valid TOML"),
         ("[limits]\nmax_batch_size = -1\n", "limits.max_batch_size must be >= 0"),
-        ("[limits]\nchat_slowdown = 0.5\n", "limits.chat_slowdown must be 0 (off) or >= 1"),
-        ("[limits]\nchat_slowdown = nan\n", "limits.chat_slowdown must be 0 (off) or >= 1"),
+        ("[limits]\nchat_slowdown = 0.5\n", "limits.chat_slowdown must be negative (the plan's), 0 (off) or >= 1"),
+        ("[limits]\nchat_slowdown = nan\n", "limits.chat_slowdown must be negative (the plan's), 0 (off) or >= 1"),
         ("[limits]\nstream_interval_ms = 5000\n", "limits.stream_interval_ms must be 0 (every token) to 1000"),
         ("[limits]\nstream_interval_ms = -1\n", "limits.stream_interval_ms must be >= 0"),
         ("[limits]\nbackground_finish_ms = 1500\n", "limits.background_finish_ms must be 0 (always stop) to 1000"),
@@ -54,7 +54,7 @@ def test_config_file_from_environment(tmp_path: Path):
         # TOML has nan and inf literals of its own
         ("[daemon]\ntelemetry_interval_s = nan\n", "daemon.telemetry_interval_s must be >= 0.1, got nan"),
         ("[server]\nchannel_timeout_s = inf\n", "server.channel_timeout_s must be a finite number, got inf"),
-        ("[limits]\nchat_slowdown = inf\n", "limits.chat_slowdown must be 0 (off) or >= 1 and finite"),
+        ("[limits]\nchat_slowdown = inf\n", "limits.chat_slowdown must be negative (the plan's), 0 (off) or >= 1 and"),
         ("[summarize]\nretention_days = -1\n", "summarize.retention_days must be >= 0 (0 = keep forever), got -1"),
         ("[thermal]\nhold_s = nan\n", "thermal.hold_s must be >= 0, got nan"),
     ],
@@ -128,7 +128,11 @@ def test_non_loopback_bind_needs_an_api_key():
         ("sampling.top_p", "nan", "sampling.top_p must be negative (the model's own) or in (0, 1], got nan"),
         ("sampling.top_p", "0", "sampling.top_p must be negative (the model's own) or in (0, 1], got 0.0"),
         ("model.kv_layout", "bogus", "model.kv_layout must be 'auto', 'unified' or 'per_slot', got 'bogus'"),
-        ("limits.chat_slowdown", "inf", "limits.chat_slowdown must be 0 (off) or >= 1 and finite, got inf"),
+        (
+            "limits.chat_slowdown",
+            "inf",
+            "limits.chat_slowdown must be negative (the plan's), 0 (off) or >= 1 and finite, got",
+        ),
         ("thermal.throttle_c", "-100", "thermal.throttle_c must be 0 (the device's) or in (0, 150] C, got -100.0"),
         ("thermal.throttle_c", "1e400", "thermal.throttle_c must be 0 (the device's) or in (0, 150] C, got inf"),
         ("thermal.margin_c", "-5", "thermal.margin_c must be >= 0, got -5.0"),
@@ -172,6 +176,8 @@ def test_documented_special_values_are_accepted():
     assert load(env={}).sampling.top_k == -1  # the default: the model's own
     own = load(env={}, overrides=[("sampling.top_k", "-5"), ("sampling.temperature", "-0.5")])
     assert (own.sampling.top_k, own.sampling.temperature) == (-5, -0.5)  # negative: the model's own (README)
+    assert load(env={}).limits.chat_slowdown < 0  # the default: the plan's (calibration.choose_chat_slowdown)
+    assert load(env={}, overrides=[("limits.chat_slowdown", "-2")]).limits.chat_slowdown == -2.0
 
 
 def test_a_margin_past_the_throttle_point_is_refused():

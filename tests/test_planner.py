@@ -95,7 +95,7 @@ def test_the_plan_never_exceeds_the_budget_and_caps_win(m, s, p):
     assert pl.max_seq_len <= pl.kv_cache_tokens and pl.max_input_len < pl.max_seq_len
     assert pl.max_output_len < pl.max_seq_len and pl.prefill_chunk_tokens <= pl.max_input_len
     assert pl.max_seq_len <= m.n_ctx_train
-    assert set(pl.reasons) == set(planner.LIMITS) | {"kv_layout", "background_chunk_tokens", "lanes"}
+    assert set(pl.reasons) == set(planner.LIMITS) | {"kv_layout", "background_chunk_tokens", "lanes", "chat_slowdown"}
     assert pl.prefill_chunk_tokens <= pl.background_visitor_chunk <= pl.background_chunk <= pl.max_input_len
     # lanes only with a stream per slot, each lane one block or more of the batch
     assert pl.lanes == 1 or (pl.kv_layout == "per_slot" and (pl.lanes - 1) * pl.lane_size < pl.max_batch_size)

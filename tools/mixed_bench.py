@@ -182,7 +182,8 @@ def plan(port: int) -> dict:
     if resp.status != 200:
         return {}
     p = json.loads(body)
-    return {k: p[k] for k in ("kv_layout", "max_batch_size", "kv_cache_tokens")}
+    # chat_slowdown: the plan's (from this start's calibration, where the config leaves it to the plan)
+    return {k: p.get(k) for k in ("kv_layout", "max_batch_size", "kv_cache_tokens", "chat_slowdown")}
 
 
 def run(name: str, proc: subprocess.Popen, port: int, questions: int, priority: dict) -> dict:
@@ -291,7 +292,8 @@ def main() -> None:
             print(
                 f"round {k + 1} {r['target']:<52} TTFT worst {worst:6.2f} s  median "
                 f"{median:6.2f} s  background {r['background_wall_s']:6.1f} s  "
-                f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}",
+                f"{r['visitor_ttfts_s']} {r.get('kv_layout', '')}"
+                + (f" chat_slowdown {r['chat_slowdown']}" if r.get("chat_slowdown") is not None else ""),
                 flush=True,
             )
         results += pair
