@@ -242,7 +242,8 @@ def choose_chat_slowdown(decode_s: dict[int, float]) -> tuple[float, str]:
     return 1.0, (
         f"calibrated: {figures}: a background sequence beside a visitor's decode would cost the visitor more "
         f"of a step ({r - 1:.2f}) than it saves the job ({2 - r:.2f}), so background work waits while a "
-        f"visitor decodes (the visitor at its full pace)"
+        f"visitor decodes (the visitor at its full pace; after 10 s of visitors decoding in a row it rides "
+        f"along at 1.5: engine/share.py MAX_HOLD_S)"
     )
 
 

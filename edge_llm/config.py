@@ -94,7 +94,8 @@ class LimitsConfig:
     max_queue: int = 64  # requests waiting for admission before 429
     prefix_cache_slots: int = 4  # finished sequences kept for prefix reuse
     # while background work (summaries) runs, a visitor's stream keeps at least 1/this of its pace
-    # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits.
+    # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits
+    # (for at most 10 s of visitors decoding in a row: BackgroundShare.MAX_HOLD_S).
     # Negative (the default): the plan's choice from the calibration (calibration.choose_chat_slowdown):
     # 1.5 where a decode step of 2 sequences costs under 1.5x one (a GPU), 1.0 where it costs more
     # (2 CPU cores: 1.78x; through a kiosk job 1.0 kept the chat at 0.79-0.86 of idle against 0.46,

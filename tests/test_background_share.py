@@ -134,6 +134,34 @@ def test_slowdown_one_holds_background_back_while_a_visitor_decodes():
     assert share.allows_background(0)
 
 
+def test_at_slowdown_one_background_waits_for_visitors_decoding_in_a_row_only_so_long():
+    """Chat after chat (API clients streaming one after another): after MAX_HOLD_S of visitors
+    decoding in every step, background rides along at WAITED_SLOWDOWN; a step with no visitor
+    decoding starts the wait again."""
+    share, now = BackgroundShare(1.0), [0.0]
+    share.clock = lambda: now[0]
+
+    def steps(seconds: float) -> int:
+        """Visitors decode for this long (10 ms steps, 40 ms with background): steps that carried it."""
+        carried, end = 0, now[0] + seconds
+        while now[0] < end:
+            mixed = share.allows_background(1)
+            step = 0.040 if mixed else 0.010
+            share.observe(1, mixed, step)
+            carried += mixed
+            now[0] += step
+        return carried
+
+    assert steps(BackgroundShare.MAX_HOLD_S - 0.5) == 0  # a kiosk visitor's answer: background waits
+    assert share.slowdown_now() == 1.0
+    carried = steps(10.0)  # beyond MAX_HOLD_S in a row: it rides along as at 1.5
+    assert share.slowdown_now() == BackgroundShare.WAITED_SLOWDOWN and carried > 0
+    # 40f + 10(1 - f) <= 15 over the 10 s, less the steps that saved the credit: a sixth at most
+    assert carried <= 1.1 * 10.0 / (0.040 / 6 + 0.010 * 5 / 6) / 6
+    assert share.allows_background(0)  # a step with no visitor decoding: the wait starts again
+    assert steps(1.0) == 0 and share.slowdown_now() == 1.0
+
+
 def test_no_visitor_decoding_means_no_limit_and_slowdown_is_checked():
     assert BackgroundShare(1.8).allows_background(0)
     assert BackgroundShare(float("inf")).allows_background(3)

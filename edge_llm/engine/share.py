@@ -11,6 +11,7 @@ background work is cheap beside a decode (a GPU), it rides along in nearly every
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from statistics import median
 
@@ -25,6 +26,12 @@ class BackgroundShare:
     MIN_PREFILL = 16  # background prefill rides in chunks of at least this many tokens (a first one measures)
     # ... or of fewer, down to this many, where MIN_PREFILL tokens cost more than the credit kept
     FLOOR_PREFILL = 4
+    # At slowdown 1.0 background work waits while a visitor decodes, but not for ever: once visitors
+    # have decoded MAX_HOLD_S in a row (API clients streaming one after another, not a kiosk
+    # visitor's answers between which it reads), it rides along at WAITED_SLOWDOWN until a step
+    # decodes no visitor (a summary job would otherwise stall for as long as the chat load lasts)
+    MAX_HOLD_S = 10.0
+    WAITED_SLOWDOWN = 1.5
 
     def __init__(self, slowdown: float):
         if not slowdown >= 1.0:  # NaN too; 1.0 itself: background never rides beside a visitor
@@ -37,20 +44,35 @@ class BackgroundShare:
         self.num_held = 0  # steps that held background work back for a visitor
         self.prefill_token_s: float | None = None  # what a background prompt token adds to a shared step
         self._since_probe = 0
+        self._decoding_since: float | None = None  # visitors have decoded in every step since (monotonic)
+        self.clock = time.monotonic  # a test steps its own
 
     def allows_background(self, num_decoding: int, wants_prefill: bool = False) -> bool:
         """May this step, decoding num_decoding interactive sequences, carry background work?
         With background prompts to prefill, credit is saved up for a chunk worth its step (else
         background decodes would spend each bit of credit as it came, and prompts would starve)."""
-        if num_decoding == 0 or self.slowdown == float("inf"):
+        if num_decoding == 0:
+            self._decoding_since = None
             return True
-        if self.slowdown == 1.0:  # waits: a visitor's step a hair faster than its average is no credit
+        if self._decoding_since is None:
+            self._decoding_since = self.clock()
+        slowdown = self.slowdown_now()
+        if slowdown == float("inf"):
+            return True
+        if slowdown == 1.0:  # waits: a visitor's step a hair faster than its average is no credit
             return False
         if len(self._solo_seen.get(num_decoding, ())) < self.SOLO_FIRST or self._since_probe >= self.PROBE_EVERY:
             return False  # measure the visitor's step alone first
         if wants_prefill and self.prefill_token_s is not None:
             return self.credit_s >= self._chunk_credit(num_decoding)
         return self.credit_s > 0
+
+    def slowdown_now(self) -> float:
+        """slowdown, or WAITED_SLOWDOWN where background has waited MAX_HOLD_S at 1.0 (see there)."""
+        since = self._decoding_since
+        if self.slowdown == 1.0 and since is not None and self.clock() - since >= self.MAX_HOLD_S:
+            return self.WAITED_SLOWDOWN
+        return self.slowdown
 
     def _chunk_credit(self, num_decoding: int) -> float:
         """Credit saved before a chunk rides: its cost, or nearly all the credit that can be kept
@@ -113,7 +135,7 @@ class BackgroundShare:
             # the background's to pay back over hundreds of steps, nor is a run of such steps (one
             # alone step in 12 preempted for 0.3 s took it to -3.9 s, ~770 held steps: a review)
             most_debt = max(cap, expected)
-            charge = min(seconds - self.slowdown * solo, most_debt)
+            charge = min(seconds - self.slowdown_now() * solo, most_debt)
             self.credit_s = max(min(self.credit_s - charge, cap), min(self.credit_s, -most_debt))
 
     def _observe_prefill(self, num_decoding: int, seconds: float, tokens: int) -> None:
