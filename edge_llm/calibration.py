@@ -224,10 +224,10 @@ def choose_chat_slowdown(decode_s: dict[int, float]) -> tuple[float, str]:
     background work rides along (SHARE_SLOWDOWN) only where it saves the job more than it costs the
     visitor, r < 1.5; elsewhere it waits while a visitor decodes (1.0). On 2 CPU cores r was 1.78:
     there background work beside a visitor cost about what it costs apart (16-token prompt chunks
-    in the steps it shared), and through a kiosk summary job 1.0 kept the chat at 0.79-0.86 of its
-    idle pace against 0.46 at 1.5, the job no slower (docs/measurements/cpu-2core-amd-2026-12-06-
-    session21). On an H100 r was 1.29, and 1.5 kept the job shorter than 1.0 did (h100-2026-12-06-
-    session21)."""
+    in the steps it shared), and through a kiosk summary job (4 rounds each) 1.0 kept the chat at
+    0.72-0.89 of its idle pace against 0.46-0.50 at 1.5, the job 0.99-1.17x its time alone against
+    1.27-1.32x (docs/measurements/cpu-2core-amd-2026-12-06-session21). On an H100 r was 1.29-1.30,
+    and 1.5 kept the job shorter than 1.0 did (h100-2026-12-06-session21)."""
     one, two = decode_s.get(1), decode_s.get(2)
     if not one or not two:
         return SHARE_SLOWDOWN, "no decode steps of 1 and 2 sequences measured: background rides beside a visitor"
@@ -242,7 +242,7 @@ def choose_chat_slowdown(decode_s: dict[int, float]) -> tuple[float, str]:
     return 1.0, (
         f"calibrated: {figures}: a background sequence beside a visitor's decode would cost the visitor more "
         f"of a step ({r - 1:.2f}) than it saves the job ({2 - r:.2f}), so background work waits while a "
-        f"visitor decodes (the visitor at its full pace; after 10 s of visitors decoding in a row it rides "
+        f"visitor decodes (the visitor at its full pace; after 10 s beside visitors with no 1 s pause it rides "
         f"along at 1.5: engine/share.py MAX_HOLD_S)"
     )
 

@@ -95,11 +95,12 @@ class LimitsConfig:
     prefix_cache_slots: int = 4  # finished sequences kept for prefix reuse
     # while background work (summaries) runs, a visitor's stream keeps at least 1/this of its pace
     # alone (measured step times, engine/share.py); 0 = background always rides along, 1 = it waits
-    # (for at most 10 s of visitors decoding in a row: BackgroundShare.MAX_HOLD_S).
+    # (beside visitors for 10 s at most with no 1 s pause: BackgroundShare.MAX_HOLD_S).
     # Negative (the default): the plan's choice from the calibration (calibration.choose_chat_slowdown):
     # 1.5 where a decode step of 2 sequences costs under 1.5x one (a GPU), 1.0 where it costs more
-    # (2 CPU cores: 1.78x; through a kiosk job 1.0 kept the chat at 0.79-0.86 of idle against 0.46,
-    # the job no slower), 1.5 without a calibration
+    # (2 CPU cores: 1.78x; through a kiosk job 1.0 kept the chat at 0.72-0.89 of idle against
+    # 0.46-0.50 and the job at 0.99-1.17x against 1.27-1.32x), 1.5 without a calibration (or with
+    # one measured on busy CPUs, which the plan does not follow)
     chat_slowdown: float = -1.0
     # a streaming request's new text goes to its reader at most this often (its first token and its
     # end at once): on an H200 at 16 streams, one event per token (4,000 a second) cost the engine

@@ -134,17 +134,19 @@ def test_slowdown_one_holds_background_back_while_a_visitor_decodes():
     assert share.allows_background(0)
 
 
-def test_at_slowdown_one_background_waits_for_visitors_decoding_in_a_row_only_so_long():
-    """Chat after chat (API clients streaming one after another): after MAX_HOLD_S of visitors
-    decoding in every step, background rides along at WAITED_SLOWDOWN; a step with no visitor
-    decoding starts the wait again."""
+def test_at_slowdown_one_background_waits_beside_visitors_only_so_long():
+    """Chat after chat (API clients streaming one after another): once background work has waited
+    beside visitors MAX_HOLD_S with no FREE_S between, it rides along at WAITED_SLOWDOWN; a pause
+    (background alone, or nothing to do) starts the wait again; visitors alone start nothing."""
     share, now = BackgroundShare(1.0), [0.0]
     share.clock = lambda: now[0]
 
-    def steps(seconds: float) -> int:
+    def steps(seconds: float, background: bool = True) -> int:
         """Visitors decode for this long (10 ms steps, 40 ms with background): steps that carried it."""
         carried, end = 0, now[0] + seconds
         while now[0] < end:
+            if background:
+                share.beside()  # the scheduler's call: background work running or waiting
             mixed = share.allows_background(1)
             step = 0.040 if mixed else 0.010
             share.observe(1, mixed, step)
@@ -152,14 +154,35 @@ def test_at_slowdown_one_background_waits_for_visitors_decoding_in_a_row_only_so
             now[0] += step
         return carried
 
-    assert steps(BackgroundShare.MAX_HOLD_S - 0.5) == 0  # a kiosk visitor's answer: background waits
+    steps(30.0, background=False)  # visitors alone for 30 s: no background has waited
+    assert steps(BackgroundShare.MAX_HOLD_S - 0.5) == 0  # then it waits, as at 1.0
     assert share.slowdown_now() == 1.0
-    carried = steps(10.0)  # beyond MAX_HOLD_S in a row: it rides along as at 1.5
+    carried = steps(10.0)  # beyond MAX_HOLD_S: it rides along as at 1.5
     assert share.slowdown_now() == BackgroundShare.WAITED_SLOWDOWN and carried > 0
+    assert share.to_dict()["chat_slowdown_now"] == BackgroundShare.WAITED_SLOWDOWN
     # 40f + 10(1 - f) <= 15 over the 10 s, less the steps that saved the credit: a sixth at most
     assert carried <= 1.1 * 10.0 / (0.040 / 6 + 0.010 * 5 / 6) / 6
-    assert share.allows_background(0)  # a step with no visitor decoding: the wait starts again
+    now[0] += BackgroundShare.FREE_S  # a pause: background had the cores for a second
     assert steps(1.0) == 0 and share.slowdown_now() == 1.0
+
+
+def test_the_scheduler_lets_background_wait_beside_a_chat_that_goes_on_only_so_long():
+    s = Scheduler(KVCacheManager(4, 100_000, max_cached=0, streams=True), 4, 64, 16, chat_slowdown=1.0)
+    now = [0.0]
+    s.share.clock = lambda: now[0]
+    visitor = request(8, Priority.INTERACTIVE)
+    s.add(visitor)
+    now[0] += step(s, cpu_cost)[1]  # its prompt
+    part = request(300, Priority.BACKGROUND)
+    s.add(part)
+    with_part = []
+    while now[0] < 2 * BackgroundShare.MAX_HOLD_S:
+        chunks, seconds = step(s, cpu_cost)
+        with_part.append((now[0], any(c.request is part for c in chunks)))
+        now[0] += seconds
+    assert not any(rode for t, rode in with_part if t < BackgroundShare.MAX_HOLD_S)  # it waited
+    assert any(rode for t, rode in with_part if t > BackgroundShare.MAX_HOLD_S + 1)  # then it rode along
+    assert len(part.output_tokens) > 0
 
 
 def test_no_visitor_decoding_means_no_limit_and_slowdown_is_checked():

@@ -137,8 +137,9 @@ def test_background_waits_beside_a_visitor_where_a_step_of_two_costs_over_one_an
     assert calibration.choose_chat_slowdown({4: 0.01})[0] == 1.5  # not measured: the default
     held = plan(model, roomy(), Policy(speed=choose(cal(decode=cpu), 0.15)))
     assert held.chat_slowdown == 1.0 and "waits while a visitor decodes" in held.reasons["chat_slowdown"]
-    waited = f"after {BackgroundShare.MAX_HOLD_S:g} s of visitors decoding in a row it rides along at "
-    assert waited + f"{BackgroundShare.WAITED_SLOWDOWN:g}" in held.reasons["chat_slowdown"]  # as share.py does
+    b = BackgroundShare
+    waited = f"after {b.MAX_HOLD_S:g} s beside visitors with no {b.FREE_S:g} s pause it rides along at "
+    assert waited + f"{b.WAITED_SLOWDOWN:g}" in held.reasons["chat_slowdown"]  # as share.py does
     rides = plan(model, roomy(), Policy(speed=choose(cal(decode=h100, can_abort=False), 0.15)))
     assert rides.chat_slowdown == 1.5 and "rides along" in rides.reasons["chat_slowdown"]
     # the user's setting wins, 0 included; no calibration: 1.5

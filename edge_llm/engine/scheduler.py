@@ -188,6 +188,10 @@ class Scheduler:
         wants_prefill = any(r.priority == Priority.BACKGROUND for r in self.waiting) or any(
             r.priority == Priority.BACKGROUND and r.is_prefilling for r in self.running
         )
+        if (num_visitors or visitor_prefill) and (
+            wants_prefill or any(r.priority == Priority.BACKGROUND for r in self.running)
+        ):
+            self.share.beside()  # how long background has waited beside visitors (BackgroundShare.MAX_HOLD_S)
         if visitor_prefill or self.share.allows_background(num_visitors, wants_prefill):
             self._add_decodes(out, Priority.BACKGROUND)
             if not any(r.priority == Priority.INTERACTIVE and r.is_prefilling for r in self.running):

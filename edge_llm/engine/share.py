@@ -26,11 +26,13 @@ class BackgroundShare:
     MIN_PREFILL = 16  # background prefill rides in chunks of at least this many tokens (a first one measures)
     # ... or of fewer, down to this many, where MIN_PREFILL tokens cost more than the credit kept
     FLOOR_PREFILL = 4
-    # At slowdown 1.0 background work waits while a visitor decodes, but not for ever: once visitors
-    # have decoded MAX_HOLD_S in a row (API clients streaming one after another, not a kiosk
-    # visitor's answers between which it reads), it rides along at WAITED_SLOWDOWN until a step
-    # decodes no visitor (a summary job would otherwise stall for as long as the chat load lasts)
+    # At slowdown 1.0 background work waits while visitors decode, but not for ever: once it has
+    # had work beside decoding visitors for MAX_HOLD_S with no FREE_S between (API clients streaming
+    # one after another; a kiosk visitor reads each answer, and the job has the cores meanwhile),
+    # it rides along at WAITED_SLOWDOWN until such a pause comes: a summary would otherwise stall
+    # for as long as the chat load lasts
     MAX_HOLD_S = 10.0
+    FREE_S = 1.0
     WAITED_SLOWDOWN = 1.5
 
     def __init__(self, slowdown: float):
@@ -44,7 +46,8 @@ class BackgroundShare:
         self.num_held = 0  # steps that held background work back for a visitor
         self.prefill_token_s: float | None = None  # what a background prompt token adds to a shared step
         self._since_probe = 0
-        self._decoding_since: float | None = None  # visitors have decoded in every step since (monotonic)
+        self._beside_since = float("inf")  # background has had work beside visitors since (monotonic) ...
+        self._last_beside = float("-inf")  # ... and last so, no FREE_S between
         self.clock = time.monotonic  # a test steps its own
 
     def allows_background(self, num_decoding: int, wants_prefill: bool = False) -> bool:
@@ -52,10 +55,7 @@ class BackgroundShare:
         With background prompts to prefill, credit is saved up for a chunk worth its step (else
         background decodes would spend each bit of credit as it came, and prompts would starve)."""
         if num_decoding == 0:
-            self._decoding_since = None
             return True
-        if self._decoding_since is None:
-            self._decoding_since = self.clock()
         slowdown = self.slowdown_now()
         if slowdown == float("inf"):
             return True
@@ -67,12 +67,19 @@ class BackgroundShare:
             return self.credit_s >= self._chunk_credit(num_decoding)
         return self.credit_s > 0
 
+    def beside(self) -> None:
+        """This step decodes or prefills visitors, and background work is running or waiting (it
+        is held back or rides along): the scheduler's call, before allows_background."""
+        now = self.clock()
+        if now - self._last_beside >= self.FREE_S:  # a pause: background had the cores, or no work
+            self._beside_since = now
+        self._last_beside = now
+
     def slowdown_now(self) -> float:
         """slowdown, or WAITED_SLOWDOWN where background has waited MAX_HOLD_S at 1.0 (see there)."""
-        since = self._decoding_since
-        if self.slowdown == 1.0 and since is not None and self.clock() - since >= self.MAX_HOLD_S:
-            return self.WAITED_SLOWDOWN
-        return self.slowdown
+        now = self.clock()
+        waited = now - self._beside_since >= self.MAX_HOLD_S and now - self._last_beside < self.FREE_S
+        return self.WAITED_SLOWDOWN if self.slowdown == 1.0 and waited else self.slowdown
 
     def _chunk_credit(self, num_decoding: int) -> float:
         """Credit saved before a chunk rides: its cost, or nearly all the credit that can be kept
@@ -154,6 +161,7 @@ class BackgroundShare:
     def to_dict(self) -> dict:
         return {
             "chat_slowdown": self.slowdown if self.slowdown != float("inf") else None,
+            "chat_slowdown_now": self.slowdown_now() if self.slowdown != float("inf") else None,
             "visitor_step_ms": {n: round(s * 1000, 2) for n, s in sorted(self.solo_s.items())},
             "background_shared_steps": self.num_shared,
             "background_held_steps": self.num_held,
