@@ -243,7 +243,7 @@ def choose_chat_slowdown(decode_s: dict[int, float]) -> tuple[float, str]:
         f"calibrated: {figures}: a background sequence beside a visitor's decode would cost the visitor more "
         f"of a step ({r - 1:.2f}) than it saves the job ({2 - r:.2f}), so background work waits while a "
         f"visitor decodes (the visitor at its full pace; after 10 s beside visitors with no 1 s pause it rides "
-        f"along at 1.5: engine/share.py MAX_HOLD_S)"
+        f"along at {SHARE_SLOWDOWN:g}: engine/share.py MAX_HOLD_S)"
     )
 
 

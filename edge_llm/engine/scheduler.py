@@ -188,9 +188,8 @@ class Scheduler:
         wants_prefill = any(r.priority == Priority.BACKGROUND for r in self.waiting) or any(
             r.priority == Priority.BACKGROUND and r.is_prefilling for r in self.running
         )
-        if (num_visitors or visitor_prefill) and (
-            wants_prefill or any(r.priority == Priority.BACKGROUND for r in self.running)
-        ):
+        background_runs = any(r.priority == Priority.BACKGROUND for r in self.running)
+        if (num_visitors or visitor_prefill) and (wants_prefill or background_runs):
             self.share.beside()  # how long background has waited beside visitors (BackgroundShare.MAX_HOLD_S)
         if visitor_prefill or self.share.allows_background(num_visitors, wants_prefill):
             self._add_decodes(out, Priority.BACKGROUND)
@@ -199,7 +198,7 @@ class Scheduler:
                 if all(c.request.priority == Priority.BACKGROUND for c in out.chunks):
                     budget = self._background_alone_chunk()  # background alone: a step a visitor stops
                 self._prefill_class(Priority.BACKGROUND, out, min(budget, self.share.prefill_tokens(num_visitors)))
-        elif any(r.priority == Priority.BACKGROUND for r in self.running):
+        elif background_runs:
             self.share.held()
         out.chunks.sort(key=lambda c: not c.decode)  # decodes first, then prefill
         if self.drafter is not None:

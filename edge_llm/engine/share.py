@@ -15,6 +15,8 @@ import time
 from collections import deque
 from statistics import median
 
+from edge_llm.calibration import SHARE_SLOWDOWN
+
 
 class BackgroundShare:
     ALPHA = 0.2  # weight of the newest step in the moving average of a background prompt token's cost
@@ -33,7 +35,7 @@ class BackgroundShare:
     # for as long as the chat load lasts
     MAX_HOLD_S = 10.0
     FREE_S = 1.0
-    WAITED_SLOWDOWN = 1.5
+    WAITED_SLOWDOWN = SHARE_SLOWDOWN  # as where the plan lets background ride along
 
     def __init__(self, slowdown: float):
         if not slowdown >= 1.0:  # NaN too; 1.0 itself: background never rides beside a visitor
