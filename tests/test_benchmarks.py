@@ -55,6 +55,20 @@ def test_kiosk_goals_are_judged_on_the_worst_round_and_a_round_without_chats_mee
     assert failed["chat_errors"] == 1 and not any(kiosk_bench.judge([good, failed])["met"].values())
 
 
+def test_kiosk_ratio_is_split_into_the_visitors_own_steps_and_the_rest():
+    """1.3 = 1 + 0.2 (20 s of steps with only the visitor's work, over the job's 100 s alone) + 0.1;
+    a daemon that reports no step times gives neither."""
+    chats = [{"ttft_s": 0.2, "decode_tok_s": 60.0}]
+    engine = {"step_time_s": {"visitor": 20.0, "background": 95.0, "stopped": 3.0}}
+    r = kiosk_bench.round_result(
+        {"decode_tok_s": 80.0}, {"wall_s": 100.0}, {"wall_s": 130.0, "chats": chats, "engine": engine}
+    )
+    assert (r["wall_ratio"], r["visitor_share"], r["rest_share"]) == (1.3, 0.2, 0.1)
+    assert (kiosk_round([0.2], [60.0], 80.0, 100.0, 130.0)["visitor_share"]) is None
+    s = kiosk_bench.judge([r, kiosk_round([0.2], [60.0], 80.0, 100.0, 130.0)])
+    assert (s["visitor_share_median"], s["rest_share_median"]) == (0.2, 0.1)
+
+
 def test_kiosk_bench_runs_a_whole_job_with_the_visitor_against_the_daemon(server, tmp_path):
     """The tool end to end on a tiny job (2 parts of the session daemon's 160-token chunks, sized by
     the tool's trial uploads) and 4-token questions: every number is there and plausible (on 2 idle
@@ -72,6 +86,12 @@ def test_kiosk_bench_runs_a_whole_job_with_the_visitor_against_the_daemon(server
     assert [c["t_s"] for c in chats] == sorted(c["t_s"] for c in chats) and chats[0]["t_s"] >= 1
     assert rnd["decode_ratio"] == pytest.approx(rnd["decode_slowest_tok_s"] / rnd["idle"]["decode_tok_s"], abs=1e-3)
     assert rnd["wall_ratio"] == pytest.approx(rnd["together"]["wall_s"] / rnd["alone"]["wall_s"], abs=1e-3)
+    assert rnd["wall_ratio"] == pytest.approx(1 + rnd["visitor_share"] + rnd["rest_share"], abs=2e-3)
+    assert (
+        0
+        < rnd["visitor_share"]
+        == pytest.approx(rnd["together"]["engine"]["step_time_s"]["visitor"] / rnd["alone"]["wall_s"], abs=1e-3)
+    )
     assert r["summary"]["rounds"] == 1 and set(r["summary"]["met"]) == set(kiosk_bench.GOALS)
     # the engine's counters over each job (alone, then with the visitor): its steps' time, within
     # the time between the two readings

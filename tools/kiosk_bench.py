@@ -268,9 +268,26 @@ def round_result(idle_: dict, alone_: dict, together_: dict) -> dict:
         "decode_slowest_tok_s": min(rates) if rates else None,
         "decode_ratio": round(min(rates) / idle_["decode_tok_s"], 3) if rates and idle_["decode_tok_s"] else None,
         "wall_ratio": round(together_["wall_s"] / alone_["wall_s"], 3) if alone_["wall_s"] > 0 else None,
+        **visitor_share(alone_, together_),
         "idle": idle_,
         "alone": alone_,
         "together": together_,
+    }
+
+
+def visitor_share(alone_: dict, together_: dict) -> dict:
+    """The job's ratio split in two: the visitor's own steps (engine step_time_s "visitor": steps
+    with no background work in them) over the job's time alone, which the job must wait out on a
+    device that runs one step at a time, and the rest (ratio - 1 - that): what running beside the
+    visitor cost the job's own work (stopped steps, shared steps, smaller chunks, the machine's
+    drift between the two runs). None where the daemon reports no step times."""
+    own = ((together_.get("engine") or {}).get("step_time_s") or {}).get("visitor")
+    if own is None or alone_["wall_s"] <= 0:
+        return {"visitor_share": None, "rest_share": None}
+    share = own / alone_["wall_s"]
+    return {
+        "visitor_share": round(share, 3),
+        "rest_share": round(together_["wall_s"] / alone_["wall_s"] - 1 - share, 3),
     }
 
 
@@ -285,9 +302,16 @@ def judge(rounds: list[dict]) -> dict:
         "decode_ratio_median": statistics.median(decode) if complete else None,
         "wall_ratio_max": max(wall) if complete else None,
         "wall_ratio_median": statistics.median(wall) if complete else None,
+        "visitor_share_median": median_of(rounds, "visitor_share"),
+        "rest_share_median": median_of(rounds, "rest_share"),
     }
     met = {k: complete and COMPARE[op](summary[k], goal) for k, (op, goal) in GOALS.items()}
     return {**summary, "goals": {k: f"{op} {goal}" for k, (op, goal) in GOALS.items()}, "met": met}
+
+
+def median_of(rounds: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rounds if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
 
 
 def one_round(kiosk: Kiosk, k: int, chars: int, args) -> dict:
@@ -361,12 +385,13 @@ def print_round(r: dict) -> None:
     if r["round"] == 1:
         print(
             f"{'round':>5} {'idle tok/s':>10} {'TTFT worst':>10} {'slowest tok/s':>13} {'ratio':>6} "
-            f"{'alone s':>8} {'together s':>10} {'ratio':>6} {'parts':>5} {'chats':>5}"
+            f"{'alone s':>8} {'together s':>10} {'ratio':>6} {'visitor':>7} {'rest':>6} {'parts':>5} {'chats':>5}"
         )
     print(
         f"{r['round']:>5} {fmt(r['idle']['decode_tok_s'], '.1f'):>10} {fmt(r['ttft_worst_s']):>10} "
         f"{fmt(r['decode_slowest_tok_s'], '.1f'):>13} {fmt(r['decode_ratio']):>6} {r['alone']['wall_s']:>8.1f} "
-        f"{r['together']['wall_s']:>10.1f} {fmt(r['wall_ratio']):>6} {r['alone']['parts']:>5} "
+        f"{r['together']['wall_s']:>10.1f} {fmt(r['wall_ratio']):>6} {fmt(r.get('visitor_share'), '.3f'):>7} "
+        f"{fmt(r.get('rest_share'), '.3f'):>6} {r['alone']['parts']:>5} "
         f"{len(r['together']['chats']):>5}",
         flush=True,
     )
@@ -375,6 +400,10 @@ def print_round(r: dict) -> None:
 def print_summary(s: dict) -> None:
     for k, goal in s["goals"].items():
         print(f"{k:<18} {fmt(s[k], '.3f'):>7}  goal {goal:<6} {'met' if s['met'][k] else 'MISSED'}")
+    print(
+        f"the job's ratio, medians: 1 + {fmt(s.get('visitor_share_median'), '.3f')} (the visitor's own steps) "
+        f"+ {fmt(s.get('rest_share_median'), '.3f')} (the rest)"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
