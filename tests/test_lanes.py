@@ -158,13 +158,15 @@ def _engine(tmp_path, lanes: int):
         planner.plan = real_plan
 
 
-def _generate_together(engine, backend, prompts, max_tokens=40):
+def _generate_together(engine, backend, prompts, max_tokens: int | list[int] = 40):
     """The prompts admitted in one step (admission held while they are submitted), so each gets
     its own slot: one that ended at its first token before another was submitted would have its
     cached slot taken by that one, the lowest not running (kv_cache._streams_slot; a CI run saw
     "What is 2 + 2?" end at once and its prefix gone for the second turn)."""
+    limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
     reqs = [
-        engine.make_request(backend.tokenize(t, True), SamplingParams(temperature=0), max_tokens)[0] for t in prompts
+        engine.make_request(backend.tokenize(t, True), SamplingParams(temperature=0), n)[0]
+        for t, n in zip(prompts, limits, strict=True)
     ]
     engine.set_admission_paused(True)
     for r in reqs:
@@ -219,6 +221,46 @@ def test_sequences_in_two_lanes_get_the_models_greedy_tokens(tmp_path, monkeypat
         assert turn2.num_reused > 0 and slots[turn2.request_id] == slots[reqs[2].request_id]
         assert all(r.output_tokens for r in [*reqs, turn2])
         assert_greedy(backend, [*reqs, turn2], rounding, wrong_in=reqs[1], wrong_at=-5)
+    finally:
+        engine.stop()
+        backend.close()
+
+
+def test_decodes_with_a_gap_between_their_slots_run_with_a_filler_that_leaves_nothing(tmp_path):
+    """With a stream per slot llama.cpp puts only consecutive sequence ids in one ubatch, so a GPU
+    backend fills a gap between decodes with a row of its own (LlamaCppBackend._fillers), here
+    made to on the CPU too: the prompt in slot 1 ends after 3 tokens and its prefix stays cached in slot
+    1 while slots 0, 2 and 3 decode on. Every token is still the model's greedy one, the fillers
+    left no cell in slot 1 (its cached length is its request's), and a second turn that adopts
+    that prefix in place continues it correctly. Without removal slot 1 would hold a filler cell
+    per step (and the length check fails); a filler's logits read as a token would break greedy."""
+    backend, p, engine = _engine(tmp_path, lanes=1)
+    try:
+        assert backend.fill_gaps == backend.gpu_offload  # on a CPU rows cost about what a pass costs
+        backend.fill_gaps = False
+        plain = _generate_together(engine, backend, PROMPTS)
+        rounding = max(max(_greedy_gaps(backend, r.all_tokens, r.num_prompt_tokens)) for r in plain)
+        engine.call(engine.clear_prefix_cache)
+        backend.fill_gaps = True
+        slots = {}
+        allocate = engine.scheduler.kv.allocate
+
+        def record(req, ops):
+            allocate(req, ops)
+            slots[req.request_id] = req.seq_id
+
+        engine.scheduler.kv.allocate = record
+        # admitted shortest prompt first: the fourth prompt takes slot 1
+        reqs = _generate_together(engine, backend, PROMPTS, max_tokens=[40, 40, 40, 3])
+        assert [slots[r.request_id] for r in reqs] == [0, 2, 3, 1] and len(reqs[3].output_tokens) == 3
+        assert backend.num_filled_steps >= 5, backend.num_filled_steps  # slots 0 and 2-3 ran on, slot 1 idle (12 here)
+        lengths = engine.call(backend.seq_lengths)
+        assert lengths == {slots[r.request_id]: r.num_tokens - 1 for r in reqs}, lengths
+        text2 = reqs[3].all_tokens + backend.tokenize(" And two more?", False)
+        turn2 = engine.make_request(text2, SamplingParams(temperature=0), 24)[0]
+        list(engine.generate(turn2))
+        assert turn2.num_reused > 0 and slots[turn2.request_id] == 1
+        assert_greedy(backend, [*reqs, turn2], rounding, wrong_in=reqs[0], wrong_at=-5)
     finally:
         engine.stop()
         backend.close()

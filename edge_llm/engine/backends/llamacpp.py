@@ -17,7 +17,7 @@ import numpy as np  # after llama_cpp: the other order segfaults in some CUDA im
 from edge_llm.engine.backends.base import BackendError, ContextShape
 from edge_llm.engine.backends.llamacpp_context import Context as _Context
 from edge_llm.engine.backends.llamacpp_context import StepTiming
-from edge_llm.engine.batch import Lanes, SampledToken, SchedulerOutput, TokenLogprob
+from edge_llm.engine.batch import Lanes, SampledToken, ScheduledChunk, SchedulerOutput, TokenLogprob
 from edge_llm.engine.chat_template import ChatTemplate
 from edge_llm.engine.request import SamplingParams
 from edge_llm.profile import ModelProfile
@@ -103,6 +103,10 @@ class LlamaCppBackend(StepTiming):
         self._abort_data = ctypes.cast(self._abort, ctypes.c_void_p)
         self._samplers: dict[str, ctypes.c_void_p] = {}
         self._pieces: dict[int, bytes] = {}
+        # decodes whose slots leave gaps get filler rows in the gaps (_with_fillers): on a GPU a
+        # pass over the weights costs far more than rows in it
+        self.fill_gaps = self.gpu_offload
+        self.num_filled_steps = 0  # decode batches that ran with filler rows
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(4096)
@@ -273,6 +277,10 @@ class LlamaCppBackend(StepTiming):
     def _launch(self, lane: int, chunks: list, abortable: bool):
         """Queue one llama_decode of chunks on a lane's context: (outputs, rc, armed)."""
         context = self.contexts[lane]
+        fillers = self._fillers(lane, chunks) if self.fill_gaps and not context.device else []
+        if fillers:
+            chunks = sorted(chunks + fillers, key=lambda c: c.seq_id)
+            self.num_filled_steps += 1
         outputs = self._fill_batch(context.batch, chunks)
         if context.device:  # each sampling sequence's token picked on the device, or its logits copied
             for chunk in chunks:
@@ -286,9 +294,40 @@ class LlamaCppBackend(StepTiming):
         finally:
             if armed:
                 L.llama_set_abort_callback(context.ctx, _NO_ABORT, None)
+        for filler in fillers:  # nothing of them stays (the cells' bookkeeping: the step runs on)
+            L.llama_memory_seq_rm(context.memory, self.lanes.local(filler.seq_id), filler.start_pos, -1)
         if context.device:
             context.free_retired()
         return outputs, rc, armed
+
+    def _fillers(self, lane: int, chunks: list) -> list[ScheduledChunk]:
+        """Rows for the slots missing between a decode group's (with a stream per slot): llama.cpp
+        puts only consecutive sequence ids in one ubatch (split_equal, "accept only increasing
+        sequence ids"), each ubatch a pass over the weights, so the decodes of slots 0, 2, 4 and 6
+        ran as four. On an H100 four such decodes took 9.5 ms against 1.55 ms in slots 0-3, and all
+        eight slots 1.8 ms; 32 decodes in every other slot of 64, 75 ms against 4.5 ms
+        (docs/measurements/h100-2026-12-06-session22). A summary job's parts end in any order and
+        leave such gaps. A filler repeats the first decode's tokens in a free or idle slot, after
+        the cells it holds (as many tokens as each decode: llama.cpp splits a batch into equal
+        ones), asks for no logits, and its cells are removed once the step is queued. None where a
+        group has no gaps, where the fillers would outnumber the decodes (the rows then cost more
+        than the passes they save), where a slot has no room, or for prefill."""
+        if len(chunks) < 2 or self.shape.kv_unified or not all(c.decode for c in chunks):
+            return []
+        n = len(chunks[0].tokens)
+        held = {self.lanes.local(c.seq_id) for c in chunks}
+        missing = sorted(set(range(min(held), max(held) + 1)) - held)
+        if not missing or len(missing) > len(chunks) or any(len(c.tokens) != n for c in chunks):
+            return []
+        context, slots = self.contexts[lane], self.lanes.slots(lane, self.shape.num_seqs)
+        room = L.llama_n_ctx_seq(context.ctx)
+        fillers = []
+        for local in missing:
+            pos = L.llama_memory_seq_pos_max(context.memory, local) + 1  # -1 + 1 where it holds none
+            if pos + n > room or (len(fillers) + 1 + len(chunks)) * n > self.shape.max_batch_tokens:
+                return []
+            fillers.append(ScheduledChunk(chunks[0].request, list(chunks[0].tokens), pos, False, seq_id=slots[local]))
+        return fillers
 
     def warm_lanes(self, tokens: list[int], steps: int = 4) -> None:
         """Engine thread, before serving: a few one-sequence steps in each lane other than lane 0
