@@ -185,6 +185,7 @@ def engine_stats(kiosk: Kiosk) -> dict:
 # the engine's counters (GET /api/status), taken as differences over one job; the rest as after it
 COUNTERS = {
     "steps",
+    "steps_filled",
     "preemptions",
     "resumptions",
     "background_shared_steps",

@@ -547,6 +547,8 @@ class StepEngine(EngineFront):
             "resumptions": self.scheduler.num_resumptions,
             **self.scheduler.share.to_dict(),
             "steps_ahead": self.num_steps_ahead,
+            # decode batches whose slot gaps got filler rows (LlamaCppBackend._fillers; None: no such backend)
+            "steps_filled": getattr(self.backend, "num_filled_steps", None),
             # a visitor expected back: background prefill alone in smaller steps (Scheduler.NEAR_S)
             "visitor_expected": self.scheduler.visitor_expected(),
             "visitor_pause_s": None if (pause := self.scheduler.think_s) is None else round(pause, 2),
