@@ -281,21 +281,26 @@ class Scheduler:
             return Draft([], 0, 0.0)
         return self.drafter.propose(req, room)
 
-    def observe_step(self, out: SchedulerOutput, seconds: float, stopped: bool = False) -> None:
+    def observe_step(
+        self, out: SchedulerOutput, seconds: float, stopped: bool = False, wall: float | None = None
+    ) -> None:
         """The engine ran out in seconds: a step that decoded visitors and prefilled none is a
-        measure of what background work beside them costs; one of background prefill alone, of the
-        pace such steps go at (_clear_until); a stopped one ran only part of its work."""
+        measure of what background work beside them costs (wall: what it cost the visitors, from
+        the step before's end, StepEngine._visitor_wall; seconds where not given); one of
+        background prefill alone, of the pace such steps go at (_clear_until); a stopped one ran
+        only part of its work."""
         if out.abortable and not stopped and (tokens := out.num_tokens) > 0 and seconds > 0:
             pace, a = seconds / tokens, self.ALONE_ALPHA
             self.alone_token_s = (
                 pace if self.alone_token_s is None else self.alone_token_s + a * (pace - self.alone_token_s)
             )
+        background = [c for c in out.chunks if c.request.priority == Priority.BACKGROUND]
         if any(c.request.priority == Priority.INTERACTIVE and c.start_pos < c.request.prefill_len for c in out.chunks):
+            self.share.observe(0, bool(background), seconds)  # a visitor's prompt: no decode to measure
             return
         num_visitors = sum(1 for c in out.chunks if c.request.priority == Priority.INTERACTIVE)
-        background = [c for c in out.chunks if c.request.priority == Priority.BACKGROUND]
         prefill = sum(len(c.tokens) for c in background if c.start_pos < c.request.prefill_len)
-        self.share.observe(num_visitors, bool(background), seconds, prefill)
+        self.share.observe(num_visitors, bool(background), seconds if wall is None else wall, prefill)
 
     def _prefill_class(self, cls: Priority, out: SchedulerOutput, budget: int) -> int:
         """Spend the prefill budget on this class, most urgent first, running or waiting: a short
