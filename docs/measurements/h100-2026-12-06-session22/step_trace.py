@@ -16,13 +16,14 @@ sink = open(path, "w", buffering=1)  # noqa: SIM115 (open for the daemon's life)
 observe = Scheduler.observe_step
 
 
-def traced(self, out, seconds, stopped=False):
-    observe(self, out, seconds, stopped)
+def traced(self, out, seconds, stopped=False, wall=None):
+    observe(self, out, seconds, stopped, wall=wall)
     vis = [c for c in out.chunks if c.request.priority == Priority.INTERACTIVE]
     bg = [c for c in out.chunks if c.request.priority == Priority.BACKGROUND]
     row = {
         "t": round(time.monotonic(), 5),
         "s": round(seconds, 5),
+        "wall": None if wall is None else round(wall, 5),
         "vd": sum(c.decode for c in vis),
         "vp": sum(len(c.tokens) for c in vis if not c.decode),
         "bd": sum(c.decode for c in bg),
