@@ -307,24 +307,25 @@ class LlamaCppBackend(StepTiming):
         ran as four. On an H100 four such decodes took 9.5 ms against 1.55 ms in slots 0-3, and all
         eight slots 1.8 ms; 32 decodes in every other slot of 64, 75 ms against 4.5 ms
         (docs/measurements/h100-2026-12-06-session22). A summary job's parts end in any order and
-        leave such gaps. A filler repeats the first decode's tokens in a free or idle slot, after
-        the cells it holds (as many tokens as each decode: llama.cpp splits a batch into equal
-        ones), asks for no logits, and its cells are removed once the step is queued. None where a
-        group has no gaps, where the fillers would outnumber the decodes (the rows then cost more
-        than the passes they save), where a slot has no room, or for prefill."""
-        if len(chunks) < 2 or self.shape.kv_unified or not all(c.decode for c in chunks):
+        leave such gaps. A filler repeats the first decode's token in a free or idle slot, after
+        the cells it holds, asks for no logits, and its cell is removed once the step is queued.
+        None where a group has no gaps, where the fillers would outnumber the decodes (the rows
+        then cost more than the passes they save), where a slot has no room, or for prefill; nor
+        for decodes of several tokens (drafts, off by default): with them an H100 failed the
+        drafted-tokens test (3 drafts kept where more than 10 are), for a cause not found, where
+        the CPU passed it with fillers forced."""
+        if len(chunks) < 2 or self.shape.kv_unified or not all(c.decode and len(c.tokens) == 1 for c in chunks):
             return []
-        n = len(chunks[0].tokens)
         held = {self.lanes.local(c.seq_id) for c in chunks}
         missing = sorted(set(range(min(held), max(held) + 1)) - held)
-        if not missing or len(missing) > len(chunks) or any(len(c.tokens) != n for c in chunks):
+        if not missing or len(missing) > len(chunks):
             return []
         context, slots = self.contexts[lane], self.lanes.slots(lane, self.shape.num_seqs)
         room = L.llama_n_ctx_seq(context.ctx)
         fillers = []
         for local in missing:
             pos = L.llama_memory_seq_pos_max(context.memory, local) + 1  # -1 + 1 where it holds none
-            if pos + n > room or (len(fillers) + 1 + len(chunks)) * n > self.shape.max_batch_tokens:
+            if pos >= room or len(fillers) + 1 + len(chunks) > self.shape.max_batch_tokens:
                 return []
             fillers.append(ScheduledChunk(chunks[0].request, list(chunks[0].tokens), pos, False, seq_id=slots[local]))
         return fillers
