@@ -311,9 +311,10 @@ class LlamaCppBackend(StepTiming):
         the cells it holds, asks for no logits, and its cell is removed once the step is queued.
         None where a group has no gaps, where the fillers would outnumber the decodes (the rows
         then cost more than the passes they save), where a slot has no room, or for prefill; nor
-        for decodes of several tokens (drafts, off by default): with them an H100 failed the
-        drafted-tokens test (3 drafts kept where more than 10 are), for a cause not found, where
-        the CPU passed it with fillers forced."""
+        for decodes of several tokens (drafts, off by default), which no GPU run has checked yet
+        (an H100 kept fewer drafts with fillers in the one-token steps between, 3-8 against 12-17:
+        a near-tie at the 16th token went the other way in a batch of another shape, every token
+        still the greedy one: session 22)."""
         if len(chunks) < 2 or self.shape.kv_unified or not all(c.decode and len(c.tokens) == 1 for c in chunks):
             return []
         held = {self.lanes.local(c.seq_id) for c in chunks}
