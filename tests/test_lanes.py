@@ -254,7 +254,6 @@ def test_decodes_with_a_gap_between_their_slots_run_with_a_filler_that_leaves_no
         reqs = _generate_together(engine, backend, PROMPTS, max_tokens=[40, 40, 40, 3])
         assert [slots[r.request_id] for r in reqs] == [0, 2, 3, 1] and len(reqs[3].output_tokens) == 3
         assert backend.num_filled_steps >= 5, backend.num_filled_steps  # slots 0 and 2-3 ran on, slot 1 idle (12 here)
-        assert engine.stats()["steps_filled"] == backend.num_filled_steps
         lengths = engine.call(backend.seq_lengths)
         assert lengths == {slots[r.request_id]: r.num_tokens - 1 for r in reqs}, lengths
         text2 = reqs[3].all_tokens + backend.tokenize(" And two more?", False)

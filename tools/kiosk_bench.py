@@ -280,8 +280,9 @@ def visitor_share(alone_: dict, together_: dict) -> dict:
     """The job's ratio split in two: the visitor's own steps (engine step_time_s "visitor": steps
     with no background work in them) over the job's time alone, which the job must wait out on a
     device that runs one step at a time, and the rest (ratio - 1 - that): what running beside the
-    visitor cost the job's own work (stopped steps, shared steps, smaller chunks, the machine's
-    drift between the two runs). None where the daemon reports no step times."""
+    visitor cost the job's own work (stopped steps, shared steps, smaller chunks, the engine's
+    Python between the visitor's steps, the machine's drift between the two runs). None where the
+    daemon reports no step times."""
     own = ((together_.get("engine") or {}).get("step_time_s") or {}).get("visitor")
     if own is None or alone_["wall_s"] <= 0:
         return {"visitor_share": None, "rest_share": None}

@@ -146,10 +146,12 @@ class BackgroundShare:
             # (kiosk-clear-213, session 17). The mean, so a machine evenly busier counts in full.
             seen = self._solo_seen.setdefault(num_decoding, deque(maxlen=self.SOLO_WINDOW))
             solo = self.solo_s.get(num_decoding)
-            if self._alone_run > self.AFTER_OTHER or solo is None or seconds <= solo:
+            clean = self._alone_run > self.AFTER_OTHER
+            if clean or (solo is not None and seconds <= solo):
                 seen.append(seconds)
                 most = self.SOLO_CLIP * median(seen)
                 self.solo_s[num_decoding] = sum(min(s, most) for s in seen) / len(seen)
+            if clean:  # a probe ends with a step measured clean, not with one let in as no slower
                 self._since_probe = 0
         solo = self.solo_s.get(num_decoding)
         if solo is not None:

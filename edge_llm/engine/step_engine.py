@@ -308,7 +308,9 @@ class StepEngine(EngineFront):
         that one ran visitor work too (the engine's Python between the two included: a reader's
         tokens come that far apart), else its own time. BackgroundShare charges and measures the
         visitor's steps so: on an H100 the steps' own times kept the visitor within 1.5x of its
-        steps alone, yet its stream ran at 0.47-0.59 of idle (session 22)."""
+        steps alone, yet its stream ran at 0.47-0.59 of idle (session 22). A step of memory
+        operations only ends the run (the next visitor step is charged its own time); a step
+        launched ahead whose rows were all dropped does not, and the next one's time includes it."""
         now = time.perf_counter()
         since = self._visitor_seen
         visitors = any(c.request.priority == Priority.INTERACTIVE for c in out.chunks)

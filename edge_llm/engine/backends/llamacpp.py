@@ -103,9 +103,12 @@ class LlamaCppBackend(StepTiming):
         self._abort_data = ctypes.cast(self._abort, ctypes.c_void_p)
         self._samplers: dict[str, ctypes.c_void_p] = {}
         self._pieces: dict[int, bytes] = {}
-        # decodes whose slots leave gaps get filler rows in the gaps (_with_fillers): on a GPU a
-        # pass over the weights costs far more than rows in it
-        self.fill_gaps = self.gpu_offload
+        # decodes whose slots leave gaps get filler rows in the gaps (_fillers): on a GPU a pass
+        # over the weights costs far more than rows in it. Not for a recurrent or hybrid model,
+        # whose state a filler would advance for good (its seq_rm cannot take a step back)
+        self.fill_gaps = self.gpu_offload and not (
+            L.llama_model_is_recurrent(self.model) or L.llama_model_is_hybrid(self.model)
+        )
         self.num_filled_steps = 0  # decode batches that ran with filler rows
 
     def _meta(self, key: str) -> str | None:
@@ -314,7 +317,10 @@ class LlamaCppBackend(StepTiming):
         for decodes of several tokens (drafts, off by default), which no GPU run has checked yet
         (an H100 kept fewer drafts with fillers in the one-token steps between, 3-8 against 12-17:
         a near-tie at the 16th token went the other way in a batch of another shape, every token
-        still the greedy one: session 22)."""
+        still the greedy one: session 22). A filler in a slot holding a longer context than the
+        decodes' makes the step attend over as many cells (llama.cpp's n_kv is the longest stream's
+        in the ubatch); with max_seq_len 4,096 that is bounded, and the kiosk's cached parts are as
+        long as the running ones: not weighed."""
         if len(chunks) < 2 or self.shape.kv_unified or not all(c.decode and len(c.tokens) == 1 for c in chunks):
             return []
         held = {self.lanes.local(c.seq_id) for c in chunks}
