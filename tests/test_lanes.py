@@ -158,6 +158,19 @@ def _engine(tmp_path, lanes: int):
         planner.plan = real_plan
 
 
+def _record_slots(engine) -> dict[str, int]:
+    """The slot each request the engine admits from now on is given, by request id."""
+    slots = {}
+    allocate = engine.scheduler.kv.allocate
+
+    def record(req, ops):
+        allocate(req, ops)
+        slots[req.request_id] = req.seq_id
+
+    engine.scheduler.kv.allocate = record
+    return slots
+
+
 def _generate_together(engine, backend, prompts, max_tokens: int | list[int] = 40):
     """The prompts admitted in one step (admission held while they are submitted), so each gets
     its own slot: one that ended at its first token before another was submitted would have its
@@ -201,14 +214,7 @@ def test_sequences_in_two_lanes_get_the_models_greedy_tokens(tmp_path, monkeypat
     try:
         assert (p.lanes, p.num_seqs, len(backend.contexts)) == (2, 8, 2), p
         assert warmed and engine.call(backend.seq_lengths) == {}  # warm-up ran in lane 1 too and left no KV
-        slots = {}
-        allocate = engine.scheduler.kv.allocate
-
-        def record(req, ops):
-            allocate(req, ops)
-            slots[req.request_id] = req.seq_id
-
-        engine.scheduler.kv.allocate = record
+        slots = _record_slots(engine)
         reqs = _generate_together(engine, backend, PROMPTS)
         assert {Lanes(2, 2).lane(slots[r.request_id]) for r in reqs} == {0, 1}, slots
         # each finished sequence's KV stays (a cached prefix) in its own lane's context, at its local id
@@ -242,14 +248,7 @@ def test_decodes_with_a_gap_between_their_slots_run_with_a_filler_that_leaves_no
         rounding = max(max(_greedy_gaps(backend, r.all_tokens, r.num_prompt_tokens)) for r in plain)
         engine.call(engine.clear_prefix_cache)
         backend.fill_gaps = True
-        slots = {}
-        allocate = engine.scheduler.kv.allocate
-
-        def record(req, ops):
-            allocate(req, ops)
-            slots[req.request_id] = req.seq_id
-
-        engine.scheduler.kv.allocate = record
+        slots = _record_slots(engine)
         # admitted shortest prompt first: the fourth prompt takes slot 1
         reqs = _generate_together(engine, backend, PROMPTS, max_tokens=[40, 40, 40, 3])
         assert [slots[r.request_id] for r in reqs] == [0, 2, 3, 1] and len(reqs[3].output_tokens) == 3
